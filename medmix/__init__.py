@@ -1,0 +1,1 @@
+"""Shared plumbing for the MedMIX pipeline: atomic writes, config loading, logging."""
