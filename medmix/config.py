@@ -1,0 +1,102 @@
+"""Loading and validating config.yaml, and the paths every stage derives from it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """A config problem; the message names the offending key."""
+
+
+def _where(err: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in err.absolute_path) or "<top level>"
+
+
+def validate_config(cfg: dict[str, Any], schema_path: str | os.PathLike = SCHEMA_PATH) -> dict[str, Any]:
+    """Validate against the JSON schema (filling defaults) and cross-check names."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
+    if errors:
+        lines = [f"  {_where(e)}: {e.message}" for e in errors[:10]]
+        raise ConfigError("invalid config:\n" + "\n".join(lines))
+    _fill_defaults(cfg, schema)
+    experts = cfg.get("experts", {})
+    for ds, dcfg in cfg["datasets"].items():
+        for mod, names in dcfg["modalities"].items():
+            for name in names:
+                if name not in experts:
+                    raise ConfigError(
+                        f"  datasets.{ds}.modalities.{mod}: expert {name!r} is not defined under 'experts:'"
+                    )
+    return cfg
+
+
+def _fill_defaults(node: Any, schema: dict[str, Any]) -> None:
+    """Apply ``default`` values of object properties (jsonschema validates but does not fill)."""
+    if not isinstance(node, dict) or schema.get("type") != "object":
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in node and "default" in sub:
+            node[key] = sub["default"]
+        if key in node:
+            _fill_defaults(node[key], sub)
+    addl = schema.get("additionalProperties")
+    if isinstance(addl, dict):
+        for key, value in node.items():
+            if key not in schema.get("properties", {}):
+                _fill_defaults(value, addl)
+
+
+def load_config(path: str | os.PathLike = "config.yaml") -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file {path} not found")
+    cfg = yaml.safe_load(path.read_text()) or {}
+    return validate_config(cfg)
+
+
+@dataclass(frozen=True)
+class DatasetPaths:
+    """Where one dataset's artefacts live (DESIGN §3)."""
+
+    root: Path  # results/{dataset}
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.parquet"
+
+    def cache(self, modality: str, expert: str) -> Path:
+        return self.root / "embeddings" / modality / f"{expert}.parquet"
+
+    def teacher(self, modality: str) -> Path:
+        return self.root / "teachers" / f"{modality}.parquet"
+
+    def run_dir(self, protocol: str, method: str) -> Path:
+        return self.root / "runs" / protocol / method
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.parquet"
+
+
+def dataset_paths(cfg: dict[str, Any], dataset: str) -> DatasetPaths:
+    if dataset not in cfg["datasets"]:
+        raise ConfigError(f"unknown dataset {dataset!r}; configured: {sorted(cfg['datasets'])}")
+    return DatasetPaths(Path(cfg.get("results", "results")) / dataset)
+
+
+def cache_paths(cfg: dict[str, Any], dataset: str) -> dict[str, dict[str, Path]]:
+    """modality -> expert -> cache path, in config order."""
+    paths = dataset_paths(cfg, dataset)
+    mods = cfg["datasets"][dataset]["modalities"]
+    return {m: {e: paths.cache(m, e) for e in experts} for m, experts in mods.items()}
