@@ -100,3 +100,40 @@ def cache_paths(cfg: dict[str, Any], dataset: str) -> dict[str, dict[str, Path]]
     paths = dataset_paths(cfg, dataset)
     mods = cfg["datasets"][dataset]["modalities"]
     return {m: {e: paths.cache(m, e) for e in experts} for m, experts in mods.items()}
+
+
+def load_config_arg(arg: str) -> dict[str, Any]:
+    """A ``--config`` argument: a YAML/JSON file path, or an inline JSON object (from a rule)."""
+    text = arg.strip()
+    if text.startswith("{"):
+        return validate_config(yaml.safe_load(text))
+    return load_config(arg)
+
+
+def expert_closure(cfg: dict[str, Any], name: str) -> dict[str, dict[str, Any]]:
+    """The preset ``name`` plus every preset it references (an inner image/tile expert)."""
+    experts = cfg["experts"]
+    out: dict[str, dict[str, Any]] = {}
+    todo = [name]
+    while todo:
+        cur = todo.pop()
+        if cur in out:
+            continue
+        if cur not in experts:
+            raise ConfigError(f"  experts.{cur}: not defined (referenced by {name!r})")
+        out[cur] = experts[cur]
+        for value in experts[cur].values():
+            if isinstance(value, str) and value in experts and value != cur:
+                todo.append(value)
+    return out
+
+
+def dataset_slice(cfg: dict[str, Any], dataset: str) -> dict[str, Any]:
+    """The part of the config one dataset's training depends on (so other edits don't rerun it)."""
+    dcfg = cfg["datasets"][dataset]
+    used: dict[str, dict[str, Any]] = {}
+    for names in dcfg["modalities"].values():
+        for n in names:
+            used.update(expert_closure(cfg, n))
+    keep = {k: v for k, v in cfg.items() if k not in ("datasets", "experts")}
+    return {**keep, "datasets": {dataset: dcfg}, "experts": used}

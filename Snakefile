@@ -1,0 +1,29 @@
+# MedMIX: raw cohorts -> expert embedding caches -> fusion models -> tables and figures.
+# Default target: the embedded demo (config.yaml). See README.md.
+
+from snakemake.utils import min_version, validate
+
+min_version("8.20")
+
+
+configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+validate(config, schema="workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/cohorts.smk"
+include: "workflow/rules/extract.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    input:
+        final_outputs(),
+    default_target: True

@@ -1,0 +1,81 @@
+"""Command line: ``python -m extractors extract|list``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from medmix.config import dataset_paths, load_config_arg
+from medmix.logs import setup_logging
+
+
+def _register_presets(cfg: dict) -> None:
+    from extractors.registry import register_preset
+
+    for name, spec in cfg.get("experts", {}).items():
+        register_preset(name, spec)
+
+
+def cmd_extract(args: argparse.Namespace) -> int:
+    from extractors.extract import TooManyFailures, extract
+    from extractors.registry import create_expert
+
+    cfg = load_config_arg(args.config)
+    _register_presets(cfg)
+    paths = dataset_paths(cfg, args.dataset)
+    overrides = {"device": args.device} if args.device else {}
+    expert = create_expert(args.expert, **overrides)
+    ext = cfg["extraction"]
+    try:
+        summary = extract(
+            paths.manifest,
+            args.modality,
+            expert,
+            args.out or paths.cache(args.modality, args.expert),
+            shard_size=ext["shard_size"],
+            max_failed_fraction=ext["max_failed_fraction"],
+            dtype=ext["dtype"],
+            progress=not args.no_progress,
+        )
+    except TooManyFailures as exc:
+        logging.getLogger("medmix.extract").error("%s", exc)
+        return 3
+    print(
+        f"{summary.path}: {summary.ok} ok, {summary.missing} missing, {summary.failed} failed"
+        + (f" ({summary.failure_reasons})" if summary.failed else "")
+    )
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from extractors.registry import expert_class, list_experts
+
+    for name in list_experts(args.kind):
+        cls = expert_class(name)
+        print(f"{name:24s} kind={cls.kind:10s} gpu={'yes' if cls.needs_gpu else 'no'}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m extractors", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("extract", help="run one expert over one modality of a dataset")
+    p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--modality", required=True)
+    p.add_argument("--expert", required=True, help="expert name from the config's experts: section")
+    p.add_argument("--out", help="cache path (default: results/{dataset}/embeddings/{modality}/{expert}.parquet)")
+    p.add_argument("--device", help="override the expert's device (cpu, cuda, cuda:1)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_extract)
+    p = sub.add_parser("list", help="list registered experts")
+    p.add_argument("--kind")
+    p.set_defaults(func=cmd_list)
+    args = parser.parse_args(argv)
+    setup_logging()
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

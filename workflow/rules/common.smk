@@ -1,0 +1,92 @@
+# Shared helpers for the rules: the paths and the per-rule config slices come from the
+# medmix package, so the workflow and the Python entry points agree on one layout.
+
+import json
+import shlex
+
+from medmix.config import cache_paths, dataset_paths, dataset_slice, expert_closure, validate_config
+
+# Cross-checks beyond the JSON schema (every expert named under datasets is defined).
+validate_config(config)
+
+RESULTS = config["results"]
+DATASETS = list(config["datasets"])
+LOGS = f"{RESULTS}/logs"
+BENCH = f"{RESULTS}/benchmarks"
+
+
+wildcard_constraints:
+    dataset="[a-z0-9][a-z0-9_-]*",
+    modality="[a-z0-9][a-z0-9_]*",
+    expert="[a-z0-9][a-z0-9_-]*",
+    method="[a-z0-9][a-z0-9_-]*",
+    protocol="[a-z0-9][a-z0-9_.-]*",
+
+
+def inline_json(obj):
+    """A config slice as one shell-quoted JSON argument (params changes trigger reruns)."""
+    return shlex.quote(json.dumps(obj, sort_keys=True))
+
+
+def methods_for(dataset):
+    methods = list(config["methods"])
+    if config["single_modality"]:
+        methods += [f"medmix-only-{m}" for m in config["datasets"][dataset]["modalities"]]
+    return methods
+
+
+def modalities_of_method(dataset, method):
+    mods = list(config["datasets"][dataset]["modalities"])
+    if method.startswith("medmix-only-"):
+        only = method.removeprefix("medmix-only-")
+        if only not in mods:
+            raise ValueError(f"method {method}: dataset {dataset} has no modality {only!r}")
+        return [only]
+    return mods
+
+
+def caches_for(wildcards):
+    paths = cache_paths(config, wildcards.dataset)
+    mods = modalities_of_method(wildcards.dataset, wildcards.method)
+    return [str(p) for m in mods for p in paths[m].values()]
+
+
+def expert_needs_gpu(expert):
+    from extractors.registry import expert_class
+
+    return int(expert_class(config["experts"][expert]["type"]).needs_gpu)
+
+
+def run_summaries(dataset):
+    paths = dataset_paths(config, dataset)
+    return [str(paths.run_dir("full", m) / "summary.json") for m in methods_for(dataset)]
+
+
+def final_outputs():
+    out = [f"{RESULTS}/tables/main.{ext}" for ext in ("md", "csv", "tex")]
+    out += [f"{RESULTS}/figures/main_auroc.{ext}" for ext in ("png", "svg")]
+    out += [f"{RESULTS}/figures/fusion_weights.{ext}" for ext in ("png", "svg")]
+    return out
+
+
+def medmix_predictions():
+    files = []
+    for ds in DATASETS:
+        run = dataset_paths(config, ds).run_dir("full", "medmix")
+        files += [str(run / f"seed{s}" / "predictions.parquet") for s in config["seeds"]]
+    return files
+
+
+def run_header(cfg):
+    """One line saying which data and experts produced a table (demo/offline or real weights)."""
+    parts = []
+    for ds, dcfg in cfg["datasets"].items():
+        kind = "synthetic demo cohort" if dcfg["adapter"] == "demo" else f"{dcfg['adapter']} adapter"
+        experts = sorted({e for names in dcfg["modalities"].values() for e in names})
+        parts.append(f"{ds} ({kind}; experts: {', '.join(experts)})")
+    offline = all(
+        spec.get("random_init", False) or not any(k in spec for k in ("model_id", "local_dir"))
+        for spec in cfg["experts"].values()
+    )
+    source = "offline experts (established features, packaged MiniLM, randomly initialised FM architectures)" if offline else "foundation-model experts"
+    return f"Test split, mean ± std over {len(cfg['seeds'])} seeds. Data: " + "; ".join(parts) + f". Experts: {source}."

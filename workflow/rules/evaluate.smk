@@ -1,0 +1,23 @@
+# Runs -> one long metrics table per dataset.
+
+
+rule evaluate:
+    input:
+        summaries=lambda wc: run_summaries(wc.dataset),
+    output:
+        metrics=f"{RESULTS}/{{dataset}}/metrics.parquet",
+    params:
+        cfg=lambda wc: inline_json(dataset_slice(config, wc.dataset)),
+    log:
+        f"{LOGS}/{{dataset}}/evaluate.log",
+    benchmark:
+        f"{BENCH}/{{dataset}}/evaluate.tsv"
+    conda:
+        "../../envs/fusion.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m fusion evaluate --config {params.cfg} --dataset {wildcards.dataset}"
+        " --out {output.metrics} > {log} 2>&1"

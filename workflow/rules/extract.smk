@@ -1,0 +1,37 @@
+# Manifest -> one embedding cache per (dataset, modality, expert) (DESIGN §3.2).
+# Rerun one expert: snakemake results/demo-openi/embeddings/frontal/dinov2-tiny.parquet -f
+
+
+rule extract:
+    input:
+        manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
+    output:
+        cache=f"{RESULTS}/{{dataset}}/embeddings/{{modality}}/{{expert}}.parquet",
+    params:
+        cfg=lambda wc: inline_json(
+            {
+                "results": RESULTS,
+                "datasets": {wc.dataset: config["datasets"][wc.dataset]},
+                "experts": {
+                    n: s
+                    for e in config["datasets"][wc.dataset]["modalities"][wc.modality]
+                    for n, s in expert_closure(config, e).items()
+                },
+                "extraction": config["extraction"],
+            }
+        ),
+    log:
+        f"{LOGS}/{{dataset}}/extract/{{modality}}/{{expert}}.log",
+    benchmark:
+        f"{BENCH}/{{dataset}}/extract/{{modality}}/{{expert}}.tsv"
+    conda:
+        "../../envs/extract.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+        gpu=lambda wc: expert_needs_gpu(wc.expert),
+    shell:
+        "python -m extractors extract --config {params.cfg} --dataset {wildcards.dataset}"
+        " --modality {wildcards.modality} --expert {wildcards.expert}"
+        " --out {output.cache} > {log} 2>&1"

@@ -1,0 +1,65 @@
+# Metrics -> paper-ready tables and figures; `snakemake --report results/report.html`.
+
+
+rule tables:
+    input:
+        metrics=expand(f"{RESULTS}/{{dataset}}/metrics.parquet", dataset=DATASETS),
+    output:
+        md=report(
+            f"{RESULTS}/tables/main.md",
+            caption="../report/main_table.rst",
+            category="Tables",
+        ),
+        csv=f"{RESULTS}/tables/main.csv",
+        tex=f"{RESULTS}/tables/main.tex",
+    params:
+        header=shlex.quote(run_header(config)),
+        out_dir=f"{RESULTS}/tables",
+    log:
+        f"{LOGS}/tables.log",
+    benchmark:
+        f"{BENCH}/tables.tsv"
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    shell:
+        "python -m fusion.render tables --metrics {input.metrics} --out-dir {params.out_dir}"
+        " --header {params.header} > {log} 2>&1"
+
+
+rule figures:
+    input:
+        metrics=expand(f"{RESULTS}/{{dataset}}/metrics.parquet", dataset=DATASETS),
+    output:
+        auroc=report(
+            f"{RESULTS}/figures/main_auroc.png",
+            caption="../report/main_auroc.rst",
+            category="Figures",
+        ),
+        auroc_svg=f"{RESULTS}/figures/main_auroc.svg",
+        weights=report(
+            f"{RESULTS}/figures/fusion_weights.png",
+            caption="../report/fusion_weights.rst",
+            category="Figures",
+        ),
+        weights_svg=f"{RESULTS}/figures/fusion_weights.svg",
+    params:
+        header=shlex.quote(run_header(config)),
+        predictions=lambda wc: medmix_predictions(),
+        out_dir=f"{RESULTS}/figures",
+    log:
+        f"{LOGS}/figures.log",
+    benchmark:
+        f"{BENCH}/figures.tsv"
+    conda:
+        "../../envs/report.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m fusion.render figures --metrics {input.metrics} --out-dir {params.out_dir}"
+        " --predictions {params.predictions} --header {params.header} > {log} 2>&1"

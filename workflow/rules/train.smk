@@ -1,0 +1,26 @@
+# Caches -> one training job per (dataset, method, protocol), all seeds in one process.
+
+
+rule train:
+    input:
+        manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
+        caches=caches_for,
+    output:
+        summary=f"{RESULTS}/{{dataset}}/runs/{{protocol}}/{{method}}/summary.json",
+    params:
+        cfg=lambda wc: inline_json(dataset_slice(config, wc.dataset)),
+        out=lambda wc, output: os.path.dirname(output.summary),
+    log:
+        f"{LOGS}/{{dataset}}/train/{{protocol}}/{{method}}.log",
+    benchmark:
+        f"{BENCH}/{{dataset}}/train/{{protocol}}/{{method}}.tsv"
+    conda:
+        "../../envs/fusion.yaml"
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=120,
+    shell:
+        "python -m fusion train --config {params.cfg} --dataset {wildcards.dataset}"
+        " --method {wildcards.method} --protocol {wildcards.protocol}"
+        " --out {params.out} --threads {threads} > {log} 2>&1"
