@@ -6,7 +6,12 @@ from snakemake.utils import min_version, validate
 min_version("8.20")
 
 
-configfile: "config.yaml"
+# The embedded demo config, unless the user names their own (`--configfile config/paper.yaml`),
+# which then replaces it instead of being merged into it.
+if not workflow.config_settings.configfiles:
+
+    configfile: "config.yaml"
+
 
 
 report: "workflow/report/workflow.rst"

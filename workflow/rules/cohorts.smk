@@ -6,7 +6,7 @@ rule demo_cohort:
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
     params:
         spec=lambda wc: config["datasets"][wc.dataset]["demo"],
-        out=lambda wc: f"{RESULTS}/{wc.dataset}",
+        out=lambda wc, output: os.path.dirname(output.manifest),
     log:
         f"{LOGS}/{{dataset}}/demo_cohort.log",
     benchmark:

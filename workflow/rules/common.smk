@@ -52,9 +52,9 @@ def caches_for(wildcards):
 
 
 def expert_needs_gpu(expert):
-    from extractors.registry import expert_class
-
-    return int(expert_class(config["experts"][expert]["type"]).needs_gpu)
+    """1 when the expert (or an expert it wraps) is configured for a CUDA device."""
+    specs = expert_closure(config, expert).values()
+    return int(any(str(s.get("device", "cpu")).startswith(("cuda", "auto")) for s in specs))
 
 
 def run_summaries(dataset):

@@ -14,7 +14,7 @@ rule tables:
         tex=f"{RESULTS}/tables/main.tex",
     params:
         header=shlex.quote(run_header(config)),
-        out_dir=f"{RESULTS}/tables",
+        out_dir=lambda wc, output: os.path.dirname(output.md),
     log:
         f"{LOGS}/tables.log",
     benchmark:
@@ -49,7 +49,7 @@ rule figures:
     params:
         header=shlex.quote(run_header(config)),
         predictions=lambda wc: medmix_predictions(),
-        out_dir=f"{RESULTS}/figures",
+        out_dir=lambda wc, output: os.path.dirname(output.auroc),
     log:
         f"{LOGS}/figures.log",
     benchmark:
