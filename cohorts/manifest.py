@@ -143,8 +143,8 @@ def validate_manifest(
             continue
         present = df[mod].notna()
         paths = df.loc[present, mod].astype(str)
-        absolute = paths.map(lambda p: os.path.isabs(p))
-        escaping = paths.map(lambda p: not _inside(base, p))
+        absolute = paths.map(lambda p: os.path.isabs(p)).astype(bool)
+        escaping = paths.map(lambda p: not _inside(base, p)).astype(bool)
         bad = absolute | escaping
         if bad.any():
             mask = present.copy()

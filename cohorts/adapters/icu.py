@@ -1,0 +1,287 @@
+"""What MIMIC-IV and MIMIC-III share: ICU-stay samples, outcomes, the 48 h leakage rule.
+
+One sample per ICU stay. The prediction time is ``intime + 48 h``; only data recorded before
+it enters a sample: EHR events in ``[intime, cut-off)``, the last frontal and lateral chest
+X-ray and the radiology report nearest before the cut-off, both within this hospitalisation
+(from ED registration, or admission when there was none). A report also needs
+``storetime < cut-off`` when a store time is published — its text did not exist before.
+
+Outcomes (per hospital admission): ``mortality`` = ``hospital_expire_flag``; ``long_stay`` =
+hospital length of stay (dischtime − admittime) > 7 days; ``readmission`` = another
+admission of the same patient starting within 30 days after this discharge (0 after an
+in-hospital death). Stays are dropped, with the reason in the summary, when the admission
+is unknown, times are missing, the patient is under 18, the ICU stay is shorter than the
+observation window, or the patient died before the prediction time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cohorts.adapters.ehr import HourlyAccumulator, write_series
+from cohorts.adapters.ehr_variables import N_HOURS, NAMES
+from cohorts.adapters.summary import Drops
+from cohorts.manifest import ManifestMeta
+from cohorts.splits import patient_split
+
+log = logging.getLogger("medmix.cohorts.icu")
+
+FRACTIONS = {"train": 0.72, "val": 0.13, "test": 0.15}
+LABELS = ["mortality", "long_stay", "readmission"]
+LONG_STAY_DAYS = 7
+READMISSION_DAYS = 30
+
+Batches = Callable[[], Iterator[pd.DataFrame]]
+
+
+@dataclass
+class IcuSources:
+    """Normalised inputs (lower-case columns, parsed timestamps) from one MIMIC release.
+
+    ``admissions``: subject_id, hadm_id, admittime, dischtime, deathtime, edregtime,
+    hospital_expire_flag. ``stays``: stay_id, subject_id, hadm_id, intime, outtime, age.
+    Event sources yield ``subject_id, itemid, charttime, valuenum``; ``notes`` yields
+    ``subject_id, charttime, storetime, text``; ``images``: subject_id, time, view
+    (``frontal``/``lateral``), path (relative to the dataset root).
+    """
+
+    admissions: pd.DataFrame
+    stays: pd.DataFrame
+    events: list[tuple[str, Batches, dict[int, str]]] = field(default_factory=list)
+    notes: Batches | None = None
+    images: pd.DataFrame | None = None
+    image_exists: Callable[[str], bool] | None = None  # path -> on disk? (None: not checked)
+    remarks: list[str] = field(
+        default_factory=list
+    )  # absent parts and other remarks, for the summary
+
+
+def outcomes(adm: pd.DataFrame) -> pd.DataFrame:
+    """``hadm_id, mortality, long_stay, readmission`` for every admission of the table."""
+    a = adm[["subject_id", "hadm_id", "admittime", "dischtime", "hospital_expire_flag"]].copy()
+    a = a.sort_values(["subject_id", "admittime", "hadm_id"])
+    nxt = a.groupby("subject_id")["admittime"].shift(-1)
+    died = pd.to_numeric(a["hospital_expire_flag"], errors="coerce").fillna(0).astype(int) == 1
+    gap = nxt - a["dischtime"]
+    readmit = nxt.notna() & (gap <= pd.Timedelta(days=READMISSION_DAYS)) & ~died
+    los = a["dischtime"] - a["admittime"]
+    return pd.DataFrame(
+        {
+            "hadm_id": a["hadm_id"].to_numpy(),
+            "mortality": died.astype("int8").to_numpy(),
+            "long_stay": (los > pd.Timedelta(days=LONG_STAY_DAYS)).astype("int8").to_numpy(),
+            "readmission": readmit.astype("int8").to_numpy(),
+        }
+    )
+
+
+def select_stays(
+    src: IcuSources,
+    drops: Drops,
+    hours: int = N_HOURS,
+    min_age: float = 18,
+    min_icu_hours: float | None = None,
+) -> pd.DataFrame:
+    """Stays joined to admissions and outcomes, with exclusions recorded in ``drops``."""
+    min_icu_hours = hours if min_icu_hours is None else min_icu_hours
+    st = src.stays.copy()
+    st["sample_id"] = st["stay_id"].astype("int64").astype(str)
+    adm = src.admissions.merge(outcomes(src.admissions), on="hadm_id", how="left")
+    adm = adm.drop(columns=["subject_id"]).drop_duplicates("hadm_id")
+    st = st.merge(adm, on="hadm_id", how="left", indicator=True)
+
+    def drop(mask: pd.Series, reason: str) -> None:
+        nonlocal st
+        drops.add(reason, st.loc[mask, "sample_id"])
+        st = st.loc[~mask]
+
+    drop(st["_merge"] != "both", "admission not in the admissions table")
+    drop(st["intime"].isna() | st["outtime"].isna(), "ICU intime or outtime missing")
+    drop(st["admittime"].isna() | st["dischtime"].isna(), "admission or discharge time missing")
+    drop(st["age"].notna() & (st["age"] < min_age), f"age under {min_age:g}")
+    st = st.assign(cutoff=st["intime"] + pd.Timedelta(hours=hours))
+    drop(
+        (st["outtime"] - st["intime"]) < pd.Timedelta(hours=min_icu_hours),
+        f"ICU stay shorter than {min_icu_hours:g} h",
+    )
+    drop(
+        st["deathtime"].notna() & (st["deathtime"] < st["cutoff"]),
+        "died before the prediction time",
+    )
+    start = st["admittime"]
+    if "edregtime" in st:
+        start = st[["edregtime", "admittime"]].min(axis=1)
+    st = st.assign(start=start, patient_id=st["subject_id"].astype("int64").astype(str))
+    return st.drop(columns=["_merge"]).sort_values("sample_id").reset_index(drop=True)
+
+
+def latest_notes(notes: Iterable[pd.DataFrame], windows: pd.DataFrame) -> pd.Series:
+    """sample_id -> text of the report nearest before the cut-off (within ``[start, cutoff)``)."""
+    best = pd.DataFrame({"sample_id": [], "charttime": [], "text": []})
+    w = windows[["sample_id", "subject_id", "start", "cutoff"]].assign(
+        subject_id=lambda d: d["subject_id"].astype("int64")
+    )
+    for batch in notes:
+        b = batch.dropna(subset=["charttime", "text"])
+        b = b.assign(subject_id=b["subject_id"].astype("int64"))
+        m = b.merge(w, on="subject_id", how="inner")
+        ok = (m["charttime"] >= m["start"]) & (m["charttime"] < m["cutoff"])
+        if "storetime" in m:
+            ok &= m["storetime"].isna() | (m["storetime"] < m["cutoff"])
+        m = m.loc[ok & m["text"].str.strip().astype(bool), ["sample_id", "charttime", "text"]]
+        if m.empty:
+            continue
+        both = pd.concat([best, m], ignore_index=True) if len(best) else m
+        best = (
+            both.sort_values(["sample_id", "charttime"], kind="stable").groupby("sample_id").tail(1)
+        )
+    return (
+        best.set_index("sample_id")["text"].astype(object) if len(best) else pd.Series(dtype=object)
+    )
+
+
+def latest_images(
+    images: pd.DataFrame, windows: pd.DataFrame, exists: Callable[[str], bool] | None = None
+) -> pd.DataFrame:
+    """sample_id -> ``frontal`` and ``lateral``: the last image of each view in ``[start, cutoff)``.
+
+    ``exists`` (path -> bool), when given, is asked only about the images inside a window.
+    """
+    w = windows[["sample_id", "subject_id", "start", "cutoff"]].assign(
+        subject_id=lambda d: d["subject_id"].astype("int64")
+    )
+    im = images.dropna(subset=["time", "view", "path"]).assign(
+        subject_id=lambda d: d["subject_id"].astype("int64")
+    )
+    m = im.merge(w, on="subject_id", how="inner")
+    m = m[(m["time"] >= m["start"]) & (m["time"] < m["cutoff"])]
+    if exists is not None and len(m):
+        m = m[m["path"].map(exists).to_numpy(dtype=bool)]
+    last = (
+        m.sort_values(["sample_id", "view", "time", "path"]).groupby(["sample_id", "view"]).tail(1)
+    )
+    wide = last.pivot(index="sample_id", columns="view", values="path")
+    return wide.reindex(columns=["frontal", "lateral"])
+
+
+def ehr_series(
+    src: IcuSources,
+    stays: pd.DataFrame,
+    ehr_dir: str | Path,
+    root: str | Path,
+    hours: int,
+    dataset: str,
+) -> dict[str, str]:
+    """Stream every event source into hourly cells and write the per-stay files; sample -> path."""
+    windows = stays[["subject_id", "intime"]].assign(sample=np.arange(len(stays)))
+    counts, cells = {}, []
+    for name, batches, itemids in src.events:
+        acc = HourlyAccumulator(windows, itemids, hours)
+        acc.add_all(batches())
+        counts[name] = acc.n_events
+        cells.append(acc.cells())
+    log.info("%s: EHR events kept inside the windows: %s", dataset, counts)
+    if not cells:
+        return {}
+    allc = pd.concat(cells, ignore_index=True)
+    # a cell seen by two sources (glucose from chart and lab): the mean of both means
+    allc = allc.groupby(["sample", "hour", "var"], sort=True)["value"].mean().reset_index()
+    return write_series(allc, stays["sample_id"], ehr_dir, root, hours)
+
+
+def _or_none(values: pd.Series) -> pd.Series:
+    """Object column with None (not NaN) for missing, as the manifest expects."""
+    out = values.astype(object)
+    out[out.isna()] = None
+    return out
+
+
+def build_icu(
+    src: IcuSources,
+    *,
+    dataset: str,
+    adapter: str,
+    adapter_version: str,
+    modalities: dict[str, str],
+    root: str | Path,
+    ehr_dir: str | Path,
+    seed: int = 0,
+    hours: int = N_HOURS,
+    min_age: float = 18,
+    min_icu_hours: float | None = None,
+) -> tuple[pd.DataFrame, ManifestMeta, Drops]:
+    """Sources -> (manifest frame, meta, drops); writes the per-sample EHR Parquet files."""
+    drops = Drops()
+    st = select_stays(src, drops, hours, min_age, min_icu_hours)
+    df = st[["sample_id", "patient_id"]].copy()
+
+    if "ehr" in modalities:
+        df["ehr"] = _or_none(
+            df["sample_id"].map(ehr_series(src, st, ehr_dir, root, hours, dataset))
+        )
+    if "note" in modalities:
+        notes = latest_notes(src.notes(), st) if src.notes is not None else pd.Series(dtype=object)
+        df["note"] = _or_none(df["sample_id"].map(notes))
+    images = pd.DataFrame(columns=["frontal", "lateral"])
+    if src.images is not None and ({"frontal", "lateral"} & set(modalities)):
+        images = latest_images(src.images, st, src.image_exists)
+    for view in ("frontal", "lateral"):
+        if view in modalities:
+            df[view] = _or_none(df["sample_id"].map(images[view]))
+    for k in LABELS:
+        df[f"label_{k}"] = st[k].astype("int8").to_numpy()
+    df["split"] = (
+        patient_split(df["patient_id"], FRACTIONS, seed, stratify=df["label_mortality"])
+        if len(df)
+        else np.array([], dtype=object)
+    )
+    meta = ManifestMeta(
+        dataset=dataset,
+        task_type="binary",
+        modalities=dict(modalities),
+        labels=list(LABELS),
+        adapter=adapter,
+        adapter_version=adapter_version,
+        root=str(Path(root).resolve()),
+        extra={
+            "seed": seed,
+            "fractions": FRACTIONS,
+            "prediction_hours": hours,
+            "ehr_variables": list(NAMES),
+            "remarks": list(src.remarks),
+        },
+    )
+    return df, meta, drops
+
+
+def check_itemids(
+    path: Path | None,
+    itemids: Iterable[int],
+    remarks: list[str],
+    read: Callable[[Path], pd.DataFrame],
+) -> None:
+    """Remark (not fail) when the release's dictionary table lacks some of our itemids."""
+    if path is None:
+        return
+    known = set(read(path)["itemid"].dropna().astype(int))
+    absent = sorted(set(itemids) - known)
+    if absent:
+        remarks.append(
+            f"{path.name}: {len(absent)} itemid(s) of the EHR table not in this release: {absent[:10]}"
+        )
+        log.warning("%s", remarks[-1])
+
+
+def dataset_root(out: Path, ehr_dir: Path, *more: str | Path | None) -> Path:
+    """The deepest folder holding the EHR output (and e.g. the CXR root): every path is relative to it."""
+    out.mkdir(parents=True, exist_ok=True)
+    ehr_dir.mkdir(parents=True, exist_ok=True)
+    paths = [out, ehr_dir, *(Path(m) for m in more if m)]
+    return Path(os.path.commonpath([str(p.resolve()) for p in paths]))

@@ -1,0 +1,206 @@
+"""MIMIC-III v1.4 -> manifest (the external-validation cohort).
+
+Reads the published upper-case ``.csv.gz`` (or ``.csv``) tables from one folder:
+``ADMISSIONS``, ``PATIENTS``, ``ICUSTAYS`` (required), ``LABEVENTS``, ``CHARTEVENTS`` (CareVue
+and MetaVision itemids) and ``NOTEEVENTS`` (category ``Radiology``) — each optional: a table
+that is absent (the demo has no CHARTEVENTS; its NOTEEVENTS is empty) leaves that part missing
+and is listed under Remarks in the summary. Samples, outcomes and the 48 h leakage rule are
+those of :mod:`.icu`; EHR variables and itemids are :mod:`.ehr_variables`. Modalities:
+``note`` (text) and ``ehr`` (per-stay Parquet under ``{out}/ehr``, the dataset root).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from cohorts.adapters import AdapterError, add_common_args
+from cohorts.adapters.ehr_variables import itemid_map
+from cohorts.adapters.icu import IcuSources, build_icu, check_itemids, dataset_root
+from cohorts.adapters.readers import TIMESTAMP, find_optional, find_table, read_csv, scan_csv
+from cohorts.adapters.summary import Drops, write_cohort
+from cohorts.manifest import ManifestMeta
+
+log = logging.getLogger("medmix.cohorts.mimic3")
+
+ADAPTER_VERSION = "1"
+DATASET = "MIMIC-III"
+MODALITIES = {"note": "text", "ehr": "timeseries"}
+I64, F64, STR = pa.int64(), pa.float64(), pa.string()
+
+
+def age_years(birth: pd.Series, at: pd.Series) -> pd.Series:
+    """Whole years from ``birth`` to ``at`` (MIMIC-III shifts ages over 89 to ~300)."""
+    before = (at.dt.month * 100 + at.dt.day) < (birth.dt.month * 100 + birth.dt.day)
+    return (at.dt.year - birth.dt.year - before.astype(int)).astype("float64")
+
+
+def load_sources(root: str | Path) -> IcuSources:
+    root = Path(root)
+    if not root.is_dir():
+        raise AdapterError(f"{DATASET}: folder {root} not found")
+    adm = read_csv(
+        find_table(root, "ADMISSIONS", DATASET),
+        {
+            "subject_id": I64,
+            "hadm_id": I64,
+            "admittime": TIMESTAMP,
+            "dischtime": TIMESTAMP,
+            "deathtime": TIMESTAMP,
+            "edregtime": TIMESTAMP,
+            "hospital_expire_flag": I64,
+        },
+    )
+    pat = read_csv(find_table(root, "PATIENTS", DATASET), {"subject_id": I64, "dob": TIMESTAMP})
+    stays = read_csv(
+        find_table(root, "ICUSTAYS", DATASET),
+        {
+            "subject_id": I64,
+            "hadm_id": I64,
+            "icustay_id": I64,
+            "intime": TIMESTAMP,
+            "outtime": TIMESTAMP,
+        },
+    ).rename(columns={"icustay_id": "stay_id"})
+    stays = stays.merge(pat.drop_duplicates("subject_id"), on="subject_id", how="left")
+    stays["age"] = age_years(stays["dob"], stays["intime"])
+    stays = stays.drop(columns=["dob"])
+    subjects = set(stays["subject_id"].dropna().astype(int))
+    remarks: list[str] = []
+    src = IcuSources(admissions=adm, stays=stays, remarks=remarks)
+
+    lab_ids, chart_ids = itemid_map("lab"), itemid_map("chart_iii")
+    labs = find_optional(root, "LABEVENTS", remarks, "laboratory values", DATASET)
+    if labs is not None:
+        cols = {"subject_id": I64, "itemid": I64, "charttime": TIMESTAMP, "valuenum": F64}
+        src.events.append(
+            (
+                "labevents",
+                lambda: scan_csv(labs, cols, isin={"itemid": lab_ids, "subject_id": subjects}),
+                lab_ids,
+            )
+        )
+    chart = find_optional(
+        root, "CHARTEVENTS", remarks, "chart vitals (the EHR holds labs only)", DATASET
+    )
+    if chart is not None:
+        src.events.append(
+            ("chartevents", lambda: _chart_batches(chart, chart_ids, subjects), chart_ids)
+        )
+    read_ids = lambda p: read_csv(p, {"itemid": I64})  # noqa: E731
+    check_itemids(
+        find_optional(root, "D_LABITEMS", [], "lab dictionary", DATASET), lab_ids, remarks, read_ids
+    )
+    check_itemids(
+        find_optional(root, "D_ITEMS", [], "item dictionary", DATASET), chart_ids, remarks, read_ids
+    )
+    notes = find_optional(root, "NOTEEVENTS", remarks, "radiology reports", DATASET)
+    if notes is not None:
+        src.notes = lambda: _radiology_notes(notes, subjects)
+    return src
+
+
+def _chart_batches(
+    path: Path, itemids: dict[int, str], subjects: set[int]
+) -> Iterator[pd.DataFrame]:
+    cols = {"subject_id": I64, "itemid": I64, "charttime": TIMESTAMP, "valuenum": F64, "error": F64}
+    for b in scan_csv(path, cols, isin={"itemid": itemids, "subject_id": subjects}):
+        yield b[b["error"].fillna(0) != 1]
+
+
+def _radiology_notes(path: Path, subjects: set[int]) -> Iterator[pd.DataFrame]:
+    cols = {
+        "subject_id": I64,
+        "charttime": TIMESTAMP,
+        "storetime": TIMESTAMP,
+        "category": STR,
+        "iserror": F64,
+        "text": STR,
+    }
+    for b in scan_csv(path, cols, isin={"subject_id": subjects}, newlines_in_values=True):
+        keep = (b["category"].fillna("").str.strip().str.lower() == "radiology") & (
+            b["iserror"].fillna(0) != 1
+        )
+        yield b.loc[keep, ["subject_id", "charttime", "storetime", "text"]]
+
+
+def build(
+    root: str | Path,
+    out: str | Path,
+    ehr_dir: str | Path | None = None,
+    seed: int = 0,
+    dataset: str = "mimic3",
+    hours: int = 48,
+    min_icu_hours: float | None = None,
+    external: bool = False,
+) -> tuple[pd.DataFrame, ManifestMeta, Drops]:
+    """MIMIC-III folder -> (manifest frame, meta, drops); EHR files go to ``ehr_dir`` (default ``{out}/ehr``)."""
+    out = Path(out)
+    ehr_dir = Path(ehr_dir) if ehr_dir else out / "ehr"
+    src = load_sources(root)
+    df, meta, drops = build_icu(
+        src,
+        dataset=dataset,
+        adapter="mimic3",
+        adapter_version=ADAPTER_VERSION,
+        modalities=MODALITIES,
+        root=dataset_root(out, ehr_dir),
+        ehr_dir=ehr_dir,
+        seed=seed,
+        hours=hours,
+        min_icu_hours=min_icu_hours,
+    )
+    if external:
+        df["split"] = "external"
+    meta.extra["source"] = str(Path(root).resolve())
+    return df, meta, drops
+
+
+def run(root: str | Path, out: str | Path, **kw) -> Path:
+    df, meta, drops = build(root, out, **kw)
+    path = write_cohort(df, meta, out, drops)
+    log.info("mimic3: %d samples written to %s (%d dropped)", len(df), path, drops.total())
+    return path
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "mimic3", help="MIMIC-III v1.4 (ICU stays, labs/chart EHR, radiology notes) -> manifest"
+    )
+    p.add_argument(
+        "--mimic", required=True, help="folder with ADMISSIONS.csv.gz, ICUSTAYS.csv.gz, …"
+    )
+    p.add_argument("--ehr-dir", help="where the per-stay EHR Parquet files go (default: {out}/ehr)")
+    p.add_argument(
+        "--hours",
+        type=int,
+        default=48,
+        help="observation window / prediction time after ICU intime (h)",
+    )
+    p.add_argument("--min-icu-hours", type=float, help="drop shorter ICU stays (default: --hours)")
+    p.add_argument(
+        "--external",
+        action="store_true",
+        help="mark every sample split=external (external validation)",
+    )
+    add_common_args(p, "mimic3")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    run(
+        args.mimic,
+        args.out,
+        ehr_dir=args.ehr_dir,
+        seed=args.seed,
+        dataset=args.dataset,
+        hours=args.hours,
+        min_icu_hours=args.min_icu_hours,
+        external=args.external,
+    )
+    return 0

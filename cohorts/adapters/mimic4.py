@@ -1,0 +1,275 @@
+"""MIMIC-IV-MM -> manifest: MIMIC-IV v2.x + MIMIC-CXR-JPG v2.0.0 + MIMIC-IV-Note.
+
+Inputs, as PhysioNet publishes them (``.csv.gz`` or ``.csv``):
+
+* ``--mimic``: MIMIC-IV root with ``hosp/admissions``, ``hosp/patients``, ``icu/icustays``
+  (required), ``hosp/labevents``, ``icu/chartevents`` (streamed, filtered to the itemids of
+  :mod:`.ehr_variables`), ``hosp/d_labitems``, ``icu/d_items`` (used to check the itemids);
+* ``--cxr``: MIMIC-CXR-JPG root with ``mimic-cxr-2.0.0-metadata.csv.gz`` (dicom_id,
+  subject_id, study_id, ViewPosition, StudyDate, StudyTime, …) and
+  ``files/p1x/p1xxxxxxx/sNNNNNNNN/{dicom_id}.jpg``;
+* ``--note``: MIMIC-IV-Note root with ``note/radiology.csv.gz`` (note_id, subject_id,
+  hadm_id, note_type, note_seq, charttime, storetime, text).
+
+Samples, outcomes and the 48 h leakage rule are those of :mod:`.icu`. Image times are
+``StudyDate`` + ``StudyTime``; frontal = ViewPosition PA or AP, lateral = LATERAL or LL; an
+image must exist under ``--cxr`` (unless ``--no-check-images``). The dataset root is the
+deepest folder holding both the EHR output and the CXR root, so every path is relative to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+
+from cohorts.adapters import AdapterError, add_common_args
+from cohorts.adapters.ehr_variables import itemid_map
+from cohorts.adapters.icu import IcuSources, build_icu, check_itemids, dataset_root
+from cohorts.adapters.readers import TIMESTAMP, find_optional, find_table, read_csv, scan_csv
+from cohorts.adapters.summary import Drops, write_cohort
+from cohorts.manifest import ManifestMeta
+
+log = logging.getLogger("medmix.cohorts.mimic4")
+
+ADAPTER_VERSION = "1"
+DATASET = "MIMIC-IV"
+MODALITIES = {"frontal": "image", "lateral": "image", "note": "text", "ehr": "timeseries"}
+CXR_METADATA = "mimic-cxr-2.0.0-metadata"
+FRONTAL = {"PA", "AP"}
+LATERAL = {"LATERAL", "LL"}
+I64, F64, STR = pa.int64(), pa.float64(), pa.string()
+
+
+def study_times(date: pd.Series, time: pd.Series) -> pd.Series:
+    """MIMIC-CXR ``StudyDate`` (YYYYMMDD) + ``StudyTime`` (HHMMSS[.fff], leading zeros dropped) -> timestamp."""
+    d = pd.to_numeric(date, errors="coerce").astype("Int64").astype(str).str.zfill(8)
+    t = time.astype(str).str.strip().str.split(".").str[0].str.zfill(6)
+    return pd.to_datetime(d + t, format="%Y%m%d%H%M%S", errors="coerce")
+
+
+def load_images(
+    cxr: Path, subjects: set[int], root: Path, metadata: Path | None = None
+) -> pd.DataFrame:
+    """MIMIC-CXR-JPG metadata -> ``subject_id, time, view, path`` (path relative to ``root``)."""
+    meta_path = Path(metadata) if metadata else find_table(cxr, CXR_METADATA, "MIMIC-CXR-JPG")
+    cols = {
+        "dicom_id": STR,
+        "subject_id": I64,
+        "study_id": I64,
+        "viewposition": STR,
+        "studydate": I64,
+        "studytime": STR,
+    }
+    m = read_csv(meta_path, cols, isin={"subject_id": subjects})
+    pos = m["viewposition"].fillna("").str.strip().str.upper()
+    view = pd.Series(pd.NA, index=m.index, dtype=object)
+    view[pos.isin(FRONTAL)] = "frontal"
+    view[pos.isin(LATERAL)] = "lateral"
+    sid = m["subject_id"].astype(str)
+    study = m["study_id"].astype(str)
+    rel = "files/p" + sid.str[:2] + "/p" + sid + "/s" + study + "/" + m["dicom_id"] + ".jpg"
+    prefix = os.path.relpath(cxr.resolve(), root.resolve())
+    out = pd.DataFrame(
+        {
+            "subject_id": m["subject_id"],
+            "time": study_times(m["studydate"], m["studytime"]),
+            "view": view,
+            "path": [Path(prefix, r).as_posix() if prefix != "." else r for r in rel],
+        }
+    )
+    return out.dropna(subset=["view", "time"]).reset_index(drop=True)
+
+
+def load_sources(
+    mimic: str | Path,
+    root: Path,
+    note: str | Path | None = None,
+    cxr: str | Path | None = None,
+    check_images: bool = True,
+) -> IcuSources:
+    mimic = Path(mimic)
+    if not mimic.is_dir():
+        raise AdapterError(f"{DATASET}: folder {mimic} not found")
+    adm = read_csv(
+        find_table(mimic, "hosp/admissions", DATASET),
+        {
+            "subject_id": I64,
+            "hadm_id": I64,
+            "admittime": TIMESTAMP,
+            "dischtime": TIMESTAMP,
+            "deathtime": TIMESTAMP,
+            "edregtime": TIMESTAMP,
+            "hospital_expire_flag": I64,
+        },
+    )
+    pat = read_csv(
+        find_table(mimic, "hosp/patients", DATASET),
+        {"subject_id": I64, "anchor_age": F64, "anchor_year": I64},
+    )
+    stays = read_csv(
+        find_table(mimic, "icu/icustays", DATASET),
+        {
+            "subject_id": I64,
+            "hadm_id": I64,
+            "stay_id": I64,
+            "intime": TIMESTAMP,
+            "outtime": TIMESTAMP,
+        },
+    )
+    stays = stays.merge(pat.drop_duplicates("subject_id"), on="subject_id", how="left")
+    stays["age"] = stays["anchor_age"] + (stays["intime"].dt.year - stays["anchor_year"]).astype(
+        "float64"
+    )
+    stays = stays.drop(columns=["anchor_age", "anchor_year"])
+    subjects = set(stays["subject_id"].dropna().astype(int))
+    remarks: list[str] = []
+    src = IcuSources(admissions=adm, stays=stays, remarks=remarks)
+
+    lab_ids, chart_ids = itemid_map("lab"), itemid_map("chart_iv")
+    ev_cols = {"subject_id": I64, "itemid": I64, "charttime": TIMESTAMP, "valuenum": F64}
+    labs = find_optional(mimic, "hosp/labevents", remarks, "laboratory values", DATASET)
+    if labs is not None:
+        src.events.append(
+            (
+                "labevents",
+                lambda: scan_csv(labs, ev_cols, isin={"itemid": lab_ids, "subject_id": subjects}),
+                lab_ids,
+            )
+        )
+    chart = find_optional(mimic, "icu/chartevents", remarks, "chart vitals", DATASET)
+    if chart is not None:
+        src.events.append(
+            (
+                "chartevents",
+                lambda: scan_csv(
+                    chart, ev_cols, isin={"itemid": chart_ids, "subject_id": subjects}
+                ),
+                chart_ids,
+            )
+        )
+    read_ids = lambda p: read_csv(p, {"itemid": I64})  # noqa: E731
+    check_itemids(
+        find_optional(mimic, "hosp/d_labitems", [], "lab dictionary", DATASET),
+        lab_ids,
+        remarks,
+        read_ids,
+    )
+    check_itemids(
+        find_optional(mimic, "icu/d_items", [], "item dictionary", DATASET),
+        chart_ids,
+        remarks,
+        read_ids,
+    )
+
+    if note is None:
+        remarks.append("no --note folder (MIMIC-IV-Note): radiology reports missing")
+    else:
+        note = Path(note)
+        try:
+            path = find_table(note, "note/radiology", "MIMIC-IV-Note")
+        except AdapterError:
+            path = find_optional(note, "radiology", remarks, "radiology reports", "MIMIC-IV-Note")
+        if path is not None:
+            cols = {"subject_id": I64, "charttime": TIMESTAMP, "storetime": TIMESTAMP, "text": STR}
+            src.notes = lambda: scan_csv(
+                path, cols, isin={"subject_id": subjects}, newlines_in_values=True
+            )
+    if cxr is None:
+        remarks.append("no --cxr folder (MIMIC-CXR-JPG): chest X-rays missing")
+    else:
+        cxr = Path(cxr)
+        if not cxr.is_dir():
+            raise AdapterError(f"MIMIC-CXR-JPG: folder {cxr} not found")
+        src.images = load_images(cxr, subjects, root)
+        if check_images:
+            src.image_exists = lambda rel: (root / rel).is_file()
+    return src
+
+
+def build(
+    mimic: str | Path,
+    out: str | Path,
+    note: str | Path | None = None,
+    cxr: str | Path | None = None,
+    ehr_dir: str | Path | None = None,
+    seed: int = 0,
+    dataset: str = "mimic4",
+    hours: int = 48,
+    min_icu_hours: float | None = None,
+    check_images: bool = True,
+) -> tuple[pd.DataFrame, ManifestMeta, Drops]:
+    """The sources -> (manifest frame, meta, drops); EHR files go to ``ehr_dir`` (default ``{out}/ehr``)."""
+    out = Path(out)
+    ehr_dir = Path(ehr_dir) if ehr_dir else out / "ehr"
+    root = dataset_root(out, ehr_dir, cxr)
+    src = load_sources(mimic, root, note, cxr, check_images)
+    df, meta, drops = build_icu(
+        src,
+        dataset=dataset,
+        adapter="mimic4",
+        adapter_version=ADAPTER_VERSION,
+        modalities=MODALITIES,
+        root=root,
+        ehr_dir=ehr_dir,
+        seed=seed,
+        hours=hours,
+        min_icu_hours=min_icu_hours,
+    )
+    meta.extra["source"] = {
+        "mimic": str(Path(mimic).resolve()),
+        "note": note and str(Path(note).resolve()),
+        "cxr": cxr and str(Path(cxr).resolve()),
+    }
+    return df, meta, drops
+
+
+def run(mimic: str | Path, out: str | Path, **kw) -> Path:
+    df, meta, drops = build(mimic, out, **kw)
+    path = write_cohort(df, meta, out, drops)
+    log.info("mimic4: %d samples written to %s (%d dropped)", len(df), path, drops.total())
+    return path
+
+
+def add_cli(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "mimic4", help="MIMIC-IV + MIMIC-CXR-JPG + MIMIC-IV-Note (ICU stays) -> manifest"
+    )
+    p.add_argument("--mimic", required=True, help="MIMIC-IV root (with hosp/ and icu/)")
+    p.add_argument("--note", help="MIMIC-IV-Note root (with note/radiology.csv.gz)")
+    p.add_argument(
+        "--cxr", help="MIMIC-CXR-JPG root (with mimic-cxr-2.0.0-metadata.csv.gz and files/)"
+    )
+    p.add_argument("--ehr-dir", help="where the per-stay EHR Parquet files go (default: {out}/ehr)")
+    p.add_argument(
+        "--hours",
+        type=int,
+        default=48,
+        help="observation window / prediction time after ICU intime (h)",
+    )
+    p.add_argument("--min-icu-hours", type=float, help="drop shorter ICU stays (default: --hours)")
+    p.add_argument(
+        "--no-check-images", action="store_true", help="do not check that the JPGs exist"
+    )
+    add_common_args(p, "mimic4")
+    p.set_defaults(func=_main)
+
+
+def _main(args: argparse.Namespace) -> int:
+    run(
+        args.mimic,
+        args.out,
+        note=args.note,
+        cxr=args.cxr,
+        ehr_dir=args.ehr_dir,
+        seed=args.seed,
+        dataset=args.dataset,
+        hours=args.hours,
+        min_icu_hours=args.min_icu_hours,
+        check_images=not args.no_check_images,
+    )
+    return 0
