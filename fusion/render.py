@@ -51,11 +51,19 @@ class MainTable:
 
 def summarise(metrics: pd.DataFrame, protocol: str = "full", split: str = "test") -> pd.DataFrame:
     """Mean and std over seeds of the macro (averaged over labels/tasks) test metrics."""
-    sel = metrics[(metrics["protocol"] == protocol) & (metrics["split"] == split) & (metrics["task"] == "macro")]
+    sel = metrics[
+        (metrics["protocol"] == protocol)
+        & (metrics["split"] == split)
+        & (metrics["task"] == "macro")
+    ]
     sel = sel[sel["metric"].isin(list(METRIC_COLUMNS))]
     if sel.empty:
         raise ValueError(f"no {split} metrics for protocol {protocol!r}")
-    agg = sel.groupby(["dataset", "method", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
+    agg = (
+        sel.groupby(["dataset", "method", "metric"])["value"]
+        .agg(["mean", "std", "count"])
+        .reset_index()
+    )
     agg["std"] = agg["std"].fillna(0.0)
     return agg
 
@@ -102,7 +110,9 @@ def render_markdown(table: MainTable) -> str:
         cells = [ds, method_label(row["method"])]
         for m in METRIC_COLUMNS:
             mean = row[f"{m}_mean"]
-            cells.append("n/a" if pd.isna(mean) else _fmt(mean, row[f"{m}_std"], bool(best[m][i]), "md"))
+            cells.append(
+                "n/a" if pd.isna(mean) else _fmt(mean, row[f"{m}_std"], bool(best[m][i]), "md")
+            )
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -126,7 +136,9 @@ def render_latex(table: MainTable) -> str:
         cells = [ds.replace("_", "\\_"), method_label(row["method"]).replace("_", "\\_")]
         for m in METRIC_COLUMNS:
             mean = row[f"{m}_mean"]
-            cells.append("n/a" if pd.isna(mean) else _fmt(mean, row[f"{m}_std"], bool(best[m][i]), "tex"))
+            cells.append(
+                "n/a" if pd.isna(mean) else _fmt(mean, row[f"{m}_std"], bool(best[m][i]), "tex")
+            )
         out.append(" & ".join(cells) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(out) + "\n"
@@ -145,11 +157,17 @@ def load_metrics(paths: Sequence[str | Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def write_tables(metrics_paths: Sequence[str | Path], out_dir: str | Path, header: str, stem: str = "main") -> list[Path]:
+def write_tables(
+    metrics_paths: Sequence[str | Path], out_dir: str | Path, header: str, stem: str = "main"
+) -> list[Path]:
     table = build_main_table(load_metrics(metrics_paths), header)
     out_dir = Path(out_dir)
     written = []
-    for ext, text in (("md", render_markdown(table)), ("tex", render_latex(table)), ("csv", render_csv(table))):
+    for ext, text in (
+        ("md", render_markdown(table)),
+        ("tex", render_latex(table)),
+        ("csv", render_csv(table)),
+    ):
         written.append(write_text_atomic(out_dir / f"{stem}.{ext}", text))
     return written
 
@@ -183,8 +201,13 @@ def plot_main_auroc(metrics: pd.DataFrame, out_dir: str | Path, header: str) -> 
     for ax, ds in zip(axes[0], datasets, strict=True):
         dsel = agg[agg["dataset"] == ds].set_index("method")
         ms = [m for m in methods if m in dsel.index]
-        colors = ["#c0392b" if m == "medmix" else (cmap(2) if m.startswith("medmix-only") else cmap(0)) for m in ms]
-        ax.bar(range(len(ms)), dsel.loc[ms, "mean"], yerr=dsel.loc[ms, "std"], color=colors, capsize=3)
+        colors = [
+            "#c0392b" if m == "medmix" else (cmap(2) if m.startswith("medmix-only") else cmap(0))
+            for m in ms
+        ]
+        ax.bar(
+            range(len(ms)), dsel.loc[ms, "mean"], yerr=dsel.loc[ms, "std"], color=colors, capsize=3
+        )
         ax.set_xticks(range(len(ms)))
         ax.set_xticklabels([method_label(m) for m in ms], rotation=45, ha="right", fontsize=8)
         lo = max(0.0, float((dsel.loc[ms, "mean"] - dsel.loc[ms, "std"]).min()) - 0.05)
@@ -220,7 +243,9 @@ def plot_fusion_weights(prediction_files: dict[str, list[Path]], out_dir: str | 
     import matplotlib.pyplot as plt
 
     datasets = [d for d, files in prediction_files.items() if files]
-    fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(4.2 * max(1, len(datasets)), 3.6), squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(1, len(datasets)), figsize=(4.2 * max(1, len(datasets)), 3.6), squeeze=False
+    )
     for ax, ds in zip(axes[0], datasets, strict=False):
         preds = pd.concat([pd.read_parquet(p) for p in prediction_files[ds]], ignore_index=True)
         preds = preds[preds["split"] == "test"]
@@ -248,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--out-dir", required=True)
         p.add_argument("--header", default="")
         if name == "figures":
-            p.add_argument("--predictions", nargs="*", default=[], help="MedMIX predictions.parquet files")
+            p.add_argument(
+                "--predictions", nargs="*", default=[], help="MedMIX predictions.parquet files"
+            )
     args = parser.parse_args(argv)
     if args.cmd == "tables":
         for p in write_tables(args.metrics, args.out_dir, args.header):
@@ -259,7 +286,9 @@ def main(argv: list[str] | None = None) -> int:
     for f in args.predictions:
         ds = Path(f).parts[Path(f).parts.index("runs") - 1]
         by_ds.setdefault(ds, []).append(Path(f))
-    for p in plot_main_auroc(metrics, args.out_dir, args.header) + plot_fusion_weights(by_ds, args.out_dir):
+    for p in plot_main_auroc(metrics, args.out_dir, args.header) + plot_fusion_weights(
+        by_ds, args.out_dir
+    ):
         print(p)
     return 0
 

@@ -1,0 +1,118 @@
+"""Metrics: thresholds from validation, skipped labels, agreement with scikit-learn."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, f1_score, roc_auc_score
+
+from fusion.metrics import best_f1_threshold, choose_thresholds, evaluate_split
+
+
+def test_threshold_is_chosen_on_validation_and_applied_to_test() -> None:
+    # On val, positives score 0.7-0.9 and negatives 0.1-0.6: best F1 threshold is 0.7.
+    y_val = np.array([[1], [1], [1], [0], [0], [0], [0]], dtype=float)
+    p_val = np.array([[0.9], [0.8], [0.7], [0.6], [0.3], [0.2], [0.1]])
+    thr = choose_thresholds(y_val, p_val, ["a"])
+    assert thr == {"a": pytest.approx(0.7)}
+    # On test, a 0.5 threshold would be perfect, but the val threshold must be used.
+    y_test = np.array([[1], [1], [0], [0]], dtype=float)
+    p_test = np.array([[0.65], [0.95], [0.3], [0.2]])
+    m = evaluate_split(y_test, p_test, "binary", ["a"], thr)
+    pred = p_test[:, 0] >= thr["a"]
+    assert m.per_label["a"]["f1"] == pytest.approx(f1_score(y_test[:, 0], pred))
+    assert m.per_label["a"]["f1"] == pytest.approx(2 / 3)
+    assert m.per_label["a"]["accuracy"] == pytest.approx(0.75)
+    assert m.per_label["a"]["auroc"] == 1.0
+
+
+def test_best_threshold_maximises_f1() -> None:
+    rng = np.random.default_rng(0)
+    y = rng.random(200) < 0.3
+    p = np.clip(0.3 * y + rng.random(200) * 0.8, 0, 1)
+    t = best_f1_threshold(y, p)
+
+    def f1(pred: np.ndarray) -> float:
+        tp = np.sum(pred & y)
+        return 2 * tp / (2 * tp + np.sum(pred & ~y) + np.sum(~pred & y))
+
+    best = max(f1(p >= c) for c in np.unique(p))
+    assert f1_score(y, p >= t) == pytest.approx(best)
+    assert best_f1_threshold(np.zeros(5, bool), rng.random(5)) == 0.5
+
+
+def test_skipped_labels_are_named_and_not_averaged() -> None:
+    rng = np.random.default_rng(1)
+    n = 60
+    y = np.stack(
+        [rng.random(n) < 0.4, np.zeros(n, bool), rng.random(n) < 0.5, np.ones(n, bool)], axis=1
+    ).astype(float)
+    p = rng.random((n, 4))
+    m = evaluate_split(y, p, "multilabel", ["a", "none_pos", "b", "none_neg"], n_no_modality=3)
+    assert m.skipped_labels == ["none_pos", "none_neg"]
+    assert set(m.per_label["none_pos"]) == {"n", "n_pos"}
+    for key in ("auroc", "auprc", "f1", "accuracy"):
+        assert np.isfinite(m.macro[key])
+        assert m.macro[key] == pytest.approx((m.per_label["a"][key] + m.per_label["b"][key]) / 2)
+    assert m.macro["macro_f1"] == m.macro["f1"]
+    assert m.n == n and m.n_no_modality == 3
+    json.dumps(m.to_dict(), allow_nan=False)  # never NaN
+
+
+def test_auroc_auprc_match_sklearn_and_unknown_labels_ignored() -> None:
+    rng = np.random.default_rng(2)
+    n = 300
+    y = (rng.random((n, 3)) < [0.2, 0.5, 0.7]).astype(float)
+    p = np.clip(y * 0.3 + rng.random((n, 3)) * 0.7, 0, 1)
+    y[:20, 1] = np.nan  # unknown
+    m = evaluate_split(y, p, "binary", ["x", "y", "z"], {"x": 0.5, "y": 0.4, "z": 0.6})
+    for j, name in enumerate(["x", "y", "z"]):
+        k = np.isfinite(y[:, j])
+        assert m.per_label[name]["auroc"] == pytest.approx(roc_auc_score(y[k, j], p[k, j]))
+        assert m.per_label[name]["auprc"] == pytest.approx(
+            average_precision_score(y[k, j], p[k, j])
+        )
+    assert m.per_label["y"]["n"] == n - 20
+    assert m.macro["auroc"] == pytest.approx(np.mean([m.per_label[c]["auroc"] for c in "xyz"]))
+    assert m.skipped_labels == []
+    # macro_f1 is sklearn's macro F1 of the thresholded label matrix
+    k = np.isfinite(y).all(1)
+    pred = p >= np.array([0.5, 0.4, 0.6])
+    assert m.macro["macro_f1"] == pytest.approx(m.macro["f1"])
+    m_known = evaluate_split(y[k], p[k], "binary", ["x", "y", "z"], {"x": 0.5, "y": 0.4, "z": 0.6})
+    assert m_known.macro["macro_f1"] == pytest.approx(f1_score(y[k], pred[k], average="macro"))
+
+
+def test_single_binary_task_macro_f1_is_over_both_classes() -> None:
+    rng = np.random.default_rng(4)
+    y = (rng.random(200) < 0.85).astype(float)
+    p = np.clip(0.3 * y + rng.random(200) * 0.7, 0, 1)
+    m = evaluate_split(y[:, None], p[:, None], "binary", ["alive"], {"alive": 0.4})
+    pred = p >= 0.4
+    assert m.macro["f1"] == pytest.approx(f1_score(y, pred))
+    assert m.macro["macro_f1"] == pytest.approx(f1_score(y, pred, average="macro"))
+    assert m.macro["macro_f1"] < m.macro["f1"]
+
+
+def test_multiclass_metrics() -> None:
+    rng = np.random.default_rng(3)
+    n = 200
+    y = rng.integers(0, 3, size=n)
+    logits = rng.normal(size=(n, 3)) + 2.0 * np.eye(3)[y]
+    p = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    y[:5] = -1  # unknown
+    m = evaluate_split(y, p, "multiclass", ["g_a", "g_b", "g_c"])
+    k = y >= 0
+    assert m.macro["auroc"] == pytest.approx(
+        roc_auc_score(y[k], p[k], multi_class="ovr", average="macro")
+    )
+    assert m.macro["f1"] == pytest.approx(f1_score(y[k], p[k].argmax(1), average="macro"))
+    assert m.macro["macro_f1"] == m.macro["f1"]
+    assert m.macro["accuracy"] == pytest.approx(np.mean(p[k].argmax(1) == y[k]))
+    # a class absent from the split is skipped, not NaN-averaged
+    y2 = np.where(y == 2, 0, y)
+    m2 = evaluate_split(y2, p, "multiclass", ["g_a", "g_b", "g_c"])
+    assert m2.skipped_labels == ["g_c"]
+    assert np.isfinite(list(m2.macro.values())).all()
