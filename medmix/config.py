@@ -137,3 +137,15 @@ def dataset_slice(cfg: dict[str, Any], dataset: str) -> dict[str, Any]:
             used.update(expert_closure(cfg, n))
     keep = {k: v for k, v in cfg.items() if k not in ("datasets", "experts")}
     return {**keep, "datasets": {dataset: dcfg}, "experts": used}
+
+
+def extract_slice(cfg: dict[str, Any], dataset: str, modality: str) -> dict[str, Any]:
+    """The part of the config one modality's extraction depends on."""
+    dcfg = dict(cfg["datasets"][dataset])
+    names = dcfg["modalities"][modality]
+    dcfg["modalities"] = {modality: names}
+    experts: dict[str, dict[str, Any]] = {}
+    for n in names:
+        experts.update(expert_closure(cfg, n))
+    keep = {k: cfg[k] for k in ("results", "extraction") if k in cfg}
+    return {**keep, "datasets": {dataset: dcfg}, "experts": experts}

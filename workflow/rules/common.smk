@@ -4,7 +4,14 @@
 import json
 import shlex
 
-from medmix.config import cache_paths, dataset_paths, dataset_slice, expert_closure, validate_config
+from medmix.config import (
+    cache_paths,
+    dataset_paths,
+    dataset_slice,
+    expert_closure,
+    extract_slice,
+    validate_config,
+)
 
 # Cross-checks beyond the JSON schema (every expert named under datasets is defined).
 validate_config(config)

@@ -8,18 +8,7 @@ rule extract:
     output:
         cache=f"{RESULTS}/{{dataset}}/embeddings/{{modality}}/{{expert}}.parquet",
     params:
-        cfg=lambda wc: inline_json(
-            {
-                "results": RESULTS,
-                "datasets": {wc.dataset: config["datasets"][wc.dataset]},
-                "experts": {
-                    n: s
-                    for e in config["datasets"][wc.dataset]["modalities"][wc.modality]
-                    for n, s in expert_closure(config, e).items()
-                },
-                "extraction": config["extraction"],
-            }
-        ),
+        cfg=lambda wc: inline_json(extract_slice(config, wc.dataset, wc.modality)),
     log:
         f"{LOGS}/{{dataset}}/extract/{{modality}}/{{expert}}.log",
     benchmark:

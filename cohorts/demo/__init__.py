@@ -1,0 +1,5 @@
+"""Synthetic demo cohorts (docstring filled in below)."""
+
+from cohorts.demo.generate import KINDS, generate_cohort
+
+__all__ = ["KINDS", "generate_cohort"]

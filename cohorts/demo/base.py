@@ -1,0 +1,78 @@
+"""What a cohort kind provides to the generator: a plan (who, labels, missingness) and a renderer."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cohorts.demo.signal import Signal
+
+KIND_CODES = {"openi": 1, "mimic": 2, "ccrcc": 3}
+
+
+@dataclass
+class Plan:
+    """Everything decided before any file is written; rendering sample i needs only row i."""
+
+    kind: str
+    seed: int
+    shift: float
+    samples: pd.DataFrame  # sample_id, patient_id, split, label_* (one row per sample)
+    present: dict[str, np.ndarray]  # modality -> bool per sample
+    signal: Signal
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # per-sample ancillary values
+
+
+@dataclass(frozen=True)
+class CohortKind:
+    name: str
+    task_type: str
+    modalities: dict[str, str]  # modality -> manifest kind
+    labels: tuple[str, ...]
+    fractions: dict[str, float]
+    plan: Callable[[int, int, float], Plan]  # (n_patients, seed, shift) -> Plan
+    render: Callable[[Plan, int, Path], dict[str, str | None]]  # -> modality values for row i
+    description: str = ""
+
+
+def logistic(x: np.ndarray | float) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=float)))
+
+
+def severity(
+    evidence: np.ndarray | float, threshold: np.ndarray | float, sharpness: float = 4.0
+) -> np.ndarray:
+    """Soft-thresholded evidence: ~0 below the threshold, ~(evidence - threshold) above."""
+    return np.logaddexp(0.0, sharpness * (np.asarray(evidence) - threshold)) / sharpness
+
+
+def ensure_one_present(
+    present: dict[str, np.ndarray], rng: np.random.Generator, prefer: str
+) -> None:
+    """Give samples with every modality missing back one modality (``prefer`` mostly)."""
+    mods = list(present)
+    none = ~np.any(np.stack([present[m] for m in mods]), axis=0)
+    for i in np.nonzero(none)[0]:
+        pick = prefer if rng.random() < 0.7 else mods[int(rng.integers(0, len(mods)))]
+        present[pick][i] = True
+
+
+def patient_sites(
+    n_patients: int, rng: np.random.Generator, weights: tuple[float, ...]
+) -> np.ndarray:
+    """A site (hospital) index per patient; some mechanisms of missingness act by site."""
+    return rng.choice(len(weights), size=n_patients, p=np.asarray(weights) / sum(weights))
+
+
+def sample_ids(patient_index: np.ndarray, prefix: str = "S") -> tuple[list[str], list[str]]:
+    """Stable ids: patient ``P0007``, its samples ``P0007-S1``, ``P0007-S2``..."""
+    pids, sids, count = [], [], {}
+    for p in patient_index.tolist():
+        count[p] = count.get(p, 0) + 1
+        pids.append(f"P{p + 1:04d}")
+        sids.append(f"P{p + 1:04d}-{prefix}{count[p]}")
+    return pids, sids

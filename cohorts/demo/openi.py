@@ -1,0 +1,127 @@
+"""OpenI-like cohort: frontal + lateral chest radiographs and a radiology report; 15 findings."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from statistics import NormalDist
+
+import numpy as np
+import pandas as pd
+
+from cohorts.demo import cxr, notes
+from cohorts.demo.base import (
+    KIND_CODES,
+    CohortKind,
+    Plan,
+    ensure_one_present,
+    logistic,
+    patient_sites,
+    sample_ids,
+    severity,
+)
+from cohorts.demo.signal import Concept, SignalSpec, sample_rng, sample_signal
+from cohorts.splits import patient_split
+
+NAME = "openi"
+MODALITIES = {"frontal": "image", "lateral": "image", "report": "text"}
+FINDINGS = cxr.FINDINGS
+# long-tailed prevalences of the 14 findings; "normal" (no finding) comes out at ~35 %
+PREVALENCE = dict(
+    cardiomegaly=0.16, opacity=0.14, atelectasis=0.10, effusion=0.09, nodule=0.08, granuloma=0.11,
+    emphysema=0.07, edema=0.06, consolidation=0.06, pneumothorax=0.05, fibrosis=0.05,
+    scoliosis=0.06, hernia=0.05, device=0.07,
+)  # fmt: skip
+LABELS = ("normal", *FINDINGS)
+FRACTIONS = {"train": 0.65, "val": 0.15, "test": 0.20}
+P_SECOND_STUDY = 0.2
+VIEWS = {"frontal": 1.0, "lateral": 0.75, "report": 1.1}
+# the lateral view shows some findings better (posterior effusion, retrocardiac hernia) and
+# some hardly at all (scoliosis, small nodules)
+LATERAL_VIEW = dict.fromkeys(FINDINGS, 0.75) | {"effusion": 1.0, "hernia": 1.0, "scoliosis": 0.0, "nodule": 0.4, "granuloma": 0.5}
+
+SPEC = SignalSpec(
+    modalities=tuple(MODALITIES),
+    concepts=tuple(Concept(f, VIEWS | {"lateral": LATERAL_VIEW[f]}) for f in FINDINGS),
+    labels=FINDINGS,
+    weights=np.eye(len(FINDINGS)),
+    prevalence=tuple(PREVALENCE[f] for f in FINDINGS),
+    shared=0.6,
+    global_corr=0.5,
+    scale=3.0,
+    low_quality={"frontal": 0.12, "lateral": 0.15, "report": 0.12},
+)
+
+
+def _thresholds(mult: float) -> dict[str, float]:
+    """Evidence above which a finding shows: in about ``mult`` x its prevalence of samples."""
+    return {f: NormalDist().inv_cdf(1 - min(0.45, mult * PREVALENCE[f])) for f in FINDINGS}
+
+
+IMAGE_THRESHOLDS = _thresholds(3.0)  # drawn (graded by severity)
+TEXT_THRESHOLDS = _thresholds(2.5)  # written as present
+
+
+def plan(n_patients: int, seed: int, shift: float = 0.0) -> Plan:
+    rng = sample_rng(seed, KIND_CODES[NAME], 0)
+    n_studies = 1 + (rng.random(n_patients) < P_SECOND_STUDY)
+    pidx = np.repeat(np.arange(n_patients), n_studies)
+    sig = sample_signal(SPEC, pidx, rng, shift)
+    findings = sig.labels
+    labels = np.concatenate([(findings.sum(1) == 0)[:, None].astype(np.int8), findings], axis=1)
+    n = len(pidx)
+    # structured missingness: sicker patients get portable AP films without a lateral view;
+    # one site rarely sends its reports; a few studies are lateral-only
+    site = patient_sites(n_patients, rng, (0.45, 0.35, 0.2))[pidx]
+    present = {
+        "frontal": rng.random(n) > 0.05,
+        "lateral": rng.random(n) > logistic(-1.7 + 0.9 * sig.sickness),
+        "report": rng.random(n) > np.where(site == 2, 0.55, 0.03),
+    }
+    ensure_one_present(present, rng, "frontal")
+    pids, sids = sample_ids(pidx)
+    df = pd.DataFrame({"sample_id": sids, "patient_id": pids})
+    df["split"] = patient_split(df["patient_id"], FRACTIONS, seed, stratify=1 - labels[:, 0])
+    for j, name in enumerate(LABELS):
+        df[f"label_{name}"] = labels[:, j].astype(np.int8)
+    return Plan(NAME, seed, shift, df, present, sig, {"site": site})
+
+
+def _image_severity(e: np.ndarray) -> dict[str, float]:
+    thr = np.array([IMAGE_THRESHOLDS[f] for f in FINDINGS])
+    sev = severity(e, thr, sharpness=3.0)
+    out = {f: float(s) for f, s in zip(FINDINGS, sev, strict=True)}
+    out["cardiac_size"] = float(e[FINDINGS.index("cardiomegaly")])
+    out["inflation"] = float(e[FINDINGS.index("emphysema")])
+    return out
+
+
+def render(p: Plan, i: int, root: Path) -> dict[str, str | None]:
+    sid = p.samples["sample_id"].iat[i]
+    out: dict[str, str | None] = {}
+    for j, mod in enumerate(MODALITIES):
+        if not p.present[mod][i]:
+            out[mod] = None
+            continue
+        rng = sample_rng(p.seed, KIND_CODES[NAME], 1, i, j)
+        e, q = p.signal.evidence[mod][i], float(p.signal.quality[mod][i])
+        if mod == "report":
+            ev = {f: float(v) for f, v in zip(FINDINGS, e, strict=True)}
+            out[mod] = notes.radiology_report(ev, TEXT_THRESHOLDS, rng, q, p.shift)
+        else:
+            img = cxr.render_cxr(mod, _image_severity(e), rng, q, p.shift)
+            rel = f"{mod}/{sid}.png"
+            cxr.write_png(root / rel, img)
+            out[mod] = rel
+    return out
+
+
+KIND = CohortKind(
+    name=NAME,
+    task_type="multilabel",
+    modalities=MODALITIES,
+    labels=LABELS,
+    fractions=FRACTIONS,
+    plan=plan,
+    render=render,
+    description="OpenI-like: frontal/lateral CXR PNG + radiology report, 15 long-tailed findings",
+)
