@@ -272,15 +272,10 @@ def load_fusion_data(
     )
 
 
-PROTOCOLS = ("full",)
 
 
 def apply_protocol(data: FusionData, protocol: str, seed: int) -> FusionData:
-    """Apply an evaluation protocol's seeded availability mask on top of δ.
+    """Apply a protocol's seeded availability mask on top of δ (see :mod:`fusion.protocols`)."""
+    from fusion.protocols import apply_protocol as _apply
 
-    ``full`` uses all available data and returns ``data`` unchanged. The missing-modality
-    protocols (train/test drop-one, random drop) will mask δ here, seeded by ``seed``.
-    """
-    if protocol == "full":
-        return data
-    raise NotImplementedError(f"protocol {protocol!r} is not implemented yet (have {PROTOCOLS})")
+    return _apply(data, protocol, seed)
