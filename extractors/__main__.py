@@ -1,4 +1,4 @@
-"""Command line: ``python -m extractors extract|list``."""
+"""Command line: ``python -m extractors extract|list|doctor``."""
 
 from __future__ import annotations
 
@@ -57,6 +57,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from extractors.doctor import main as doctor_main
+
+    return doctor_main(args.config, as_json=args.json, only=args.expert or None)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m extractors", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -65,13 +71,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", required=True)
     p.add_argument("--modality", required=True)
     p.add_argument("--expert", required=True, help="expert name from the config's experts: section")
-    p.add_argument("--out", help="cache path (default: results/{dataset}/embeddings/{modality}/{expert}.parquet)")
+    p.add_argument(
+        "--out",
+        help="cache path (default: results/{dataset}/embeddings/{modality}/{expert}.parquet)",
+    )
     p.add_argument("--device", help="override the expert's device (cpu, cuda, cuda:1)")
     p.add_argument("--no-progress", action="store_true")
     p.set_defaults(func=cmd_extract)
     p = sub.add_parser("list", help="list registered experts")
     p.add_argument("--kind")
     p.set_defaults(func=cmd_list)
+    p = sub.add_parser(
+        "doctor", help="check every configured expert's packages, weights and device (no downloads)"
+    )
+    p.add_argument(
+        "config", nargs="?", default="config.yaml", help="config file, e.g. config/paper.yaml"
+    )
+    p.add_argument("--expert", action="append", help="check only this expert (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=cmd_doctor)
     args = parser.parse_args(argv)
     setup_logging()
     return args.func(args)

@@ -4,7 +4,9 @@
 ``sample_id``, ``embedding`` (``fixed_size_list<float32|float16>[D]``, null unless ok),
 ``status`` (ok / missing / failed) and ``reason`` (null when ok). The schema metadata
 (key ``medmix.cache``) records the expert, model id and revision, dim, pooling, a hash of the
-preprocessing config, package versions and the creation time.
+preprocessing config, package versions and the creation time. Experts that report per-sample
+facts (a note's chunk count, a series' window count) add an optional ``extra`` column of JSON
+strings (null unless ok); caches without it are read as before (``CacheData.extra`` is None).
 
 Extraction writes shards into a hidden folder beside the target (``.{name}.shards/``), each
 shard atomically. A crashed run resumes from the finished shards; the final file is assembled
@@ -86,11 +88,16 @@ class CacheRecords:
     embeddings: np.ndarray  # (N, D)
     status: list[str]
     reason: list[str | None]
+    # Optional per-sample JSON (e.g. a note's chunk count); written as an ``extra`` column only
+    # when given, so caches without it are unchanged.
+    extra: list[str | None] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.sample_ids)
         if not (self.embeddings.shape[0] == len(self.status) == len(self.reason) == n):
             raise CacheError("cache records: sample_ids, embeddings, status and reason differ in length")
+        if self.extra is not None and len(self.extra) != n:
+            raise CacheError("cache records: extra differs in length from sample_ids")
         bad = set(self.status) - set(STATUSES)
         if bad:
             raise CacheError(f"cache records: unknown status value(s) {sorted(bad)}")
@@ -99,11 +106,15 @@ class CacheRecords:
     def concat(cls, parts: Sequence[CacheRecords], dim: int) -> CacheRecords:
         if not parts:
             return cls([], np.zeros((0, dim), np.float32), [], [])
+        extra = None
+        if any(p.extra is not None for p in parts):
+            extra = [e for p in parts for e in (p.extra or [None] * len(p.sample_ids))]
         return cls(
             [s for p in parts for s in p.sample_ids],
             np.concatenate([p.embeddings for p in parts], axis=0),
             [s for p in parts for s in p.status],
             [r for p in parts for r in p.reason],
+            extra,
         )
 
 
@@ -116,6 +127,7 @@ class CacheData:
     status: np.ndarray
     reason: np.ndarray
     meta: CacheMeta
+    extra: np.ndarray | None = None  # per-sample JSON strings, when the cache has them
 
     @property
     def ok(self) -> np.ndarray:
@@ -136,14 +148,15 @@ def _table(records: CacheRecords, meta: CacheMeta) -> pa.Table:
     values = pa.FixedSizeListArray.from_arrays(flat, meta.dim)
     if not ok.all():
         values = pa.FixedSizeListArray.from_arrays(flat, meta.dim, mask=pa.array(~ok))
-    return pa.table(
-        {
-            "sample_id": pa.array(records.sample_ids, type=pa.string()),
-            "embedding": values,
-            "status": pa.array(records.status, type=pa.string()),
-            "reason": pa.array(records.reason, type=pa.string()),
-        }
-    ).replace_schema_metadata({META_KEY: json.dumps(asdict(meta), sort_keys=True).encode()})
+    columns = {
+        "sample_id": pa.array(records.sample_ids, type=pa.string()),
+        "embedding": values,
+        "status": pa.array(records.status, type=pa.string()),
+        "reason": pa.array(records.reason, type=pa.string()),
+    }
+    if records.extra is not None:
+        columns["extra"] = pa.array(records.extra, type=pa.string())
+    return pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(asdict(meta), sort_keys=True).encode()})
 
 
 def write_cache(path: str | os.PathLike, records: CacheRecords, meta: CacheMeta, row_group_size: int = 4096) -> Path:
@@ -183,6 +196,11 @@ def read_cache(path: str | os.PathLike) -> CacheData:
         status=status,
         reason=np.asarray(table.column("reason").to_pylist(), dtype=object),
         meta=meta,
+        extra=(
+            np.asarray(table.column("extra").to_pylist(), dtype=object)
+            if "extra" in table.column_names
+            else None
+        ),
     )
 
 

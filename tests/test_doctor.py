@@ -1,0 +1,111 @@
+"""``python -m extractors doctor``: packages, weights and device per configured expert, without
+downloading or loading anything; config/paper.yaml's experts are all registered and buildable."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from extractors.__main__ import main as cli
+from extractors.doctor import run_doctor
+from tests.fm_helpers import TINY_BERT, gpu_available
+
+REPO = Path(__file__).resolve().parents[1]
+REV = "0123456789abcdef0123456789abcdef01234567"
+
+
+@pytest.fixture()
+def hub(tmp_path: Path, monkeypatch) -> Path:
+    """An offline hub cache holding one snapshot (org/present at REV)."""
+    home = tmp_path / "hf"
+    snap = home / "hub" / "models--org--present" / "snapshots" / REV
+    snap.mkdir(parents=True)
+    (snap / "config.json").write_text("{}")
+    (snap / "model.safetensors").write_bytes(b"x")
+    (home / "hub" / "models--org--present" / "refs").mkdir()
+    (home / "hub" / "models--org--present" / "refs" / "main").write_text(REV)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return home
+
+
+def _config(tmp_path: Path, experts: dict) -> Path:
+    cfg = {
+        "datasets": {
+            "d": {
+                "adapter": "demo",
+                "demo": {"kind": "openi"},
+                "modalities": {"report": list(experts)[:1]},
+            }
+        },
+        "experts": experts,
+    }
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_doctor_reports_each_check(hub: Path, tmp_path: Path, capsys) -> None:
+    local = tmp_path / "local"
+    local.mkdir()
+    (local / "model.safetensors").write_bytes(b"x")
+    path = _config(
+        tmp_path,
+        {
+            "present": {"type": "gatortron", "model_id": "org/present", "revision": REV},
+            "absent": {"type": "gatortron", "model_id": "org/absent"},
+            "local": {"type": "qwen2", "local_dir": str(local)},
+            "tiny": {"type": "gatortron", "random_init": True, "config": TINY_BERT},
+            "gpu": {"type": "minilm", "device": "cuda:3"},
+            "remote": {"type": "hf-text", "model_id": "org/present", "trust_remote_code": True},
+            "broken": {"type": "no-such-expert"},
+            "radiomics": {"type": "image-radiomics"},
+        },
+    )
+    report = {e.name: e for e in run_doctor(path).experts}
+    assert report["present"].ready and report["present"].checks["weights"].state == "ok"
+    assert REV in report["present"].checks["weights"].detail
+    absent = report["absent"].checks["weights"]
+    assert absent.state == "FAIL" and "org/absent" in absent.detail and "local_dir" in absent.detail
+    assert report["local"].checks["weights"].state == "ok"
+    assert report["tiny"].ready and report["tiny"].checks["weights"].state == "warn"  # CI stand-in
+    if not gpu_available():
+        assert (
+            report["gpu"].checks["device"].state == "FAIL"
+            and "cuda:3" in report["gpu"].checks["device"].detail
+        )
+    assert (
+        report["remote"].checks["weights"].state == "FAIL"
+        and "pinned" in report["remote"].checks["weights"].detail
+    )
+    assert (
+        not report["broken"].ready and "no-such-expert" in report["broken"].checks["config"].detail
+    )
+    assert report["radiomics"].ready
+    assert cli(["doctor", str(path), "--json"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["ready"] is False and out["config_valid"]["state"] == "ok"
+    assert {e["name"] for e in out["experts"]} >= {"present", "absent", "tiny"}
+    assert cli(["doctor", str(path), "--expert", "tiny", "--expert", "radiomics"]) == 0
+    assert "2/2 experts ready" in capsys.readouterr().out
+
+
+def test_paper_config_experts_are_registered_and_buildable(hub: Path) -> None:
+    report = run_doctor(REPO / "config" / "paper.yaml")
+    cfg = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    assert {e.name for e in report.experts} == set(cfg["experts"])
+    for e in report.experts:
+        assert "config" not in e.checks, f"{e.name}: {e.checks.get('config')}"
+        assert set(e.checks) == {"packages", "weights", "device"}
+    used = {
+        n for ds in cfg["datasets"].values() for names in ds["modalities"].values() for n in names
+    }
+    used |= {n for ds in cfg["datasets"].values() for n in ds.get("teachers", {}).values()}
+    assert used <= set(cfg["experts"])
+    kinds = {e.name: e.kind for e in report.experts}
+    assert kinds["merlin"] == kinds["radfm"] == kinds["ct-dinov2-b"] == "volume"
+    assert kinds["wsi-biomedclip"] == "slide" and kinds["chronos-l"] == "timeseries"
