@@ -58,6 +58,18 @@ def caches_for(wildcards):
     return [str(p) for m in mods for p in paths[m].values()]
 
 
+# Experts whose pins clash with the shared extract env run in their own env (rule extract).
+EXPERT_ENVS = {"moirai": "envs/moirai.yaml"}
+
+
+def extract_env(wildcards):
+    """The conda env of one extraction: the expert's own where it needs one, else extract.yaml."""
+    for spec in expert_closure(config, wildcards.expert).values():
+        if spec.get("type") in EXPERT_ENVS:
+            return os.path.join(workflow.basedir, EXPERT_ENVS[spec["type"]])
+    return os.path.join(workflow.basedir, "envs/extract.yaml")
+
+
 def expert_needs_gpu(expert):
     """1 when the expert (or an expert it wraps) is configured for a CUDA device."""
     specs = expert_closure(config, expert).values()

@@ -14,7 +14,7 @@ rule extract:
     benchmark:
         f"{BENCH}/{{dataset}}/extract/{{modality}}/{{expert}}.tsv"
     conda:
-        "../../envs/extract.yaml"
+        extract_env
     threads: 1
     resources:
         mem_mb=4000,
