@@ -23,6 +23,7 @@ validate(config, schema="workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/cohorts.smk"
 include: "workflow/rules/extract.smk"
+include: "workflow/rules/rag_common.smk"
 include: "workflow/rules/rag.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"

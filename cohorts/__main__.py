@@ -64,6 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(func=_demo)
+
+    from cohorts.adapters import add_cli as add_adapter_cli
+
+    add_adapter_cli(sub)  # openi, mimic4, mimic3, table
     return parser
 
 

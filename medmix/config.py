@@ -32,6 +32,11 @@ def validate_config(cfg: dict[str, Any], schema_path: str | os.PathLike = SCHEMA
     _fill_defaults(cfg, schema)
     experts = cfg.get("experts", {})
     for ds, dcfg in cfg["datasets"].items():
+        for mod, name in dcfg.get("teachers", {}).items():
+            if mod not in dcfg["modalities"]:
+                raise ConfigError(f"  datasets.{ds}.teachers: {mod!r} is not one of the dataset's modalities")
+            if name not in experts:
+                raise ConfigError(f"  datasets.{ds}.teachers.{mod}: expert {name!r} is not defined under 'experts:'")
         for mod, names in dcfg["modalities"].items():
             for name in names:
                 if name not in experts:

@@ -2,6 +2,8 @@
 
 
 rule demo_cohort:
+    wildcard_constraints:
+        dataset=one_of(DEMO_DATASETS),
     output:
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
     params:
@@ -21,3 +23,27 @@ rule demo_cohort:
         "python -m cohorts demo --kind {params.spec[kind]} --dataset {wildcards.dataset}"
         " --n-patients {params.spec[n_patients]} --seed {params.spec[seed]}"
         " --shift {params.spec[shift]} --out {params.out} > {log} 2>&1"
+
+
+rule adapter_cohort:
+    wildcard_constraints:
+        dataset=one_of(ADAPTER_DATASETS),
+    output:
+        manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
+    params:
+        adapter=lambda wc: config["datasets"][wc.dataset]["adapter"],
+        args=lambda wc: adapter_args(wc.dataset),
+        out=lambda wc, output: os.path.dirname(output.manifest),
+    log:
+        f"{LOGS}/{{dataset}}/adapter_cohort.log",
+    benchmark:
+        f"{BENCH}/{{dataset}}/adapter_cohort.tsv"
+    conda:
+        "../../envs/cohorts.yaml"
+    threads: 1
+    resources:
+        mem_mb=16000,
+        runtime=240,
+    shell:
+        "python -m cohorts {params.adapter} --dataset {wildcards.dataset} {params.args}"
+        " --out {params.out} > {log} 2>&1"

@@ -2,6 +2,7 @@
 # medmix package, so the workflow and the Python entry points agree on one layout.
 
 import json
+import re
 import shlex
 
 from medmix.config import (
@@ -18,6 +19,25 @@ validate_config(config)
 
 RESULTS = config["results"]
 DATASETS = list(config["datasets"])
+DEMO_DATASETS = [d for d in DATASETS if config["datasets"][d]["adapter"] == "demo"]
+ADAPTER_DATASETS = [d for d in DATASETS if config["datasets"][d]["adapter"] != "demo"]
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names (nothing when the list is empty)."""
+    return "|".join(re.escape(n) for n in names) if names else "(?!x)x"
+
+
+def adapter_args(dataset):
+    """A dataset's ``args:`` as adapter command-line options (true -> bare flag)."""
+    out = []
+    for key, value in config["datasets"][dataset].get("args", {}).items():
+        flag = "--" + key.replace("_", "-")
+        if value is True:
+            out.append(flag)
+        elif value not in (False, None):
+            out += [flag, shlex.quote(str(value))]
+    return " ".join(out)
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 

@@ -1,0 +1,56 @@
+# Helpers of the RAG rules (rag.smk): settings slices, bridge inputs, GPU requests.
+from extractors.rag.expert import rag_config
+
+RAG = rag_config({k: v for k, v in config.get("rag", {}).items() if k != "device"})
+RAG_DEVICE = str(config.get("rag", {}).get("device", "cpu"))  # "auto" is resolved on the node
+KB = RAG["knowledge"]["name"]
+KB_DIR = f"{RESULTS}/knowledge/{KB}"
+GENERATIVE_BRIDGES = ("maira2", "merlin", "histgen")
+
+
+
+def rag_slice(*keys, dataset=None):
+    """The rag settings a rule depends on, as inline JSON (edits elsewhere do not rerun it)."""
+    rag = config.get("rag", {})
+    out = {"results": RESULTS, "rag": {k: rag[k] for k in keys if k in rag}}
+    if dataset is not None:
+        out["datasets"] = {dataset: config["datasets"][dataset]}
+        out["extraction"] = config.get("extraction", {})
+    return inline_json(out)
+
+
+def rag_bridge_spec(dataset, modality):
+    """The bridge pinned by name (rag.bridges.<modality>), else the nearest-report bridge whose
+    image_expert is configured for this modality, else None (decided from the manifest's kind)."""
+    bridges = RAG["bridges"]
+    if modality in bridges:
+        return bridges[modality]
+    experts = config["datasets"][dataset]["modalities"][modality]
+    for spec in bridges.values():
+        if spec.get("type") == "nearest-report" and spec.get("image_expert") in experts:
+            return spec
+    return None
+
+
+def rag_bridge_inputs(wc):
+    inputs = {"manifest": f"{RESULTS}/{wc.dataset}/manifest.parquet"}
+    spec = rag_bridge_spec(wc.dataset, wc.modality)
+    if spec is not None and spec.get("type") == "nearest-report":
+        expert = spec.get("image_expert")
+        if not expert:
+            raise ValueError(f"rag.bridges.{wc.modality}: nearest-report needs image_expert")
+        inputs["image_cache"] = f"{RESULTS}/{wc.dataset}/embeddings/{wc.modality}/{expert}.parquet"
+    return inputs
+
+
+def rag_bridge_gpu(wc):
+    if not RAG_DEVICE.startswith(("cuda", "auto")):
+        return 0
+    spec = rag_bridge_spec(wc.dataset, wc.modality)
+    if spec is not None:
+        return int(spec.get("type") in GENERATIVE_BRIDGES)
+    return int(any(s.get("type") in GENERATIVE_BRIDGES for s in RAG["bridges"].values()))
+
+
+def rag_gpu(wc=None):
+    return int(RAG_DEVICE.startswith(("cuda", "auto")))
