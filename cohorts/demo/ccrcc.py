@@ -45,7 +45,7 @@ SPEC = SignalSpec(
     global_corr=0.4,
     scale=2.0,
     low_quality={"ct": 0.12, "wsi": 0.12, "note": 0.12},
-    prevalence_shift=(-0.4,),
+    prevalence_shift=(-0.7,),
 )
 NOTE_THRESHOLDS = dict.fromkeys(NAMES, 0.4)
 

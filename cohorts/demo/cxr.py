@@ -246,7 +246,9 @@ def render_cxr(
     if s["opacity"] > 0.1:  # scattered patchy airspace opacities: raises overall lung density
         k = 2 + int(min(s["opacity"], 2.0) * 3.0)
         for px, py in _points_in(lung, rng, k):
-            patch = _blob(px, py, rng.uniform(0.05, 0.1)) * (0.6 + 0.4 * np.abs(_smooth_noise(rng, 30)))
+            patch = _blob(px, py, rng.uniform(0.05, 0.1)) * (
+                0.6 + 0.4 * np.abs(_smooth_noise(rng, 30))
+            )
             img = img + 0.13 * min(s["opacity"], 2.0) * patch * lung
     if s["edema"] > 0.05:
         haze = sum(_blob(hx, hy + 0.05, 0.28) for hx, hy in hila) * lung

@@ -55,7 +55,7 @@ SPEC = SignalSpec(
     global_corr=0.4,
     scale=2.0,
     low_quality={"frontal": 0.12, "lateral": 0.12, "note": 0.12, "ehr": 0.10},
-    prevalence_shift=(0.3, 0.3, 0.3),
+    prevalence_shift=(0.7, 0.6, 0.6),
 )
 NOTE_CONCEPTS = ("resp", "cardiac", "renal", "infection", "chronic", "social")
 NOTE_THRESHOLDS = dict.fromkeys(NOTE_CONCEPTS, 0.4)
@@ -68,14 +68,13 @@ def plan(n_patients: int, seed: int, shift: float = 0.0) -> Plan:
     sig = sample_signal(SPEC, pidx, rng, shift)
     n = len(pidx)
     # ICU length of stay (hours) follows the long-stay logit; short stays have no EHR extract
-    stay_h = np.exp(
-        3.9 + 0.35 * (sig.logits[:, 1] - sig.logits[:, 1].mean()) + 0.8 * rng.standard_normal(n)
-    )
+    long_stay = sum(sig.contributions.values())[:, 1]  # zero-mean share of the long-stay logit
+    stay_h = np.exp(4.2 + 0.3 * long_stay + 0.6 * rng.standard_normal(n))
     site = patient_sites(n_patients, rng, (0.4, 0.3, 0.15, 0.15))[pidx]
     sick = sig.sickness
     present = {
-        "frontal": rng.random(n) > logistic(-1.6 - 0.6 * sick),  # fewer films for the less sick
-        "lateral": rng.random(n) > logistic(-0.7 + 0.9 * sick),  # portable AP only when sick
+        "frontal": rng.random(n) > logistic(-2.2 - 0.6 * sick),  # fewer films for the less sick
+        "lateral": rng.random(n) > logistic(-1.0 + 0.9 * sick),  # portable AP only when sick
         "note": rng.random(n) > np.where(site == 3, 0.8, 0.04),  # one site's notes not linked
         "ehr": (stay_h >= 12) & (rng.random(n) > 0.03),
     }

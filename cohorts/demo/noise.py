@@ -10,7 +10,7 @@ def upsample(a: np.ndarray, shape: tuple[int, int], cubic: bool = False) -> np.n
     """Resize a 2-D float array to ``shape`` (h, w) by bilinear (or bicubic) interpolation."""
     img = Image.fromarray(np.ascontiguousarray(a, dtype=np.float32), mode="F")
     method = Image.Resampling.BICUBIC if cubic else Image.Resampling.BILINEAR
-    return np.asarray(img.resize((shape[1], shape[0]), method), dtype=np.float32)
+    return np.array(img.resize((shape[1], shape[0]), method), dtype=np.float32)  # writable copy
 
 
 def smooth_noise(

@@ -25,19 +25,25 @@ from cohorts.splits import patient_split
 NAME = "openi"
 MODALITIES = {"frontal": "image", "lateral": "image", "report": "text"}
 FINDINGS = cxr.FINDINGS
-# long-tailed prevalences of the 14 findings; "normal" (no finding) comes out at ~35 %
+# long-tailed prevalences of the 14 findings; "normal" (no finding) comes out at ~25-30 %
 PREVALENCE = dict(
-    cardiomegaly=0.16, opacity=0.14, atelectasis=0.10, effusion=0.09, nodule=0.08, granuloma=0.11,
-    emphysema=0.07, edema=0.06, consolidation=0.06, pneumothorax=0.05, fibrosis=0.05,
-    scoliosis=0.06, hernia=0.05, device=0.07,
+    cardiomegaly=0.20, opacity=0.17, atelectasis=0.12, effusion=0.11, nodule=0.10, granuloma=0.13,
+    emphysema=0.08, edema=0.07, consolidation=0.07, pneumothorax=0.06, fibrosis=0.06,
+    scoliosis=0.08, hernia=0.06, device=0.09,
 )  # fmt: skip
 LABELS = ("normal", *FINDINGS)
 FRACTIONS = {"train": 0.65, "val": 0.15, "test": 0.20}
-P_SECOND_STUDY = 0.2
+P_SECOND_STUDY = 0.3
 VIEWS = {"frontal": 1.0, "lateral": 0.75, "report": 1.1}
 # the lateral view shows some findings better (posterior effusion, retrocardiac hernia) and
 # some hardly at all (scoliosis, small nodules)
-LATERAL_VIEW = dict.fromkeys(FINDINGS, 0.75) | {"effusion": 1.0, "hernia": 1.0, "scoliosis": 0.0, "nodule": 0.4, "granuloma": 0.5}
+LATERAL_VIEW = dict.fromkeys(FINDINGS, 0.75) | {
+    "effusion": 1.0,
+    "hernia": 1.0,
+    "scoliosis": 0.0,
+    "nodule": 0.4,
+    "granuloma": 0.5,
+}
 
 SPEC = SignalSpec(
     modalities=tuple(MODALITIES),
@@ -45,8 +51,8 @@ SPEC = SignalSpec(
     labels=FINDINGS,
     weights=np.eye(len(FINDINGS)),
     prevalence=tuple(PREVALENCE[f] for f in FINDINGS),
-    shared=0.6,
-    global_corr=0.5,
+    shared=0.5,
+    global_corr=0.4,
     scale=3.0,
     low_quality={"frontal": 0.12, "lateral": 0.15, "report": 0.12},
 )

@@ -40,7 +40,8 @@ class SignalSpec:
     global_corr: float = 0.0  # loading of one cohort-wide "sickness" factor on every z[k]
     scale: float = 1.0
     low_quality: dict[str, float] | None = None  # modality -> P(sample has a poor-quality copy)
-    prevalence_shift: tuple[float, ...] | None = None  # d b[t] / d shift (default +0.4)
+    good_quality: tuple[float, float] = (0.92, 1.0)  # q range of ordinary copies
+    prevalence_shift: tuple[float, ...] | None = None  # d b[t] / d shift (default +0.6)
 
     def view(self, modality: str) -> np.ndarray:
         """v[m, :] as a vector over concepts (0 where the modality does not see the concept)."""
@@ -65,6 +66,12 @@ class SignalSpec:
 def _expected_sigmoid(bias: float, std: float, nodes: np.ndarray, weights: np.ndarray) -> float:
     x = bias + np.sqrt(2.0) * std * nodes
     return float((weights / np.sqrt(np.pi) * (1.0 / (1.0 + np.exp(-x)))).sum())
+
+
+def expected_prevalence(bias: float, std: float) -> float:
+    """E[sigmoid(bias + std*Z)] for Z ~ N(0, 1)."""
+    nodes, weights = np.polynomial.hermite.hermgauss(64)
+    return _expected_sigmoid(bias, std, nodes, weights)
 
 
 def solve_bias(prevalence: float, std: float) -> float:
@@ -128,16 +135,24 @@ def sample_signal(
         c = spec.scale * (e * v[None, :]) @ spec.weights.T
         p_low = (spec.low_quality or {}).get(m, 0.0)
         low = rng.random(n) < p_low
-        q = np.where(low, rng.uniform(0.0, 0.35, n), rng.uniform(0.85, 1.0, n))
+        q = np.where(low, rng.uniform(0.0, 0.35, n), rng.uniform(*spec.good_quality, n))
         noisy = q[:, None] * e + np.sqrt(1 - q[:, None] ** 2) * rng.standard_normal((n, k_n))
         clean[m], evidence[m], quality[m], contrib[m] = e, noisy * (v > 0), q, c
         logits += c
-    dshift = np.array(spec.prevalence_shift or (0.4,) * t_n)
-    bias = np.array(
-        [solve_bias(p, s) for p, s in zip(spec.prevalence, spec.logit_std(), strict=True)]
-    )
+    dshift = np.array(spec.prevalence_shift or (0.6,) * t_n)
+    std = spec.logit_std()
+    bias = np.array([solve_bias(p, sd) for p, sd in zip(spec.prevalence, std, strict=True)])
     logits += bias[None, :] + shift * dshift[None, :]
-    labels = (rng.random((n, t_n)) < 1 / (1 + np.exp(-logits))).astype(np.int8)
+    # y = 1[L + logistic noise > 0] is y ~ Bernoulli(sigmoid(L)); the cut is then moved to
+    # the sample quantile so the cohort's prevalence is exactly the expected one (less noise
+    # in small cohorts: ccRCC has few negatives)
+    noisy_logits = logits + rng.logistic(size=(n, t_n))
+    labels = np.zeros((n, t_n), np.int8)
+    for t in range(t_n):
+        target = expected_prevalence(bias[t] + shift * dshift[t], std[t])
+        k = int(round(target * n))  # number of positives
+        order = np.argsort(-noisy_logits[:, t], kind="stable")
+        labels[order[:k], t] = 1
     return Signal(
         evidence, clean, quality, contrib, logits, labels, g, [c.name for c in spec.concepts]
     )

@@ -20,7 +20,7 @@ import tifffile
 from PIL import Image
 from scipy import ndimage as ndi
 
-from cohorts.demo.noise import smooth_noise
+from cohorts.demo.noise import smooth_noise, upsample
 
 BASE_MPP = 0.5
 RENDER_MPP = 2.0
@@ -33,10 +33,6 @@ EOSIN = np.array([0.07, 0.99, 0.11], np.float32)
 BACKGROUND = 245
 
 
-def _smooth(rng: np.random.Generator, cells: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
-    return smooth_noise(rng, cells, shape)
-
-
 def render_he(
     grade: float,
     necrosis: float,
@@ -46,53 +42,59 @@ def render_he(
 ) -> np.ndarray:
     """RGB uint8 tissue image at RENDER_MPP; ``grade``/``necrosis`` are evidence values."""
     h, w = RENDER_SHAPE
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    # tissue: a lobulated blob covering roughly half to two thirds of the slide
-    cy, cx = h * rng.uniform(0.45, 0.55), w * rng.uniform(0.42, 0.58)
-    ry, rx = h * rng.uniform(0.36, 0.44), w * rng.uniform(0.34, 0.42)
+    # tissue: a lobulated blob covering roughly half to two thirds of the slide (drawn coarse)
+    ch, cw = h // 8, w // 8
+    yy, xx = np.mgrid[0:ch, 0:cw].astype(np.float32)
+    cy, cx = ch * rng.uniform(0.45, 0.55), cw * rng.uniform(0.42, 0.58)
+    ry, rx = ch * rng.uniform(0.36, 0.44), cw * rng.uniform(0.34, 0.42)
     env = 1.0 - np.sqrt(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2)
-    field = env + 0.22 * _smooth(rng, (6, 8), (h, w))
+    field = upsample(env + 0.22 * smooth_noise(rng, (6, 8), (ch, cw)), (h, w))
     tissue = np.clip(field * 25.0, 0.0, 1.0)
 
     g = float(grade)
     # stroma and clear-cell nests (eosin); membranes are ridges of band-passed noise
-    stroma = 0.32 + 0.06 * _smooth(rng, (20, 26), (h, w))
+    stroma = 0.32 + 0.06 * smooth_noise(rng, (20, 26), (h, w))
     clear_frac = 1.0 / (1.0 + np.exp(0.9 * g - 0.4))
-    nests = np.clip((_smooth(rng, (24, 32), (h, w)) + 1.2 * (clear_frac - 0.5)) * 4.0, 0.0, 1.0)
-    band = ndi.gaussian_filter(rng.standard_normal((h, w)).astype(np.float32), 1.5)
+    nests = np.clip(
+        (smooth_noise(rng, (24, 32), (h, w)) + 1.2 * (clear_frac - 0.5)) * 4.0, 0.0, 1.0
+    )
+    band = smooth_noise(rng, (h // 3, w // 3), (h, w), cubic=True)
     band /= band.std() + 1e-6
     membranes = np.exp(-(band**2) * 6.0)
     eosin = stroma * (1.0 - nests * 0.85) + nests * 0.38 * membranes
-    # necrosis: amorphous pink patches, membranes gone
+    # necrosis: amorphous pink patches with nuclear debris, membranes gone
     nec_area = float(np.clip(0.22 * np.logaddexp(0.0, 1.6 * (necrosis - 0.3)), 0.0, 0.5))
-    nec = np.clip((_smooth(rng, (5, 7), (h, w)) - (1.1 - 2.2 * nec_area)) * 5.0, 0.0, 1.0)
+    nec = np.clip((smooth_noise(rng, (5, 7), (h, w)) - (1.1 - 2.2 * nec_area)) * 5.0, 0.0, 1.0)
     eosin = eosin * (1.0 - nec) + 0.5 * nec
     # nuclei: Poisson points, blurred to size, sharpened; grade -> density, size, darkness
     area = float(tissue.sum())
     density = RENDER_MPP**2 / 160.0 * np.exp(0.28 * g)  # nuclei per pixel
     n_nuc = int(rng.poisson(area * density))
-    ys = rng.integers(0, h, n_nuc)
-    xs = rng.integers(0, w, n_nuc)
+    ys, xs = rng.integers(0, h, n_nuc), rng.integers(0, w, n_nuc)
     keep = (tissue[ys, xs] > 0.5) & (rng.random(n_nuc) > nec[ys, xs] * 0.7)
+    n_deb = int(rng.poisson(0.012 * h * w))
+    yd, xd = rng.integers(0, h, n_deb), rng.integers(0, w, n_deb)
     imp = np.zeros((h, w), np.float32)
     np.add.at(imp, (ys[keep], xs[keep]), 1.0)
+    np.add.at(imp, (yd, xd), 0.45 * nec[yd, xd] * tissue[yd, xd])  # debris: small, faint
     size = (1.5 + 0.35 * np.clip(g + 1.5, 0.0, 4.0)) / RENDER_MPP
-    nuc = ndi.gaussian_filter(imp, size) * (2 * np.pi * size * size)
-    hema = (0.55 + 0.12 * g) * np.clip((nuc - 0.35) * 3.0, 0.0, 1.0)
-    debris = ndi.gaussian_filter((rng.random((h, w)) < 0.012).astype(np.float32), 0.5) * 3.0
-    hema = hema + 0.5 * nec * np.clip(debris, 0, 1) + 0.05 * (1.0 - nests)
+    nuc = ndi.gaussian_filter(imp, size) * np.float32(2 * np.pi * size * size)
+    hema = np.float32(0.55 + 0.12 * g) * np.clip((nuc - 0.35) * 3.0, 0.0, 1.0) + 0.05 * (
+        1.0 - nests
+    )
 
     # stain appearance: per-slide stain strength, cohort shift tints and darkens
-    h_vec = HEMATOXYLIN * rng.uniform(0.9, 1.1, 3).astype(np.float32) * (1.0 + 0.25 * shift)
-    e_vec = EOSIN * rng.uniform(0.9, 1.1, 3).astype(np.float32) * (1.0 - 0.15 * shift)
+    h_vec = (
+        HEMATOXYLIN * rng.uniform(0.9, 1.1, 3).astype(np.float32) * np.float32(1.0 + 0.25 * shift)
+    )
+    e_vec = EOSIN * rng.uniform(0.9, 1.1, 3).astype(np.float32) * np.float32(1.0 - 0.15 * shift)
     od = (hema * tissue)[..., None] * h_vec + (np.clip(eosin, 0, None) * tissue)[..., None] * e_vec
     poor = quality < 0.5
     if poor:  # faded stain, out of focus
-        od = od * (0.45 + 0.4 * quality)
+        od = od * np.float32(0.45 + 0.4 * quality)
         od = ndi.gaussian_filter(od, (1.8, 1.8, 0))
-    rgb = BACKGROUND * np.exp(-od * np.log(10.0))
-    rgb = rgb + rng.normal(0, 2.0, rgb.shape).astype(np.float32) * tissue[..., None]
-    return np.clip(rgb, 0, 255).astype(np.uint8)
+    rgb = BACKGROUND * np.exp(od * np.float32(-np.log(10.0)))
+    return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
 
 
 def pyramid(render: np.ndarray) -> list[np.ndarray]:
@@ -115,7 +117,7 @@ def write_pyramidal_tiff(path: Path, levels: list[np.ndarray], base_mpp: float =
                 tile=(TILE, TILE),
                 compression="zlib",
                 compressionargs={"level": 1},
-                predictor=True,
+                predictor=False,  # faster and, for pixel-replicated levels, smaller
                 resolution=(1e4 / mpp, 1e4 / mpp),
                 resolutionunit="CENTIMETER",
                 subfiletype=0 if i == 0 else 1,
