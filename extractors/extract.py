@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from cohorts.manifest import PATH_KINDS, ManifestError, read_manifest
+from cohorts.manifest import PATH_KINDS, ManifestError, read_manifest, validate_manifest
 from extractors.base import Expert, SampleError
 from extractors.batching import (
     embed_safe,
@@ -60,6 +60,7 @@ def extract(
     root: str | Path | None = None,
     dtype: str = "float32",
     progress: bool = True,
+    validate: bool = True,
 ) -> ExtractSummary:
     """Extract ``expert`` over ``modality`` of the manifest into ``out_path``.
 
@@ -69,6 +70,8 @@ def extract(
     ``max_failed_fraction`` of the present samples failed.
     """
     df, mmeta = read_manifest(manifest_path)
+    if validate:  # fatal manifest problems stop the job before any model is loaded
+        validate_manifest(df, mmeta, path=manifest_path, root=root)
     if modality not in mmeta.modalities:
         raise ManifestError(
             f"{manifest_path}: no modality {modality!r}; has {list(mmeta.modalities)}"

@@ -21,12 +21,16 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _meta(dim: int = 4) -> CacheMeta:
-    return CacheMeta(expert="toy", model_id="offline:toy", dim=dim, pooling="none", preprocess_hash="abc")
+    return CacheMeta(
+        expert="toy", model_id="offline:toy", dim=dim, pooling="none", preprocess_hash="abc"
+    )
 
 
 def test_roundtrip_schema_and_nulls(tmp_path: Path) -> None:
     emb = np.arange(12, dtype=np.float32).reshape(3, 4)
-    rec = CacheRecords(["a", "b", "c"], emb, ["ok", "missing", "failed"], [None, "not recorded", "bad file"])
+    rec = CacheRecords(
+        ["a", "b", "c"], emb, ["ok", "missing", "failed"], [None, "not recorded", "bad file"]
+    )
     path = write_cache(tmp_path / "c.parquet", rec, _meta())
     table = pq.read_table(path)
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 4)
@@ -63,12 +67,21 @@ def test_wrong_dim_and_status_rejected(tmp_path: Path) -> None:
     with pytest.raises(CacheError, match="status"):
         CacheRecords(["a"], np.zeros((1, 4)), ["weird"], [None])
     with pytest.raises(CacheError, match="shape"):
-        write_cache(tmp_path / "c.parquet", CacheRecords(["a"], np.zeros((1, 3)), ["ok"], [None]), _meta())
+        write_cache(
+            tmp_path / "c.parquet", CacheRecords(["a"], np.zeros((1, 3)), ["ok"], [None]), _meta()
+        )
 
 
 def test_extract_records_missing_and_failed(tmp_path: Path) -> None:
     manifest = tiny_text_manifest(tmp_path / "manifest.parquet")
-    summary = extract(manifest, "note", CharCountExpert(batch_size=4), tmp_path / "out.parquet", shard_size=8, progress=False)
+    summary = extract(
+        manifest,
+        "note",
+        CharCountExpert(batch_size=4),
+        tmp_path / "out.parquet",
+        shard_size=8,
+        progress=False,
+    )
     data = read_cache(summary.path)
     assert summary.n == 40 and summary.ok + summary.missing + summary.failed == 40
     assert summary.missing == 6 and summary.failed > 0
@@ -81,7 +94,14 @@ def test_extract_records_missing_and_failed(tmp_path: Path) -> None:
 def test_too_many_failures_fails_the_job(tmp_path: Path) -> None:
     manifest = tiny_text_manifest(tmp_path / "manifest.parquet", empty_every=2)
     with pytest.raises(TooManyFailures, match="max_failed_fraction"):
-        extract(manifest, "note", CharCountExpert(), tmp_path / "out.parquet", max_failed_fraction=0.1, progress=False)
+        extract(
+            manifest,
+            "note",
+            CharCountExpert(),
+            tmp_path / "out.parquet",
+            max_failed_fraction=0.1,
+            progress=False,
+        )
 
 
 _KILL_SCRIPT = textwrap.dedent(
@@ -100,7 +120,11 @@ def test_crash_then_resume_gives_the_same_file(tmp_path: Path, kill_after: int) 
     env = {**os.environ, "SOURCE_DATE_EPOCH": "1700000000", "PYTHONPATH": str(REPO)}
     manifest = tiny_text_manifest(tmp_path / "manifest.parquet")
     killed = tmp_path / "killed.parquet"
-    proc = subprocess.run([sys.executable, "-c", _KILL_SCRIPT, str(manifest), str(killed), str(kill_after)], env=env, cwd=REPO)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILL_SCRIPT, str(manifest), str(killed), str(kill_after)],
+        env=env,
+        cwd=REPO,
+    )
     assert proc.returncode == -9  # SIGKILL mid-extraction
     assert not killed.exists()  # nothing that looks finished
     shards = sorted((tmp_path / ".killed.parquet.shards").glob("shard-*.parquet"))
@@ -108,13 +132,24 @@ def test_crash_then_resume_gives_the_same_file(tmp_path: Path, kill_after: int) 
 
     os.environ["SOURCE_DATE_EPOCH"] = "1700000000"
     try:
-        resumed = extract(manifest, "note", CharCountExpert(batch_size=4), killed, shard_size=8, progress=False)
+        resumed = extract(
+            manifest, "note", CharCountExpert(batch_size=4), killed, shard_size=8, progress=False
+        )
         assert resumed.shards_resumed == len(shards)
-        clean = extract(manifest, "note", CharCountExpert(batch_size=4), tmp_path / "clean.parquet", shard_size=8, progress=False)
+        clean = extract(
+            manifest,
+            "note",
+            CharCountExpert(batch_size=4),
+            tmp_path / "clean.parquet",
+            shard_size=8,
+            progress=False,
+        )
     finally:
         del os.environ["SOURCE_DATE_EPOCH"]
     assert killed.read_bytes() == clean.path.read_bytes()
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temp files left
+    assert [
+        p.name for p in tmp_path.iterdir() if p.name.startswith(".")
+    ] == []  # no temp files left
 
 
 def test_changed_expert_config_discards_old_shards(tmp_path: Path) -> None:
@@ -127,3 +162,22 @@ def test_changed_expert_config_discards_old_shards(tmp_path: Path) -> None:
     summary = extract(manifest, "note", CharCountExpert(), out, shard_size=8, progress=False)
     assert summary.shards_resumed == 0
     assert read_cache(out).ok.sum() == summary.ok
+
+
+def test_extract_validates_the_manifest_before_any_work(tmp_path: Path) -> None:
+    from cohorts.manifest import ManifestError
+
+    manifest = tiny_text_manifest(tmp_path / "manifest.parquet")
+    table = pq.read_table(manifest)
+    df = table.to_pandas()
+    df.loc[1, "sample_id"] = df.loc[0, "sample_id"]  # duplicate id, written past the validator
+    pq.write_table(
+        pa.Table.from_pandas(df, preserve_index=False).replace_schema_metadata(
+            table.schema.metadata
+        ),
+        manifest,
+    )
+    expert = CharCountExpert()
+    with pytest.raises(ManifestError, match="duplicate ids: s000"):
+        extract(manifest, "note", expert, tmp_path / "out.parquet", progress=False)
+    assert expert.batches == 0 and not (tmp_path / "out.parquet").exists()

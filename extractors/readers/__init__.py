@@ -7,15 +7,20 @@ the problem, never the file's content (they are stored in the cache).
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from extractors.base import SampleError
 
 
 def resolve_path(root: str | Path, value: str, allow_dir: bool = False) -> Path:
-    """``root / value`` after checking it exists and is a non-empty file (or a folder)."""
+    """``root / value`` after checking it stays inside ``root`` (relative, no ``..`` escape),
+    exists and is a non-empty file (or a folder)."""
     if not isinstance(value, str | Path) or not str(value).strip():
         raise SampleError("empty path")
+    rel = os.path.normpath(str(value))
+    if os.path.isabs(str(value)) or rel == ".." or rel.startswith(".." + os.sep):
+        raise SampleError("path outside the dataset root")
     path = Path(root) / str(value)
     if not path.exists():
         raise SampleError("file not found")

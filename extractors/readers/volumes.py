@@ -13,6 +13,8 @@ first** and slices ordered inferior -> superior where the file says where they a
   are sorted by their position along the slice normal (ImagePositionPatient ·
   (row x column direction cosines)), or by InstanceNumber when positions are absent, and
   converted to HU per slice with RescaleSlope / RescaleIntercept. Rows/columns stay as stored.
+  A series with a missing slice, uneven (mixed) slice spacing, duplicate slice positions or
+  slices of different pixel spacing is a bad sample (``SampleError`` naming which).
 * ``.npy`` / ``.npz``: no orientation is stored. ``axis_order`` says which axis is depth:
   ``"dhw"``, ``"hwd"`` or ``"auto"`` (default): the axis whose size differs when the other two
   are equal (512x512x120 -> last), else the smallest axis if it is last, else the first. Values
@@ -170,10 +172,42 @@ def read_dicom(path: Path) -> Volume:
     arr = np.stack(slices)
     spacing = None
     px = series[0].get("PixelSpacing")
+    pxs = {
+        tuple(round(float(v), 4) for v in ds.get("PixelSpacing"))
+        for ds in series
+        if ds.get("PixelSpacing") is not None
+    }
+    if len(pxs) > 1:
+        raise SampleError(f"DICOM slices differ in pixel spacing: {sorted(pxs)[:4]}")
+    if all(p is not None for p in pos) and len(pos) > 2:
+        _check_slice_gaps(np.diff(np.sort(np.asarray(pos, dtype=np.float64))))
     if px is not None and all(p is not None for p in pos):
         dz = float(np.median(np.diff(np.sort(np.asarray(pos))))) if len(pos) > 1 else 0.0
         spacing = (dz, float(px[0]), float(px[1]))
     return Volume(_check_3d(arr), spacing, "dicom", "as stored, sorted along the slice normal")
+
+
+def _check_slice_gaps(gaps: np.ndarray, rtol: float = 0.1) -> None:
+    """Raise SampleError unless consecutive slice positions are evenly spaced (a missing slice
+    leaves a gap of about twice the spacing; mixed spacing, e.g. two series merged, varies)."""
+    if (gaps <= 1e-6).any():
+        raise SampleError(
+            f"DICOM series has {int((gaps <= 1e-6).sum())} duplicate slice position(s)"
+        )
+    step = float(np.min(gaps))
+    if np.allclose(gaps, step, rtol=rtol, atol=0.01):
+        return
+    ratio = gaps / step
+    near_int = np.abs(ratio - np.round(ratio)) <= rtol
+    if near_int.all():
+        n = int(np.round(ratio).sum() - len(ratio))
+        raise SampleError(
+            f"DICOM series has {n} missing slice(s) (gaps up to {float(gaps.max()):.3g} mm, "
+            f"spacing {step:.3g} mm)"
+        )
+    raise SampleError(
+        f"DICOM series has mixed slice spacing ({step:.3g} to {float(gaps.max()):.3g} mm)"
+    )
 
 
 def read_volume(path: str | Path, axis_order: str = "auto", npz_key: str | None = None) -> Volume:
