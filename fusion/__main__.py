@@ -1,9 +1,15 @@
-"""Command line: ``python -m fusion train|evaluate|methods``.
+"""Command line: ``python -m fusion train|evaluate|predict|methods``.
 
     python -m fusion train --config config.yaml --dataset demo-openi --method medmix \
         --protocol full --out results/demo-openi/runs/full/medmix [--seeds 0 1 2] [--threads 1]
     python -m fusion evaluate --config config.yaml --dataset demo-openi \
         --out results/demo-openi/metrics.parquet
+    python -m fusion predict --model results/demo-openi/runs/full/medmix/seed0 \
+        --input frontal/radiomics=results/demo-openi/embeddings/frontal/radiomics.parquet \
+        [--input report/minilm=...] --out predictions.parquet
+
+``train`` of a method that cannot run here (OneLLM without its weights) writes a run marked
+``"status": "unavailable"`` and exits 0, so the workflow goes on and the tables mark the row.
 """
 
 from __future__ import annotations
@@ -47,6 +53,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from fusion.predict import predict
+
+    inputs: dict[str, dict[str, str]] = {}
+    for item in args.input:
+        key, sep, path = item.partition("=")
+        modality, slash, expert = key.partition("/")
+        if not sep or not slash:
+            raise SystemExit(f"--input {item!r}: expected MODALITY/EXPERT=CACHE.parquet")
+        inputs.setdefault(modality, {})[expert] = path
+    res = predict(args.model, inputs, device=args.device)
+    frame = res.to_frame()
+    frame.to_parquet(args.out, index=False)
+    log.info("%d samples (%d without any modality) -> %s", len(frame), res.n_no_modality, args.out)
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     from fusion.registry import list_methods
 
@@ -66,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
     p.add_argument("--dataset", required=True)
     p.add_argument(
-        "--method", required=True, help="medmix, meanavg, concat, medmix-only-<modality>, …"
+        "--method",
+        required=True,
+        help="medmix, meanavg, concat, max, attention, m3care, adacomed, onellm, "
+        "<base>-only-<modality>, <modality>-large",
     )
     p.add_argument("--protocol", default="full")
     p.add_argument("--out", help="run folder (default: results/{dataset}/runs/{protocol}/{method})")
@@ -79,6 +105,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", required=True)
     p.add_argument("--out", help="default: results/{dataset}/metrics.parquet")
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("predict", help="score caches with a saved model (any subset of experts)")
+    p.add_argument("--model", required=True, help="a seed folder: model.safetensors + config.json")
+    p.add_argument("--input", action="append", required=True, help="MODALITY/EXPERT=CACHE.parquet")
+    p.add_argument("--out", required=True, help="predictions (Parquet): prob_*, alpha_*, beta_*")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_predict)
     p = sub.add_parser("methods", help="list registered fusion methods")
     p.set_defaults(func=cmd_methods)
     args = parser.parse_args(argv)

@@ -9,10 +9,17 @@
 * ``delta``: the availability mask δ ``(N, M, E_max)`` (1 iff the expert's cache status is
   ``ok``; padding slots of modalities with fewer experts are 0);
 * ``y``: labels, ``(N, C)`` float32 with NaN for unknown (binary / multilabel), or ``(N,)``
-  int64 with -1 for unknown (multiclass).
+  int64 with -1 for unknown (multiclass);
+* ``teacher`` (optional, distillation only): one teacher embedding ``(N, D_T)`` per modality
+  that has a teacher cache (``results/{dataset}/teachers/{modality}.parquet``, the cache
+  format), standardised on the train split like the experts, and its availability.
+
+A teacher cache used as a model *input* (AdaCoMed, ``<modality>-large``) is loaded as an
+ordinary expert named ``teacher`` instead (see :func:`fusion.registry.method_inputs`).
 
 Protocols (missing-modality masks) act on a loaded :class:`FusionData` through
-:func:`apply_protocol`.
+:func:`apply_protocol`. :func:`load_fusion_data_cached` keeps loaded data in memory, so
+several methods (or the seeds of one) trained in one process read the caches once.
 """
 
 from __future__ import annotations
@@ -75,6 +82,30 @@ class Standardization:
 
 
 @dataclass
+class TeacherData:
+    """Teacher embeddings for distillation: one ``(N, D_T)`` tensor per teacher modality."""
+
+    modalities: list[str]  # modalities with a teacher, in data.modalities order
+    x: list[torch.Tensor]  # standardised on the train split, zero rows where not ok
+    ok: torch.Tensor  # (N, M_T) bool: the teacher embedding exists
+    dims: dict[str, int]
+
+    def to(self, device: str | torch.device) -> TeacherData:
+        return replace(self, x=[x.to(device) for x in self.x], ok=self.ok.to(device))
+
+    def select(self, modalities: list[str]) -> TeacherData | None:
+        keep = [i for i, m in enumerate(self.modalities) if m in modalities]
+        if not keep:
+            return None
+        return TeacherData(
+            [self.modalities[i] for i in keep],
+            [self.x[i] for i in keep],
+            self.ok[:, keep].clone(),
+            {self.modalities[i]: self.dims[self.modalities[i]] for i in keep},
+        )
+
+
+@dataclass
 class FusionData:
     """Everything a fusion model trains and predicts on, as tensors (see module docstring)."""
 
@@ -91,6 +122,7 @@ class FusionData:
     delta: torch.Tensor  # (N, M, E_max) float32 in {0, 1}
     y: torch.Tensor  # (N, C) float32 (NaN = unknown) or (N,) int64 (-1 = unknown)
     standardization: Standardization
+    teacher: TeacherData | None = None
 
     @property
     def n(self) -> int:
@@ -127,7 +159,11 @@ class FusionData:
 
     def to(self, device: str | torch.device) -> FusionData:
         return replace(
-            self, x=[x.to(device) for x in self.x], delta=self.delta.to(device), y=self.y.to(device)
+            self,
+            x=[x.to(device) for x in self.x],
+            delta=self.delta.to(device),
+            y=self.y.to(device),
+            teacher=self.teacher.to(device) if self.teacher is not None else None,
         )
 
     def select_modalities(self, modalities: list[str]) -> FusionData:
@@ -148,6 +184,7 @@ class FusionData:
             x=x,
             delta=delta,
             standardization=self.standardization.subset(list(modalities)),
+            teacher=self.teacher.select(list(modalities)) if self.teacher is not None else None,
         )
 
 
@@ -180,15 +217,58 @@ def _fit_stats(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return mean.astype(np.float32), std.astype(np.float32)
 
 
+def _read_aligned(
+    path: Path, id_index: pd.Index, ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """A cache aligned to the manifest order: (embeddings (N, D), ok (N,), dim)."""
+    cache = read_cache(path)
+    cids = pd.Index(cache.sample_ids.astype(str))
+    if not cids.is_unique:
+        raise FusionDataError(f"{path}: duplicate sample ids in cache")
+    extra_ids = cids.difference(id_index)
+    if len(extra_ids):
+        log.warning(
+            "%s: %d sample id(s) not in the manifest ignored (e.g. %s)",
+            path,
+            len(extra_ids),
+            list(extra_ids[:3]),
+        )
+    n = len(ids)
+    pos = cids.get_indexer(ids)
+    found = pos >= 0
+    if not found.all():
+        log.warning(
+            "%s: %d manifest sample(s) absent from the cache, treated as missing",
+            path,
+            int((~found).sum()),
+        )
+    ok = np.zeros(n, dtype=bool)
+    ok[found] = cache.status[pos[found]] == "ok"
+    x = np.zeros((n, cache.meta.dim), dtype=np.float32)
+    x[found] = cache.embeddings[pos[found]]
+    bad = ok & ~np.isfinite(x).all(axis=1)
+    if bad.any():
+        log.warning("%s: %d non-finite embedding(s) treated as missing", path, int(bad.sum()))
+        ok &= ~bad
+    return x, ok, int(cache.meta.dim)
+
+
+def _standardise(x: np.ndarray, ok: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> torch.Tensor:
+    out = np.where(ok[:, None], (x - mu) / sd, 0.0).astype(np.float32)
+    return torch.from_numpy(np.ascontiguousarray(out))
+
+
 def load_fusion_data(
     manifest: str | os.PathLike,
     caches: dict[str, dict[str, str | os.PathLike]],
     standardization: Standardization | None = None,
+    teachers: dict[str, str | os.PathLike] | None = None,
 ) -> FusionData:
     """Load the manifest and the caches ``{modality: {expert: path}}`` (config order kept).
 
     Statistics are fitted on the train split unless ``standardization`` is given (e.g. the
-    statistics saved with a model, to predict on another cohort).
+    statistics saved with a model, to predict on another cohort). ``teachers``
+    (``{modality: path}``, distillation only) adds :attr:`FusionData.teacher`.
     """
     df, meta = read_manifest(manifest)
     ids = df["sample_id"].astype(str).to_numpy(dtype=object)
@@ -213,30 +293,7 @@ def load_fusion_data(
         dims[m], mean[m], std[m] = {}, {}, {}
         for ei, e in enumerate(experts[m]):
             path = Path(caches[m][e])
-            cache = read_cache(path)
-            cids = pd.Index(cache.sample_ids.astype(str))
-            if not cids.is_unique:
-                raise FusionDataError(f"{path}: duplicate sample ids in cache")
-            extra_ids = cids.difference(id_index)
-            if len(extra_ids):
-                log.warning(
-                    "%s: %d sample id(s) not in the manifest ignored (e.g. %s)",
-                    path,
-                    len(extra_ids),
-                    list(extra_ids[:3]),
-                )
-            pos = cids.get_indexer(ids)
-            found = pos >= 0
-            if not found.all():
-                log.warning(
-                    "%s: %d manifest sample(s) absent from the cache, treated as missing",
-                    path,
-                    int((~found).sum()),
-                )
-            ok = np.zeros(n, dtype=bool)
-            ok[found] = cache.status[pos[found]] == "ok"
-            x = np.zeros((n, cache.meta.dim), dtype=np.float32)
-            x[found] = cache.embeddings[pos[found]]
+            x, ok, dim = _read_aligned(path, id_index, ids)
             if standardization is None:
                 mu, sd = _fit_stats(x, ok & train_rows)
             else:
@@ -244,16 +301,30 @@ def load_fusion_data(
                     mu, sd = standardization.mean[m][e], standardization.std[m][e]
                 except KeyError as exc:
                     raise FusionDataError(f"no standardisation statistics for {m}/{e}") from exc
-                if mu.shape[0] != cache.meta.dim:
+                if mu.shape[0] != dim:
                     raise FusionDataError(
-                        f"{path}: dim {cache.meta.dim} but statistics have dim {mu.shape[0]}"
+                        f"{path}: dim {dim} but statistics have dim {mu.shape[0]}"
                     )
-            x = np.where(ok[:, None], (x - mu) / sd, 0.0).astype(np.float32)
-            xs.append(torch.from_numpy(np.ascontiguousarray(x)))
+            xs.append(_standardise(x, ok, mu, sd))
             delta[:, mi, ei] = ok
-            dims[m][e] = int(cache.meta.dim)
+            dims[m][e] = dim
             mean[m][e], std[m][e] = mu, sd
-            log.info("%s/%s: dim %d, %d/%d ok", m, e, cache.meta.dim, int(ok.sum()), n)
+            log.info("%s/%s: dim %d, %d/%d ok", m, e, dim, int(ok.sum()), n)
+    teacher = None
+    if teachers:
+        unknown = [m for m in teachers if m not in modalities]
+        if unknown:
+            raise FusionDataError(f"teacher caches for modalities {unknown} not among {modalities}")
+        t_mods = [m for m in modalities if m in teachers]
+        t_x, t_ok, t_dims = [], [], {}
+        for m in t_mods:
+            x, ok, dim = _read_aligned(Path(teachers[m]), id_index, ids)
+            mu, sd = _fit_stats(x, ok & train_rows)
+            t_x.append(_standardise(x, ok, mu, sd))
+            t_ok.append(ok)
+            t_dims[m] = dim
+            log.info("teacher %s: dim %d, %d/%d ok", m, dim, int(ok.sum()), n)
+        teacher = TeacherData(t_mods, t_x, torch.from_numpy(np.stack(t_ok, axis=1)), t_dims)
     y, class_names = _labels(df, meta.task_type, list(meta.labels), meta.extra)
     return FusionData(
         dataset=meta.dataset,
@@ -269,9 +340,39 @@ def load_fusion_data(
         delta=torch.from_numpy(delta),
         y=y,
         standardization=Standardization(mean, std),
+        teacher=teacher,
     )
 
 
+_LOADED: dict[tuple, FusionData] = {}
+_LOADED_MAX = 4
+
+
+def _file_key(path: str | os.PathLike) -> tuple[str, int, int]:
+    st = os.stat(path)
+    return (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+
+
+def load_fusion_data_cached(
+    manifest: str | os.PathLike,
+    caches: dict[str, dict[str, str | os.PathLike]],
+    teachers: dict[str, str | os.PathLike] | None = None,
+) -> FusionData:
+    """:func:`load_fusion_data` (train-fitted statistics), memoised on the files' identity.
+
+    Several methods or protocols trained in one process share one copy of the embeddings.
+    Callers must not modify the returned tensors in place (protocols build new tensors).
+    """
+    key = (
+        _file_key(manifest),
+        tuple((m, e, _file_key(p)) for m, ev in caches.items() for e, p in ev.items()),
+        tuple((m, _file_key(p)) for m, p in (teachers or {}).items()),
+    )
+    if key not in _LOADED:
+        if len(_LOADED) >= _LOADED_MAX:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = load_fusion_data(manifest, caches, teachers=teachers)
+    return _LOADED[key]
 
 
 def apply_protocol(data: FusionData, protocol: str, seed: int) -> FusionData:

@@ -1,9 +1,12 @@
-"""Training objective (DESIGN §6 item 7): ``L = L_task + λ(t) · L_KD``.
+"""Training objective (DESIGN §6 item 7): ``L = L_task + λ(t) · L_KD`` (+ a method's own term).
 
-``L_task`` is BCE-with-logits per label / task (multilabel, binary; optional ``pos_weight``;
-unknown labels, stored as NaN, are left out) or cross-entropy (multiclass; -1 = unknown).
-``L_KD`` (distillation, item 6) is not implemented yet: :func:`kd_loss` returns 0 and the
-training loop already passes it a teacher batch (``None`` for now) and the ramp λ(t).
+``L_task`` is BCE-with-logits per label / task (multilabel, binary — several binary tasks at
+once are one output each; optional ``pos_weight``; unknown labels, stored as NaN, are left
+out) or cross-entropy (multiclass; -1 = unknown). ``L_KD`` is the distillation loss of
+:mod:`fusion.distill`, weighted by λ(t), a linear ramp 0 → λ_max over the warm-up epochs.
+A method may add its own training term (``FusionOutput.aux_loss``, e.g. AdaCoMed's
+contrastive alignment). Every loss is written with masks only, so it runs under
+``torch.func.vmap`` over seeds.
 """
 
 from __future__ import annotations
@@ -13,15 +16,10 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from fusion.distill import DistillHeads, TeacherBatch
 from fusion.medmix import FusionOutput
 
-
-@dataclass
-class TeacherBatch:
-    """Teacher embeddings of one minibatch (distillation; filled in by a later issue)."""
-
-    t: list[torch.Tensor]  # per modality (B, D_T)
-    available: torch.Tensor  # (B, M) bool
+__all__ = ["LossParts", "TeacherBatch", "kd_lambda", "kd_loss", "task_loss", "total_loss"]
 
 
 @dataclass
@@ -30,6 +28,7 @@ class LossParts:
     task: torch.Tensor
     kd: torch.Tensor
     lambda_kd: float
+    aux: torch.Tensor | None = None
 
 
 def kd_lambda(epoch: int, warmup_epochs: int, lambda_max: float) -> float:
@@ -42,40 +41,56 @@ def kd_lambda(epoch: int, warmup_epochs: int, lambda_max: float) -> float:
 
 
 def task_loss(
-    logits: torch.Tensor, y: torch.Tensor, task_type: str, pos_weight: float | None = None
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    task_type: str,
+    pos_weight: float | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean loss over known labels (0 if none is known, never NaN)."""
+    """Mean loss over known labels (0 if none is known, never NaN).
+
+    ``pos_weight``: one number for every output, or a ``(C,)`` tensor (per label / task).
+    """
     if task_type == "multiclass":
         known = y >= 0
-        if not bool(known.any()):
-            return logits.sum() * 0.0
-        return F.cross_entropy(logits[known], y[known])
+        ce = F.cross_entropy(logits, y.clamp_min(0), reduction="none")
+        w = known.to(ce.dtype)
+        return (ce * w).sum() / w.sum().clamp_min(1.0)
     known = torch.isfinite(y)
     target = torch.where(known, y, torch.zeros_like(y))
     pw = None
     if pos_weight is not None:
-        pw = torch.full(
-            (logits.shape[-1],), float(pos_weight), dtype=logits.dtype, device=logits.device
-        )
+        pw = torch.as_tensor(pos_weight, dtype=logits.dtype, device=logits.device)
+        pw = pw.expand(logits.shape[-1])
     bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=pw, reduction="none")
     weight = known.to(bce.dtype)
     return (bce * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-def kd_loss(out: FusionOutput, teacher: TeacherBatch | None) -> torch.Tensor:
-    """Distillation loss L_KD (cosine + γ·RKD per modality). Not implemented yet: 0."""
-    return out.logits.new_zeros(())
+def kd_loss(
+    out: FusionOutput,
+    teacher: TeacherBatch | None,
+    heads: DistillHeads | None = None,
+    gamma: float = 1.0,
+) -> torch.Tensor:
+    """Distillation loss L_KD (cosine + γ·RKD per modality); 0 without teachers or heads."""
+    if teacher is None or heads is None or out.z is None:
+        return out.logits.new_zeros(())
+    return heads(out.z, teacher, gamma).total
 
 
 def total_loss(
     out: FusionOutput,
     y: torch.Tensor,
     task_type: str,
-    pos_weight: float | None = None,
+    pos_weight: float | torch.Tensor | None = None,
     teacher: TeacherBatch | None = None,
     lambda_kd: float = 0.0,
+    heads: DistillHeads | None = None,
+    rkd_gamma: float = 1.0,
 ) -> LossParts:
-    lt = task_loss(out.logits, y, task_type, pos_weight)
-    lk = kd_loss(out, teacher)
+    lt = task_loss(out.logits.float(), y, task_type, pos_weight)
+    lk = kd_loss(out, teacher, heads, rkd_gamma)
     total = lt + lambda_kd * lk if lambda_kd > 0 else lt
-    return LossParts(total=total, task=lt, kd=lk, lambda_kd=lambda_kd)
+    if out.aux_loss is not None:
+        total = total + out.aux_loss
+    return LossParts(total=total, task=lt, kd=lk, lambda_kd=lambda_kd, aux=out.aux_loss)

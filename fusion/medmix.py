@@ -1,12 +1,14 @@
 """MedMIX (DESIGN §6) and the building blocks every fusion method shares.
 
 Inputs of every model: ``xs``, one tensor ``(B, D_e)`` per expert in flat (modality, expert)
-order, and ``delta`` ``(B, M, E_max)``, the expert availability mask δ.
+order, and ``delta`` ``(B, M, E_max)``, the expert availability mask δ. Rows of unavailable
+experts should be zero (the data layer and :mod:`fusion.predict` guarantee it); the model
+masks them out anyway, so their values never change an output.
 
-1. Residual adapter per expert: ``h̃ = h + W₂ Dropout(GELU(W₁ LN(h)))`` (dropout on the
-   bottleneck activations: same regularisation role, and ~D/bottleneck times fewer random
-   numbers than dropping the D-dim output, which dominates CPU step time at D≈1000).
-2. Projection: ``u = Dropout(GELU(LN(P h̃)))`` ∈ R^d; ``u ← δ·u``.
+1. Residual adapter per expert: ``h̃ = h + W₂ Dropout(GELU(W₁ LN(h) + b₁))`` (dropout on the
+   bottleneck activations: the same regularisation role as on the output, and far fewer
+   random numbers than dropping the D-dim output).
+2. Projection: ``u = Dropout(GELU(LN(P h̃ + p)))`` ∈ R^d; ``u ← δ·u``.
 3. Router, one scorer ``g_m`` per modality shared by its experts: ``s = g_m(u)``, masked
    softmax over available experts → α; ``z_m = Σ_e α u``.
 4. Per-modality head ``ℓ_m = f_m(z_m)``; fusion score ``r_m = q(z_m)``; masked softmax over
@@ -16,6 +18,24 @@ order, and ``delta`` ``(B, M, E_max)``, the expert availability mask δ.
 The masked softmax gives exactly the result of the paper's conventions (s = −∞ for a missing
 expert, r = −1e9 for a missing modality: weight 0 there, renormalised over the rest) without
 ever forming ``exp(−∞)``, so outputs and gradients stay finite even when nothing is available.
+
+How the expert encoder is computed (same function, fewer memory passes). Experts with the same
+input dim D are one *group*: their weights are stacked ``(K, …)`` and the group runs as a few
+batched matrix products instead of K small ones. Two exact reparametrisations remove every
+elementwise pass over the D-wide inputs, which dominate CPU time at D ≈ 768:
+
+* the adapter's LayerNorm affine is not a separate parameter: ``W₁(γ⊙x̂ + β) + b₁`` is
+  ``(W₁ diag γ) x̂ + (W₁β + b₁)``, i.e. the same function class as ``W₁ x̂ + b₁``;
+* ``W₁ x̂`` with ``x̂ = (h − μ)/σ`` is computed as ``(W₁h − μ W₁1)/σ`` from the row mean μ and
+  standard deviation σ of h (h is data: no gradient flows into it), so x̂ is never
+  materialised; the up-projection's bias is left out for the same reason (``P(h̃ + b₂) + p``
+  only shifts the projection bias p);
+* ``P h̃ = P h + (P W₂) a``: the adapter's up-projection is parametrised as Q = P·W₂ (bn × d),
+  which reaches every such product (P has full row rank), so the D-wide h̃ = h + W₂a is never
+  formed either (:class:`ExpertGroup`).
+
+Per sample and expert, the only D-wide work left is one product of h with ``[W₁ | P]``
+(forward) and one for their weight gradient (backward).
 """
 
 from __future__ import annotations
@@ -25,8 +45,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from fusion.registry import ModelSpec, register_method
+
+LN_EPS = 1e-5
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -49,6 +72,11 @@ def mlp(d_in: int, hidden: int, d_out: int, dropout: float = 0.0) -> nn.Sequenti
     return nn.Sequential(nn.Linear(d_in, hidden), nn.GELU(), drop, nn.Linear(hidden, d_out))
 
 
+def _uniform_(t: torch.Tensor, fan_in: int) -> None:
+    bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default init (weights and biases)
+    nn.init.uniform_(t, -bound, bound)
+
+
 class GroupedMLP(nn.Module):
     """``n`` independent MLPs (Linear → GELU → Dropout → Linear), one per group, run as one op.
 
@@ -65,71 +93,188 @@ class GroupedMLP(nn.Module):
         self.bias2 = nn.Parameter(torch.empty(n, d_out))
         self.drop: nn.Module = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         for w, b, fan_in in ((self.w1, self.bias1, d_in), (self.w2, self.bias2, hidden)):
-            bound = 1.0 / math.sqrt(fan_in)  # nn.Linear's default init
-            nn.init.uniform_(w, -bound, bound)
-            nn.init.uniform_(b, -bound, bound)
+            _uniform_(w, fan_in)
+            _uniform_(b, fan_in)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = torch.einsum("...ni,nih->...nh", x, self.w1) + self.bias1
-        h = self.drop(nn.functional.gelu(h))
+        h = self.drop(F.gelu(h))
         return torch.einsum("...nh,nho->...no", h, self.w2) + self.bias2
 
 
-class ResidualAdapter(nn.Module):
-    """``h + W₂ Dropout(GELU(W₁ LN(h)))``; W₂ starts at zero so the adapter starts as identity."""
+class _InputProduct(torch.autograd.Function):
+    """``h @ [W₁ | P]`` with W₁'s columns centred by the row means: ``(W₁h − μ W₁1, Ph)``.
 
-    def __init__(self, dim: int, bottleneck: int, dropout: float) -> None:
+    One product forward, one for the weight gradient backward; the centring's gradient, the
+    rank-1 term ``−1 ⊗ Σ_b μ_b dz_b``, is added in place to W₁'s block instead of flowing
+    through a separate reduction (which would cost a full-size gradient sum per step).
+    ``h`` and ``μ`` are data: no gradient. Under ``torch.func.vmap`` (seeds) the batch axis is
+    folded into the K axis, so forward and backward stay one batched product each.
+    """
+
+    @staticmethod
+    def forward(h: torch.Tensor, w_in: torch.Tensor, mu: torch.Tensor, bn: int):
+        both = torch.bmm(h, w_in.transpose(1, 2))  # (K, B, bn + d)
+        row_sum = w_in[:, :bn].sum(dim=2)  # (K, bn): W₁1
+        return both[..., :bn] - mu * row_sum.unsqueeze(1), both[..., bn:]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        h, _, mu, bn = inputs
+        ctx.save_for_backward(h, mu)
+        ctx.bn = bn
+
+    @staticmethod
+    def backward(ctx, dz: torch.Tensor, dp: torch.Tensor):
+        h, mu = ctx.saved_tensors
+        dw = torch.bmm(torch.cat([dz, dp], dim=-1).transpose(1, 2), h)  # (K, bn + d, D)
+        dw[:, : ctx.bn] -= (mu * dz).sum(dim=1).unsqueeze(2)
+        return None, dw, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, h, w_in, mu, bn):
+        hd, wd, md, _ = in_dims
+        n = info.batch_size
+        if hd is None:  # one input shared by every stacked model (evaluation)
+            w = w_in.movedim(wd, 0) if wd is not None else w_in.expand(n, *w_in.shape)
+            both = torch.einsum("kbd,skod->skbo", h, w)
+            m = mu.movedim(md, 0) if md is not None else mu.expand(n, *mu.shape)
+            return (both[..., :bn] - m * w[:, :, :bn].sum(dim=3).unsqueeze(2),
+                    both[..., bn:]), (0, 0)  # fmt: skip
+
+        def fold(x: torch.Tensor, dim: int | None) -> torch.Tensor:
+            x = x.movedim(dim, 0) if dim is not None else x.expand(n, *x.shape)
+            return x.reshape(n * x.shape[1], *x.shape[2:])
+
+        zc, ph = _InputProduct.apply(fold(h, hd), fold(w_in, wd), fold(mu, md), bn)
+        return (zc.view(n, -1, *zc.shape[1:]), ph.view(n, -1, *ph.shape[1:])), (0, 0)
+
+
+def row_stats(h: torch.Tensor) -> torch.Tensor:
+    """``(..., D)`` -> ``(..., 2)``: each row's mean and 1/sqrt(var + eps) (LayerNorm's)."""
+    hs = h.float() if h.dtype in (torch.float16, torch.bfloat16) else h
+    mu = hs.mean(dim=-1, keepdim=True)
+    ms = torch.linalg.vector_norm(hs, dim=-1, keepdim=True).square() / hs.shape[-1]
+    rstd = torch.rsqrt((ms - mu.square()).clamp_min(0.0) + LN_EPS)
+    return torch.cat([mu, rstd], dim=-1)
+
+
+class ExpertGroup(nn.Module):
+    """Adapter + projection of K experts that share the input dim D, as batched products.
+
+    Input ``(K, B, D)`` → ``(K, B, d)``:
+    ``u = Dropout(GELU(LN(P h + Q a + p)))`` with ``a = Dropout(GELU(W₁ x̂ + b₁))``, x̂ the
+    row-standardised h. Parameters (per expert k):
+
+    * ``w_in (K, bn + d, D)`` (``nn.Linear`` layout): the adapter's down-projection W₁ (first
+      ``bn`` rows) and the projection P (last ``d`` rows) stacked — both read the input h, so
+      one product computes ``W₁h`` and ``Ph`` and one product gives both weight gradients;
+    * ``down_bias (K, bn)`` (b₁); ``adapter_out (K, bn, d)``: Q = P·W₂, the adapter's
+      up-projection expressed in the projected space (zero at init: the adapter starts as the
+      identity); ``proj_bias (K, d)`` (p); the projection LayerNorm's ``norm_weight`` /
+      ``norm_bias``.
+
+    ``P h̃ = P (h + W₂a) = P h + (P W₂) a``: every pair (P, W₂) gives a Q and, P having full
+    row rank (d ≤ D), every Q comes from some W₂ — the functions computed are exactly those of
+    the adapter + projection of DESIGN §6, the D-wide h̃ is never formed, and the adapter's
+    output side costs bn × d instead of bn × D weights (the gradient dynamics differ from a
+    literal W₂ parametrisation).
+    """
+
+    def __init__(self, k: int, dim: int, d: int, bottleneck: int, dropout: float) -> None:
         super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.down = nn.Linear(dim, bottleneck)
-        self.up = nn.Linear(bottleneck, dim)
-        self.drop = nn.Dropout(dropout)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
+        self.dim, self.d, self.bn = dim, d, bottleneck
+        self.w_in = nn.Parameter(torch.empty(k, bottleneck + d, dim))
+        self.down_bias = nn.Parameter(torch.empty(k, bottleneck))
+        self.adapter_out = nn.Parameter(torch.zeros(k, bottleneck, d))
+        self.proj_bias = nn.Parameter(torch.empty(k, d))
+        self.norm_weight = nn.Parameter(torch.ones(k, d))
+        self.norm_bias = nn.Parameter(torch.zeros(k, d))
+        self.p = float(dropout)
+        for t in (self.w_in, self.down_bias, self.proj_bias):
+            _uniform_(t, dim)
 
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.up(self.drop(nn.functional.gelu(self.down(self.norm(h)))))
-
-
-class ExpertProjection(nn.Module):
-    """Adapter then ``Dropout(GELU(LN(P h̃)))`` into the shared dimension d."""
-
-    def __init__(self, dim: int, d: int, bottleneck: int, dropout: float) -> None:
-        super().__init__()
-        self.adapter = ResidualAdapter(dim, bottleneck, dropout)
-        self.proj = nn.Linear(dim, d)
-        self.norm = nn.LayerNorm(d)
-        self.drop = nn.Dropout(dropout)
-
-    def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.drop(nn.functional.gelu(self.norm(self.proj(self.adapter(h)))))
+    def forward(self, h: torch.Tensor, stats: torch.Tensor | None = None) -> torch.Tensor:
+        """``h (K, B, D)``; ``stats (K, B, 2)``: the rows' mean and 1/σ if precomputed
+        (:func:`row_stats`; h is data, so the trainer computes them once per dataset)."""
+        bn = self.bn
+        if stats is None:
+            stats = row_stats(h)
+        mu, rstd = stats[..., :1], stats[..., 1:]
+        zc, ph = _InputProduct.apply(h, self.w_in, mu.to(h.dtype), bn)
+        z = zc * rstd.to(zc.dtype) + self.down_bias.unsqueeze(1)
+        keep = None
+        if self.training and self.p > 0:  # one uniform draw for both dropout sites
+            shape = (*ph.shape[:-1], bn + self.d)
+            keep = (torch.rand(shape, device=ph.device) >= self.p).to(ph.dtype) / (1.0 - self.p)
+        a = F.gelu(z)
+        if keep is not None:
+            a = a * keep[..., :bn]
+        pre = torch.baddbmm(ph, a, self.adapter_out) + self.proj_bias.unsqueeze(1)
+        pre = F.layer_norm(pre, (self.d,), eps=LN_EPS)
+        u = F.gelu(pre * self.norm_weight.unsqueeze(1) + self.norm_bias.unsqueeze(1))
+        return u * keep[..., bn:] if keep is not None else u
 
 
 class ExpertEncoder(nn.Module):
-    """Adapter + projection per expert, assembled into ``U (B, M, E_max, d)``, zero where δ=0."""
+    """Every expert's adapter + projection, assembled into ``U (B, M, E_max, d)``, 0 where δ=0.
+
+    Experts are grouped by input dim (:attr:`group_members`: flat expert indices per group).
+    ``encoder(xs, delta)`` takes the per-expert list; :meth:`encode_groups` takes the inputs
+    already stacked per group, ``(K_g, B, D_g)`` (what the trainer gathers directly).
+    """
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
-        self.counts = [len(spec.experts[m]) for m in spec.modalities]
-        self.e_max = spec.max_experts
         self.d = spec.d
-        self.experts = nn.ModuleList(
-            ExpertProjection(spec.dims[m][e], spec.d, spec.adapter_bottleneck, spec.dropout)
-            for m, e in spec.flat_experts
+        self.n_modalities = len(spec.modalities)
+        self.e_max = spec.max_experts
+        dims = [spec.dims[m][e] for m, e in spec.flat_experts]
+        members: dict[int, list[int]] = {}
+        for k, dim in enumerate(dims):
+            members.setdefault(dim, []).append(k)
+        self.group_members: list[list[int]] = list(members.values())
+        self.group_dims: list[int] = list(members)
+        self.groups = nn.ModuleList(
+            ExpertGroup(len(ks), dim, spec.d, spec.adapter_bottleneck, spec.dropout)
+            for dim, ks in members.items()
         )
+        order = [k for ks in self.group_members for k in ks]
+        position = {k: i for i, k in enumerate(order)}
+        slots, k = [], 0
+        for m in spec.modalities:
+            n_e = len(spec.experts[m])
+            slots += [position[k + i] for i in range(n_e)] + [len(order)] * (self.e_max - n_e)
+            k += n_e
+        self.n_experts = len(order)
+        self.identity_slots = len(slots) == len(order) and slots == list(range(len(slots)))
+        self.register_buffer("slot_index", torch.tensor(slots, dtype=torch.long), persistent=False)
+
+    def group_inputs(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
+        if len(xs) != self.n_experts:
+            raise ValueError(f"expected {self.n_experts} expert inputs, got {len(xs)}")
+        return [torch.stack([xs[k] for k in ks]) for ks in self.group_members]
+
+    def encode_groups(
+        self,
+        groups: list[torch.Tensor],
+        delta: torch.Tensor,
+        stats: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        if stats is None:
+            us = [g(h) for g, h in zip(self.groups, groups, strict=True)]
+        else:
+            us = [g(h, st) for g, h, st in zip(self.groups, groups, stats, strict=True)]
+        u = us[0] if len(us) == 1 else torch.cat(us, dim=0)  # (K, B, d)
+        if not self.identity_slots:
+            u = torch.cat([u, u.new_zeros(1, *u.shape[1:])], dim=0).index_select(
+                0, self.slot_index
+            )
+        u = u.view(self.n_modalities, self.e_max, u.shape[1], self.d).permute(2, 0, 1, 3)
+        return u * delta.unsqueeze(-1).to(u.dtype)
 
     def forward(self, xs: list[torch.Tensor], delta: torch.Tensor) -> torch.Tensor:
-        us = [enc(x) for enc, x in zip(self.experts, xs, strict=True)]
-        rows, k = [], 0
-        for count in self.counts:
-            block = us[k : k + count]
-            k += count
-            if count < self.e_max:
-                pad = us[0].new_zeros(us[0].shape[0], self.d)
-                block = block + [pad] * (self.e_max - count)
-            rows.append(torch.stack(block, dim=1))
-        u = torch.stack(rows, dim=1)  # (B, M, E_max, d)
-        return u * delta.unsqueeze(-1).to(u.dtype)
+        return self.encode_groups(self.group_inputs(xs), delta)
 
 
 @dataclass
@@ -139,6 +284,7 @@ class FusionOutput:
     beta: torch.Tensor | None = None  # (B, M) modality weights, 0 where missing
     z: torch.Tensor | None = None  # (B, M, d) modality representations (distillation)
     modality_logits: torch.Tensor | None = None  # (B, M, C)
+    aux_loss: torch.Tensor | None = None  # a method's own extra training loss (scalar)
 
 
 class FusionModel(nn.Module):
@@ -148,10 +294,23 @@ class FusionModel(nn.Module):
     list their gating modules in ``router_modules`` (trained with the router learning rate).
     ``prior`` (C logits) is the output for samples without any available expert; training
     starts it at the train split's label prevalence and only such samples update it.
+
+    Class attributes read by the trainer and the workflow:
+
+    * ``supports_distillation``: the modality representations ``z`` are distilled from the
+      teachers when ``fusion.lambda_kd > 0`` (MedMIX);
+    * ``uses_teacher_input`` / ``deploys_teachers``: the teacher cache is an input expert
+      (named :data:`fusion.registry.TEACHER_EXPERT`) at training and inference time;
+    * ``uses_reference``: the model keeps reference buffers computed from training samples
+      (:meth:`reference_buffers`), refreshed by the trainer before every evaluation.
     """
 
     method_name = "base"
     router_modules: tuple[str, ...] = ()
+    supports_distillation = False
+    uses_teacher_input = False
+    deploys_teachers = False
+    uses_reference = False
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
@@ -166,16 +325,30 @@ class FusionModel(nn.Module):
     def fuse(self, u: torch.Tensor, delta: torch.Tensor) -> FusionOutput:
         raise NotImplementedError
 
-    def forward(self, xs: list[torch.Tensor], delta: torch.Tensor) -> FusionOutput:
+    def forward_groups(
+        self,
+        groups: list[torch.Tensor],
+        delta: torch.Tensor,
+        stats: list[torch.Tensor] | None = None,
+    ) -> FusionOutput:
         delta = delta.to(self.prior.dtype)
-        u = self.encoder(xs, delta)
+        u = self.encoder.encode_groups(groups, delta, stats)
         out = self.fuse(u, delta)
         any_available = (delta.amax(dim=(1, 2)) > 0).unsqueeze(-1)
         out.logits = torch.where(any_available, out.logits, self.prior.expand_as(out.logits))
         return out
 
+    def forward(self, xs: list[torch.Tensor], delta: torch.Tensor) -> FusionOutput:
+        return self.forward_groups(self.encoder.group_inputs(xs), delta)
+
     def router_parameters(self) -> list[nn.Parameter]:
         return [p for name in self.router_modules for p in getattr(self, name).parameters()]
+
+    def reference_buffers(
+        self, groups: list[torch.Tensor], delta: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """New values of the reference buffers from training inputs (``uses_reference``)."""
+        return {}
 
 
 @register_method("medmix")
@@ -183,6 +356,7 @@ class MedMIX(FusionModel):
     """Intra-modality MoE router over experts, then learned inter-modality logit fusion."""
 
     router_modules = ("routers", "fusion_scorer")
+    supports_distillation = True
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__(spec)

@@ -1,4 +1,5 @@
-"""Evaluation metrics (DESIGN §7): AUROC, AUPRC, F1, macro-F1, accuracy — per label and macro.
+"""Evaluation metrics (DESIGN §7): AUROC, AUPRC, F1, macro-F1, accuracy, Brier score, ECE —
+per label and macro — and 95 % bootstrap confidence intervals.
 
 Binary / multilabel (one output per label or task): the decision threshold of each label is
 chosen on the VALIDATION split (maximising that label's F1) and applied unchanged to the
@@ -14,6 +15,20 @@ Multiclass (one label column with K classes): AUROC / AUPRC one-vs-rest per clas
 class from the arg-max prediction; macro = mean over classes (``f1`` = ``macro_f1``);
 accuracy = top-1 accuracy.
 
+Calibration. ``brier``: mean squared difference between the predicted probability and the
+0/1 label (per label; multiclass macro: the multi-class Brier score, mean over samples of
+Σ_c (p_c − 1[y = c])²). ``ece``: expected calibration error with 15 equal-width bins on
+[0, 1], ``Σ_b (n_b / n) · |mean(y) − mean(p)|`` over the bins of the positive-class
+probability (per label); multiclass macro: the top-label ECE (confidence = max p, correct =
+arg-max hit). Lower is better for both.
+
+Bootstrap (:func:`bootstrap_ci`): the split's samples are resampled with replacement
+(``n_boot`` times, seeded); each replicate's metrics are computed with the same thresholds
+(chosen on validation, not re-tuned) by vectorised re-implementations of the formulas above
+(rank-based AUROC with average ranks for ties; average precision over distinct thresholds,
+as scikit-learn defines it); the interval is the percentile interval [2.5 %, 97.5 %]. A label
+that has no positive or no negative in a replicate is left out of that replicate's macro.
+
 A label (or class) with no positive or no negative among the known labels of a split is
 skipped in that split — named in ``skipped_labels``, left out of the macro average, never
 averaged in as NaN.
@@ -26,9 +41,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
-METRICS = ("auroc", "auprc", "f1", "macro_f1", "accuracy")
-LABEL_METRICS = ("auroc", "auprc", "f1", "accuracy")
+METRICS = ("auroc", "auprc", "f1", "macro_f1", "accuracy", "brier", "ece")
+LABEL_METRICS = ("auroc", "auprc", "f1", "accuracy", "brier", "ece")
 DEFAULT_THRESHOLD = 0.5
+ECE_BINS = 15
+CI_LEVEL = 0.95
 
 
 @dataclass
@@ -38,9 +55,13 @@ class SplitMetrics:
     macro: dict[str, float]
     per_label: dict[str, dict[str, float]]
     skipped_labels: list[str] = field(default_factory=list)
+    ci: dict | None = None  # bootstrap confidence intervals (see bootstrap_ci)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["ci"] is None:
+            d.pop("ci")
+        return d
 
 
 def _f1(y: np.ndarray, pred: np.ndarray) -> float:
@@ -75,6 +96,25 @@ def choose_thresholds(y_val: np.ndarray, p_val: np.ndarray, names: list[str]) ->
     return out
 
 
+def brier_score(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean of (p − y)² for 0/1 labels ``y`` and positive-class probabilities ``p``."""
+    y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
+    return float(np.mean((p - y) ** 2)) if len(y) else float("nan")
+
+
+def _bin_index(p: np.ndarray, n_bins: int) -> np.ndarray:
+    return np.clip(np.floor(np.asarray(p, dtype=np.float64) * n_bins), 0, n_bins - 1).astype(int)
+
+
+def expected_calibration_error(y: np.ndarray, p: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """ECE of probabilities ``p`` against 0/1 outcomes ``y``: Σ_b (n_b/n)|mean(y) − mean(p)|."""
+    y, p = np.asarray(y, dtype=np.float64), np.asarray(p, dtype=np.float64)
+    if not len(y):
+        return float("nan")
+    sums = np.bincount(_bin_index(p, n_bins), weights=y - p, minlength=n_bins)
+    return float(np.abs(sums).sum() / len(y))
+
+
 def binary_label_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
     """Metrics of one label; ``y`` must hold both classes."""
     yb = y.astype(bool)
@@ -84,7 +124,21 @@ def binary_label_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> dict
         "auprc": float(average_precision_score(yb, p)),
         "f1": _f1(yb, pred),
         "accuracy": float(np.mean(pred == yb)),
+        "brier": brier_score(yb, p),
+        "ece": expected_calibration_error(yb, p),
     }
+
+
+def multiclass_brier(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean over samples of Σ_c (p_c − 1[y = c])² (class ids ``y``, probabilities ``p (N, K)``)."""
+    onehot = np.eye(p.shape[1])[np.asarray(y, dtype=np.int64)]
+    return float(np.mean(np.sum((np.asarray(p, dtype=np.float64) - onehot) ** 2, axis=1)))
+
+
+def top_label_ece(y: np.ndarray, p: np.ndarray, n_bins: int = ECE_BINS) -> float:
+    """Top-label ECE: confidence max_c p_c against the arg-max being right."""
+    p = np.asarray(p, dtype=np.float64)
+    return expected_calibration_error((p.argmax(axis=1) == y).astype(float), p.max(axis=1), n_bins)
 
 
 def _macro(
@@ -127,6 +181,8 @@ def evaluate_split(
                     auroc=float(roc_auc_score(yc, pk[:, c])),
                     auprc=float(average_precision_score(yc, pk[:, c])),
                     f1=_f1(yc, pred == c),
+                    brier=brier_score(yc, pk[:, c]),
+                    ece=expected_calibration_error(yc, pk[:, c]),
                 )
             per_label[name] = entry
         macro = _macro(per_label, skipped, ("auroc", "auprc", "f1"))
@@ -134,6 +190,8 @@ def evaluate_split(
             macro["macro_f1"] = macro["f1"]
         if len(yk):
             macro["accuracy"] = float(np.mean(pred == yk))
+            macro["brier"] = multiclass_brier(yk, pk)
+            macro["ece"] = top_label_ece(yk, pk)
     else:
         y = np.asarray(y, dtype=np.float64)
         thresholds = thresholds or {}
@@ -164,3 +222,214 @@ def evaluate_split(
         per_label=per_label,
         skipped_labels=skipped,
     )
+
+
+# -- bootstrap confidence intervals ---------------------------------------------------------
+
+
+def _average_ranks(values: np.ndarray) -> np.ndarray:
+    """Row-wise ranks (1-based, ties get their average rank) of a 2-D array."""
+    b, n = values.shape
+    order = np.argsort(values, axis=1, kind="stable")
+    v = np.take_along_axis(values, order, axis=1)
+    new = np.ones((b, n), dtype=bool)
+    new[:, 1:] = v[:, 1:] != v[:, :-1]
+    gid = np.cumsum(new, axis=1) - 1 + (np.arange(b) * n)[:, None]
+    pos = np.broadcast_to(np.arange(1, n + 1, dtype=np.float64), (b, n))
+    sums = np.bincount(gid.ravel(), weights=pos.ravel(), minlength=b * n)
+    counts = np.bincount(gid.ravel(), minlength=b * n)
+    avg = (sums / np.maximum(counts, 1))[gid]
+    ranks = np.empty_like(avg)
+    np.put_along_axis(ranks, order, avg, axis=1)
+    return ranks
+
+
+def _boot_auroc(y: np.ndarray, p: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Per-row AUROC of 0/1 ``y`` vs ``p`` over the ``known`` entries (NaN: one class only)."""
+    pk = np.where(known, p, np.inf)  # unknowns rank last and are never counted
+    ranks = _average_ranks(pk)
+    pos = known & (y == 1)
+    n1 = pos.sum(axis=1).astype(np.float64)
+    n0 = (known & (y == 0)).sum(axis=1).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auc = ((ranks * pos).sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+    return np.where((n1 > 0) & (n0 > 0), auc, np.nan)
+
+
+def _boot_ap(y: np.ndarray, p: np.ndarray, known: np.ndarray) -> np.ndarray:
+    """Per-row average precision (scikit-learn's definition, ties as one threshold)."""
+    b, n = p.shape
+    pk = np.where(known, p, -np.inf)
+    order = np.argsort(-pk, axis=1, kind="stable")
+    v = np.take_along_axis(pk, order, axis=1)
+    k = np.take_along_axis(known, order, axis=1)
+    pos = np.take_along_axis(known & (y == 1), order, axis=1)
+    tp = np.cumsum(pos, axis=1).astype(np.float64)
+    fp = np.cumsum(k & ~pos, axis=1).astype(np.float64)
+    end = np.ones((b, n), dtype=bool)  # last entry of each tie group among known entries
+    end[:, :-1] = v[:, :-1] != v[:, 1:]
+    end &= k
+    last_end_tp = np.maximum.accumulate(np.where(end, tp, 0.0), axis=1)
+    prev_end_tp = np.zeros_like(tp)
+    prev_end_tp[:, 1:] = last_end_tp[:, :-1]
+    n_pos = tp[:, -1]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = tp / np.maximum(tp + fp, 1.0)
+        ap = (np.where(end, (tp - prev_end_tp) * precision, 0.0)).sum(axis=1) / n_pos
+    n_neg = fp[:, -1]
+    return np.where((n_pos > 0) & (n_neg > 0), ap, np.nan)
+
+
+def _boot_f1(y: np.ndarray, pred: np.ndarray, known: np.ndarray) -> np.ndarray:
+    tp = (pred & y & known).sum(axis=1).astype(np.float64)
+    fp = (pred & ~y & known).sum(axis=1)
+    fn = (~pred & y & known).sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f1 = 2 * tp / (2 * tp + fp + fn)
+    return np.where(tp > 0, f1, 0.0)
+
+
+def _boot_ece(outcome: np.ndarray, p: np.ndarray, known: np.ndarray) -> np.ndarray:
+    b, n = p.shape
+    bins = _bin_index(np.where(known, p, 0.0), ECE_BINS) + (np.arange(b) * ECE_BINS)[:, None]
+    sums = np.bincount(
+        bins.ravel(), weights=((outcome - p) * known).ravel(), minlength=b * ECE_BINS
+    ).reshape(b, ECE_BINS)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.abs(sums).sum(axis=1) / known.sum(axis=1)
+
+
+def _percentile_ci(values: np.ndarray, level: float) -> list[float] | None:
+    v = values[np.isfinite(values)]
+    if not len(v):
+        return None
+    lo, hi = np.percentile(v, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
+    return [float(lo), float(hi)]
+
+
+def bootstrap_ci(
+    y: np.ndarray,
+    probs: np.ndarray,
+    task_type: str,
+    names: list[str],
+    thresholds: dict[str, float] | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = CI_LEVEL,
+    skip: list[str] | None = None,
+    chunk: int = 200,
+) -> dict:
+    """Percentile bootstrap intervals of the macro and per-label metrics of one split.
+
+    Returns ``{"level", "n_boot", "seed", "macro": {metric: [lo, hi]}, "per_label": {label:
+    {metric: [lo, hi]}}}`` (a metric without any valid replicate is left out). Labels in
+    ``skip`` (those skipped on the whole split) are left out of everything.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    n = len(probs)
+    skip = set(skip or [])
+    out: dict = {"level": level, "n_boot": int(n_boot), "seed": int(seed), "macro": {},
+                 "per_label": {}}  # fmt: skip
+    if n_boot <= 0 or n == 0:
+        return out
+    rng = np.random.default_rng(seed)
+    thresholds = thresholds or {}
+    used = [j for j, name in enumerate(names) if name not in skip]
+    per_label: dict[str, dict[str, list[np.ndarray]]] = {names[j]: {} for j in used}
+    macro: dict[str, list[np.ndarray]] = {}
+
+    def add(store: dict[str, list[np.ndarray]], key: str, value: np.ndarray) -> None:
+        store.setdefault(key, []).append(value)
+
+    done = 0
+    while done < n_boot:
+        b = min(chunk, n_boot - done)
+        idx = rng.integers(0, n, size=(b, n))
+        done += b
+        label_vals: dict[str, list[np.ndarray]] = {}
+        if task_type == "multiclass":
+            yi = np.asarray(y, dtype=np.int64)[idx]
+            pi = probs[idx]  # (b, n, K)
+            known = yi >= 0
+            pred = pi.argmax(axis=2)
+            for j in used:
+                yc = yi == j
+                vals = {
+                    "auroc": _boot_auroc(yc.astype(np.int64), pi[..., j], known),
+                    "auprc": _boot_ap(yc.astype(np.int64), pi[..., j], known),
+                    "f1": _boot_f1(yc, pred == j, known),
+                }
+                valid = np.isfinite(vals["auroc"])
+                for key, v in vals.items():
+                    v = np.where(valid, v, np.nan)
+                    add(per_label[names[j]], key, v)
+                    label_vals.setdefault(key, []).append(v)
+            nk = known.sum(axis=1)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                add(macro, "accuracy", ((pred == yi) & known).sum(axis=1) / nk)
+                onehot = (np.arange(pi.shape[2]) == np.where(known, yi, 0)[..., None])
+                sq = ((pi - onehot) ** 2).sum(axis=2)
+                add(macro, "brier", (sq * known).sum(axis=1) / nk)
+            add(macro, "ece", _boot_ece((pred == yi).astype(float), pi.max(axis=2), known))
+        else:
+            yall = np.asarray(y, dtype=np.float64)
+            for j in used:
+                yj = yall[idx, j]
+                pj = probs[idx, j]
+                known = np.isfinite(yj)
+                yb = np.where(known, yj, 0).astype(np.int64)
+                pred = pj >= thresholds.get(names[j], DEFAULT_THRESHOLD)
+                ybool = yb.astype(bool)
+                nk = known.sum(axis=1)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    vals = {
+                        "auroc": _boot_auroc(yb, pj, known),
+                        "auprc": _boot_ap(yb, pj, known),
+                        "f1": _boot_f1(ybool, pred, known),
+                        "accuracy": ((pred == ybool) & known).sum(axis=1) / nk,
+                        "brier": (((pj - yb) ** 2) * known).sum(axis=1) / nk,
+                        "ece": _boot_ece(yb.astype(float), pj, known),
+                    }
+                valid = np.isfinite(vals["auroc"])
+                if task_type == "binary" and len(names) == 1:
+                    f1_neg = _boot_f1(~ybool, ~pred, known)
+                    label_vals.setdefault("macro_f1", []).append(
+                        np.where(valid, (vals["f1"] + f1_neg) / 2, np.nan)
+                    )
+                for key, v in vals.items():
+                    v = np.where(valid, v, np.nan)
+                    add(per_label[names[j]], key, v)
+                    label_vals.setdefault(key, []).append(v)
+        for key, vs in label_vals.items():
+            with np.errstate(invalid="ignore"), _nan_mean_quiet():
+                add(macro, key, np.nanmean(np.stack(vs, axis=0), axis=0))
+        if task_type != "binary" or len(names) != 1:
+            if "f1" in label_vals:
+                add(macro, "macro_f1", macro["f1"][-1])
+    for key in METRICS:
+        if key in macro:
+            ci = _percentile_ci(np.concatenate(macro[key]), level)
+            if ci is not None:
+                out["macro"][key] = ci
+    for name, store in per_label.items():
+        entry = {}
+        for key, vs in store.items():
+            ci = _percentile_ci(np.concatenate(vs), level)
+            if ci is not None:
+                entry[key] = ci
+        out["per_label"][name] = entry
+    return out
+
+
+class _nan_mean_quiet:
+    """Silence numpy's 'Mean of empty slice' warning (an all-NaN replicate stays NaN)."""
+
+    def __enter__(self) -> None:
+        import warnings
+
+        self._ctx = warnings.catch_warnings()
+        self._ctx.__enter__()
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+
+    def __exit__(self, *exc: object) -> None:
+        self._ctx.__exit__(*exc)

@@ -1,20 +1,678 @@
-"""Missing-modality protocols (DESIGN §7): seeded availability masks applied on top of δ.
+"""Missing-modality protocols (DESIGN §7, paper §4.3): seeded availability masks on top of δ.
 
-``full`` uses all available data unchanged. The drop-one, random-drop and structured
-protocols are added here; masks are seeded so every method sees the same missing samples.
+A protocol *setting* is one string, usable as the Snakemake ``{protocol}`` wildcard and as the
+run folder name (``results/{dataset}/runs/{setting}/{method}/``)::
+
+    full                              all available data, unchanged
+    train_drop_one-{modality}-{r}     drop one modality in a fraction r of the TRAINING samples
+    test_drop_one-{modality}-{r}      ... of the TEST samples                (paper E2, E3)
+    train_random-{p} / test_random-{p}
+                                      every modality dropped independently, rate p (E4, E5)
+    mnar-{label|severity}-{p}         missing not at random: the chance of losing a modality
+                                      grows with the label / a severity score (beyond the paper)
+    replay-{p}                        a fraction p of the complete samples receive an observed
+                                      incomplete pattern of the cohort (beyond the paper)
+
+Every kind takes a scope prefix: ``train_`` (the development splits ``train`` and ``val``:
+the model is trained, early-stopped and thresholded on corrupted data and tested on the
+standard test split), ``test_`` (the evaluation splits ``test`` and ``external`` only: the
+model never sees a corrupted sample before testing) or none (every split: the whole cohort is
+corrupted, e.g. ``mnar-label-0.5``). Rates are written canonically (``0.3``, ``0.5``,
+``1.0``); :func:`format_protocol` builds a setting and :func:`parse_protocol` rejects
+non-canonical spellings, so one setting has one folder.
+
+Masks are a deterministic function of (dataset, sample ids, labels, protocol setting, seed):
+
+* every (protocol kind, modality, seed) has its own random stream, seeded by a hash of those
+  names (never by the process, the method or the row order: the uniforms are drawn in sorted
+  ``sample_id`` order), so every method — and every rerun — sees the same missing samples,
+  and a method restricted to some modalities sees the same masks on those modalities;
+* the rate only sets a threshold on the same uniforms, so the dropped set at r = 0.3 is a
+  subset of the one at r = 0.5 and at 0.7 (common random numbers: the sweeps compare nested
+  corruptions, not independent draws);
+* ``drop_one`` and ``random`` drop an exact count ``round(r · n)`` of each affected split's
+  samples (per modality), whether or not the modality was available — the achieved rate is r
+  up to rounding; ``mnar`` draws Bernoulli(p_i) with a mean of p per split; ``replay`` an
+  exact count of the complete samples.
+
+A sample left with no modality keeps its row and gets the model's learned prior (the
+fusion model handles it, never NaN); :class:`ProtocolMasks` counts these samples
+(``all_dropped``) per split, and :func:`write_masks` saves the masks with the run as
+``masks.parquet`` (one row per sample: ``drop_{m}``, ``avail_{m}``, ``all_dropped``).
+
+MNAR (``mnar-label-p``, ``mnar-severity-p``): a score s_i is ranked within each affected
+split (ties broken at random), q_i ∈ [0, 1] is the rank fraction and sample i loses each
+modality independently with probability ``p_i = p · (1 + κ (2 q_i − 1))``, κ = min(1, (1−p)/p),
+so the mean rate is p and the sickest samples lose modalities most often. Scores:
+
+* ``label``: the fraction of positive labels (a single binary task: the label itself;
+  multiclass: class index / (K − 1)); labels named like ``normal`` / ``no_finding`` are left out;
+* ``severity``: the rarity-weighted burden ``Σ_j y_ij · (−log π_j)`` (π_j: the label's
+  training prevalence; multiclass: −log π of the class), or a score given by the caller
+  (``severity=``, e.g. a manifest column such as an acuity score).
+
+Replay (``replay-p``): donors are the cohort's own incomplete samples (every split, the
+observed availability before any protocol, at least one modality present); a fraction p of
+the complete samples in the affected splits each take the pattern of one donor drawn from
+the donors of the same label stratum (any positive label, or the class), so the cohort's
+structured missingness — who tends to miss what — is replayed onto complete samples.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import argparse
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 if TYPE_CHECKING:
+    import pandas as pd
+
     from fusion.data import FusionData
 
-PROTOCOLS = ("full",)
+log = logging.getLogger("medmix.fusion.protocols")
+
+PROTOCOLS = ("full", "drop_one", "random", "mnar", "replay")
+KINDS = PROTOCOLS[1:]
+SCOPES = ("train", "test", "all")
+SCOPE_SPLITS = {
+    "train": ("train", "val"),
+    "test": ("test", "external"),
+    "all": ("train", "val", "test", "external"),
+}
+MNAR_SCORES = ("label", "severity")
+NORMAL_LABELS = frozenset({"normal", "no_finding", "nofinding", "no finding", "healthy"})
+
+# The paper's grid (§4.3): drop-one rates, and the random-drop rates at train / test time.
+PAPER_DROP_ONE_RATES = (0.3, 0.5, 0.7)
+PAPER_TRAIN_RANDOM_RATES = (0.3, 0.5, 0.7)
+PAPER_TEST_RANDOM_RATES = (0.1, 0.3, 0.5, 0.7)
+
+_MODALITY = r"[a-z0-9][a-z0-9_]*"
+_RATE = r"[0-9]+(?:\.[0-9]+)?"
+_PATTERNS = {
+    "drop_one": re.compile(rf"^(?:(train|test)_)?drop_one-({_MODALITY})-({_RATE})$"),
+    "random": re.compile(rf"^(?:(train|test)_)?random-({_RATE})$"),
+    "mnar": re.compile(rf"^(?:(train|test)_)?mnar-(label|severity)-({_RATE})$"),
+    "replay": re.compile(rf"^(?:(train|test)_)?replay-({_RATE})$"),
+}
 
 
-def apply_protocol(data: FusionData, protocol: str, seed: int) -> FusionData:
+# Display names of modalities in tables and figures (the paper's spelling).
+MODALITY_LABELS = {
+    "frontal": "Front CXR",
+    "lateral": "Lateral CXR",
+    "side": "Side CXR",
+    "report": "Note",
+    "note": "Note",
+    "ehr": "EHR",
+    "ct": "CT",
+    "wsi": "WSI",
+}
+
+
+def modality_label(m: str) -> str:
+    return MODALITY_LABELS.get(m, m)
+
+
+class ProtocolError(ValueError):
+    """A protocol setting that cannot be parsed, or does not fit the data."""
+
+
+# -- names ----------------------------------------------------------------------------------
+
+
+def format_rate(rate: float) -> str:
+    """The canonical spelling of a rate: ``0.3``, ``0.05``, ``1.0``."""
+    rate = float(rate)
+    if not 0.0 <= rate <= 1.0 or not math.isfinite(rate):
+        raise ProtocolError(f"rate {rate} is not in [0, 1]")
+    text = f"{rate:.6f}".rstrip("0")
+    return text + "0" if text.endswith(".") else text
+
+
+@dataclass(frozen=True)
+class ProtocolSpec:
+    """A parsed protocol setting."""
+
+    kind: str  # full | drop_one | random | mnar | replay
+    scope: str = "all"  # train | test | all (full: all, nothing is dropped)
+    rate: float = 0.0
+    modality: str | None = None  # drop_one
+    score: str | None = None  # mnar: label | severity
+
+    @property
+    def name(self) -> str:
+        return format_protocol(self.kind, self.scope, self.rate, self.modality, self.score)
+
+    @property
+    def family(self) -> str:
+        """The paper's family name: ``train_drop_one``, ``test_random``, ``mnar``, ``full``…"""
+        if self.kind == "full":
+            return "full"
+        return self.kind if self.scope == "all" else f"{self.scope}_{self.kind}"
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The splits whose samples the protocol may corrupt."""
+        return () if self.kind == "full" else SCOPE_SPLITS[self.scope]
+
+    @property
+    def touches_training(self) -> bool:
+        return any(s in ("train", "val") for s in self.splits)
+
+
+def format_protocol(
+    kind: str,
+    scope: str = "all",
+    rate: float = 0.0,
+    modality: str | None = None,
+    score: str | None = None,
+) -> str:
+    """Build a setting string, e.g. ``format_protocol("drop_one", "test", 0.5, "note")``."""
+    if kind == "full":
+        return "full"
+    if kind not in KINDS:
+        raise ProtocolError(f"unknown protocol kind {kind!r} (have {PROTOCOLS})")
+    if scope not in SCOPES:
+        raise ProtocolError(f"unknown scope {scope!r} (have {SCOPES})")
+    prefix = "" if scope == "all" else f"{scope}_"
+    r = format_rate(rate)
+    if kind == "drop_one":
+        if not modality or not re.fullmatch(_MODALITY, modality):
+            raise ProtocolError(f"drop_one needs a modality name, got {modality!r}")
+        return f"{prefix}drop_one-{modality}-{r}"
+    if kind == "mnar":
+        if score not in MNAR_SCORES:
+            raise ProtocolError(f"mnar needs a score in {MNAR_SCORES}, got {score!r}")
+        return f"{prefix}mnar-{score}-{r}"
+    return f"{prefix}{kind}-{r}"
+
+
+def parse_protocol(name: str) -> ProtocolSpec:
+    """Parse a setting string; non-canonical spellings (``random-0.30``) are rejected."""
+    if name == "full":
+        return ProtocolSpec("full")
+    for kind, pattern in _PATTERNS.items():
+        m = pattern.match(name)
+        if not m:
+            continue
+        scope = m.group(1) or "all"
+        if kind == "drop_one":
+            spec = ProtocolSpec(kind, scope, float(m.group(3)), modality=m.group(2))
+        elif kind == "mnar":
+            spec = ProtocolSpec(kind, scope, float(m.group(3)), score=m.group(2))
+        else:
+            spec = ProtocolSpec(kind, scope, float(m.group(2)))
+        canonical = spec.name  # validates the rate
+        if canonical != name:
+            raise ProtocolError(f"protocol {name!r}: write it as {canonical!r}")
+        return spec
+    raise ProtocolError(
+        f"unknown protocol {name!r}; expected full, [train_|test_]drop_one-<modality>-<r>, "
+        "[train_|test_]random-<p>, [train_|test_]mnar-label|severity-<p>, [train_|test_]replay-<p>"
+    )
+
+
+def is_test_only(name: str) -> bool:
+    """True when the setting corrupts evaluation splits only (a model trained on ``full``
+    with the same seed is the model this setting trains: it can be evaluated, not retrained)."""
+    spec = parse_protocol(name)
+    return spec.kind != "full" and not spec.touches_training
+
+
+def expand_settings(section: dict[str, Any] | None, modalities: Sequence[str]) -> list[str]:
+    """The settings a config ``protocols:`` section asks for on a dataset with ``modalities``.
+
+    Keys (all optional): ``train_drop_one`` / ``test_drop_one`` (rates; one setting per
+    modality and rate), ``train_random`` / ``test_random`` (rates), ``extra`` (further setting
+    strings, e.g. ``mnar-label-0.5``, ``test_replay-1.0``; a ``drop_one`` one naming a
+    modality the dataset lacks is skipped). ``methods`` is ignored here.
+    """
+    section = dict(section or {})
+    out: list[str] = []
+    for scope in ("train", "test"):
+        for r in section.get(f"{scope}_drop_one") or []:
+            out += [format_protocol("drop_one", scope, r, modality=m) for m in modalities]
+        for p in section.get(f"{scope}_random") or []:
+            out.append(format_protocol("random", scope, p))
+    for name in section.get("extra") or []:
+        spec = parse_protocol(str(name))
+        if spec.kind == "drop_one" and spec.modality not in modalities:
+            continue
+        out.append(spec.name)
+    seen: set[str] = set()
+    return [s for s in out if not (s in seen or seen.add(s))]
+
+
+# -- random streams -------------------------------------------------------------------------
+
+
+def _stream(*key: object) -> np.random.Generator:
+    digest = hashlib.sha256("\x1f".join(str(k) for k in key).encode()).digest()
+    return np.random.default_rng(np.frombuffer(digest[:16], dtype=np.uint32).tolist())
+
+
+def _uniforms(sample_ids: np.ndarray, *key: object) -> np.ndarray:
+    """One U(0,1) per sample from the stream ``key``, drawn in sorted sample-id order."""
+    ids = np.asarray(sample_ids).astype(str)
+    order = np.argsort(ids, kind="stable")
+    u = np.empty(len(ids), dtype=np.float64)
+    u[order] = _stream(*key).random(len(ids))
+    return u
+
+
+def _lowest(u: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
+    """Indices (into the full array) of the ``k`` rows of ``rows`` with the smallest ``u``."""
+    if k <= 0 or len(rows) == 0:
+        return np.zeros(0, dtype=np.int64)
+    return rows[np.argsort(u[rows], kind="stable")[:k]]
+
+
+# -- scores for MNAR / replay ---------------------------------------------------------------
+
+
+def _label_matrix(data: FusionData) -> np.ndarray:
+    """(N, C) float labels with NaN unknown (binary / multilabel) or (N,) class ids."""
+    y = data.y.detach().cpu().numpy()
+    return y
+
+
+def _abnormal_columns(data: FusionData) -> list[int]:
+    cols = [
+        j
+        for j, n in enumerate(data.label_names)
+        if n.lower().replace("-", "_") not in NORMAL_LABELS
+    ]
+    return cols or list(range(len(data.label_names)))
+
+
+def label_score(data: FusionData) -> np.ndarray:
+    """Fraction of positive (abnormal) labels per sample; multiclass: class / (K − 1)."""
+    y = _label_matrix(data)
+    if data.task_type == "multiclass":
+        k = max(1, data.n_outputs - 1)
+        return np.where(y >= 0, y / k, 0.0).astype(np.float64)
+    sub = y[:, _abnormal_columns(data)].astype(np.float64)
+    known = np.isfinite(sub)
+    n = known.sum(axis=1)
+    pos = np.where(known, sub, 0.0).sum(axis=1)
+    return np.divide(pos, n, out=np.zeros(len(sub)), where=n > 0)
+
+
+def severity_score(data: FusionData) -> np.ndarray:
+    """Rarity-weighted positive burden ``Σ_j y_ij · (−log π_j)`` (π_j on the train split)."""
+    y = _label_matrix(data)
+    train = data.split == "train"
+    if not train.any():
+        train = np.ones(len(y), dtype=bool)
+    if data.task_type == "multiclass":
+        counts = np.bincount(y[train & (y >= 0)], minlength=data.n_outputs) + 1.0
+        w = -np.log(counts / counts.sum())
+        return np.where(y >= 0, w[np.clip(y, 0, None)], 0.0).astype(np.float64)
+    cols = _abnormal_columns(data)
+    sub = y[:, cols].astype(np.float64)
+    known = np.isfinite(sub)
+    tr = sub[train]
+    prev = (np.nansum(tr, axis=0) + 0.5) / (np.isfinite(tr).sum(axis=0) + 1.0)
+    w = -np.log(np.clip(prev, 1e-4, 1.0))
+    return (np.where(known, sub, 0.0) * w).sum(axis=1)
+
+
+def label_strata(data: FusionData) -> np.ndarray:
+    """Replay strata: the class (multiclass) or whether any abnormal label is positive."""
+    y = _label_matrix(data)
+    if data.task_type == "multiclass":
+        return np.where(y >= 0, y, -1).astype(np.int64)
+    sub = y[:, _abnormal_columns(data)]
+    return (np.nan_to_num(sub, nan=0.0) > 0).any(axis=1).astype(np.int64)
+
+
+def mnar_probabilities(score: np.ndarray, rate: float, tiebreak: np.ndarray) -> np.ndarray:
+    """Per-sample drop probabilities with mean ``rate`` rising linearly with the score's rank."""
+    n = len(score)
+    if n == 0:
+        return np.zeros(0)
+    if n == 1:
+        return np.full(1, rate)
+    order = np.lexsort((tiebreak, score))  # by score, ties at random
+    q = np.empty(n)
+    q[order] = np.arange(n) / (n - 1)
+    kappa = 1.0 if rate <= 0.5 else (1.0 - rate) / rate
+    return np.clip(rate * (1.0 + kappa * (2.0 * q - 1.0)), 0.0, 1.0)
+
+
+# -- masks ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ProtocolMasks:
+    """The outcome of a protocol on one dataset and seed.
+
+    ``drop`` (N, M): the protocol removed modality m of sample i (whether or not it was
+    available); ``before`` / ``after`` (N, M): modality availability without / with it.
+    """
+
+    protocol: str
+    seed: int
+    dataset: str
+    modalities: list[str]
+    sample_ids: np.ndarray
+    split: np.ndarray
+    drop: np.ndarray
+    before: np.ndarray
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def after(self) -> np.ndarray:
+        return self.before & ~self.drop
+
+    @property
+    def all_dropped(self) -> np.ndarray:
+        """(N,) samples that had a modality and have none left: they get the prior."""
+        return self.before.any(axis=1) & ~self.after.any(axis=1)
+
+    def report(self) -> dict[str, Any]:
+        """Per affected split: size, achieved drop rate per modality, all-dropped count."""
+        spec = parse_protocol(self.protocol)
+        out: dict[str, Any] = {"protocol": self.protocol, "seed": self.seed, "splits": {}}
+        for s in spec.splits:
+            rows = self.split == s
+            n = int(rows.sum())
+            if n == 0:
+                continue
+            entry: dict[str, Any] = {
+                "n": n,
+                "n_all_dropped": int(self.all_dropped[rows].sum()),
+                "n_no_modality": int((~self.after[rows].any(axis=1)).sum()),
+                "modalities": {},
+            }
+            for mi, m in enumerate(self.modalities):
+                d, b = self.drop[rows, mi], self.before[rows, mi]
+                entry["modalities"][m] = {
+                    "dropped": int(d.sum()),
+                    "rate": float(d.mean()),
+                    "available_before": int(b.sum()),
+                    "available_after": int((b & ~d).sum()),
+                    "effective_rate": float((b & d).sum() / b.sum()) if b.any() else 0.0,
+                }
+            out["splits"][s] = entry
+        out.update(self.stats)
+        return out
+
+    def frame(self) -> pd.DataFrame:
+        import pandas as pd
+
+        cols: dict[str, Any] = {
+            "sample_id": self.sample_ids.astype(str),
+            "split": self.split.astype(str),
+        }
+        for mi, m in enumerate(self.modalities):
+            cols[f"drop_{m}"] = self.drop[:, mi]
+        for mi, m in enumerate(self.modalities):
+            cols[f"avail_{m}"] = self.after[:, mi]
+        cols["all_dropped"] = self.all_dropped
+        return pd.DataFrame(cols)
+
+
+def _modality_availability(data: FusionData) -> np.ndarray:
+    return data.modality_mask.detach().cpu().numpy().astype(bool)
+
+
+def protocol_masks(
+    data: FusionData, protocol: str, seed: int, severity: np.ndarray | None = None
+) -> ProtocolMasks:
+    """The masks of ``protocol`` (a setting string) with ``seed`` on ``data`` (not applied)."""
+    spec = parse_protocol(protocol)
+    ids = np.asarray(data.sample_ids).astype(str)
+    split = np.asarray(data.split).astype(str)
+    n, mods = len(ids), list(data.modalities)
+    before = _modality_availability(data)
+    drop = np.zeros((n, len(mods)), dtype=bool)
+    stats: dict[str, Any] = {}
+    masks = ProtocolMasks(spec.name, int(seed), data.dataset, mods, ids, split, drop, before, stats)
+    if spec.kind == "full":
+        return masks
+    affected = [s for s in spec.splits if (split == s).any()]
+    key = (data.dataset, spec.kind, int(seed))
+
+    if spec.kind == "drop_one":
+        if spec.modality not in mods:
+            log.warning(
+                "%s: %s names modality %r, absent here (have %s): nothing dropped",
+                data.dataset, spec.name, spec.modality, mods,
+            )  # fmt: skip
+            return masks
+        mi = mods.index(spec.modality)
+        u = _uniforms(ids, *key, spec.modality)
+        for s in affected:
+            rows = np.flatnonzero(split == s)
+            drop[_lowest(u, rows, round(spec.rate * len(rows))), mi] = True
+
+    elif spec.kind == "random":
+        for mi, m in enumerate(mods):
+            u = _uniforms(ids, *key, m)
+            for s in affected:
+                rows = np.flatnonzero(split == s)
+                drop[_lowest(u, rows, round(spec.rate * len(rows))), mi] = True
+
+    elif spec.kind == "mnar":
+        if spec.score == "severity":
+            score = severity_score(data) if severity is None else np.asarray(severity, float)
+        else:
+            score = label_score(data)
+        if len(score) != n:
+            raise ProtocolError(f"severity has {len(score)} values for {n} samples")
+        score = np.nan_to_num(score, nan=float(np.nanmin(score)) if np.isfinite(score).any() else 0)
+        tie = _uniforms(ids, *key, "tiebreak")
+        prob = np.zeros(n)
+        for s in affected:
+            rows = np.flatnonzero(split == s)
+            prob[rows] = mnar_probabilities(score[rows], spec.rate, tie[rows])
+        for mi, m in enumerate(mods):
+            drop[:, mi] = _uniforms(ids, *key, m) < prob
+        stats["mnar_score"] = spec.score
+
+    elif spec.kind == "replay":
+        complete = before.all(axis=1)
+        donors = np.flatnonzero(~complete & before.any(axis=1))
+        donors = donors[np.argsort(ids[donors], kind="stable")]  # row order never matters
+        if len(donors) == 0:
+            log.warning(
+                "%s: %s: no incomplete sample to replay; nothing dropped", data.dataset, spec.name
+            )
+            return masks
+        strata = label_strata(data)
+        u_target = _uniforms(ids, *key, "target")
+        u_donor = _uniforms(ids, *key, "donor")
+        used = 0
+        for s in affected:
+            rows = np.flatnonzero((split == s) & complete)
+            targets = _lowest(u_target, rows, round(spec.rate * len(rows)))
+            for i in targets:
+                pool = donors[strata[donors] == strata[i]]
+                if len(pool) == 0:
+                    pool = donors
+                j = pool[min(int(u_donor[i] * len(pool)), len(pool) - 1)]
+                drop[i] = ~before[j]
+                used += 1
+        stats["replay"] = {"donors": int(len(donors)), "targets": used}
+    return masks
+
+
+def apply_masks(data: FusionData, masks: ProtocolMasks) -> FusionData:
+    """``data`` with the masks' dropped modalities unavailable (δ = 0, features zeroed)."""
+    import torch
+
+    if list(masks.modalities) != list(data.modalities) or len(masks.sample_ids) != data.n:
+        raise ProtocolError("masks were made for other data (modalities or samples differ)")
+    if not masks.drop.any():
+        return data
+    keep = torch.from_numpy(~masks.drop).to(device=data.delta.device)
+    delta = data.delta * keep.unsqueeze(-1).to(data.delta.dtype)
+    xs, k = [], 0
+    for mi, m in enumerate(data.modalities):
+        for _ in data.experts[m]:
+            x = data.x[k]
+            if masks.drop[:, mi].any():
+                x = x * keep[:, mi].unsqueeze(-1).to(x.dtype)
+            xs.append(x)
+            k += 1
+    teacher = getattr(data, "teacher", None)
+    if teacher is not None:  # a dropped modality has no teacher embedding either
+        cols = [data.modalities.index(m) for m in teacher.modalities]
+        ok = teacher.ok & keep[:, cols].to(teacher.ok.device)
+        return replace(data, x=xs, delta=delta, teacher=replace(teacher, ok=ok))
+    return replace(data, x=xs, delta=delta)
+
+
+def apply_protocol(
+    data: FusionData, protocol: str, seed: int, severity: np.ndarray | None = None
+) -> FusionData:
+    """``data`` under ``protocol`` with ``seed`` (``full``: ``data`` itself)."""
     if protocol == "full":
         return data
-    raise NotImplementedError(f"protocol {protocol!r} is not implemented yet (have {PROTOCOLS})")
+    masks = protocol_masks(data, protocol, seed, severity=severity)
+    rep = masks.report()
+    for s, entry in rep["splits"].items():
+        rates = (
+            ", ".join(
+                f"{m} {v['rate']:.2f}" for m, v in entry["modalities"].items() if v["dropped"]
+            )
+            or "nothing"
+        )
+        log.info(
+            "%s seed %d, %s (n=%d): dropped %s; %d sample(s) left with no modality (prior)",
+            protocol, seed, s, entry["n"], rates, entry["n_all_dropped"],
+        )  # fmt: skip
+    return apply_masks(data, masks)
+
+
+def write_masks(
+    data: FusionData,
+    protocol: str,
+    seed: int,
+    directory: str | os.PathLike,
+    severity: np.ndarray | None = None,
+) -> Path:
+    """Save the masks of (protocol, seed) on ``data`` (the UNMASKED data) as
+    ``{directory}/masks.parquet``; the report (achieved rates, all-dropped counts) goes into the
+    Parquet metadata under ``medmix_masks``. Returns the path."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from medmix.io import atomic_path
+
+    masks = protocol_masks(data, protocol, seed, severity=severity)
+    table = pa.Table.from_pandas(masks.frame(), preserve_index=False)
+    meta = dict(table.schema.metadata or {})
+    meta[b"medmix_masks"] = json.dumps(
+        {"dataset": data.dataset, "modalities": masks.modalities, **masks.report()}
+    ).encode()
+    table = table.replace_schema_metadata(meta)
+    path = Path(directory) / "masks.parquet"
+    with atomic_path(path, suffix=".parquet") as tmp:
+        pq.write_table(table, tmp)
+    return path
+
+
+def read_masks(path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A ``masks.parquet`` and its report."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    meta = json.loads((table.schema.metadata or {}).get(b"medmix_masks", b"{}"))
+    return table.to_pandas(), meta
+
+
+# -- test-time protocols on trained models ---------------------------------------------------
+
+
+def run_test_protocols(
+    cfg: dict[str, Any],
+    dataset: str,
+    method: str,
+    settings: Iterable[str],
+    source: str | os.PathLike | None = None,
+    runs_root: str | os.PathLike | None = None,
+    threads: int | None = 1,
+) -> list[Path]:
+    """Evaluate the ``full`` run of (dataset, method) under each test-only setting.
+
+    A test-only setting leaves the training and validation splits untouched, so the model it
+    would train with a seed is the ``full`` model of that seed: each seed's checkpoint is
+    loaded, the test masks applied, and ``runs/{setting}/{method}/`` written in the run layout
+    (``seed{k}/predictions.parquet``, ``metrics.json``, ``masks.parquet``; ``summary.json``).
+    """
+    from fusion.external import evaluate_saved_runs
+    from medmix.config import dataset_paths
+
+    settings = [parse_protocol(s).name for s in settings]
+    bad = [s for s in settings if not is_test_only(s)]
+    if bad:
+        raise ProtocolError(
+            f"{bad} corrupt training data: train them with `python -m fusion train`"
+        )
+    paths = dataset_paths(cfg, dataset)
+    source = Path(source) if source else paths.run_dir("full", method)
+    root = Path(runs_root) if runs_root else paths.root / "runs"
+    return evaluate_saved_runs(
+        cfg,
+        source,
+        target=dataset,
+        outputs={s: root / s / method for s in settings},
+        threads=threads,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    from medmix.config import load_config_arg
+    from medmix.logs import setup_logging
+
+    parser = argparse.ArgumentParser(prog="python -m fusion.protocols", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("list", help="the settings the config's protocols: section expands to")
+    p.add_argument("--config", default="config.yaml")
+    p.add_argument("--dataset", required=True)
+    p = sub.add_parser("test", help="evaluate a full run under test-only settings")
+    p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--settings", nargs="+", required=True)
+    p.add_argument("--source", help="the full run folder (default runs/full/{method})")
+    p.add_argument("--done", help="write this JSON marker (the settings written) at the end")
+    p.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    setup_logging()
+    cfg = load_config_arg(args.config)
+    if args.cmd == "list":
+        mods = list(cfg["datasets"][args.dataset]["modalities"])
+        for s in expand_settings(cfg.get("protocols"), mods):
+            print(s)
+        return 0
+    written = run_test_protocols(
+        cfg, args.dataset, args.method, args.settings, source=args.source, threads=args.threads
+    )
+    if args.done:
+        from medmix.io import write_text_atomic
+
+        write_text_atomic(
+            args.done,
+            json.dumps({"dataset": args.dataset, "method": args.method,
+                        "settings": args.settings, "runs": [str(p) for p in written]}, indent=1),
+        )  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

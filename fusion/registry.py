@@ -2,15 +2,23 @@
 
 A fusion method is one :class:`torch.nn.Module` subclass of
 :class:`fusion.medmix.FusionModel`, registered with ``@register_method("name")``; its
-constructor takes a :class:`ModelSpec` (everything that fixes the architecture). Later
-baselines (Max, Attention, M3Care, AdaCoMed) plug in as one registered class each.
+constructor takes a :class:`ModelSpec` (everything that fixes the architecture).
 
 Method strings used by the workflow are resolved by :func:`resolve_method`:
-``medmix``, ``meanavg``, ``concat`` and ``<base>-only-<modality>`` (the base method restricted
-to one modality's experts, e.g. ``medmix-only-frontal``).
+
+* a registered name (``medmix``, ``meanavg``, ``concat``, ``max``, ``attention``, ``m3care``,
+  ``adacomed``, ``onellm``) — on every modality;
+* ``<base>-only-<modality>``: the base method restricted to one modality's experts
+  (e.g. ``medmix-only-frontal``);
+* ``<modality>-large``: the single-modality teacher reference (paper Table 1, ``*-Large``):
+  a head on that modality's teacher cache (``teachers/{modality}.parquet``).
+
+:func:`method_inputs` says, without importing torch, which caches and teacher caches a method
+reads (the workflow's ``train`` rule uses it for its inputs).
 
 A checkpoint is ``model.safetensors`` (the state dict) plus ``config.json`` (the spec and the
 standardisation statistics); :func:`load_model` rebuilds the model from these two files alone.
+Distillation heads are training-only: they are never part of a checkpoint.
 """
 
 from __future__ import annotations
@@ -29,14 +37,24 @@ if TYPE_CHECKING:
     from fusion.data import FusionData, Standardization
     from fusion.medmix import FusionModel
 
-CHECKPOINT_FORMAT = "medmix-fusion/1"
+CHECKPOINT_FORMAT = "medmix-fusion/2"
 ONLY_SEP = "-only-"
+LARGE_SUFFIX = "-large"
+TEACHER_EXPERT = "teacher"  # the expert name of a teacher cache used as a model input
+ONELLM = "onellm"
+ONELLM_WEIGHTS_ENV = "MEDMIX_ONELLM_WEIGHTS"
+# Bases that read the teacher caches as inputs (train and inference), by name (no torch here).
+TEACHER_INPUT_BASES = ("adacomed",)
 
 _METHODS: dict[str, type] = {}
 
 
 class MethodError(ValueError):
     """An unknown method name or a method that does not fit the dataset."""
+
+
+class MethodUnavailable(MethodError):
+    """A method that cannot run here (e.g. OneLLM without its weights); the run is marked so."""
 
 
 def register_method(name: str):
@@ -47,8 +65,8 @@ def register_method(name: str):
             raise MethodError(
                 f"method {name!r} registered twice ({_METHODS[name].__name__}, {cls.__name__})"
             )
-        if ONLY_SEP in name:
-            raise MethodError(f"method name {name!r} may not contain {ONLY_SEP!r}")
+        if ONLY_SEP in name or name.endswith(LARGE_SUFFIX):
+            raise MethodError(f"method name {name!r} may not contain {ONLY_SEP!r} or end in -large")
         cls.method_name = name
         _METHODS[name] = cls
         return cls
@@ -70,6 +88,13 @@ def list_methods() -> list[str]:
 def method_class(name: str) -> type[FusionModel]:
     _load_builtin()
     if name not in _METHODS:
+        try:  # ablation variants (e.g. medmix-uniform) register on demand
+            from fusion.ablations import register_variants
+
+            register_variants()
+        except ImportError:
+            pass
+    if name not in _METHODS:
         raise MethodError(f"unknown fusion method {name!r}; registered: {sorted(_METHODS)}")
     return _METHODS[name]
 
@@ -81,18 +106,115 @@ class MethodPlan:
     name: str  # the full method string, e.g. medmix-only-frontal
     base: str  # the registered model name, e.g. medmix
     modalities: list[str]
+    teacher_input: bool = False  # the teacher caches are input experts (adacomed, *-large)
 
 
-def resolve_method(method: str, modalities: list[str]) -> MethodPlan:
-    """``medmix`` -> all modalities; ``medmix-only-frontal`` -> MedMIX on ``frontal`` alone."""
+def _base_of(method: str) -> tuple[str, str | None]:
+    """(registered base, single modality or None) of a method string, by name only."""
+    if method.endswith(LARGE_SUFFIX) and ONLY_SEP not in method:
+        return "large", method[: -len(LARGE_SUFFIX)]
     if ONLY_SEP in method:
         base, only = method.split(ONLY_SEP, 1)
-        method_class(base)
+        return base, only
+    return method, None
+
+
+def resolve_method(
+    method: str, modalities: list[str], teachers: dict[str, Any] | None = None
+) -> MethodPlan:
+    """``medmix`` -> all modalities; ``medmix-only-frontal`` -> MedMIX on ``frontal`` alone;
+    ``report-large`` -> a head on the ``report`` teacher cache (``teachers`` must name one)."""
+    base, only = _base_of(method)
+    cls = method_class(base)
+    teacher_input = bool(getattr(cls, "uses_teacher_input", False))
+    if only is not None:
         if only not in modalities:
             raise MethodError(f"method {method!r}: no modality {only!r} (have {modalities})")
-        return MethodPlan(method, base, [only])
-    method_class(method)
-    return MethodPlan(method, method, list(modalities))
+        mods = [only]
+    else:
+        if base == "large":
+            raise MethodError("the teacher reference is '<modality>-large', e.g. 'report-large'")
+        mods = list(modalities)
+    if teacher_input:
+        have = [m for m in mods if m in (teachers or {})]
+        if not have:
+            raise MethodError(
+                f"method {method!r} reads teacher caches, but no teacher is configured for "
+                f"{mods} (datasets.<dataset>.teachers: {{modality: expert}})"
+            )
+    return MethodPlan(method, base, mods, teacher_input)
+
+
+@dataclass
+class MethodInputs:
+    """What a (dataset, method) run reads: expert caches, teacher caches (by modality)."""
+
+    modalities: list[str]
+    caches: dict[str, dict[str, Path]]  # modality -> expert -> cache (teacher inputs included)
+    teachers: dict[str, Path]  # modality -> teacher cache read for distillation only
+    unavailable: str | None = None  # why the method cannot run here (then nothing is read)
+
+
+def onellm_weights(cfg: dict[str, Any]) -> Path | None:
+    """The OneLLM checkpoint folder from ``fusion.onellm_weights`` or $MEDMIX_ONELLM_WEIGHTS."""
+    raw = (cfg.get("fusion") or {}).get("onellm_weights") or os.environ.get(ONELLM_WEIGHTS_ENV)
+    return Path(raw) if raw else None
+
+
+def onellm_unavailable(cfg: dict[str, Any]) -> str | None:
+    """Why OneLLM cannot run with this config (None when its weights and expert are there)."""
+    path = onellm_weights(cfg)
+    hint = (
+        "OneLLM (Han et al., CVPR 2024) needs its 7B+ checkpoint (the OneLLM-7B release: "
+        "LLaMA-2-7B plus the universal encoder and projection experts, about 15 GB), which is "
+        "not downloaded by this pipeline. Put it in a folder and set fusion.onellm_weights "
+        f"(or ${ONELLM_WEIGHTS_ENV}); the OneLLM rows are marked 'weights absent' until then."
+    )
+    if path is None:
+        return "no OneLLM weights configured. " + hint
+    ckpts = [p for p in path.glob("*") if p.suffix in (".pth", ".pt", ".safetensors", ".bin")]
+    if not path.is_dir() or not ckpts:
+        return f"no OneLLM checkpoint found in {path}. " + hint
+    if ONELLM not in (cfg.get("experts") or {}):
+        return (
+            f"OneLLM weights found in {path}, but no expert preset {ONELLM!r} is configured to "
+            "turn them into per-modality embeddings (experts: {onellm: {type: ...}})"
+        )
+    return None
+
+
+def method_inputs(cfg: dict[str, Any], dataset: str, method: str) -> MethodInputs:
+    """The caches and teacher caches a run of ``method`` on ``dataset`` reads (torch-free)."""
+    from medmix.config import cache_paths, dataset_paths
+
+    paths = dataset_paths(cfg, dataset)
+    dcfg = cfg["datasets"][dataset]
+    all_mods = list(dcfg["modalities"])
+    teachers = dict(dcfg.get("teachers") or {})
+    base, only = _base_of(method)
+    mods = [only] if only is not None else all_mods
+    if only is not None and only not in all_mods:
+        raise MethodError(f"method {method!r}: dataset {dataset} has no modality {only!r}")
+    caches = cache_paths(cfg, dataset)
+    if base == ONELLM:
+        why = onellm_unavailable(cfg)
+        if why:
+            return MethodInputs(mods, {}, {}, unavailable=why)
+        return MethodInputs(mods, {m: {ONELLM: paths.cache(m, ONELLM)} for m in mods}, {})
+    if base == "large":
+        if only not in teachers:
+            raise MethodError(f"method {method!r}: no teacher configured for modality {only!r}")
+        return MethodInputs(mods, {only: {TEACHER_EXPERT: paths.teacher(only)}}, {})
+    selected = {m: dict(caches[m]) for m in mods}
+    if base in TEACHER_INPUT_BASES:
+        for m in mods:
+            if m in teachers:
+                selected[m][TEACHER_EXPERT] = paths.teacher(m)
+        return MethodInputs(mods, selected, {})
+    kd = float((cfg.get("fusion") or {}).get("lambda_kd") or 0.0)
+    distill = base.startswith("medmix") and kd > 0
+    kd_teachers = {m: paths.teacher(m) for m in mods if m in teachers} if distill else {}
+    return MethodInputs(mods, selected, kd_teachers)
 
 
 @dataclass
@@ -111,7 +233,7 @@ class ModelSpec:
     adapter_bottleneck: int = 32
     dropout: float = 0.2
     run_method: str = ""  # the method string the run was started with (e.g. medmix-only-ct)
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # method-specific settings
 
     @property
     def flat_experts(self) -> list[tuple[str, str]]:
@@ -141,6 +263,14 @@ def build_model(spec: ModelSpec) -> FusionModel:
 
 
 @dataclass
+class Predictions:
+    probs: np.ndarray  # (N, C)
+    logits: np.ndarray  # (N, C)
+    alpha: np.ndarray | None  # (N, M, E_max), 0 where missing
+    beta: np.ndarray | None  # (N, M), 0 where missing
+
+
+@dataclass
 class LoadedModel:
     """A model rebuilt from a checkpoint, with the statistics its inputs must be scaled by."""
 
@@ -154,17 +284,9 @@ class LoadedModel:
 
         ``data`` must have been loaded with ``standardization=self.standardization``.
         """
-        from fusion.train import predict
+        from fusion.predict import predict_data
 
-        return predict(self.model, data, batch_size=batch_size)
-
-
-@dataclass
-class Predictions:
-    probs: np.ndarray  # (N, C)
-    logits: np.ndarray  # (N, C)
-    alpha: np.ndarray | None  # (N, M, E_max), 0 where missing
-    beta: np.ndarray | None  # (N, M), 0 where missing
+        return predict_data(self.model, data, batch_size=batch_size)
 
 
 def save_model(
@@ -198,7 +320,10 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     directory = Path(directory)
     cfg = json.loads((directory / "config.json").read_text())
     if cfg.get("format") != CHECKPOINT_FORMAT:
-        raise MethodError(f"{directory}: unknown checkpoint format {cfg.get('format')!r}")
+        raise MethodError(
+            f"{directory}: checkpoint format {cfg.get('format')!r}, this code reads "
+            f"{CHECKPOINT_FORMAT!r} (retrain the run: the expert encoder's layout changed)"
+        )
     spec = ModelSpec.from_dict(cfg["spec"])
     model = build_model(spec)
     model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(device)))

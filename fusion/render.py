@@ -1,46 +1,109 @@
-"""Paper-ready tables and figures from the per-dataset metrics tables.
+"""Paper-ready tables and figures from the per-dataset metrics tables (DESIGN §7).
 
 ``python -m fusion.render tables --metrics results/*/metrics.parquet --out-dir results/tables``
-``python -m fusion.render figures --metrics ... --runs-root results --out-dir results/figures``
+``python -m fusion.render figures --metrics ... --predictions ... --out-dir results/figures``
+``python -m fusion.render paper --config <json> --tables-dir results/tables --figures-dir results/figures``
 
-Tables follow the paper's Table 1: Dataset × Method rows, AUROC / AUPRC / mF1 / Acc as
-mean ± std over seeds on the test split, the best mean per dataset and column in bold.
+``tables`` / ``figures`` write the main comparison (Table 1: ``main.*``, ``main_auroc``,
+``fusion_weights``). ``paper`` writes every other table and figure of the paper's §4 and
+appendices E/F that the config asks for (:func:`paper_outputs` lists them; the workflow
+declares exactly those files):
+
+=================  =====================================================================
+``experts``        Table E1: the expert committee per dataset and modality
+``train_drop_one`` Table E2: one modality dropped in training at rate r
+``test_drop_one``  Table E3: one modality dropped at test time
+``train_random``   Table E4: every modality dropped at random in training, rate p
+``test_random``    Table E5: random drop at test time
+``structured``     beyond the paper: missing-not-at-random and replayed missingness
+``efficiency``     Table E6: parameters, FLOPs, peak memory, Perf, EffScore
+``ablation``       Table E7: structural ablations
+``per_task``       Table E8: per-task results of multi-task datasets
+``external``       Table 2: external validation
+=================  =====================================================================
+
+Figures: ``drop_one_{dataset}`` (Figure 2 / F1–F4), ``random_drop_{dataset}`` (Figure 3 /
+F5–F8), ``ablation`` (Figure 4), ``pareto`` (Figure 5) and, beyond the paper,
+``weights_{dataset}``: the distributions of MedMIX's router weights α and fusion weights β
+per modality under each protocol.
+
+Every table cell is mean ± std over seeds (test split; ``external`` for Table 2), the best
+value per column within its group (a dataset, or a dataset × setting) in bold, and a header
+line says which data and experts produced it. Each table is written as ``.md``, ``.tex`` and
+``.csv`` (the CSV has separate mean / std columns and no blanking).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import logging
+import math
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from fusion.protocols import modality_label
 from medmix.io import atomic_path, write_text_atomic
 
+log = logging.getLogger("medmix.fusion.render")
+
 METRIC_COLUMNS = {"auroc": "AUROC", "auprc": "AUPRC", "macro_f1": "mF1", "accuracy": "Acc"}
-METHOD_LABELS = {"medmix": "MedMIX", "meanavg": "MeanAvg", "concat": "Concat"}
+METHOD_LABELS = {
+    "medmix": "MedMIX",
+    "meanavg": "MeanAvg",
+    "concat": "Concat",
+    "max": "Max",
+    "attention": "Attention",
+    "m3care": "M3Care",
+    "adacomed": "AdaCoMed",
+    "onellm": "OneLLM",
+    "medmix-uniform": "MedMIX (uniform mean)",
+}
+# The paper's row order (Table 1): references, simple fusion, missing-modality methods, MedMIX.
+METHOD_ORDER = ("meanavg", "concat", "max", "attention", "m3care", "adacomed", "onellm")
+FAMILY_TITLES = {
+    "train_drop_one": "Table E2 — single-modality drop at training time",
+    "test_drop_one": "Table E3 — single-modality drop at test time",
+    "train_random": "Table E4 — random multi-modality drop at training time",
+    "test_random": "Table E5 — random multi-modality drop at test time",
+}
+MEDMIX_RED = "#c0392b"
 
 
 def method_label(method: str) -> str:
     if method.startswith("medmix-only-"):
         return f"MedMIX ({method.removeprefix('medmix-only-')} only)"
+    if method.endswith("-large"):
+        return f"{modality_label(method.removesuffix('-large'))}-Large"
     return METHOD_LABELS.get(method, method)
 
 
 def method_order(methods: Sequence[str]) -> list[str]:
-    """Single-modality references first, then baselines, MedMIX last (as in the paper)."""
+    """Single-modality references first, then baselines in the paper's order, MedMIX last."""
 
-    def key(m: str) -> tuple[int, str]:
-        if m.startswith("medmix-only-"):
-            return (0, m)
+    def key(m: str) -> tuple[int, int, str]:
+        if m.startswith("medmix-only-") or m.endswith("-large"):
+            return (0, 0, m)
         if m == "medmix":
-            return (2, m)
-        return (1, m)
+            return (2, 0, m)
+        return (1, METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
 
     return sorted(set(methods), key=key)
+
+
+def medmix_first(methods: Sequence[str]) -> list[str]:
+    """MedMIX first, then the others in the paper's order (Tables E2–E5)."""
+    rest = [m for m in method_order(methods) if m != "medmix"]
+    return (["medmix"] if "medmix" in methods else []) + rest
+
+
+# -- the main table (Table 1) -----------------------------------------------------------
 
 
 @dataclass
@@ -133,7 +196,7 @@ def render_latex(table: MainTable) -> str:
             out.append("\\midrule")
         ds = row["dataset"] if row["dataset"] != last_ds else ""
         last_ds = row["dataset"]
-        cells = [ds.replace("_", "\\_"), method_label(row["method"]).replace("_", "\\_")]
+        cells = [_tex(ds), _tex(method_label(row["method"]))]
         for m in METRIC_COLUMNS:
             mean = row[f"{m}_mean"]
             cells.append(
@@ -172,26 +235,688 @@ def write_tables(
     return written
 
 
+# -- generic paper tables ---------------------------------------------------------------
+
+
+def _tex(text: str) -> str:
+    for a, b in (("\\", "\\textbackslash{}"), ("_", "\\_"), ("%", "\\%"), ("&", "\\&"),
+                 ("#", "\\#"), ("→", "$\\rightarrow$"), ("±", "$\\pm$")):  # fmt: skip
+        text = text.replace(a, b)
+    return text
+
+
+@dataclass
+class ValueColumn:
+    key: str
+    label: str
+    better: str | None = "max"  # max | min | None (no bold)
+    decimals: int = 4
+
+
+@dataclass
+class PaperTable:
+    """A table in the paper's layout: id columns (blanked when repeated), value columns.
+
+    ``rows``: dicts with the id keys (display strings), and for each value column either a
+    ``(mean, std)`` pair (printed ``mean ± std``), a number, or None. ``group``: the id keys
+    within which the best value of each column is bold.
+    """
+
+    stem: str
+    title: str
+    header: str
+    id_columns: list[tuple[str, str]]
+    value_columns: list[ValueColumn]
+    rows: list[dict[str, Any]]
+    group: list[str]
+    notes: list[str] = field(default_factory=list)
+
+    def best(self) -> set[tuple[int, str]]:
+        """(row index, column key) of the bold cells."""
+        out: set[tuple[int, str]] = set()
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(self.rows):
+            groups.setdefault(tuple(r.get(k, "") for k in self.group), []).append(i)
+        for idx in groups.values():
+            if len(idx) < 2:
+                continue
+            for col in self.value_columns:
+                if col.better is None:
+                    continue
+                vals = [(i, _mean(self.rows[i].get(col.key))) for i in idx]
+                vals = [(i, v) for i, v in vals if v is not None and math.isfinite(v)]
+                if len(vals) < 2:
+                    continue
+                target = (max if col.better == "max" else min)(v for _, v in vals)
+                out |= {(i, col.key) for i, v in vals if np.isclose(v, target, rtol=0, atol=1e-12)}
+        return out
+
+
+def _mean(cell: Any) -> float | None:
+    if cell is None:
+        return None
+    if isinstance(cell, tuple):
+        return None if cell[0] is None else float(cell[0])
+    return float(cell)
+
+
+def _cell_text(cell: Any, col: ValueColumn, bold: bool, style: str) -> str:
+    if cell is None or (
+        isinstance(cell, tuple) and (cell[0] is None or not math.isfinite(cell[0]))
+    ):
+        return "n/a"
+    if isinstance(cell, tuple):
+        mean, std = cell
+        pm = " $\\pm$ " if style == "tex" else " ± "
+        text = f"{mean:.{col.decimals}f}{pm}{(std or 0.0):.{col.decimals}f}"
+    else:
+        text = f"{float(cell):.{col.decimals}f}" if math.isfinite(float(cell)) else "n/a"
+    if not bold:
+        return text
+    return f"**{text}**" if style == "md" else f"\\textbf{{{text}}}"
+
+
+def _display_ids(table: PaperTable) -> list[list[str]]:
+    """Id cells with repeats blanked (a value is shown when it or a column left of it changes)."""
+    out, prev = [], None
+    for r in table.rows:
+        ids = [str(r.get(k, "")) for k, _ in table.id_columns]
+        if prev is None:
+            shown = ids
+        else:
+            shown, changed = [], False
+            for a, b in zip(ids, prev, strict=True):
+                changed = changed or a != b
+                shown.append(a if changed else "")
+        out.append(shown)
+        prev = ids
+    return out
+
+
+def table_markdown(table: PaperTable) -> str:
+    best = table.best()
+    lines = [
+        f"<!-- {table.title}. {table.header} -->",
+        "",
+        f"**{table.title}.** _{table.header}_",
+        "",
+    ]
+    labels = [lab for _, lab in table.id_columns] + [c.label for c in table.value_columns]
+    lines += ["| " + " | ".join(labels) + " |", "|" + "---|" * len(labels)]
+    for i, (r, ids) in enumerate(zip(table.rows, _display_ids(table), strict=True)):
+        cells = ids + [
+            _cell_text(r.get(c.key), c, (i, c.key) in best, "md") for c in table.value_columns
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not table.rows:
+        lines.append("| " + " | ".join(["—"] * len(labels)) + " |")
+    if table.notes:
+        lines += [""] + [f"_{n}_" for n in table.notes]
+    return "\n".join(lines) + "\n"
+
+
+def table_latex(table: PaperTable) -> str:
+    best = table.best()
+    n_id = len(table.id_columns)
+    out = [
+        f"% {table.title}. {table.header}",
+        "\\begin{tabular}{" + "l" * n_id + "c" * len(table.value_columns) + "}",
+        "\\toprule",
+        " & ".join(_tex(lab) for _, lab in table.id_columns)
+        + " & "
+        + " & ".join(_tex(c.label) for c in table.value_columns)
+        + " \\\\",
+        "\\midrule",
+    ]
+    for i, (r, ids) in enumerate(zip(table.rows, _display_ids(table), strict=True)):
+        if i and ids[0]:
+            out.append("\\midrule")
+        cells = [_tex(x) for x in ids] + [
+            _cell_text(r.get(c.key), c, (i, c.key) in best, "tex") for c in table.value_columns
+        ]
+        out.append(" & ".join(cells) + " \\\\")
+    out += ["\\bottomrule", "\\end{tabular}"]
+    out += [f"% {n}" for n in table.notes]
+    return "\n".join(out) + "\n"
+
+
+def table_csv(table: PaperTable) -> str:
+    best = table.best()
+    recs = []
+    for i, r in enumerate(table.rows):
+        rec = {lab: r.get(k, "") for k, lab in table.id_columns}
+        for c in table.value_columns:
+            cell = r.get(c.key)
+            if isinstance(cell, tuple):
+                rec[f"{c.key}_mean"], rec[f"{c.key}_std"] = cell
+            else:
+                rec[c.key] = cell
+            rec[f"{c.key}_best"] = (i, c.key) in best
+        for k, v in r.items():
+            if k.startswith("_"):
+                rec[k.lstrip("_")] = v
+        recs.append(rec)
+    cols = [lab for _, lab in table.id_columns]
+    for c in table.value_columns:
+        cols += [f"{c.key}_mean", f"{c.key}_std", f"{c.key}_best"]
+    frame = pd.DataFrame(recs, columns=None if recs else cols)
+    return frame.to_csv(index=False, float_format="%.6f")
+
+
+def write_paper_table(table: PaperTable, out_dir: str | Path) -> list[Path]:
+    out_dir = Path(out_dir)
+    return [
+        write_text_atomic(out_dir / f"{table.stem}.md", table_markdown(table)),
+        write_text_atomic(out_dir / f"{table.stem}.tex", table_latex(table)),
+        write_text_atomic(out_dir / f"{table.stem}.csv", table_csv(table)),
+    ]
+
+
+# -- summaries ----------------------------------------------------------------------------
+
+
+def aggregate(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Mean, std (ddof 1) and count over seeds per (dataset, protocol, method, split, task, metric)."""
+    keys = ["dataset", "protocol", "method", "split", "task", "metric"]
+    agg = metrics.groupby(keys)["value"].agg(["mean", "std", "count"]).reset_index()
+    agg["std"] = agg["std"].fillna(0.0)
+    return agg
+
+
+class Cells:
+    """Look-ups of (mean, std) cells in an aggregated metrics table."""
+
+    def __init__(self, metrics: pd.DataFrame) -> None:
+        self.agg = (
+            aggregate(metrics)
+            if len(metrics)
+            else pd.DataFrame(
+                columns=[
+                    "dataset",
+                    "protocol",
+                    "method",
+                    "split",
+                    "task",
+                    "metric",
+                    "mean",
+                    "std",
+                    "count",
+                ]
+            )
+        )
+        self.index = {
+            tuple(r[:6]): (float(r[6]), float(r[7]), int(r[8]))
+            for r in self.agg[
+                ["dataset", "protocol", "method", "split", "task", "metric", "mean", "std", "count"]
+            ].itertuples(index=False)  # fmt: skip
+        }
+
+    def get(
+        self, dataset: str, protocol: str, method: str, metric: str, split: str = "test",
+        task: str = "macro",
+    ) -> tuple[float, float] | None:  # fmt: skip
+        v = self.index.get((dataset, protocol, method, split, task, metric))
+        return None if v is None else (v[0], v[1])
+
+    def has(self, dataset: str, protocol: str, method: str, split: str = "test") -> bool:
+        return any(
+            self.index.get((dataset, protocol, method, split, "macro", m)) for m in METRIC_COLUMNS
+        )
+
+    def seeds(self) -> int:
+        return max((v[2] for v in self.index.values()), default=0)
+
+    def metric_row(self, dataset: str, protocol: str, method: str, split: str = "test",
+                   task: str = "macro") -> dict[str, Any]:  # fmt: skip
+        return {m: self.get(dataset, protocol, method, m, split, task) for m in METRIC_COLUMNS}
+
+
+def metric_columns() -> list[ValueColumn]:
+    return [ValueColumn(k, v) for k, v in METRIC_COLUMNS.items()]
+
+
+# -- what the config asks for ------------------------------------------------------------
+
+
+def training_datasets(cfg: dict[str, Any]) -> list[str]:
+    """Configured datasets minus the ones used only as external-validation targets."""
+    targets = {e["target"] for e in cfg.get("external") or []}
+    sources = {e["source"] for e in cfg.get("external") or []}
+    return [d for d in cfg["datasets"] if d not in targets or d in sources]
+
+
+def protocol_methods(cfg: dict[str, Any]) -> list[str]:
+    section = cfg.get("protocols") or {}
+    return list(section.get("methods") or ["medmix"])
+
+
+def protocol_grid(cfg: dict[str, Any], dataset: str) -> list[str]:
+    from fusion.protocols import expand_settings
+
+    return expand_settings(cfg.get("protocols"), list(cfg["datasets"][dataset]["modalities"]))
+
+
+def efficiency_methods(cfg: dict[str, Any]) -> list[str]:
+    section = cfg.get("efficiency") or {}
+    return list(section.get("methods") or external_methods(cfg))
+
+
+def external_methods(cfg: dict[str, Any]) -> list[str]:
+    """The fusion methods of the main comparison (no single-modality or teacher references)."""
+    methods = list(cfg.get("methods") or ["medmix"])
+    return [m for m in methods if "-only-" not in m and not m.endswith("-large")]
+
+
+def paper_outputs(cfg: dict[str, Any]) -> dict[str, list[str]]:
+    """The table and figure stems ``render paper`` writes for this config."""
+    section = cfg.get("protocols") or {}
+    datasets = training_datasets(cfg)
+    tables, figures = ["experts", "per_task"], []
+    for fam in ("train_drop_one", "test_drop_one", "train_random", "test_random"):
+        if section.get(fam):
+            tables.append(fam)
+    if section.get("extra"):
+        tables.append("structured")
+    if section.get("train_drop_one") or section.get("test_drop_one"):
+        figures += [f"drop_one_{d}" for d in datasets]
+    if section.get("train_random") or section.get("test_random"):
+        figures += [f"random_drop_{d}" for d in datasets]
+    if any(section.get(k) for k in ("train_drop_one", "test_drop_one", "train_random",
+                                    "test_random", "extra")):  # fmt: skip
+        figures += [f"weights_{d}" for d in datasets]
+    if (cfg.get("efficiency") or {}).get("enabled"):
+        tables.append("efficiency")
+        figures.append("pareto")
+    if (cfg.get("ablations") or {}).get("enabled"):
+        tables.append("ablation")
+        figures.append("ablation")
+    if cfg.get("external"):
+        tables.append("external")
+    return {"tables": tables, "figures": figures}
+
+
+def run_header(cfg: dict[str, Any], datasets: Sequence[str] | None = None) -> str:
+    """One line saying which data and experts produced a table (demo/offline or real weights)."""
+    parts = []
+    for ds, dcfg in cfg["datasets"].items():
+        if datasets is not None and ds not in datasets:
+            continue
+        if dcfg["adapter"] == "demo":
+            shift = (dcfg.get("demo") or {}).get("shift") or 0
+            kind = "synthetic demo cohort" + (f", shift {shift}" if shift else "")
+        else:
+            kind = f"{dcfg['adapter']} adapter"
+        experts = sorted({e for names in dcfg["modalities"].values() for e in names})
+        parts.append(f"{ds} ({kind}; experts: {', '.join(experts)})")
+    used = {
+        e for d in cfg["datasets"].values() for names in d["modalities"].values() for e in names
+    }
+    specs = [s for n, s in cfg["experts"].items() if n in used]
+    offline = all(
+        s.get("random_init", False) or not any(k in s for k in ("model_id", "local_dir"))
+        for s in specs
+    )
+    source = (
+        "offline experts (established features, packaged MiniLM, randomly initialised FM "
+        "architectures)"
+        if offline
+        else "foundation-model experts"
+    )
+    return f"Data: {'; '.join(parts)}. Experts: {source}."
+
+
+def _seeds_text(cfg: dict[str, Any]) -> str:
+    return f"mean ± std over {len(cfg.get('seeds') or [0])} seeds"
+
+
+# -- table builders ----------------------------------------------------------------------
+
+
+def build_experts_table(cfg: dict[str, Any]) -> PaperTable:
+    """Table E1: the experts of each dataset and modality, by family, and the teacher."""
+    from fusion.ablations import FAMILY_ORDER, expert_families
+
+    rows = []
+    for ds, dcfg in cfg["datasets"].items():
+        fams = expert_families(cfg, ds)
+        teachers = dcfg.get("teachers") or {}
+        for m, names in dcfg["modalities"].items():
+            row: dict[str, Any] = {"dataset": ds, "modality": modality_label(m)}
+            for fam in FAMILY_ORDER:
+                row[fam] = ", ".join(e for e in names if fams.get(e) == fam) or "—"
+            other = [e for e in names if fams.get(e) not in FAMILY_ORDER]
+            if other:
+                row["general"] = ", ".join([*(x for x in [row["general"]] if x != "—"), *other])
+            row["teacher"] = teachers.get(m, "—")
+            rows.append(row)
+    ids = [("dataset", "Dataset"), ("modality", "Modality"), ("biomedical", "Biomed"),
+           ("general", "General"), ("rag", "RAG"), ("teacher", "Teacher FM")]  # fmt: skip
+    return PaperTable("experts", "Table E1 — expert committee", run_header(cfg), ids, [], rows, [])
+
+
+def _rate_of(setting: str) -> float:
+    from fusion.protocols import parse_protocol
+
+    return parse_protocol(setting).rate
+
+
+def build_protocol_table(cfg: dict[str, Any], cells: Cells, family: str) -> PaperTable:
+    """Tables E2–E5 in the paper's layout."""
+    from fusion.protocols import format_protocol, format_rate
+
+    scope, kind = family.split("_", 1)
+    rates = [float(r) for r in (cfg.get("protocols") or {}).get(family) or []]
+    methods = medmix_first(protocol_methods(cfg))
+    rows = []
+    for ds in training_datasets(cfg):
+        mods = list(cfg["datasets"][ds]["modalities"])
+        for method in methods:
+            for r in rates:
+                if kind == "drop_one":
+                    for m in mods:
+                        p = format_protocol("drop_one", scope, r, modality=m)
+                        rows.append({"dataset": ds, "method": method_label(method),
+                                     "rate": format_rate(r), "modality": modality_label(m),
+                                     **cells.metric_row(ds, p, method), "_protocol": p})  # fmt: skip
+                else:
+                    p = format_protocol("random", scope, r)
+                    rows.append({"dataset": ds, "method": method_label(method),
+                                 "rate": format_rate(r), **cells.metric_row(ds, p, method),
+                                 "_protocol": p})  # fmt: skip
+    ids = [("dataset", "Dataset"), ("method", "Method"), ("rate", "Missing Rate")]
+    group = ["dataset", "rate"]
+    if kind == "drop_one":
+        ids.append(("modality", "Modality"))
+        group.append("modality")
+    where = "training (train + val)" if scope == "train" else "test"
+    header = (
+        f"Modalities dropped in the {where} split(s), masks seeded and shared by all methods; "
+        f"test split, {_seeds_text(cfg)}. {run_header(cfg, training_datasets(cfg))}"
+    )
+    return PaperTable(family, FAMILY_TITLES[family], header, ids, metric_columns(), rows, group)
+
+
+def protocol_label(name: str) -> str:
+    """A readable description of a setting: ``MNAR (label) p=0.5, test split``."""
+    from fusion.protocols import format_rate, parse_protocol
+
+    spec = parse_protocol(name)
+    if spec.kind == "full":
+        return "full (no extra missingness)"
+    where = {"train": "train+val", "test": "test", "all": "all splits"}[spec.scope]
+    r = format_rate(spec.rate)
+    if spec.kind == "drop_one":
+        return f"drop {modality_label(spec.modality or '')} r={r}, {where}"
+    if spec.kind == "random":
+        return f"random drop p={r}, {where}"
+    if spec.kind == "mnar":
+        return f"MNAR ({spec.score}) p={r}, {where}"
+    return f"replay observed patterns p={r}, {where}"
+
+
+def build_structured_table(cfg: dict[str, Any], cells: Cells) -> PaperTable:
+    """Beyond the paper: missing-not-at-random and replayed missingness (with the full row)."""
+    from fusion.protocols import parse_protocol
+
+    extra = [parse_protocol(str(s)).name for s in (cfg.get("protocols") or {}).get("extra") or []]
+    rows = []
+    for ds in training_datasets(cfg):
+        for method in medmix_first(protocol_methods(cfg)):
+            for p in ["full", *extra]:
+                rows.append({"dataset": ds, "method": method_label(method),
+                             "protocol": protocol_label(p), **cells.metric_row(ds, p, method),
+                             "_protocol": p})  # fmt: skip
+    header = (
+        "Structured missingness beyond the paper: MNAR (drop probability rising with the label "
+        "or a severity score, mean rate p) and the cohort's own observed missingness patterns "
+        f"replayed onto complete samples; test split, {_seeds_text(cfg)}. "
+        f"{run_header(cfg, training_datasets(cfg))}"
+    )
+    ids = [("dataset", "Dataset"), ("method", "Method"), ("protocol", "Protocol")]
+    return PaperTable(
+        "structured", "Structured missingness", header, ids, metric_columns(), rows,
+        ["dataset", "protocol"],
+    )  # fmt: skip
+
+
+def _selection_note(results: Path, ds: str) -> str | None:
+    path = results / ds / "runs" / "ablation" / "best_expert" / "selection.json"
+    if not path.exists():
+        return None
+    sel = json.loads(path.read_text()).get("selection") or {}
+    picks = ", ".join(f"{modality_label(m)}: {v['expert']}" for m, v in sel.items())
+    return f"{ds} — best single expert per modality (validation linear probe): {picks}."
+
+
+def build_ablation_table(cfg: dict[str, Any], cells: Cells, results: Path) -> PaperTable:
+    """Table E7."""
+    from fusion.ablations import ablation_variants
+
+    rows, notes = [], []
+    for ds in training_datasets(cfg):
+        for v in ablation_variants(cfg, ds):
+            rows.append({"dataset": ds, "setting": v.label,
+                         **cells.metric_row(ds, v.protocol, v.method),
+                         "_run": f"{v.protocol}/{v.method}"})  # fmt: skip
+        note = _selection_note(results, ds)
+        if note:
+            notes.append(note)
+    lam = float((cfg.get("fusion") or {}).get("lambda_kd") or 0.0)
+    if lam == 0.0:
+        notes.append("Distillation is off in this config (fusion.lambda_kd = 0): "
+                     "'w/o distillation' trains the same model as MedMIX.")  # fmt: skip
+    header = f"Test split, {_seeds_text(cfg)}. {run_header(cfg, training_datasets(cfg))}"
+    return PaperTable(
+        "ablation", "Table E7 — structural ablations", header,
+        [("dataset", "Dataset"), ("setting", "Setting")], metric_columns(), rows, ["dataset"],
+        notes,
+    )  # fmt: skip
+
+
+def _task_types(results: Path, ds: str) -> str | None:
+    for p in sorted((results / ds / "runs" / "full").glob("*/seed*/metrics.json")):
+        try:
+            return json.loads(p.read_text()).get("task_type")
+        except (OSError, json.JSONDecodeError):
+            continue
+    return None
+
+
+def build_per_task_table(
+    cfg: dict[str, Any], cells: Cells, results: Path, task_types: dict[str, str] | None = None
+) -> PaperTable:
+    """Table E8: per-task results of the multi-task (binary, several labels) datasets."""
+    datasets = []
+    for ds in training_datasets(cfg):
+        tt = (task_types or {}).get(ds) or _task_types(results, ds)
+        tasks = sorted(
+            set(
+                cells.agg.loc[(cells.agg["dataset"] == ds) & (cells.agg["task"] != "macro"), "task"]
+            )
+        )
+        if tt == "binary" and len(tasks) > 1:
+            datasets.append((ds, tasks))
+    has_mf1 = (
+        any((cells.agg["task"] != "macro") & (cells.agg["metric"] == "macro_f1"))
+        if len(cells.agg)
+        else False
+    )
+    f1_key = "macro_f1" if has_mf1 else "f1"
+    rows = []
+    for ds, tasks in datasets:
+        methods = method_order(cells.agg.loc[(cells.agg["dataset"] == ds)
+                                             & (cells.agg["protocol"] == "full"), "method"])  # fmt: skip
+        for task in tasks:
+            for method in methods:
+                row = {"dataset": ds, "task": task, "method": method_label(method)}
+                for m in METRIC_COLUMNS:
+                    key = f1_key if m == "macro_f1" else m
+                    row[m] = cells.get(ds, "full", method, key, task=task)
+                rows.append(row)
+    cols = metric_columns()
+    notes = []
+    if not has_mf1:
+        cols[2] = ValueColumn("macro_f1", "F1")
+        notes.append(
+            "Per-task F1 is the positive-class F1 (the metrics table has no per-task mF1)."
+        )
+    if not datasets:
+        notes.append("No multi-task dataset in this config.")
+    ids = [("task", "Task"), ("method", "Method")]
+    if len(datasets) > 1:
+        ids.insert(0, ("dataset", "Dataset"))
+    header = f"Test split, {_seeds_text(cfg)}. {run_header(cfg, [d for d, _ in datasets] or None)}"
+    return PaperTable(
+        "per_task", "Table E8 — per-task results", header, ids, cols, rows,
+        ["dataset", "task"], notes,
+    )  # fmt: skip
+
+
+def build_external_table(cfg: dict[str, Any], cells: Cells, results: Path) -> PaperTable:
+    """Table 2: train on the source cohort, evaluate on the target (split ``external``)."""
+    from fusion.external import external_protocol
+
+    pairs = [(e["source"], e["target"]) for e in cfg.get("external") or []]
+    rows, notes = [], []
+    for src, tgt in pairs:
+        p = external_protocol(tgt)
+        methods = method_order(
+            cells.agg.loc[(cells.agg["dataset"] == src) & (cells.agg["protocol"] == p), "method"]
+        )
+        methods = [m for m in methods if not m.startswith("medmix-only-")]
+        for method in methods:
+            rows.append({"pair": f"{src} → {tgt}", "method": method_label(method),
+                         **cells.metric_row(src, p, method, split="external")})  # fmt: skip
+        flagged = set()
+        for s in (results / src / "runs" / p).glob("*/summary.json"):
+            flagged |= set(json.loads(s.read_text()).get("unaligned_experts") or [])
+        if flagged:
+            notes.append(
+                f"{src} → {tgt}: experts fitted per cohort, whose embedding spaces may differ "
+                f"between the cohorts: {', '.join(sorted(flagged))}."
+            )
+    ids = [("method", "Method")]
+    if len(pairs) > 1:
+        ids.insert(0, ("pair", "Source → Target"))
+    header = (
+        "Trained on the source cohort, evaluated on the target cohort with the source's "
+        f"standardisation and validation thresholds; {_seeds_text(cfg)}. "
+        f"{run_header(cfg, [d for p in pairs for d in p])}"
+    )
+    return PaperTable(
+        "external", "Table 2 — external validation", header, ids, metric_columns(), rows,
+        ["pair"], notes,
+    )  # fmt: skip
+
+
+def _unit(values: Sequence[float], units: Sequence[tuple[float, str]]) -> tuple[float, str]:
+    vmax = max((abs(v) for v in values if v is not None and math.isfinite(v)), default=0.0)
+    for scale, name in units:
+        if vmax >= scale:
+            return scale, name
+    return units[-1]
+
+
+PARAM_UNITS = ((1e9, "B"), (1e6, "M"), (1e3, "K"), (1.0, ""))
+FLOP_UNITS = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "K"), (1.0, ""))
+MEM_UNITS = ((1e9, "GB"), (1e6, "MB"), (1e3, "KB"), (1.0, "B"))
+
+
+def efficiency_data(
+    cfg: dict[str, Any], cells: Cells, costs: dict[str, dict[str, Any]]
+) -> list[Any]:
+    from fusion.efficiency import PERF_METRICS, efficiency_rows
+
+    perfs = {}
+    for ds, res in costs.items():
+        for method in res.get("methods", {}):
+            vals = [cells.get(ds, "full", method, m) for m in PERF_METRICS]
+            if all(v is not None for v in vals):
+                perfs[(ds, method)] = float(np.mean([v[0] for v in vals]))
+    return efficiency_rows(costs, perfs)
+
+
+def build_efficiency_table(
+    cfg: dict[str, Any], cells: Cells, costs: dict[str, dict[str, Any]]
+) -> PaperTable:
+    """Table E6."""
+    erows = efficiency_data(cfg, cells, costs)
+    ps, pu = _unit([r.params for r in erows], PARAM_UNITS)
+    fs, fu = _unit([r.flops for r in erows], FLOP_UNITS)
+    ms, mu = _unit([r.memory_bytes for r in erows], MEM_UNITS)
+    order = {m: i for i, m in enumerate(method_order([r.method for r in erows]))}
+    erows = sorted(erows, key=lambda r: (r.dataset == "Average", list(costs).index(r.dataset)
+                                         if r.dataset in costs else 0, order[r.method]))  # fmt: skip
+    rows = [
+        {"dataset": r.dataset, "method": method_label(r.method), "params": r.params / ps,
+         "flops": r.flops / fs, "memory": r.memory_bytes / ms, "perf": r.perf,
+         "eff": r.eff_score}
+        for r in erows
+    ]  # fmt: skip
+    devices = sorted({str(c.get("device", "cpu")) for c in costs.values()})
+    mem_kind = "Peak GPU Mem." if any(d.startswith("cuda") for d in devices) else "Peak Mem."
+    cols = [
+        ValueColumn("params", f"Params ({pu})", "min", 3),
+        ValueColumn("flops", f"FLOPs ({fu})", "min", 3),
+        ValueColumn("memory", f"{mem_kind} ({mu})", "min", 3),
+        ValueColumn("perf", "Perf", "max", 3),
+        ValueColumn("eff", "EffScore", "max", 3),
+    ]
+    uncounted = sorted({e["name"].split("/", 1)[1] for c in costs.values()
+                        for e in c.get("experts", []) if not e.get("torch", True)})  # fmt: skip
+    notes = ["Perf = mean of AUROC, AUPRC, mF1 and Acc (test split, full protocol); "
+             "EffScore = (Perf / Perf_MedMIX) / geomean of the params, FLOPs and memory ratios "
+             "to MedMIX; Average rows average each column over datasets."]  # fmt: skip
+    if uncounted:
+        notes.append(f"Experts that are not torch models (0 params / FLOPs counted): "
+                     f"{', '.join(uncounted)}.")  # fmt: skip
+    header = (
+        "Deployed path per sample (configured experts + fusion model; teachers and the "
+        f"retrieval index excluded), FLOPs by torch's FlopCounterMode, memory on "
+        f"{', '.join(devices)}. {run_header(cfg, list(costs))}"
+    )
+    return PaperTable(
+        "efficiency", "Table E6 — efficiency", header,
+        [("dataset", "Dataset"), ("method", "Method")], cols, rows, ["dataset"], notes,
+    )  # fmt: skip
+
+
 # -- figures ---------------------------------------------------------------------------
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
 
 
 def _save(fig, out_dir: Path, stem: str) -> list[Path]:
     written = []
     for ext in ("png", "svg"):
-        target = out_dir / f"{stem}.{ext}"
+        target = Path(out_dir) / f"{stem}.{ext}"
         with atomic_path(target, suffix=f".{ext}") as tmp:
             fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
         written.append(target)
     return written
 
 
+def _footer(fig, text: str) -> None:
+    import textwrap
+
+    fig.text(0.5, -0.01, "\n".join(textwrap.wrap(text, 160)), ha="center", va="top", fontsize=7,
+             color="#555555")  # fmt: skip
+
+
+def _empty(ax, text: str = "no runs yet") -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#777777")
+
+
 def plot_main_auroc(metrics: pd.DataFrame, out_dir: str | Path, header: str) -> list[Path]:
     """Grouped bars: test AUROC (mean ± std over seeds) per dataset and method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     agg = summarise(metrics)
     agg = agg[agg["metric"] == "auroc"]
     datasets = list(agg["dataset"].drop_duplicates())
@@ -202,7 +927,7 @@ def plot_main_auroc(metrics: pd.DataFrame, out_dir: str | Path, header: str) -> 
         dsel = agg[agg["dataset"] == ds].set_index("method")
         ms = [m for m in methods if m in dsel.index]
         colors = [
-            "#c0392b" if m == "medmix" else (cmap(2) if m.startswith("medmix-only") else cmap(0))
+            MEDMIX_RED if m == "medmix" else (cmap(2) if m.startswith("medmix-only") else cmap(0))
             for m in ms
         ]
         ax.bar(
@@ -219,7 +944,7 @@ def plot_main_auroc(metrics: pd.DataFrame, out_dir: str | Path, header: str) -> 
 
     fig.legend(
         handles=[
-            Patch(color="#c0392b", label="MedMIX"),
+            Patch(color=MEDMIX_RED, label="MedMIX"),
             Patch(color=cmap(0), label="baselines"),
             Patch(color=cmap(2), label="MedMIX, one modality"),
         ],
@@ -237,11 +962,7 @@ def plot_main_auroc(metrics: pd.DataFrame, out_dir: str | Path, header: str) -> 
 
 def plot_fusion_weights(prediction_files: dict[str, list[Path]], out_dir: str | Path) -> list[Path]:
     """Distribution of MedMIX's per-sample modality weights β on the test split."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _plt()
     datasets = [d for d, files in prediction_files.items() if files]
     fig, axes = plt.subplots(
         1, max(1, len(datasets)), figsize=(4.2 * max(1, len(datasets)), 3.6), squeeze=False
@@ -264,6 +985,424 @@ def plot_fusion_weights(prediction_files: dict[str, list[Path]], out_dir: str | 
     return out
 
 
+SWEEP_METRICS = (("auroc", "AUROC"), ("macro_f1", "mF1"))
+METHOD_STYLES = ("-", "--", ":", "-.")
+
+
+def _sweep(cells: Cells, ds: str, method: str, settings: list[tuple[float, str]], metric: str):
+    """x (rates, with 0 = full), mean and std arrays for one curve."""
+    xs, ms, ss = [], [], []
+    for rate, p in [(0.0, "full"), *settings]:
+        v = cells.get(ds, p, method, metric)
+        if v is not None:
+            xs.append(rate)
+            ms.append(v[0])
+            ss.append(v[1])
+    return np.array(xs), np.array(ms), np.array(ss)
+
+
+def _curve(ax, x, m, s, color, style, label) -> None:
+    if len(x) == 0:
+        return
+    ax.plot(x, m, style, color=color, marker="o", ms=3.5, lw=1.6, label=label)
+    ax.fill_between(x, m - s, m + s, color=color, alpha=0.15, lw=0)
+
+
+def plot_drop_one(cfg: dict[str, Any], cells: Cells, ds: str, out_dir: Path) -> list[Path]:
+    """Figure 2 / F1–F4: metric vs the drop rate of one modality, train- and test-time."""
+    from matplotlib.lines import Line2D
+
+    from fusion.protocols import format_protocol
+
+    plt = _plt()
+    section = cfg.get("protocols") or {}
+    scopes = [s for s in ("train", "test") if section.get(f"{s}_drop_one")]
+    mods = list(cfg["datasets"][ds]["modalities"])
+    methods = medmix_first(protocol_methods(cfg))
+    cmap = plt.get_cmap("tab10")
+    fig, axes = plt.subplots(len(scopes), len(SWEEP_METRICS), figsize=(9.5, 3.3 * len(scopes)),
+                             squeeze=False)  # fmt: skip
+    for row, scope in enumerate(scopes):
+        rates = sorted(float(r) for r in section[f"{scope}_drop_one"])
+        for col, (metric, mlabel) in enumerate(SWEEP_METRICS):
+            ax = axes[row][col]
+            drawn = False
+            for k, method in enumerate(methods):
+                for j, m in enumerate(mods):
+                    settings = [
+                        (r, format_protocol("drop_one", scope, r, modality=m)) for r in rates
+                    ]
+                    x, mu, sd = _sweep(cells, ds, method, settings, metric)
+                    drawn |= len(x) > 1
+                    _curve(ax, x, mu, sd, cmap(j), METHOD_STYLES[k % 4], None)
+            if not drawn:
+                _empty(ax)
+            ax.set_xlabel(
+                f"drop rate r of the modality ({'training' if scope == 'train' else 'test'} split)"
+            )
+            ax.set_ylabel(f"test {mlabel}")
+            ax.set_title(f"{ds} — {'train' if scope == 'train' else 'test'}-time drop: {mlabel}",
+                         fontsize=10)  # fmt: skip
+            ax.set_xticks([0.0, *rates])
+            ax.grid(alpha=0.3)
+    handles = [Line2D([], [], color=cmap(j), lw=2, label=f"drop {modality_label(m)}")
+               for j, m in enumerate(mods)]  # fmt: skip
+    handles += [Line2D([], [], color="black", ls=METHOD_STYLES[k % 4], label=method_label(me))
+                for k, me in enumerate(methods)]  # fmt: skip
+    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 6),
+               bbox_to_anchor=(0.5, 1.0), frameon=False, fontsize=8)  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    _footer(fig, f"Lines: mean over seeds; bands: ± std; r = 0 is the full protocol. "
+                 f"{run_header(cfg, [ds])}")  # fmt: skip
+    out = _save(fig, out_dir, f"drop_one_{ds}")
+    plt.close(fig)
+    return out
+
+
+def plot_random_drop(cfg: dict[str, Any], cells: Cells, ds: str, out_dir: Path) -> list[Path]:
+    """Figure 3 / F5–F8: metric vs the random drop rate p, train- and test-time."""
+    from fusion.protocols import format_protocol
+
+    plt = _plt()
+    section = cfg.get("protocols") or {}
+    scopes = [s for s in ("train", "test") if section.get(f"{s}_random")]
+    methods = medmix_first(protocol_methods(cfg))
+    cmap = plt.get_cmap("tab10")
+    colors = {m: (MEDMIX_RED if m == "medmix" else cmap(k % 10)) for k, m in enumerate(methods)}
+    fig, axes = plt.subplots(len(scopes), len(SWEEP_METRICS), figsize=(9.5, 3.3 * len(scopes)),
+                             squeeze=False)  # fmt: skip
+    for row, scope in enumerate(scopes):
+        rates = sorted(float(r) for r in section[f"{scope}_random"])
+        settings = [(r, format_protocol("random", scope, r)) for r in rates]
+        for col, (metric, mlabel) in enumerate(SWEEP_METRICS):
+            ax = axes[row][col]
+            drawn = False
+            for k, method in enumerate(methods):
+                x, mu, sd = _sweep(cells, ds, method, settings, metric)
+                drawn |= len(x) > 1
+                _curve(ax, x, mu, sd, colors[method], METHOD_STYLES[k % 4], method_label(method))
+            if not drawn:
+                _empty(ax)
+            where = "training (train + val)" if scope == "train" else "test"
+            ax.set_xlabel(f"drop rate p of every modality ({where} split)")
+            ax.set_ylabel(f"test {mlabel}")
+            ax.set_title(f"{ds} — {scope}-time random drop: {mlabel}", fontsize=10)
+            ax.set_xticks([0.0, *rates])
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    _footer(fig, f"Lines: mean over seeds; bands: ± std; p = 0 is the full protocol. "
+                 f"{run_header(cfg, [ds])}")  # fmt: skip
+    out = _save(fig, out_dir, f"random_drop_{ds}")
+    plt.close(fig)
+    return out
+
+
+def plot_ablation(cfg: dict[str, Any], cells: Cells, out_dir: Path) -> list[Path]:
+    """Figure 4: horizontal bars per ablation setting (mean ± std), one row per dataset."""
+    from fusion.ablations import ablation_variants
+
+    plt = _plt()
+    datasets = training_datasets(cfg)
+    metrics = list(METRIC_COLUMNS.items())
+    n_rows = max(len(ablation_variants(cfg, d)) for d in datasets) if datasets else 1
+    fig, axes = plt.subplots(len(datasets), len(metrics),
+                             figsize=(3.3 * len(metrics) + 2.5, 0.32 * n_rows * len(datasets) + 1.2 * len(datasets)),
+                             squeeze=False, sharey="row")  # fmt: skip
+    for r, ds in enumerate(datasets):
+        variants = ablation_variants(cfg, ds)
+        labels = [v.label for v in variants]
+        for c, (metric, mlabel) in enumerate(metrics):
+            ax = axes[r][c]
+            vals = [cells.get(ds, v.protocol, v.method, metric) for v in variants]
+            mean = np.array([v[0] if v else np.nan for v in vals])
+            std = np.array([v[1] if v else 0.0 for v in vals])
+            colors = [MEDMIX_RED if v.kind == "reference" else
+                      ("#7f8c8d" if v.kind == "single_modality" else "#2e86c1") for v in variants]  # fmt: skip
+            y = np.arange(len(variants))
+            ax.barh(y, np.nan_to_num(mean), xerr=std, color=colors, capsize=2, height=0.7)
+            ax.set_yticks(y)
+            ax.set_yticklabels(labels, fontsize=7)
+            if c == 0:
+                ax.invert_yaxis()  # the row shares y: invert once, MedMIX on top
+            fin = np.isfinite(mean)
+            if fin.any():
+                lo = max(0.0, float(np.min(mean[fin] - std[fin])) - 0.03)
+                ax.set_xlim(lo, min(1.0, float(np.max(mean[fin] + std[fin])) + 0.02))
+                ref = mean[0]
+                if np.isfinite(ref):
+                    ax.axvline(ref, color=MEDMIX_RED, lw=0.8, ls="--")
+            else:
+                _empty(ax)
+            ax.set_xlabel(f"test {mlabel}")
+            if c == 0:
+                ax.set_ylabel(ds, fontsize=11)
+            ax.grid(axis="x", alpha=0.3)
+    from matplotlib.patches import Patch
+
+    fig.legend(handles=[Patch(color=MEDMIX_RED, label="MedMIX (dashed line)"),
+                        Patch(color="#2e86c1", label="component removed"),
+                        Patch(color="#7f8c8d", label="single modality")],
+               loc="upper center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 1.0))  # fmt: skip
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    _footer(fig, f"Bars: mean over seeds; error bars: std. {run_header(cfg, datasets)}")
+    out = _save(fig, out_dir, "ablation")
+    plt.close(fig)
+    return out
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points not dominated (lower-or-equal cost and higher-or-equal perf)."""
+    out = []
+    for i, (c, p) in enumerate(points):
+        dominated = any(
+            (c2 <= c and p2 >= p) and (c2 < c or p2 > p)
+            for j, (c2, p2) in enumerate(points)
+            if j != i
+        )
+        if not dominated:
+            out.append(i)
+    return sorted(out, key=lambda i: points[i][0])
+
+
+def plot_pareto(
+    cfg: dict[str, Any], cells: Cells, costs: dict[str, dict[str, Any]], out_dir: Path
+) -> list[Path]:
+    """Figure 5: Perf vs relative deployment cost per dataset, the Pareto front drawn."""
+    from fusion.efficiency import geomean
+
+    plt = _plt()
+    erows = [r for r in efficiency_data(cfg, cells, costs) if r.dataset != "Average"]
+    datasets = list(costs) or ["(none)"]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.9), squeeze=False)
+    cmap = plt.get_cmap("tab10")
+    others = [m for m in method_order([r.method for r in erows]) if m != "medmix"]
+    colors = {m: cmap(k % 10) for k, m in enumerate(others)} | {"medmix": MEDMIX_RED}
+    for ax, ds in zip(axes[0], datasets, strict=True):
+        rows = [r for r in erows if r.dataset == ds and math.isfinite(r.perf)]
+        ref = next((r for r in rows if r.method == "medmix"), None)
+        if not rows or ref is None:
+            _empty(ax, "no efficiency results")
+            ax.set_title(ds)
+            continue
+        pts = []
+        for r in rows:
+            ratio = geomean([r.params / ref.params, r.flops / ref.flops,
+                             r.memory_bytes / ref.memory_bytes])  # fmt: skip
+            pts.append((ratio, r.perf))
+        front = pareto_front(pts)
+        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-", color="#999999",
+                lw=1, zorder=1, label="Pareto front")  # fmt: skip
+        for r, (x, y) in zip(rows, pts, strict=True):
+            ax.scatter([x], [y], s=60 if r.method == "medmix" else 30, color=colors[r.method],
+                       zorder=3, label=method_label(r.method), edgecolor="black", lw=0.5)  # fmt: skip
+        ax.margins(x=0.15, y=0.15)
+        xs = [p[0] for p in pts]
+        if max(xs) / min(xs) > 10:
+            from matplotlib.ticker import FuncFormatter, NullFormatter
+
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        elif max(xs) - min(xs) < 0.02:
+            ax.set_xlim(min(xs) - 0.02, max(xs) + 0.02)
+        ax.set_xlabel(
+            "relative deployment cost\n(geomean of params, FLOPs, memory ratios to MedMIX)"
+        )
+        ax.set_ylabel("Perf (mean of AUROC, AUPRC, mF1, Acc)")
+        ax.set_title(ds)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    _footer(fig, run_header(cfg, list(costs)))
+    out = _save(fig, out_dir, "pareto")
+    plt.close(fig)
+    return out
+
+
+def weight_protocols(cfg: dict[str, Any], ds: str) -> list[str]:
+    """The settings shown in the α / β figure: full, then each family at its middle rate."""
+    from fusion.protocols import format_protocol, parse_protocol
+
+    section = cfg.get("protocols") or {}
+    mods = list(cfg["datasets"][ds]["modalities"])
+    out = ["full"]
+    for scope in ("train", "test"):
+        rates = sorted(float(r) for r in section.get(f"{scope}_random") or [])
+        if rates:
+            out.append(format_protocol("random", scope, rates[len(rates) // 2]))
+        rates = sorted(float(r) for r in section.get(f"{scope}_drop_one") or [])
+        if rates:
+            out += [
+                format_protocol("drop_one", scope, rates[len(rates) // 2], modality=m) for m in mods
+            ]
+    out += [parse_protocol(str(s)).name for s in section.get("extra") or []]
+    return out
+
+
+def load_weights(
+    results: Path, ds: str, protocol: str, method: str = "medmix"
+) -> pd.DataFrame | None:
+    files = sorted((results / ds / "runs" / protocol / method).glob("seed*/predictions.parquet"))
+    if not files:
+        return None
+    frames = []
+    for f in files:
+        df = pd.read_parquet(f)
+        cols = ["split"] + [c for c in df.columns if c.startswith(("alpha_", "beta_"))]
+        frames.append(df[cols])
+    df = pd.concat(frames, ignore_index=True)
+    return df[df["split"] == "test"]
+
+
+def plot_weights(cfg: dict[str, Any], results: Path, ds: str, out_dir: Path) -> list[Path]:
+    """β (top row) and α (bottom row) per modality under each protocol, test samples where the
+    modality is available, all seeds pooled."""
+    plt = _plt()
+    mods = list(cfg["datasets"][ds]["modalities"])
+    experts = cfg["datasets"][ds]["modalities"]
+    protocols = weight_protocols(cfg, ds)
+    frames = {p: load_weights(results, ds, p) for p in protocols}
+    have_runs = any(f is not None for f in frames.values())
+    protocols = [p for p in protocols if frames[p] is not None] or protocols[:1]
+    n_p = len(protocols)
+    fig, axes = plt.subplots(2, len(mods), figsize=(3.6 * len(mods) + 2.2, 0.42 * n_p * 2 + 2.2),
+                             squeeze=False, sharey=True)  # fmt: skip
+    cmap = plt.get_cmap("Set2")
+    labels = [protocol_label(p) for p in protocols]
+    y = np.arange(n_p)
+    for j, m in enumerate(mods):
+        ax = axes[0][j]
+        data = []
+        for p in protocols:
+            df = frames.get(p)
+            col = f"beta_{m}"
+            v = df[col].to_numpy() if df is not None and col in df else np.zeros(0)
+            data.append(v[v > 0])
+        _hbox(ax, data, y, 0.6, "#5d6d7e")
+        ax.set_title(f"β of {modality_label(m)}", fontsize=10)
+        ax.set_xlabel("fusion weight β (available samples)")
+        ax.set_xlim(-0.02, 1.02)
+        ax = axes[1][j]
+        k = len(experts[m])
+        width = 0.8 / max(k, 1)
+        for e_i, e in enumerate(experts[m]):
+            data = []
+            for p in protocols:
+                df = frames.get(p)
+                cols = [f"alpha_{m}_{x}" for x in experts[m]]
+                if df is None or not all(c in df for c in cols):
+                    data.append(np.zeros(0))
+                    continue
+                avail = df[cols].sum(axis=1).to_numpy() > 0
+                data.append(df[f"alpha_{m}_{e}"].to_numpy()[avail])
+            offs = (e_i - (k - 1) / 2) * width
+            _hbox(ax, data, y + offs, width * 0.9, cmap(e_i % 8), label=e)
+        ax.set_title(f"α over the experts of {modality_label(m)}", fontsize=10)
+        ax.set_xlabel("router weight α (available samples)")
+        ax.set_xlim(-0.02, 1.02)
+        from matplotlib.patches import Patch
+
+        handles = [Patch(facecolor=cmap(i % 8), label=e) for i, e in enumerate(experts[m])]
+        ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16),
+                  ncol=min(k, 3), title="expert", title_fontsize=7, frameon=False)  # fmt: skip
+    for row in (0, 1):
+        axes[row][0].set_yticks(y)
+        axes[row][0].set_yticklabels(labels, fontsize=8)
+        for ax in axes[row]:
+            ax.grid(axis="x", alpha=0.3)
+    axes[0][0].invert_yaxis()  # every panel shares y: invert once, full on top
+    if not have_runs:
+        for ax in axes.flat:
+            _empty(ax)
+    fig.suptitle(f"{ds}: MedMIX weights under each protocol (test split, all seeds)", fontsize=11)
+    fig.tight_layout()
+    _footer(fig, f"Boxes: quartiles, whiskers 1.5 IQR, outliers hidden; a modality's weight is shown "
+                 f"only for samples where it is available. {run_header(cfg, [ds])}")  # fmt: skip
+    out = _save(fig, out_dir, f"weights_{ds}")
+    plt.close(fig)
+    return out
+
+
+def _hbox(ax, data: list[np.ndarray], pos: np.ndarray, width: float, color, label=None) -> None:
+    keep = [i for i, d in enumerate(data) if len(d)]
+    if not keep:
+        return
+    bp = ax.boxplot([data[i] for i in keep], positions=[pos[i] for i in keep], widths=width,
+                    vert=False, showfliers=False, patch_artist=True, manage_ticks=False)  # fmt: skip
+    for b in bp["boxes"]:
+        b.set_facecolor(color)
+        b.set_alpha(0.8)
+    for med in bp["medians"]:
+        med.set_color("black")
+    if label is not None:
+        bp["boxes"][0].set_label(label)
+
+
+# -- the paper command -----------------------------------------------------------------
+
+
+def load_costs(cfg: dict[str, Any], results: Path) -> dict[str, dict[str, Any]]:
+    costs = {}
+    for ds in training_datasets(cfg):
+        p = results / ds / "efficiency.json"
+        if p.exists():
+            costs[ds] = json.loads(p.read_text())
+    return costs
+
+
+def render_paper(
+    cfg: dict[str, Any],
+    tables_dir: str | Path,
+    figures_dir: str | Path,
+    metrics: pd.DataFrame | None = None,
+) -> list[Path]:
+    """Write every table and figure :func:`paper_outputs` lists for ``cfg``."""
+    results = Path(cfg.get("results", "results"))
+    if metrics is None:
+        paths = [results / d / "metrics.parquet" for d in training_datasets(cfg)]
+        metrics = load_metrics([p for p in paths if p.exists()]) if any(
+            p.exists() for p in paths) else pd.DataFrame(columns=[
+                "dataset", "protocol", "method", "seed", "split", "task", "metric", "value"])  # fmt: skip
+    cells = Cells(metrics)
+    plan = paper_outputs(cfg)
+    tables_dir, figures_dir = Path(tables_dir), Path(figures_dir)
+    costs = load_costs(cfg, results)
+    written: list[Path] = []
+    for stem in plan["tables"]:
+        if stem == "experts":
+            table = build_experts_table(cfg)
+        elif stem in FAMILY_TITLES:
+            table = build_protocol_table(cfg, cells, stem)
+        elif stem == "structured":
+            table = build_structured_table(cfg, cells)
+        elif stem == "ablation":
+            table = build_ablation_table(cfg, cells, results)
+        elif stem == "per_task":
+            table = build_per_task_table(cfg, cells, results)
+        elif stem == "external":
+            table = build_external_table(cfg, cells, results)
+        elif stem == "efficiency":
+            table = build_efficiency_table(cfg, cells, costs)
+        else:
+            raise ValueError(f"no renderer for table {stem!r}")
+        written += write_paper_table(table, tables_dir)
+    for stem in plan["figures"]:
+        if stem.startswith("drop_one_"):
+            written += plot_drop_one(cfg, cells, stem.removeprefix("drop_one_"), figures_dir)
+        elif stem.startswith("random_drop_"):
+            written += plot_random_drop(cfg, cells, stem.removeprefix("random_drop_"), figures_dir)
+        elif stem.startswith("weights_"):
+            written += plot_weights(cfg, results, stem.removeprefix("weights_"), figures_dir)
+        elif stem == "ablation":
+            written += plot_ablation(cfg, cells, figures_dir)
+        elif stem == "pareto":
+            written += plot_pareto(cfg, cells, costs, figures_dir)
+        else:
+            raise ValueError(f"no renderer for figure {stem!r}")
+    return written
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fusion.render")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -276,7 +1415,23 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument(
                 "--predictions", nargs="*", default=[], help="MedMIX predictions.parquet files"
             )
+    p = sub.add_parser("paper", help="every configured paper table and figure beyond Table 1")
+    p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
+    p.add_argument("--tables-dir", required=True)
+    p.add_argument("--figures-dir", required=True)
+    p = sub.add_parser("outputs", help="list the stems `paper` writes for a config")
+    p.add_argument("--config", default="config.yaml")
     args = parser.parse_args(argv)
+    if args.cmd in ("paper", "outputs"):
+        from medmix.config import load_config_arg
+
+        cfg = load_config_arg(args.config)
+        if args.cmd == "outputs":
+            print(json.dumps(paper_outputs(cfg), indent=1))
+            return 0
+        for p in render_paper(cfg, args.tables_dir, args.figures_dir):
+            print(p)
+        return 0
     if args.cmd == "tables":
         for p in write_tables(args.metrics, args.out_dir, args.header):
             print(p)

@@ -1,21 +1,37 @@
 """Training of one (dataset, method, protocol) job: every seed in one process (paper App. C).
 
-AdamW (weight decay on weight matrices only), a separate router learning rate (parameter
-groups), gradient-norm clipping, linear LR warm-up over ``warmup_epochs``, up to
-``max_epochs``, early stopping on validation loss with ``patience``, the best-validation
-state restored, minibatches indexed from tensors that were loaded once. All numbers come
-from the config's ``fusion:`` section.
+AdamW (decoupled weight decay on weight matrices only; ``betas``, ``eps``), a separate router
+learning rate (parameter groups), gradient-norm clipping, linear LR warm-up over
+``warmup_epochs``, up to ``max_epochs``, early stopping on validation loss with ``patience``,
+the best-validation state restored, bf16 / fp16 autocast on GPU (``amp``). Distillation
+(:mod:`fusion.distill`) with λ ramped over the warm-up epochs. All numbers come from the
+config's ``fusion:`` section (:class:`FusionHParams`).
+
+Speed. The embeddings are loaded once per process (:func:`fusion.data.load_fusion_data_cached`)
+and shared by every seed (and by every method trained in the process). With
+``vectorize_seeds`` (default) the seeds are trained *together*: their parameters are stacked
+along a leading seed axis and one step runs every seed's own minibatch through
+``torch.func.vmap`` — S small problems become one S-times larger one, so the matrix products
+are large enough to run near the machine's matmul speed. Each seed keeps its own
+initialisation (seeded like a lone run), its own minibatch order, gradient clipping, early
+stopping and best checkpoint. Dropout masks come from one random stream for the whole stack,
+so a seed's numbers depend on which seeds were trained with it (the same seed list always
+gives identical results; ``vectorize_seeds: false`` trains seeds one after another, each
+independent of the others). The optimiser (fused multi-tensor AdamW) and the per-seed
+gradient clipping work on the stacked tensors directly.
 
 Outputs (DESIGN §3.3), built in a temp folder beside ``out`` and renamed into place at the
 end, so a killed job leaves nothing that looks finished::
 
     {out}/seed{k}/predictions.parquet  metrics.json  history.csv  model.safetensors  config.json
     {out}/summary.json                 (written last)
+
+A method that cannot run here (OneLLM without its weights) writes only ``summary.json`` with
+``"status": "unavailable"`` and the reason.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import math
@@ -23,32 +39,43 @@ import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
+from torch import nn
 
-from fusion.data import FusionData, apply_protocol, load_fusion_data
-from fusion.losses import TeacherBatch, kd_lambda, task_loss, total_loss
-from fusion.medmix import FusionModel
-from fusion.metrics import LABEL_METRICS, METRICS, choose_thresholds, evaluate_split
+from fusion.data import FusionData, apply_protocol, load_fusion_data_cached
+from fusion.distill import DistillHeads, teacher_batch
+from fusion.losses import kd_lambda, task_loss
+from fusion.medmix import FusionModel, row_stats
+from fusion.metrics import LABEL_METRICS, METRICS, bootstrap_ci, choose_thresholds, evaluate_split
+from fusion.predict import predict_data
 from fusion.registry import (
+    MethodError,
     MethodPlan,
+    MethodUnavailable,
     ModelSpec,
     Predictions,
     build_model,
+    method_class,
+    method_inputs,
     resolve_method,
     save_model,
 )
-from medmix.config import cache_paths, dataset_paths
+from medmix.config import dataset_paths
 from medmix.io import atomic_path
 
 log = logging.getLogger("medmix.fusion.train")
 
+
 EVAL_SPLITS = ("val", "test", "external")
+CI_SPLITS = ("test", "external")
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_loss", "lr", "task_loss", "kd_loss", "lambda_kd"]
 
 
 @dataclass
@@ -61,6 +88,8 @@ class FusionHParams:
     lr: float = 1.0e-3
     router_lr: float = 5.0e-4
     weight_decay: float = 1.0e-2
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1.0e-8
     clip_grad_norm: float = 1.0
     warmup_epochs: int = 5
     max_epochs: int = 200
@@ -68,7 +97,15 @@ class FusionHParams:
     batch_size: int = 64
     lambda_kd: float = 0.0
     rkd_gamma: float = 1.0
-    pos_weight: float | None = None
+    # None, one number for every output, "auto" (train-split n_neg / n_pos per output), a
+    # list (one per output) or a mapping {label: weight} (others 1)
+    pos_weight: float | str | list[float] | dict[str, float] | None = None
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | none
+    vectorize_seeds: bool = True
+    bootstrap: int = 1000  # bootstrap replicates for the test-set CIs (0: none)
+    m3care_bank: int = 256
+    adacomed_align: float = 0.1
+    onellm_weights: str | None = None
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None) -> FusionHParams:
@@ -77,7 +114,12 @@ class FusionHParams:
         unknown = sorted(set(section) - known)
         if unknown:
             raise ValueError(f"fusion: unknown key(s) {unknown}")
-        return cls(**section)
+        hp = cls(**section)
+        if hp.amp not in ("auto", "bf16", "fp16", "none"):
+            raise ValueError(f"fusion.amp: {hp.amp!r} is not one of auto, bf16, fp16, none")
+        if len(hp.betas) != 2:
+            raise ValueError(f"fusion.betas: two numbers, got {hp.betas}")
+        return hp
 
 
 @dataclass
@@ -103,6 +145,7 @@ class RunSummary:
     mean: dict[str, float]
     std: dict[str, float]
     seconds: float
+    status: str = "ok"
 
 
 def seed_everything(seed: int) -> None:
@@ -112,6 +155,11 @@ def seed_everything(seed: int) -> None:
 
 
 def build_spec(data: FusionData, plan: MethodPlan, hp: FusionHParams) -> ModelSpec:
+    extra: dict[str, Any] = {}
+    if plan.base == "m3care":
+        extra["m3care_bank"] = int(hp.m3care_bank)
+    if plan.base == "adacomed":
+        extra["adacomed_align"] = float(hp.adacomed_align)
     return ModelSpec(
         method=plan.base,
         modalities=list(data.modalities),
@@ -125,6 +173,7 @@ def build_spec(data: FusionData, plan: MethodPlan, hp: FusionHParams) -> ModelSp
         adapter_bottleneck=hp.adapter_bottleneck,
         dropout=hp.dropout,
         run_method=plan.name,
+        extra=extra,
     )
 
 
@@ -141,26 +190,78 @@ def prior_logits(data: FusionData) -> torch.Tensor:
     return torch.log(p / (1 - p)).float()
 
 
+def resolve_pos_weight(value: Any, data: FusionData) -> torch.Tensor | None:
+    """The ``pos_weight`` option as a (C,) tensor (None: unweighted; multiclass: ignored)."""
+    if value is None or data.task_type == "multiclass":
+        if value is not None:
+            log.warning("pos_weight is ignored for a multiclass task")
+        return None
+    c = data.n_outputs
+    if isinstance(value, str):
+        if value != "auto":
+            raise ValueError(f"fusion.pos_weight: {value!r} (a number, a list, a mapping or auto)")
+        y = data.y[data.split_index("train")].cpu()
+        known = torch.isfinite(y)
+        pos = (torch.where(known, y, torch.zeros_like(y)) > 0.5).sum(0).double()
+        neg = known.sum(0).double() - pos
+        w = (neg.clamp_min(1.0) / pos.clamp_min(1.0)).float()
+    elif isinstance(value, dict):
+        unknown = sorted(set(value) - set(data.label_names))
+        if unknown:
+            raise ValueError(f"fusion.pos_weight: unknown label(s) {unknown}")
+        w = torch.tensor([float(value.get(n, 1.0)) for n in data.label_names])
+    elif isinstance(value, list | tuple):
+        if len(value) != c:
+            raise ValueError(f"fusion.pos_weight: {len(value)} weights for {c} outputs")
+        w = torch.tensor([float(v) for v in value])
+    else:
+        w = torch.full((c,), float(value))
+    if not torch.all(w > 0):
+        raise ValueError(f"fusion.pos_weight must be positive, got {w.tolist()}")
+    return w
+
+
+# -- optimiser groups and the single-model AdamW -------------------------------------------
+
+
+def _decayed(name: str, p: torch.Tensor) -> bool:
+    """Weight decay on weight matrices only: not biases, norms, 1-D parameters or the prior."""
+    leaf = name.rsplit(".", 1)[-1]
+    return p.ndim >= 2 and "bias" not in leaf and "norm" not in leaf
+
+
+def param_group_names(module: nn.Module, router_ids: set[int]) -> dict[str, list[str]]:
+    """Parameter names per optimiser group (``base``, ``base_nodecay``, ``router``, …)."""
+    groups: dict[str, list[str]] = {}
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            g = ("router" if id(p) in router_ids else "base") + (
+                "" if _decayed(name, p) else "_nodecay"
+            )
+            groups.setdefault(g, []).append(name)
+    return {k: groups[k] for k in sorted(groups)}
+
+
 class AdamW:
     """AdamW (decoupled weight decay, Loshchilov & Hutter) over parameter groups.
 
     Same update as ``torch.optim.AdamW(amsgrad=False)``; groups are dicts with ``params``,
-    ``lr`` and ``weight_decay`` (the training loop sets ``lr`` for the warm-up). It exists
-    because constructing any ``torch.optim`` optimizer imports ``torch._dynamo`` (2–8 s of a
-    few-second CPU job); it runs the fused ``torch._fused_adamw_`` kernel where available
-    (one call per group) and the per-tensor formula otherwise.
+    ``lr`` and ``weight_decay``. It exists because constructing any ``torch.optim`` optimizer
+    imports ``torch._dynamo`` (2–8 s of a few-second CPU job); it runs the fused
+    ``torch._fused_adamw_`` kernel where available and the per-tensor formula otherwise.
+    The trainer uses it on flat per-group buffers (all seeds of a group in one tensor).
     """
 
     def __init__(
         self,
         param_groups: list[dict[str, Any]],
-        betas: tuple[float, float] = (0.9, 0.999),
+        betas: Sequence[float] = (0.9, 0.999),
         eps: float = 1e-8,
     ) -> None:
         self.param_groups = [dict(g, params=list(g["params"])) for g in param_groups]
-        self.betas = betas
+        self.betas = (float(betas[0]), float(betas[1]))
         self.eps = eps
-        self.state: dict[torch.nn.Parameter, dict[str, torch.Tensor]] = {}
+        self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
         self.fused = hasattr(torch, "_fused_adamw_")
 
     def zero_grad(self) -> None:
@@ -168,7 +269,7 @@ class AdamW:
             for p in g["params"]:
                 p.grad = None
 
-    def _state(self, p: torch.nn.Parameter) -> dict[str, torch.Tensor]:
+    def _state(self, p: torch.Tensor) -> dict[str, torch.Tensor]:
         st = self.state.get(p)
         if st is None:
             st = self.state[p] = {
@@ -215,37 +316,481 @@ class AdamW:
 
 
 def make_optimizer(model: FusionModel, hp: FusionHParams) -> AdamW:
-    """AdamW with base / router groups; weight decay on weight matrices only.
-
-    Biases (any parameter named ``*bias*``), LayerNorm parameters and the prior (all of them
-    1-D, or named bias) are not decayed.
-    """
+    """AdamW with base / router groups; weight decay on weight matrices only (one model)."""
     router_ids = {id(p) for p in model.router_parameters()}
-    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            decay = p.ndim >= 2 and "bias" not in name.rsplit(".", 1)[-1]
-            groups.setdefault((id(p) in router_ids, decay), []).append(p)
-    param_groups = []
-    for (is_router, decay), params in sorted(groups.items()):
-        param_groups.append(
+    named = dict(model.named_parameters())
+    groups = []
+    for name, names in param_group_names(model, router_ids).items():
+        groups.append(
             {
-                "params": params,
-                "lr": hp.router_lr if is_router else hp.lr,
-                "weight_decay": hp.weight_decay if decay else 0.0,
-                "name": ("router" if is_router else "base") + ("" if decay else "_nodecay"),
+                "params": [named[n] for n in names],
+                "lr": hp.router_lr if name.startswith("router") else hp.lr,
+                "weight_decay": hp.weight_decay if not name.endswith("_nodecay") else 0.0,
+                "name": name,
             }
         )
-    return AdamW(param_groups)
+    return AdamW(groups, betas=hp.betas, eps=hp.eps)
 
 
-def teacher_batch(data: FusionData, idx: torch.Tensor) -> TeacherBatch | None:
-    """Teacher embeddings of a minibatch — the distillation hook (no teachers loaded yet)."""
-    return None
+# -- the stacked, vectorised trainer ----------------------------------------------------------
 
 
-def _autocast(device: torch.device):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+class TrainModule(nn.Module):
+    """What one seed trains: the fusion model and (training only) its distillation heads."""
+
+    def __init__(
+        self,
+        model: FusionModel,
+        heads: DistillHeads | None,
+        task_type: str,
+        pos_weight: torch.Tensor | None,
+        rkd_gamma: float,
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.heads = heads
+        self.task_type = task_type
+        self.pos_weight = pos_weight
+        self.rkd_gamma = float(rkd_gamma)
+
+    def forward(
+        self, mode: str, groups, delta, y=None, t=None, t_ok=None, stats=None, lam: float = 0.0
+    ):
+        if mode == "reference":
+            return self.model.reference_buffers(groups, delta)
+        out = self.model.forward_groups(groups, delta, stats)
+        pw = self.pos_weight.to(out.logits.device) if self.pos_weight is not None else None
+        lt = task_loss(out.logits.float(), y, self.task_type, pw)
+        if mode == "eval":
+            return lt
+        kd = lt.new_zeros(())
+        if self.heads is not None and t is not None and out.z is not None:
+            tb = teacher_batch(t, t_ok, delta, self.heads.modality_index)
+            kd = self.heads(out.z, tb, self.rkd_gamma).total
+        total = lt + lam * kd if lam > 0 else lt
+        if out.aux_loss is not None:
+            total = total + out.aux_loss
+        return total, lt, kd
+
+
+class SeedStack:
+    """S copies of a module's parameters, stacked: ``params[name]`` is a leaf ``(S, *shape)``.
+
+    Gradients are left to autograd (``.grad`` is reset to None before each backward, so the
+    computed gradient tensor is stored as is, never copied into a buffer); the optimiser's
+    fused multi-tensor step and the per-seed gradient clipping work on the stacked tensors.
+    Persistent buffers (e.g. M3Care's reference bank) are stacked in ``buffers``.
+    """
+
+    def __init__(
+        self, modules: list[nn.Module], groups: dict[str, list[str]], device: torch.device
+    ) -> None:
+        template = modules[0]
+        named = [dict(m.named_parameters()) for m in modules]
+        self.groups = groups
+        self.params: dict[str, torch.Tensor] = {}
+        for names in groups.values():
+            for n in names:
+                t = torch.stack([nm[n].detach() for nm in named]).to(device).contiguous()
+                self.params[n] = t.requires_grad_(True)
+        non_persistent = {
+            f"{mod_name}.{b}" if mod_name else b
+            for mod_name, mod in template.named_modules()
+            for b in mod._non_persistent_buffers_set
+        }
+        self.buffers = {
+            n: torch.stack([dict(m.named_buffers())[n].detach() for m in modules]).to(device)
+            for n, _ in template.named_buffers()
+            if n not in non_persistent
+        }
+        self.best = {n: p.detach().clone() for n, p in self.params.items()}
+        self.best_buffers = {n: b.clone() for n, b in self.buffers.items()}
+
+    def zero_grad(self) -> None:
+        for p in self.params.values():
+            p.grad = None
+
+    def grads(self) -> list[torch.Tensor]:
+        return [p.grad for p in self.params.values() if p.grad is not None]
+
+    @torch.no_grad()
+    def clip_(self, max_norm: float) -> torch.Tensor:
+        """Per-seed gradient-norm clipping (as ``clip_grad_norm_`` does for one model)."""
+        grads = self.grads()
+        norms = [
+            torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1, dtype=torch.float32)
+            for g in grads
+        ]
+        norm = torch.linalg.vector_norm(torch.stack(norms, dim=1), dim=1)
+        coef = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+        if bool((coef < 1.0).any()):
+            for g in grads:
+                g.mul_(coef.view(-1, *[1] * (g.ndim - 1)).to(g.dtype))
+        return norm
+
+    @torch.no_grad()
+    def save_best(self, s: int) -> None:
+        for n, p in self.params.items():
+            self.best[n][s].copy_(p[s])
+        for n, b in self.buffers.items():
+            self.best_buffers[n][s].copy_(b[s])
+
+    @torch.no_grad()
+    def restore_best(self) -> None:
+        for n, p in self.params.items():
+            p.copy_(self.best[n])
+        for n, b in self.buffers.items():
+            b.copy_(self.best_buffers[n])
+
+    @torch.no_grad()
+    def state_dict_of(self, s: int, prefix: str = "") -> dict[str, torch.Tensor]:
+        """Seed ``s``'s parameters and persistent buffers, names under ``prefix`` (stripped)."""
+        out = {}
+        for store in (self.params, self.buffers):
+            for n, t in store.items():
+                if n.startswith(prefix):
+                    out[n[len(prefix) :]] = t[s].detach().clone()
+        return out
+
+
+class StackAdamW(AdamW):
+    """AdamW over the stacked parameters of a :class:`SeedStack` (groups as configured)."""
+
+    def __init__(self, stack: SeedStack, hp: FusionHParams) -> None:
+        groups = [
+            {
+                "params": [stack.params[n] for n in names],
+                "lr": hp.router_lr if g.startswith("router") else hp.lr,
+                "weight_decay": 0.0 if g.endswith("_nodecay") else hp.weight_decay,
+                "name": g,
+            }
+            for g, names in stack.groups.items()
+        ]
+        super().__init__(groups, betas=hp.betas, eps=hp.eps)
+
+
+def _amp(hp: FusionHParams, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or hp.amp == "none":
+        return None
+    return torch.float16 if hp.amp == "fp16" else torch.bfloat16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None = torch.bfloat16):
+    return torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None)
+
+
+class _Inputs:
+    """Per-step minibatch assembly for every seed: expert groups, δ, labels, teachers."""
+
+    def __init__(self, datas: list[FusionData], members: list[list[int]]) -> None:
+        self.datas = datas
+        self.members = members
+        first = datas[0]
+        self.shared = all(
+            d.x is first.x or all(a is b for a, b in zip(d.x, first.x, strict=True))
+            for d in datas
+        ) and all(d.delta is first.delta for d in datas)
+        self._bufs: dict[tuple[int, bool], list[torch.Tensor]] = {}
+        self._stats: dict[int, list[torch.Tensor]] = {}
+        for data in datas:  # each row's mean and 1/σ, once per data object (rows are data)
+            if id(data) not in self._stats:
+                self._stats[id(data)] = [
+                    torch.stack([row_stats(data.x[k]) for k in ks]) for ks in members
+                ]  # per group (K_g, N, 2)
+
+    def _buffers(self, b: int, per_seed: bool) -> list[torch.Tensor]:
+        key = (b, per_seed)
+        if key not in self._bufs:
+            first = self.datas[0]
+            s = len(self.datas) if per_seed else 1
+            self._bufs[key] = [
+                torch.empty(
+                    s, len(ks), b, first.x[ks[0]].shape[1], device=first.x[ks[0]].device
+                )
+                for ks in self.members
+            ]
+        return self._bufs[key]
+
+    def groups(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """``idx (S, b)`` -> per group ``(S, K_g, b, D_g)`` (each seed its own rows)."""
+        bufs = self._buffers(idx.shape[1], True)
+        for buf, ks in zip(bufs, self.members, strict=True):
+            for s, data in enumerate(self.datas):
+                for j, k in enumerate(ks):
+                    torch.index_select(data.x[k], 0, idx[s], out=buf[s, j])
+        return bufs
+
+    def stats(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Row statistics of the same rows as :meth:`groups`: per group ``(S, K_g, b, 2)``."""
+        return [
+            torch.stack(
+                [self._stats[id(d)][g].index_select(1, i) for d, i in zip(self.datas, idx, strict=True)]
+            )
+            for g in range(len(self.members))
+        ]
+
+    def shared_groups(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """``idx (b,)`` -> per group ``(K_g, b, D_g)`` from the first seed's data."""
+        bufs = self._buffers(idx.shape[0], False)
+        for buf, ks in zip(bufs, self.members, strict=True):
+            for j, k in enumerate(ks):
+                torch.index_select(self.datas[0].x[k], 0, idx, out=buf[0, j])
+        return [b[0] for b in bufs]
+
+    def delta(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.stack([d.delta.index_select(0, i) for d, i in zip(self.datas, idx, strict=True)])
+
+    def y(self, idx: torch.Tensor) -> torch.Tensor:
+        return torch.stack([d.y.index_select(0, i) for d, i in zip(self.datas, idx, strict=True)])
+
+    def teacher(self, idx: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor] | None:
+        tds = [d.teacher for d in self.datas]
+        if any(t is None for t in tds):
+            return None
+        t = [
+            torch.stack([td.x[j].index_select(0, i) for td, i in zip(tds, idx, strict=True)])
+            for j in range(len(tds[0].modalities))
+        ]
+        ok = torch.stack([td.ok.index_select(0, i) for td, i in zip(tds, idx, strict=True)])
+        return t, ok
+
+
+class SeedTrainer:
+    """Trains the seeds of one (data, method) together (or one seed: ``len(seeds) == 1``)."""
+
+    def __init__(
+        self,
+        datas: list[FusionData],
+        plan: MethodPlan,
+        hp: FusionHParams,
+        seeds: list[int],
+        device: torch.device,
+    ) -> None:
+        self.datas, self.plan, self.hp, self.seeds, self.device = datas, plan, hp, seeds, device
+        data = datas[0]
+        self.spec = build_spec(data, plan, hp)
+        cls = method_class(plan.base)
+        self.pos_weight = resolve_pos_weight(hp.pos_weight, data)
+        self.distill = bool(
+            hp.lambda_kd > 0 and cls.supports_distillation and data.teacher is not None
+        )
+        if hp.lambda_kd > 0 and cls.supports_distillation and data.teacher is None:
+            log.warning("lambda_kd > 0 but no teacher cache for %s: no distillation", data.modalities)
+        prior = prior_logits(data)
+        self.models: list[FusionModel] = []
+        modules: list[TrainModule] = []
+        for seed in seeds:
+            seed_everything(seed)
+            model = build_model(self.spec)
+            model.set_prior(prior)
+            heads = None
+            if self.distill:
+                t = data.teacher
+                heads = DistillHeads(
+                    [t.dims[m] for m in t.modalities],
+                    [data.modalities.index(m) for m in t.modalities],
+                    hp.d,
+                )
+            self.models.append(model)
+            modules.append(TrainModule(model, heads, data.task_type, self.pos_weight, hp.rkd_gamma))
+        router_ids = {id(p) for p in modules[0].model.router_parameters()}
+        groups = param_group_names(modules[0], router_ids)
+        self.stack = SeedStack(modules, groups, device)
+        self.skeleton = modules[0].to(device)
+        self.opt = StackAdamW(self.stack, hp)
+        self.base_lrs = [g["lr"] for g in self.opt.param_groups]
+        self.vectorized = len(seeds) > 1
+        if self.vectorized:  # one dropout stream for the whole stack, from the seed list
+            seed_everything(int(np.random.SeedSequence(seeds).generate_state(1)[0]) % 2**31)
+        self.inputs = _Inputs(datas, self.skeleton.model.encoder.group_members)
+        self.amp = _amp(hp, device)
+        self.scale = 2.0**16 if self.amp == torch.float16 else 1.0
+        self.good_steps = 0
+
+    # -- functional calls over the seed axis --------------------------------------------------
+
+    def _call(self, mode: str, per_seed_inputs: bool, *args, lam: float = 0.0):
+        """Run ``TrainModule.forward(mode, *args)`` for every seed (vmap, or the lone seed)."""
+        params, buffers = self.stack.params, self.stack.buffers
+        module = self.skeleton
+
+        def f(p, b, *a):
+            return torch.func.functional_call(module, (p, b), (mode, *a), {"lam": lam})
+
+        with _autocast(self.device, self.amp):
+            if not self.vectorized:
+                p1 = {k: v.squeeze(0) for k, v in params.items()}
+                b1 = {k: v.squeeze(0) for k, v in buffers.items()}
+                a1 = [_squeeze(a) if per_seed_inputs else a for a in args]
+                return _unsqueeze(f(p1, b1, *a1))
+            dims = (0, 0, *[_dims(a, per_seed_inputs) for a in args])
+            return torch.func.vmap(f, in_dims=dims, randomness="different")(params, buffers, *args)
+
+    @torch.no_grad()
+    def refresh_reference(self) -> None:
+        """Recompute reference buffers (M3Care's bank) from fixed training samples per seed."""
+        if not getattr(self.skeleton.model, "uses_reference", False):
+            return
+        if not hasattr(self, "_ref_idx"):
+            size = int(self.spec.extra.get("m3care_bank", 256))
+            train = self.datas[0].split_index("train")
+            rows = []
+            for seed in self.seeds:
+                g = torch.Generator().manual_seed(seed + 104729)
+                perm = torch.randperm(len(train), generator=g)[: min(size, len(train))]
+                rows.append(train[perm.to(train.device)])
+            self._ref_idx = torch.stack(rows)
+        idx = self._ref_idx
+        self.skeleton.eval()
+        new = self._call("reference", True, self.inputs.groups(idx), self.inputs.delta(idx))
+        for name, value in new.items():
+            self.stack.buffers[f"model.{name}"].copy_(value.to(self.stack.buffers[f"model.{name}"]))
+
+    @torch.no_grad()
+    def val_losses(self, idx: torch.Tensor) -> torch.Tensor:
+        """Per-seed task loss over rows ``idx`` in eval mode (weighted by known labels)."""
+        s = len(self.seeds)
+        if len(idx) == 0:
+            return torch.full((s,), float("nan"))
+        self.skeleton.eval()
+        data = self.datas[0]
+        width = sum(x.shape[1] for x in data.x)
+        chunk = max(64, min(8192, int(32e6 // max(1, width * (1 if self.inputs.shared else s)))))
+        total = torch.zeros(s, dtype=torch.float64)
+        weight = 0.0
+        for start in range(0, len(idx), chunk):
+            b = idx[start : start + chunk]
+            y = data.y.index_select(0, b)
+            w = float((y >= 0).sum() if data.task_type == "multiclass" else torch.isfinite(y).sum())
+            if self.inputs.shared:
+                loss = self._call(
+                    "eval", False, self.inputs.shared_groups(b), data.delta.index_select(0, b), y
+                )
+            else:
+                bb = b.unsqueeze(0).expand(s, -1)
+                loss = self._call(
+                    "eval", True, self.inputs.groups(bb), self.inputs.delta(bb), self.inputs.y(bb)
+                )
+            total += loss.detach().double().cpu().view(s) * w
+            weight += w
+        return (total / weight).float() if weight else torch.full((s,), float("nan"))
+
+    def _step(self, idx: torch.Tensor, lam: float) -> tuple[torch.Tensor, ...]:
+        inp = self.inputs
+        groups, delta, y = inp.groups(idx), inp.delta(idx), inp.y(idx)
+        teacher = inp.teacher(idx) if self.distill else None
+        t, t_ok = teacher if teacher is not None else (None, None)
+        args = (groups, delta, y, t, t_ok, inp.stats(idx))
+        total, task, kd = self._call("train", True, *args, lam=lam)
+        self.stack.zero_grad()
+        (total.float().sum() * self.scale).backward()
+        if self.amp == torch.float16:  # dynamic loss scaling
+            finite = all(bool(torch.isfinite(g).all()) for g in self.stack.grads())
+            if not finite:
+                self.scale /= 2.0
+                self.good_steps = 0
+                return total.detach(), task.detach(), kd.detach()
+            for g in self.stack.grads():
+                g.div_(self.scale)
+            self.good_steps += 1
+            if self.good_steps % 2000 == 0:
+                self.scale *= 2.0
+        self.stack.clip_(self.hp.clip_grad_norm)
+        self.opt.step()
+        return total.detach(), task.detach(), kd.detach()
+
+    def train(self) -> list[dict[str, Any]]:
+        """The training loop; returns per seed: history rows, best epoch and loss, epochs."""
+        hp, device, data = self.hp, self.device, self.datas[0]
+        s = len(self.seeds)
+        train_idx = data.split_index("train")
+        val_idx = data.split_index("val")
+        if len(train_idx) == 0:
+            raise ValueError(f"{data.dataset}: no training samples")
+        if len(val_idx) == 0:
+            log.warning("%s: no validation split; early stopping on the training loss", data.dataset)
+        n_train = len(train_idx)
+        bs = max(1, min(hp.batch_size, n_train))
+        steps_per_epoch = math.ceil(n_train / bs)
+        warmup_steps = hp.warmup_epochs * steps_per_epoch
+        gens = [torch.Generator().manual_seed(seed) for seed in self.seeds]
+        history: list[list[dict[str, float]]] = [[] for _ in range(s)]
+        best_loss = [math.inf] * s
+        best_epoch = [-1] * s
+        bad = [0] * s
+        active = [True] * s
+        step = 0
+        self.refresh_reference()
+        for epoch in range(hp.max_epochs):
+            self.skeleton.train()
+            lam = kd_lambda(epoch, hp.warmup_epochs, hp.lambda_kd) if self.distill else 0.0
+            perms = torch.stack(
+                [train_idx[torch.randperm(n_train, generator=g).to(train_idx.device)] for g in gens]
+            )
+            sums = torch.zeros(3, s, dtype=torch.float64, device=device)
+            factor = 1.0
+            for start in range(0, n_train, bs):
+                idx = perms[:, start : start + bs]
+                factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
+                for g, lr0 in zip(self.opt.param_groups, self.base_lrs, strict=True):
+                    g["lr"] = lr0 * factor
+                total, task, kd = self._step(idx, lam)
+                sums += torch.stack([total, task, kd]).view(3, s).double() * idx.shape[1]
+                step += 1
+            train_loss, task_l, kd_l = (sums / n_train).cpu().tolist()
+            self.refresh_reference()
+            val = self.val_losses(val_idx) if len(val_idx) else torch.tensor(train_loss)
+            for k in range(s):
+                if not active[k]:
+                    continue
+                v = float(val[k])
+                history[k].append(
+                    {"epoch": epoch, "train_loss": train_loss[k], "val_loss": v,
+                     "lr": hp.lr * factor, "task_loss": task_l[k], "kd_loss": kd_l[k],
+                     "lambda_kd": lam}  # fmt: skip
+                )
+                if math.isfinite(v) and v < best_loss[k]:
+                    best_loss[k], best_epoch[k], bad[k] = v, epoch, 0
+                    self.stack.save_best(k)
+                else:
+                    bad[k] += 1
+                    if bad[k] >= hp.patience:
+                        active[k] = False
+            if not any(active):
+                break
+        self.stack.restore_best()
+        for k, model in enumerate(self.models):
+            model.load_state_dict(self.stack.state_dict_of(k, "model."))
+            model.to(device).eval()
+        return [
+            {"history": history[k], "best_epoch": best_epoch[k], "best_val_loss": best_loss[k]}
+            for k in range(s)
+        ]
+
+
+def _dims(a: Any, per_seed: bool):
+    if a is None:
+        return None
+    if isinstance(a, list | tuple):
+        return type(a)(0 if per_seed else None for _ in a)
+    return 0 if per_seed else None
+
+
+def _squeeze(a: Any):
+    if isinstance(a, list | tuple):
+        return type(a)(x.squeeze(0) for x in a)
+    return a.squeeze(0) if isinstance(a, torch.Tensor) else a
+
+
+def _unsqueeze(out: Any):
+    if isinstance(out, dict):
+        return {k: v.unsqueeze(0) for k, v in out.items()}
+    if isinstance(out, tuple):
+        return tuple(o.unsqueeze(0) for o in out)
+    return out.unsqueeze(0)
+
+
+# -- predictions, metrics, one run -------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -255,43 +800,22 @@ def split_loss(
     """Task loss over rows ``idx`` in eval mode (weighted by known labels per chunk)."""
     model.eval()
     device = model.prior.device
+    pw = resolve_pos_weight(hp.pos_weight, data)
     total, weight = 0.0, 0.0
     for s in range(0, len(idx), chunk):
         b = idx[s : s + chunk]
         xs, delta = data.batch(b)
-        with _autocast(device):
-            out = model([x.to(device) for x in xs], delta.to(device))
+        out = model([x.to(device) for x in xs], delta.to(device))
         y = data.y[b].to(device)
         w = float((y >= 0).sum() if data.task_type == "multiclass" else torch.isfinite(y).sum())
-        total += float(task_loss(out.logits.float(), y, data.task_type, hp.pos_weight)) * w
+        total += float(task_loss(out.logits.float(), y, data.task_type, pw)) * w
         weight += w
     return total / weight if weight else float("nan")
 
 
-@torch.no_grad()
 def predict(model: FusionModel, data: FusionData, batch_size: int = 8192) -> Predictions:
-    """Eval-mode outputs for every sample of ``data``."""
-    model.eval()
-    device = model.prior.device
-    logits, alphas, betas = [], [], []
-    for s in range(0, data.n, batch_size):
-        idx = torch.arange(s, min(s + batch_size, data.n), device=data.delta.device)
-        xs, delta = data.batch(idx)
-        with _autocast(device):
-            out = model([x.to(device) for x in xs], delta.to(device))
-        logits.append(out.logits.float().cpu())
-        if out.alpha is not None:
-            alphas.append(out.alpha.float().cpu())
-        if out.beta is not None:
-            betas.append(out.beta.float().cpu())
-    lg = torch.cat(logits) if logits else torch.zeros(0, data.n_outputs)
-    probs = torch.softmax(lg, dim=-1) if data.task_type == "multiclass" else torch.sigmoid(lg)
-    return Predictions(
-        probs=probs.numpy(),
-        logits=lg.numpy(),
-        alpha=torch.cat(alphas).numpy() if alphas else None,
-        beta=torch.cat(betas).numpy() if betas else None,
-    )
+    """Eval-mode outputs for every sample of ``data`` (see :func:`fusion.predict.predict_data`)."""
+    return predict_data(model, data, batch_size=batch_size)
 
 
 def predictions_frame(data: FusionData, spec: ModelSpec, pred: Predictions) -> pd.DataFrame:
@@ -311,8 +835,10 @@ def predictions_frame(data: FusionData, spec: ModelSpec, pred: Predictions) -> p
     return pd.DataFrame(cols)
 
 
-def compute_metrics(data: FusionData, spec: ModelSpec, pred: Predictions) -> dict[str, Any]:
-    """Thresholds chosen on val, metrics of val / test / external."""
+def compute_metrics(
+    data: FusionData, spec: ModelSpec, pred: Predictions, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Thresholds chosen on val, metrics of val / test / external (+ bootstrap CIs)."""
     y = data.y.cpu().numpy()
     names = spec.output_names
     no_mod = ~data.modality_mask.any(dim=1).cpu().numpy()
@@ -328,20 +854,65 @@ def compute_metrics(data: FusionData, spec: ModelSpec, pred: Predictions) -> dic
     for s in EVAL_SPLITS:
         rows = data.split == s
         if rows.any():
-            splits[s] = evaluate_split(
-                y[rows],
-                pred.probs[rows],
-                data.task_type,
-                names,
-                thresholds,
-                int(no_mod[rows].sum()),
-            ).to_dict()
+            sm = evaluate_split(
+                y[rows], pred.probs[rows], data.task_type, names, thresholds, int(no_mod[rows].sum())
+            )
+            if s in CI_SPLITS and n_boot > 0:
+                sm.ci = bootstrap_ci(
+                    y[rows], pred.probs[rows], data.task_type, names, thresholds,
+                    n_boot=n_boot, seed=seed, skip=sm.skipped_labels,
+                )  # fmt: skip
+            splits[s] = sm.to_dict()
     return {
         "task_type": data.task_type,
         "labels": names,
         "thresholds": thresholds,
         "splits": splits,
     }
+
+
+def train_seeds(
+    datas: list[FusionData],
+    plan: MethodPlan,
+    hp: FusionHParams,
+    seeds: list[int],
+    device: str | torch.device = "cpu",
+) -> list[SeedResult]:
+    """Train ``seeds`` (``datas[k]``: the data of seed k, already masked by its protocol) and
+    evaluate them; vectorised over the seeds unless ``hp.vectorize_seeds`` is false."""
+    device = torch.device(device)
+    if len(datas) != len(seeds):
+        raise ValueError("one data object per seed")
+    if not hp.vectorize_seeds and len(seeds) > 1:
+        return [r for d, s in zip(datas, seeds, strict=True) for r in train_seeds([d], plan, hp, [s], device)]
+    t0 = time.perf_counter()
+    datas = [d.to(device) for d in datas]
+    trainer = SeedTrainer(datas, plan, hp, seeds, device)
+    outcomes = trainer.train()
+    per_seed_seconds = (time.perf_counter() - t0) / len(seeds)
+    results = []
+    for k, seed in enumerate(seeds):
+        t1 = time.perf_counter()
+        model = trainer.models[k]
+        pred = predict_data(model, datas[k])
+        metrics = compute_metrics(datas[k], trainer.spec, pred, n_boot=hp.bootstrap, seed=seed)
+        if trainer.distill:
+            metrics["distillation"] = {"teachers": list(datas[k].teacher.modalities)}
+        o = outcomes[k]
+        results.append(
+            SeedResult(
+                seed=seed,
+                model=model,
+                history=pd.DataFrame(o["history"], columns=HISTORY_COLUMNS),
+                predictions=pred,
+                metrics=metrics,
+                epochs_run=len(o["history"]),
+                best_epoch=o["best_epoch"],
+                best_val_loss=o["best_val_loss"],
+                seconds=per_seed_seconds + time.perf_counter() - t1,
+            )
+        )
+    return results
 
 
 def train_seed(
@@ -352,89 +923,7 @@ def train_seed(
     device: str | torch.device = "cpu",
 ) -> SeedResult:
     """Train one seed on ``data`` (already masked by its protocol) and evaluate it."""
-    t0 = time.perf_counter()
-    device = torch.device(device)
-    data = data.to(device)
-    seed_everything(seed)
-    spec = build_spec(data, plan, hp)
-    model = build_model(spec).to(device)
-    model.set_prior(prior_logits(data))
-    opt = make_optimizer(model, hp)
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    params = [p for g in opt.param_groups for p in g["params"]]
-    gen = torch.Generator().manual_seed(seed)
-
-    train_idx = data.split_index("train")
-    val_idx = data.split_index("val")
-    if len(train_idx) == 0:
-        raise ValueError(f"{data.dataset}: no training samples")
-    if len(val_idx) == 0:
-        log.warning("%s: no validation split; early stopping on the training loss", data.dataset)
-    n_train = len(train_idx)
-    bs = max(1, min(hp.batch_size, n_train))
-    steps_per_epoch = math.ceil(n_train / bs)
-    warmup_steps = hp.warmup_epochs * steps_per_epoch
-
-    history = []
-    best = (math.inf, -1)
-    best_state = copy.deepcopy(model.state_dict())
-    bad, step = 0, 0
-    for epoch in range(hp.max_epochs):
-        model.train()
-        lam = kd_lambda(epoch, hp.warmup_epochs, hp.lambda_kd)
-        perm = train_idx[torch.randperm(n_train, generator=gen).to(train_idx.device)]
-        running = torch.zeros((), device=device)
-        factor = 1.0
-        for s in range(0, n_train, bs):
-            idx = perm[s : s + bs]
-            factor = min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else 1.0
-            for g, lr0 in zip(opt.param_groups, base_lrs, strict=True):
-                g["lr"] = lr0 * factor
-            xs, delta = data.batch(idx)
-            with _autocast(device):
-                out = model(xs, delta)
-            out.logits = out.logits.float()
-            parts = total_loss(
-                out,
-                data.y[idx],
-                data.task_type,
-                hp.pos_weight,
-                teacher=teacher_batch(data, idx),
-                lambda_kd=lam,
-            )
-            opt.zero_grad()
-            parts.total.backward()
-            torch.nn.utils.clip_grad_norm_(params, hp.clip_grad_norm)
-            opt.step()
-            step += 1
-            running += parts.total.detach() * len(idx)
-        train_loss = float(running) / n_train
-        val_loss = split_loss(model, data, val_idx, hp) if len(val_idx) else train_loss
-        history.append(
-            {"epoch": epoch, "train_loss": train_loss, "val_loss": val_loss, "lr": hp.lr * factor}
-        )
-        if math.isfinite(val_loss) and val_loss < best[0]:
-            best = (val_loss, epoch)
-            best_state = copy.deepcopy(model.state_dict())
-            bad = 0
-        else:
-            bad += 1
-            if bad >= hp.patience:
-                break
-    model.load_state_dict(best_state)
-    pred = predict(model, data)
-    metrics = compute_metrics(data, spec, pred)
-    return SeedResult(
-        seed=seed,
-        model=model,
-        history=pd.DataFrame(history, columns=["epoch", "train_loss", "val_loss", "lr"]),
-        predictions=pred,
-        metrics=metrics,
-        epochs_run=len(history),
-        best_epoch=best[1],
-        best_val_loss=best[0],
-        seconds=time.perf_counter() - t0,
-    )
+    return train_seeds([data], plan, hp, [seed], device)[0]
 
 
 def _json(obj: Any) -> str:
@@ -473,6 +962,40 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _write_masks(data: FusionData, protocol: str, seed: int, directory: Path) -> None:
+    if protocol == "full":
+        return
+    try:
+        from fusion.protocols import write_masks
+    except ImportError:  # pragma: no cover - protocols without mask files
+        return
+    write_masks(data, protocol, seed, directory)
+
+
+def _unavailable(
+    out: Path, info: dict[str, Any], seeds: list[int], reason: str, t0: float
+) -> RunSummary:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    summary = {
+        **info,
+        "status": "unavailable",
+        "reason": reason,
+        "split": "test",
+        "seeds": seeds,
+        "per_seed": {},
+        "mean": {},
+        "std": {},
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    (tmp / "summary.json").write_text(_json(summary))
+    _replace_dir(tmp, out)
+    log.error("%s %s %s: unavailable — %s", info["dataset"], info["method"], info["protocol"], reason)
+    return RunSummary(out, info["method"], info["protocol"], seeds, {}, {}, {}, 0.0, "unavailable")
+
+
 def run_training(
     cfg: dict[str, Any],
     dataset: str,
@@ -489,27 +1012,37 @@ def run_training(
         torch.set_num_threads(int(threads))
     hp = FusionHParams.from_config(cfg.get("fusion"))
     seeds = [int(s) for s in (seeds if seeds is not None else cfg.get("seeds", [0]))]
-    paths = dataset_paths(cfg, dataset)
-    caches = cache_paths(cfg, dataset)
-    plan = resolve_method(method, list(caches))
-    data = load_fusion_data(paths.manifest, {m: caches[m] for m in plan.modalities}).to(device)
-    log.info(
-        "%s %s %s: %d samples, modalities %s, task %s (%d outputs), seeds %s",
-        dataset, method, protocol, data.n, data.modalities, data.task_type, data.n_outputs, seeds,
-    )  # fmt: skip
     out = Path(out)
+    info = {"dataset": dataset, "method": method, "protocol": protocol, "hparams": asdict(hp)}
+    short = {k: v for k, v in info.items() if k != "hparams"}
+    inputs = method_inputs(cfg, dataset, method)
+    if inputs.unavailable:
+        return _unavailable(out, short, seeds, inputs.unavailable, t0)
+    dcfg = cfg["datasets"][dataset]
+    plan = resolve_method(method, list(dcfg["modalities"]), dcfg.get("teachers") or {})
+    missing = [str(p) for ev in inputs.caches.values() for p in ev.values() if not Path(p).exists()]
+    if missing and getattr(method_class(plan.base), "requires_weights", False):
+        return _unavailable(out, short, seeds, f"embedding caches missing: {missing}", t0)
+    paths = dataset_paths(cfg, dataset)
+    data = load_fusion_data_cached(paths.manifest, inputs.caches, inputs.teachers or None)
+    log.info(
+        "%s %s %s: %d samples, modalities %s, task %s (%d outputs), seeds %s%s",
+        dataset, method, protocol, data.n, data.modalities, data.task_type, data.n_outputs, seeds,
+        f", teachers {data.teacher.modalities}" if data.teacher is not None else "",
+    )  # fmt: skip
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    info = {"dataset": dataset, "method": method, "protocol": protocol, "hparams": asdict(hp)}
     per_seed: dict[int, dict[str, float]] = {}
     extra: dict[int, dict[str, Any]] = {}
     try:
-        for seed in seeds:
-            sdata = apply_protocol(data, protocol, seed)
-            res = train_seed(sdata, plan, hp, seed, device=device)
+        sdatas = [apply_protocol(data, protocol, seed) for seed in seeds]
+        results = train_seeds(sdatas, plan, hp, seeds, device=device)
+        for res, sdata in zip(results, sdatas, strict=True):
+            seed = res.seed
             write_seed(res, sdata, tmp / f"seed{seed}", info)
+            _write_masks(data, protocol, seed, tmp / f"seed{seed}")
             test = res.metrics["splits"].get("test", {})
             per_seed[seed] = dict(test.get("macro", {}))
             extra[seed] = {
@@ -530,7 +1063,8 @@ def run_training(
         }
         seconds = time.perf_counter() - t0
         summary = {
-            **{k: v for k, v in info.items() if k != "hparams"},
+            **short,
+            "status": "ok",
             "split": "test",
             "seeds": seeds,
             "per_seed": {str(s): {**per_seed[s], **extra[s]} for s in seeds},
@@ -547,14 +1081,8 @@ def run_training(
     auroc = f"{mean['auroc']:.3f}±{std['auroc']:.3f}" if "auroc" in mean else "n/a"
     log.info(
         "%s %s %s: test AUROC %s over %d seed(s), %.1fs -> %s",
-        dataset,
-        method,
-        protocol,
-        auroc,
-        len(seeds),
-        seconds,
-        out,
-    )
+        dataset, method, protocol, auroc, len(seeds), seconds, out,
+    )  # fmt: skip
     return RunSummary(out, method, protocol, seeds, per_seed, mean, std, seconds)
 
 
@@ -562,7 +1090,11 @@ METRIC_COLUMNS = ["dataset", "protocol", "method", "seed", "split", "task", "met
 
 
 def collect_metrics(runs_root: str | os.PathLike, dataset: str) -> pd.DataFrame:
-    """Every finished ``{runs_root}/{protocol}/{method}/seed*/metrics.json`` as a long table."""
+    """Every finished ``{runs_root}/{protocol}/{method}/seed*/metrics.json`` as a long table.
+
+    Besides the metrics, bootstrap intervals appear as ``{metric}_ci_low`` / ``_ci_high``
+    rows (test / external splits). Runs marked unavailable have no seed folders: no rows.
+    """
     rows = []
     runs_root = Path(runs_root)
     for path in sorted(runs_root.glob("*/*/seed*/metrics.json")):
@@ -585,8 +1117,28 @@ def collect_metrics(runs_root: str | os.PathLike, dataset: str) -> pd.DataFrame:
                     for metric in LABEL_METRICS
                     if metric in vals
                 )
+            ci = sm.get("ci") or {}
+            for task, entry in [("macro", ci.get("macro", {}))] + list(
+                (ci.get("per_label") or {}).items()
+            ):
+                for metric, (lo, hi) in entry.items():
+                    rows.append((*key, task, f"{metric}_ci_low", float(lo)))
+                    rows.append((*key, task, f"{metric}_ci_high", float(hi)))
     df = pd.DataFrame(rows, columns=METRIC_COLUMNS)
     return df.astype({"seed": "int64", "value": "float64"})
+
+
+def unavailable_runs(runs_root: str | os.PathLike) -> list[dict[str, Any]]:
+    """The runs marked unavailable (``summary.json`` status), for the tables' notes."""
+    out = []
+    for path in sorted(Path(runs_root).glob("*/*/summary.json")):
+        if any(p.startswith(".") for p in path.parts[-3:-1]):
+            continue
+        s = json.loads(path.read_text())
+        if s.get("status") == "unavailable":
+            out.append({"protocol": path.parent.parent.name, "method": path.parent.name,
+                        "reason": s.get("reason", "")})  # fmt: skip
+    return out
 
 
 def write_metrics_table(
@@ -596,3 +1148,22 @@ def write_metrics_table(
     with atomic_path(out) as tmp:
         df.to_parquet(tmp, index=False)
     return df
+
+
+__all__ = [
+    "AdamW",
+    "FusionHParams",
+    "MethodError",
+    "MethodUnavailable",
+    "RunSummary",
+    "SeedResult",
+    "collect_metrics",
+    "compute_metrics",
+    "make_optimizer",
+    "predictions_frame",
+    "run_training",
+    "split_loss",
+    "train_seed",
+    "train_seeds",
+    "write_metrics_table",
+]

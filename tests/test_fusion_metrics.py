@@ -116,3 +116,85 @@ def test_multiclass_metrics() -> None:
     m2 = evaluate_split(y2, p, "multiclass", ["g_a", "g_b", "g_c"])
     assert m2.skipped_labels == ["g_c"]
     assert np.isfinite(list(m2.macro.values())).all()
+
+
+def test_brier_and_ece_by_hand() -> None:
+    from fusion.metrics import brier_score, expected_calibration_error, multiclass_brier, top_label_ece
+
+    y = np.array([1, 0, 1, 1, 0])
+    p = np.array([0.9, 0.2, 0.55, 0.61, 0.58])
+    assert brier_score(y, p) == pytest.approx((0.01 + 0.04 + 0.2025 + 0.1521 + 0.3364) / 5)
+    # 15 bins of width 1/15: 0.9 -> bin 13; 0.2 -> bin 3; 0.55, 0.58 -> bin 8; 0.61 -> bin 9
+    ece = (abs(1 - 0.9) + abs(0 - 0.2) + abs((1 - 0.55) + (0 - 0.58)) + abs(1 - 0.61)) / 5
+    assert expected_calibration_error(y, p) == pytest.approx(ece)
+    assert expected_calibration_error(np.array([1, 0]), np.array([1.0, 0.0])) == 0.0
+    yc = np.array([0, 2, 1])
+    pc = np.array([[0.7, 0.2, 0.1], [0.1, 0.3, 0.6], [0.5, 0.4, 0.1]])
+    assert multiclass_brier(yc, pc) == pytest.approx(
+        ((0.3**2 + 0.2**2 + 0.1**2) + (0.1**2 + 0.3**2 + 0.4**2) + (0.5**2 + 0.6**2 + 0.1**2)) / 3
+    )
+    # confidences 0.7 (right, bin 10), 0.6 (right, bin 9), 0.5 (wrong, bin 7)
+    assert top_label_ece(yc, pc) == pytest.approx((0.3 + 0.4 + 0.5) / 3)
+    m = evaluate_split(y[:, None].astype(float), p[:, None], "binary", ["a"], {"a": 0.5})
+    assert m.macro["brier"] == pytest.approx(brier_score(y, p))
+    assert m.macro["ece"] == pytest.approx(ece)
+
+
+def _loop_bootstrap(y, p, thr, n_boot, seed):
+    """The same replicates with scikit-learn, one at a time."""
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(p), size=(n_boot, len(p)))
+    out = {"auroc": [], "auprc": [], "f1": [], "brier": []}
+    for r in idx:
+        yr, pr = y[r], p[r]
+        if yr.all() or not yr.any():
+            continue
+        out["auroc"].append(roc_auc_score(yr, pr))
+        out["auprc"].append(average_precision_score(yr, pr))
+        out["f1"].append(f1_score(yr, pr >= thr, zero_division=0))
+        out["brier"].append(np.mean((pr - yr) ** 2))
+    return {k: np.percentile(v, [2.5, 97.5]) for k, v in out.items()}
+
+
+def test_bootstrap_ci_matches_a_replicate_by_replicate_computation() -> None:
+    from fusion.metrics import bootstrap_ci
+
+    rng = np.random.default_rng(5)
+    n = 60
+    y = (rng.random(n) < 0.3).astype(int)
+    p = np.round(np.clip(0.35 * y + rng.random(n) * 0.65, 0, 1), 2)  # with ties
+    ci = bootstrap_ci(y[:, None].astype(float), p[:, None], "multilabel", ["a"], {"a": 0.45},
+                      n_boot=300, seed=3, chunk=300)  # fmt: skip
+    ref = _loop_bootstrap(y, p, 0.45, 300, 3)
+    for key in ("auroc", "auprc", "f1", "brier"):
+        np.testing.assert_allclose(ci["per_label"]["a"][key], ref[key], rtol=1e-9, err_msg=key)
+        np.testing.assert_allclose(ci["macro"][key], ref[key], rtol=1e-9, err_msg=key)
+    point = evaluate_split(y[:, None].astype(float), p[:, None], "multilabel", ["a"], {"a": 0.45})
+    for key in ("auroc", "auprc", "brier", "ece"):
+        lo, hi = ci["macro"][key]
+        assert lo <= point.macro[key] <= hi
+    again = bootstrap_ci(y[:, None].astype(float), p[:, None], "multilabel", ["a"], {"a": 0.45},
+                         n_boot=300, seed=3, chunk=300)  # fmt: skip
+    assert again == ci
+
+
+def test_bootstrap_skips_labels_without_positives_and_handles_multiclass() -> None:
+    from fusion.metrics import bootstrap_ci
+
+    rng = np.random.default_rng(6)
+    n = 80
+    y = np.stack([rng.random(n) < 0.4, np.zeros(n, bool)], axis=1).astype(float)
+    y[:5, 0] = np.nan
+    p = rng.random((n, 2))
+    m = evaluate_split(y, p, "multilabel", ["a", "never"])
+    ci = bootstrap_ci(y, p, "multilabel", ["a", "never"], n_boot=100, skip=m.skipped_labels)
+    assert set(ci["per_label"]) == {"a"} and "auroc" in ci["macro"]
+    json.dumps(ci, allow_nan=False)
+    yc = rng.integers(0, 3, n)
+    logits = rng.normal(size=(n, 3)) + 2 * np.eye(3)[yc]
+    pc = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    cic = bootstrap_ci(yc, pc, "multiclass", ["x", "y", "z"], n_boot=200)
+    point = evaluate_split(yc, pc, "multiclass", ["x", "y", "z"])
+    for key in ("auroc", "accuracy", "brier", "ece", "macro_f1"):
+        lo, hi = cic["macro"][key]
+        assert lo <= point.macro[key] <= hi, key

@@ -51,17 +51,23 @@ def make_config(root: Path, fusion: dict | None = None) -> dict:
         "results": str(root),
         "seeds": [0],
         "datasets": {
-            DATASET: {"adapter": "demo", "modalities": {m: list(ex) for m, ex in EXPERTS.items()}}
+            DATASET: {
+                "adapter": "demo",
+                "demo": {"kind": "openi"},
+                "modalities": {m: list(ex) for m, ex in EXPERTS.items()},
+            }
         },
         "experts": {e: {"type": "synthetic"} for ex in EXPERTS.values() for e in ex},
         "fusion": dict(FUSION if fusion is None else fusion),
     }
 
 
-def write_synthetic(cfg: dict, n: int = 600, seed: int = 0) -> None:
+def write_synthetic(cfg: dict, n: int = 600, seed: int = 0, teacher_dim: int = 0) -> None:
     """Two latent signals a, b; modality a carries a, modality b carries b; the labels need both.
 
     Some samples miss a modality, some experts failed, a few samples have nothing at all.
+    With ``teacher_dim``, teacher caches (``teachers/{m}.parquet``) carry the modality's
+    latent with less noise (a better teacher), and the config names them.
     """
     rng = np.random.default_rng(seed)
     paths = dataset_paths(cfg, DATASET)
@@ -103,6 +109,21 @@ def write_synthetic(cfg: dict, n: int = 600, seed: int = 0) -> None:
                     expert=e, model_id=f"offline:{e}", dim=dim, pooling="none", preprocess_hash="x"
                 ),
             )
+    if teacher_dim:
+        cfg["datasets"][DATASET]["teachers"] = {m: f"big-{m}" for m in EXPERTS}
+        cfg["experts"].update({f"big-{m}": {"type": "synthetic"} for m in EXPERTS})
+        for m in EXPERTS:
+            w = rng.normal(size=(2, teacher_dim))
+            signal = np.stack([latent[m], latent[m] ** 2 - 1], axis=1) @ w
+            emb = signal + 0.2 * rng.normal(size=(n, teacher_dim))
+            status = np.where(have[m] & (rng.random(n) > 0.03), "ok", "missing")
+            write_cache(
+                paths.teacher(m),
+                CacheRecords(ids, emb.astype(np.float32), status.tolist(),
+                             [None if s == "ok" else s for s in status]),
+                CacheMeta(expert=f"big-{m}", model_id=f"offline:big-{m}", dim=teacher_dim,
+                          pooling="none", preprocess_hash="x"),
+            )  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +195,15 @@ def test_methods_beat_chance_and_write_run(synth: dict, method: str) -> None:
     else:
         assert not alpha_cols and not beta_cols
     hist = pd.read_csv(seed_dir / "history.csv")
-    assert list(hist.columns) == ["epoch", "train_loss", "val_loss", "lr"]
+    assert list(hist.columns) == [
+        "epoch",
+        "train_loss",
+        "val_loss",
+        "lr",
+        "task_loss",
+        "kd_loss",
+        "lambda_kd",
+    ]
     assert hist["lr"].iloc[0] < FUSION["lr"]  # warm-up
     metrics = json.loads((seed_dir / "metrics.json").read_text())
     assert set(metrics["splits"]) == {"val", "test"}
@@ -254,8 +283,15 @@ def test_evaluate_collects_long_table(synth: dict, tmp_path: Path) -> None:
     ]
     assert {"medmix", "meanavg"} <= set(df["method"])
     assert set(df["task"]) >= {"macro", "y1", "y2"}
-    assert set(df["metric"]) == {"auroc", "auprc", "f1", "macro_f1", "accuracy"}
-    assert set(df.loc[df["task"] != "macro", "metric"]) == {"auroc", "auprc", "f1", "accuracy"}
+    base = {"auroc", "auprc", "f1", "macro_f1", "accuracy", "brier", "ece"}
+    ci = {f"{m}_ci_{side}" for m in base for side in ("low", "high")}
+    assert base <= set(df["metric"]) <= base | ci
+    label_metrics = set(df.loc[df["task"] != "macro", "metric"])
+    assert {"auroc", "auprc", "f1", "accuracy", "brier", "ece"} <= label_metrics
+    assert not df.loc[df["split"] == "val", "metric"].str.contains("_ci_").any()
+    lo = df.query("split == 'test' and task == 'macro' and metric == 'auroc_ci_low'")["value"]
+    hi = df.query("split == 'test' and task == 'macro' and metric == 'auroc_ci_high'")["value"]
+    assert len(lo) and (lo.to_numpy() <= hi.to_numpy()).all()
     assert df["value"].notna().all()
     row = df.query(
         "protocol == 'full' and method == 'medmix' and split == 'test' and task == 'macro' and metric == 'auroc'"
@@ -280,12 +316,12 @@ def test_cli_train_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert sorted(p.name for p in out.iterdir()) == ["seed0", "seed1", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["seeds"] == [0, 1]
-    assert set(summary["std"]) == {"auroc", "auprc", "f1", "macro_f1", "accuracy"}
+    assert set(summary["std"]) == {"auroc", "auprc", "f1", "macro_f1", "accuracy", "brier", "ece"}
 
     # A job that dies after its first seed leaves neither a finished-looking run nor temp files.
     import fusion.train as ft
 
-    real = ft.train_seed
+    real = ft.write_seed
     calls = []
 
     def dying(*args, **kwargs):
@@ -294,7 +330,7 @@ def test_cli_train_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ft, "train_seed", dying)
+    monkeypatch.setattr(ft, "write_seed", dying)
     out2 = out.parent / "meanavg"
     with pytest.raises(KeyboardInterrupt):
         fusion_main(
@@ -359,5 +395,7 @@ def test_multiclass_run_outputs(tmp_path: Path) -> None:
         "f1",
         "macro_f1",
         "accuracy",
+        "brier",
+        "ece",
     }
     assert torch.isfinite(torch.tensor(pred["beta_a"].to_numpy())).all()

@@ -5,6 +5,7 @@ import json
 import re
 import shlex
 
+from fusion.registry import method_inputs
 from medmix.config import (
     cache_paths,
     dataset_paths,
@@ -72,12 +73,6 @@ def modalities_of_method(dataset, method):
     return mods
 
 
-def caches_for(wildcards):
-    paths = cache_paths(config, wildcards.dataset)
-    mods = modalities_of_method(wildcards.dataset, wildcards.method)
-    return [str(p) for m in mods for p in paths[m].values()]
-
-
 # Experts whose pins clash with the shared extract env run in their own env (rule extract).
 EXPERT_ENVS = {"moirai": "envs/moirai.yaml"}
 
@@ -129,3 +124,20 @@ def run_header(cfg):
     )
     source = "offline experts (established features, packaged MiniLM, randomly initialised FM architectures)" if offline else "foundation-model experts"
     return f"Test split, mean ± std over {len(cfg['seeds'])} seeds. Data: " + "; ".join(parts) + f". Experts: {source}."
+
+
+def train_inputs(wildcards):
+    """Expert caches and teacher caches of one (dataset, method) run."""
+    inputs = method_inputs(config, wildcards.dataset, wildcards.method)
+    files = [str(p) for ev in inputs.caches.values() for p in ev.values()]
+    files += [str(p) for p in inputs.teachers.values()]
+    return sorted(set(files))
+
+
+def train_slice(dataset):
+    """dataset_slice plus the teacher presets the dataset names (validated by the CLI)."""
+    cfg = dataset_slice(config, dataset)
+    experts = dict(cfg["experts"])
+    for name in (config["datasets"][dataset].get("teachers") or {}).values():
+        experts.update(expert_closure(config, name))
+    return {**cfg, "experts": experts}

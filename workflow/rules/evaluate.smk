@@ -1,9 +1,13 @@
-# Runs -> one long metrics table per dataset.
+# Runs -> one long metrics table per dataset: the main grid (full protocol, every method), the
+# protocol settings, the ablations and the external evaluations of the config (paper.smk).
+
+
+include: "paper.smk"  # helpers (a second include of it is ignored)
 
 
 rule evaluate:
     input:
-        summaries=lambda wc: run_summaries(wc.dataset),
+        summaries=lambda wc: all_run_inputs(wc.dataset),
     output:
         metrics=f"{RESULTS}/{{dataset}}/metrics.parquet",
     params:

@@ -1,9 +1,13 @@
-# Metrics -> paper-ready tables and figures; `snakemake --report results/report.html`.
+# Metrics -> Table 1 and its figures (the paper's other tables and figures: `paper_tables` in
+# protocols.smk); `snakemake --report results/report.html` gathers them with their captions.
+
+
+include: "paper.smk"  # helpers (a second include of it is ignored)
 
 
 rule tables:
     input:
-        metrics=expand(f"{RESULTS}/{{dataset}}/metrics.parquet", dataset=DATASETS),
+        metrics=expand(f"{RESULTS}/{{dataset}}/metrics.parquet", dataset=TRAIN_DATASETS),
     output:
         md=report(
             f"{RESULTS}/tables/main.md",
@@ -13,7 +17,7 @@ rule tables:
         csv=f"{RESULTS}/tables/main.csv",
         tex=f"{RESULTS}/tables/main.tex",
     params:
-        header=shlex.quote(run_header(config)),
+        header=shlex.quote(table_header()),
         out_dir=lambda wc, output: os.path.dirname(output.md),
     log:
         f"{LOGS}/tables.log",
@@ -32,7 +36,7 @@ rule tables:
 
 rule figures:
     input:
-        metrics=expand(f"{RESULTS}/{{dataset}}/metrics.parquet", dataset=DATASETS),
+        metrics=expand(f"{RESULTS}/{{dataset}}/metrics.parquet", dataset=TRAIN_DATASETS),
     output:
         auroc=report(
             f"{RESULTS}/figures/main_auroc.png",
@@ -47,8 +51,8 @@ rule figures:
         ),
         weights_svg=f"{RESULTS}/figures/fusion_weights.svg",
     params:
-        header=shlex.quote(run_header(config)),
-        predictions=lambda wc: medmix_predictions(),
+        header=shlex.quote(table_header()),
+        predictions=lambda wc: train_medmix_predictions(),
         out_dir=lambda wc, output: os.path.dirname(output.auroc),
     log:
         f"{LOGS}/figures.log",

@@ -1,14 +1,17 @@
 # Caches -> one training job per (dataset, method, protocol), all seeds in one process.
-
+# A method reads its modalities' expert caches; teacher caches (results/{dataset}/teachers/)
+# are inputs too when it distils (MedMIX with fusion.lambda_kd > 0) or reads the large models
+# (adacomed, <modality>-large). OneLLM without its weights reads nothing and is marked
+# unavailable in its summary.json.
 
 rule train:
     input:
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
-        caches=caches_for,
+        caches=train_inputs,
     output:
         summary=f"{RESULTS}/{{dataset}}/runs/{{protocol}}/{{method}}/summary.json",
     params:
-        cfg=lambda wc: inline_json(dataset_slice(config, wc.dataset)),
+        cfg=lambda wc: inline_json(train_slice(wc.dataset)),
         out=lambda wc, output: os.path.dirname(output.summary),
     log:
         f"{LOGS}/{{dataset}}/train/{{protocol}}/{{method}}.log",

@@ -1,0 +1,348 @@
+"""Structural ablations of MedMIX (paper §4.4, Table E7, Figure 4).
+
+Variants (run folders under ``results/{dataset}/runs/``)::
+
+    full/medmix                   MedMIX (the reference row)
+    ablation/no_distill           w/o distillation: MedMIX with λ_KD = 0 (when the config's
+                                  λ_KD is already 0, this row IS full/medmix: not retrained)
+    ablation/best_expert          w/o intra-modality fusion: each modality keeps its best
+                                  single expert, picked on the VALIDATION split (below)
+    ablation/uniform_mean         w/o intra-modality fusion (uniform mean): α uniform over the
+                                  available experts (method ``medmix-uniform``)
+    ablation/no_{family}          w/o one expert family (biomedical, general, RAG) in every
+                                  modality; a modality left without experts is dropped
+    full/medmix-only-{modality}   w/o inter-modality fusion (keep one modality) — the
+                                  single-modality runs of the main grid, reused
+
+The best single expert of a modality is the one whose linear probe (L2 logistic regression
+on the standardised embedding, fitted on the training split's available rows) has the
+highest mean validation AUROC over the labels; the choice is made once per dataset (it does
+not depend on the seed) and saved as ``selection.json`` in the run folder.
+
+Expert families come from the config (``ablations.families: {family: [expert, …]}``);
+without it, an expert of type ``rag`` is the RAG family, and the others are assigned by
+their position in each modality's list: first = biomedical, second = general (the order of
+the paper's committee, Table E1).
+
+``python -m fusion.ablations train --config … --dataset … --variant no_rag --out …`` trains
+one variant (all seeds) through :func:`fusion.train.run_training` with a derived config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fusion.protocols import modality_label
+
+log = logging.getLogger("medmix.fusion.ablations")
+
+FAMILY_ORDER = ("biomedical", "general", "rag")
+FAMILY_LABELS = {"biomedical": "biomedical", "general": "general", "rag": "RAG"}
+VARIANT_KINDS = ("no_distill", "best_expert", "uniform_mean", "no_family", "single_modality")
+UNIFORM_METHOD = "medmix-uniform"
+
+
+def register_variants() -> None:
+    """Register the ablation model classes (``medmix-uniform``); idempotent.
+
+    Kept out of module import so that the variant definitions below can be read without
+    torch (the report rules render the ablation table from them).
+    """
+    from fusion.registry import _METHODS
+
+    if UNIFORM_METHOD in _METHODS:
+        return
+    from torch import nn
+
+    from fusion.medmix import MedMIX
+    from fusion.registry import register_method
+
+    class _ZeroScorer(nn.Module):
+        """A router that scores every expert 0: the masked softmax is then uniform."""
+
+        def forward(self, x):
+            return x.new_zeros(*x.shape[:-1], 1)
+
+    @register_method(UNIFORM_METHOD)
+    class MedMIXUniform(MedMIX):
+        """MedMIX with the intra-modality router replaced by the mean of available experts."""
+
+        def __init__(self, spec: Any) -> None:
+            super().__init__(spec)
+            self.routers = _ZeroScorer()
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the ablation table."""
+
+    name: str  # ablation folder name (or the reused method)
+    label: str  # the paper's row label
+    protocol: str  # run folder's protocol: "full" (reused runs) or "ablation"
+    method: str  # run folder's method: medmix, medmix-only-<m>, or the variant name
+    kind: str  # reference | no_distill | best_expert | uniform_mean | no_family | single_modality
+
+    @property
+    def trained_here(self) -> bool:
+        return self.protocol == "ablation"
+
+
+def expert_families(cfg: dict[str, Any], dataset: str) -> dict[str, str]:
+    """expert name -> family for the dataset's experts."""
+    mods = cfg["datasets"][dataset]["modalities"]
+    given = (cfg.get("ablations") or {}).get("families") or {}
+    by_name = {e: fam for fam, names in given.items() for e in names}
+    out: dict[str, str] = {}
+    for experts in mods.values():
+        pos = 0
+        for e in experts:
+            if e in by_name:
+                out[e] = by_name[e]
+                continue
+            typ = cfg.get("experts", {}).get(e, {}).get("type", e)
+            if typ == "rag" or e == "rag":
+                out.setdefault(e, "rag")
+                continue
+            fam = FAMILY_ORDER[pos] if pos < 2 else f"other{pos}"
+            out.setdefault(e, fam)
+            pos += 1
+    return out
+
+
+def ablation_variants(cfg: dict[str, Any], dataset: str) -> list[Variant]:
+    """The rows of the ablation table for ``dataset`` (reference first, paper order)."""
+    section = cfg.get("ablations") or {}
+    kinds = section.get("variants") or list(VARIANT_KINDS)
+    mods = list(cfg["datasets"][dataset]["modalities"])
+    out = [Variant("medmix", "MedMIX", "full", "medmix", "reference")]
+    if "no_distill" in kinds:
+        if float((cfg.get("fusion") or {}).get("lambda_kd") or 0.0) == 0.0:
+            # distillation is off: MedMIX itself is the model without it (no second training)
+            out.append(Variant("medmix", "w/o distillation", "full", "medmix", "no_distill"))
+        else:
+            out.append(
+                Variant("no_distill", "w/o distillation", "ablation", "no_distill", "no_distill")
+            )
+    if "best_expert" in kinds:
+        out.append(
+            Variant(
+                "best_expert", "w/o intra-modality fusion", "ablation", "best_expert", "best_expert"
+            )
+        )
+    if "uniform_mean" in kinds:
+        out.append(
+            Variant(
+                "uniform_mean",
+                "w/o intra-modality fusion (uniform mean)",
+                "ablation",
+                "uniform_mean",
+                "uniform_mean",
+            )
+        )
+    if "no_family" in kinds:
+        fams = expert_families(cfg, dataset)
+        present = [f for f in FAMILY_ORDER if f in fams.values()]
+        present += sorted({f for f in fams.values() if f not in FAMILY_ORDER})
+        for fam in present:
+            remaining = {
+                m: [e for e in cfg["datasets"][dataset]["modalities"][m] if fams[e] != fam]
+                for m in mods
+            }
+            if not any(remaining.values()):
+                continue
+            name = f"no_{fam}"
+            out.append(
+                Variant(
+                    name,
+                    f"w/o {FAMILY_LABELS.get(fam, fam)} experts",
+                    "ablation",
+                    name,
+                    "no_family",
+                )
+            )
+    if "single_modality" in kinds and len(mods) > 1:
+        for m in mods:
+            out.append(
+                Variant(
+                    f"medmix-only-{m}",
+                    f"w/o inter-modality fusion (keep {modality_label(m)})",
+                    "full",
+                    f"medmix-only-{m}",
+                    "single_modality",
+                )
+            )
+    return out
+
+
+def variant_by_name(cfg: dict[str, Any], dataset: str, name: str) -> Variant:
+    for v in ablation_variants(cfg, dataset):
+        if v.name == name and v.trained_here:
+            return v
+    if name == "no_distill":  # asked for explicitly although distillation is off
+        return Variant("no_distill", "w/o distillation", "ablation", "no_distill", "no_distill")
+    raise ValueError(f"{dataset}: no ablation variant {name!r}")
+
+
+# -- best single expert ---------------------------------------------------------------------
+
+
+def probe_auroc(
+    x: np.ndarray, y: np.ndarray, task_type: str, train: np.ndarray, val: np.ndarray
+) -> float:
+    """Mean validation AUROC of one-vs-rest L2 logistic regressions on ``x`` (NaN if undefined)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+
+    if task_type == "multiclass":
+        classes = [c for c in np.unique(y[y >= 0])]
+        cols = [(y == c).astype(float) for c in classes]
+        known = [y >= 0] * len(cols)
+    else:
+        cols = [y[:, j] for j in range(y.shape[1])]
+        known = [np.isfinite(c) for c in cols]
+    scores = []
+    for c, k in zip(cols, known, strict=True):
+        tr, va = train & k, val & k
+        if len(np.unique(c[tr])) < 2 or len(np.unique(c[va])) < 2:
+            continue
+        clf = LogisticRegression(C=0.1, max_iter=300)
+        clf.fit(x[tr], c[tr].astype(int))
+        scores.append(roc_auc_score(c[va].astype(int), clf.predict_proba(x[va])[:, 1]))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def select_best_experts(data: Any) -> dict[str, dict[str, Any]]:
+    """Per modality: the expert with the best validation probe AUROC, and every score."""
+    y = data.y.cpu().numpy()
+    train, val = data.split == "train", data.split == "val"
+    if not val.any():
+        val = train
+    out: dict[str, dict[str, Any]] = {}
+    k = 0
+    for mi, m in enumerate(data.modalities):
+        scores = {}
+        for ei, e in enumerate(data.experts[m]):
+            ok = data.delta[:, mi, ei].cpu().numpy() > 0
+            scores[e] = probe_auroc(
+                data.x[k].cpu().numpy(), y, data.task_type, train & ok, val & ok
+            )
+            k += 1
+        finite = {e: s for e, s in scores.items() if np.isfinite(s)}
+        best = max(finite, key=finite.get) if finite else data.experts[m][0]
+        out[m] = {"expert": best, "val_auroc": scores}
+    return out
+
+
+# -- derived configs ------------------------------------------------------------------------
+
+
+def variant_config(
+    cfg: dict[str, Any], dataset: str, variant: Variant, selection: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], str]:
+    """The (config, method) that trains ``variant``."""
+    cfg = copy.deepcopy(cfg)
+    dcfg = cfg["datasets"][dataset]
+    if variant.kind == "no_distill":
+        cfg.setdefault("fusion", {})["lambda_kd"] = 0.0
+        return cfg, "medmix"
+    if variant.kind == "uniform_mean":
+        return cfg, UNIFORM_METHOD
+    if variant.kind == "best_expert":
+        if selection is None:
+            raise ValueError("best_expert needs the selection")
+        dcfg["modalities"] = {m: [selection[m]["expert"]] for m in dcfg["modalities"]}
+        return cfg, "medmix"
+    if variant.kind == "no_family":
+        fam = variant.name.removeprefix("no_")
+        fams = expert_families(cfg, dataset)
+        kept = {m: [e for e in es if fams[e] != fam] for m, es in dcfg["modalities"].items()}
+        dropped = [m for m, es in kept.items() if not es]
+        if dropped:
+            log.warning(
+                "%s w/o %s experts: modalities %s have none left, dropped", dataset, fam, dropped
+            )
+        dcfg["modalities"] = {m: es for m, es in kept.items() if es}
+        return cfg, "medmix"
+    if variant.kind in ("reference", "single_modality"):
+        return cfg, variant.method
+    raise ValueError(f"unknown variant kind {variant.kind!r}")
+
+
+def train_variant(
+    cfg: dict[str, Any],
+    dataset: str,
+    variant_name: str,
+    out: str | os.PathLike,
+    seeds: list[int] | None = None,
+    threads: int | None = 1,
+    device: str = "cpu",
+) -> Path:
+    """Train one ablation variant (all seeds) into ``out``."""
+    from fusion.train import run_training
+
+    variant = variant_by_name(cfg, dataset, variant_name)
+    selection = None
+    if variant.kind == "best_expert":
+        from fusion.data import load_fusion_data
+        from medmix.config import cache_paths, dataset_paths
+
+        data = load_fusion_data(dataset_paths(cfg, dataset).manifest, cache_paths(cfg, dataset))
+        selection = select_best_experts(data)
+        log.info(
+            "%s: best single expert per modality (validation probe AUROC): %s",
+            dataset,
+            {m: v["expert"] for m, v in selection.items()},
+        )
+    vcfg, method = variant_config(cfg, dataset, variant, selection)
+    register_variants()
+    run_training(vcfg, dataset, method, "full", out, seeds=seeds, threads=threads, device=device)
+    out = Path(out)
+    meta = {"variant": variant.name, "label": variant.label, "method": method,
+            "modalities": vcfg["datasets"][dataset]["modalities"],
+            "lambda_kd": (vcfg.get("fusion") or {}).get("lambda_kd")}  # fmt: skip
+    if selection is not None:
+        meta["selection"] = selection
+    (out / "selection.json").write_text(json.dumps(meta, indent=1, sort_keys=True, default=float))
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    from medmix.config import load_config_arg
+    from medmix.logs import setup_logging
+
+    parser = argparse.ArgumentParser(prog="python -m fusion.ablations", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("list", help="the ablation rows of a dataset")
+    p.add_argument("--config", default="config.yaml")
+    p.add_argument("--dataset", required=True)
+    p = sub.add_parser("train", help="train one ablation variant (all seeds)")
+    p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--variant", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--seeds", type=int, nargs="+")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    setup_logging()
+    cfg = load_config_arg(args.config)
+    if args.cmd == "list":
+        for v in ablation_variants(cfg, args.dataset):
+            print(f"{v.protocol}/{v.method}\t{v.label}")
+        return 0
+    train_variant(cfg, args.dataset, args.variant, args.out, args.seeds, args.threads, args.device)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

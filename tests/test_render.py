@@ -1,0 +1,265 @@
+"""Paper tables and figures from a synthetic metrics table: the paper's rows and columns, bold
+bests, the header line; every configured figure is written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fusion.protocols import expand_settings
+from fusion.render import (
+    Cells,
+    build_ablation_table,
+    build_efficiency_table,
+    build_experts_table,
+    build_external_table,
+    build_per_task_table,
+    build_protocol_table,
+    build_structured_table,
+    paper_outputs,
+    render_paper,
+    table_csv,
+    table_latex,
+    table_markdown,
+)
+
+METRICS = ("auroc", "auprc", "macro_f1", "accuracy")
+TASKS = ("mortality", "long_stay")
+
+
+def make_cfg(root: Path) -> dict:
+    return {
+        "results": str(root),
+        "seeds": [0, 1, 2],
+        "datasets": {
+            "demo-openi": {
+                "adapter": "demo",
+                "modalities": {
+                    "frontal": ["radiomics", "dinov2-tiny", "rag"],
+                    "report": ["minilm", "rag"],
+                },
+            },
+            "demo-mimic": {
+                "adapter": "demo",
+                "modalities": {
+                    "frontal": ["radiomics", "rag"],
+                    "note": ["minilm", "tfidf-svd", "rag"],
+                    "ehr": ["catch22", "ts-stats"],
+                },
+                "teachers": {"note": "qwen2-7b"},
+            },
+            "demo-mimic-shift": {
+                "adapter": "demo",
+                "demo": {"kind": "mimic", "shift": 0.5},
+                "modalities": {
+                    "frontal": ["radiomics", "rag"],
+                    "note": ["minilm", "tfidf-svd", "rag"],
+                    "ehr": ["catch22", "ts-stats"],
+                },
+            },
+        },  # fmt: skip
+        "experts": {
+            e: {"type": "rag" if e == "rag" else e}
+            for e in [
+                "radiomics",
+                "dinov2-tiny",
+                "rag",
+                "minilm",
+                "tfidf-svd",
+                "catch22",
+                "ts-stats",
+                "qwen2-7b",
+            ]
+        },  # fmt: skip
+        "methods": ["medmix", "meanavg", "adacomed"],
+        "protocols": {
+            "methods": ["medmix", "adacomed"],
+            "train_drop_one": [0.3, 0.5, 0.7],
+            "test_drop_one": [0.3, 0.5, 0.7],
+            "train_random": [0.3, 0.5, 0.7],
+            "test_random": [0.1, 0.3, 0.5, 0.7],
+            "extra": ["mnar-label-0.5", "test_replay-1.0"],
+        },
+        "ablations": {"enabled": True},
+        "efficiency": {"enabled": True},
+        "external": [{"source": "demo-mimic", "target": "demo-mimic-shift"}],
+        "fusion": {"lambda_kd": 0.0},
+    }
+
+
+def synthetic_metrics(cfg: dict) -> pd.DataFrame:
+    """MedMIX best everywhere except AdaCoMed's Acc; missingness lowers every metric."""
+    from fusion.ablations import ablation_variants
+    from fusion.protocols import parse_protocol
+
+    rng = np.random.default_rng(0)
+    rows = []
+
+    def add(ds, protocol, method, split="test", tasks=("macro",), base=0.8):
+        for seed in cfg["seeds"]:
+            for task in tasks:
+                for metric in METRICS:
+                    v = base + (0.1 if metric == "accuracy" and method == "adacomed" else 0.0)
+                    rows.append((ds, protocol, method, seed, split, task, metric,
+                                 float(v + rng.normal(0, 0.003))))  # fmt: skip
+
+    quality = {"medmix": 0.8, "meanavg": 0.72, "adacomed": 0.75}
+    for ds in ("demo-openi", "demo-mimic"):
+        mods = list(cfg["datasets"][ds]["modalities"])
+        main = cfg["methods"] + [f"medmix-only-{m}" for m in mods]
+        for method in main:
+            add(ds, "full", method, tasks=("macro", *TASKS), base=quality.get(method, 0.6))
+        for s in expand_settings(cfg["protocols"], mods):
+            rate = parse_protocol(s).rate
+            for method in cfg["protocols"]["methods"]:
+                add(ds, s, method, base=quality[method] - 0.1 * rate)
+        for k, v in enumerate(ablation_variants(cfg, ds)):
+            if v.trained_here:
+                add(ds, v.protocol, v.method, base=0.78 - 0.01 * k)
+    for method in cfg["methods"]:
+        add("demo-mimic", "external-demo-mimic-shift", method, split="external",
+            base=quality[method] - 0.2)  # fmt: skip
+    return pd.DataFrame(
+        rows, columns=["dataset", "protocol", "method", "seed", "split", "task", "metric", "value"]
+    )
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Cells, pd.DataFrame]:
+    cfg = make_cfg(tmp_path_factory.mktemp("results"))
+    metrics = synthetic_metrics(cfg)
+    return cfg, Cells(metrics), metrics
+
+
+def bold_rows(table, key: str) -> list[int]:
+    return sorted(i for i, k in table.best() if k == key)
+
+
+def test_train_drop_one_table_has_the_paper_layout(setup) -> None:
+    cfg, cells, _ = setup
+    t = build_protocol_table(cfg, cells, "train_drop_one")
+    assert [lab for _, lab in t.id_columns] == ["Dataset", "Method", "Missing Rate", "Modality"]
+    assert [c.label for c in t.value_columns] == ["AUROC", "AUPRC", "mF1", "Acc"]
+    # datasets × methods (MedMIX first) × rates × modalities, in the paper's order
+    assert len(t.rows) == (2 + 3) * 2 * 3
+    assert [r["method"] for r in t.rows[:6]] == ["MedMIX"] * 6
+    assert [(r["rate"], r["modality"]) for r in t.rows[:3]] == [
+        ("0.3", "Front CXR"), ("0.3", "Note"), ("0.5", "Front CXR")]  # fmt: skip
+    assert all(isinstance(r["auroc"], tuple) for r in t.rows)  # (mean, std)
+    # bold: the better method within (dataset, rate, modality) — MedMIX, but AdaCoMed on Acc
+    medmix = [i for i, r in enumerate(t.rows) if r["method"] == "MedMIX"]
+    assert bold_rows(t, "auroc") == medmix
+    assert set(bold_rows(t, "accuracy")).isdisjoint(medmix)
+    md = table_markdown(t)
+    assert "| Dataset | Method | Missing Rate | Modality | AUROC | AUPRC | mF1 | Acc |" in md
+    assert "**0.8" in md and " ± " in md
+    assert "Table E2" in md and "mean ± std over 3 seeds" in md and "synthetic demo" in md
+    # repeated ids blanked: the second row shows only what changed
+    second = md.splitlines()[7]
+    assert second.startswith("|  |  |  | Note |")
+    tex = table_latex(t)
+    assert "\\begin{tabular}{llllcccc}" in tex and "\\textbf{" in tex and "$\\pm$" in tex
+    csv = pd.read_csv(pd.io.common.StringIO(table_csv(t)))
+    assert {"Dataset", "Missing Rate", "auroc_mean", "auroc_std", "auroc_best"} <= set(csv.columns)
+    assert csv["Dataset"].notna().all()  # no blanking in the CSV
+
+
+@pytest.mark.parametrize("family,n_rates", [("test_random", 4), ("train_random", 3)])
+def test_random_tables(setup, family: str, n_rates: int) -> None:
+    cfg, cells, _ = setup
+    t = build_protocol_table(cfg, cells, family)
+    assert [lab for _, lab in t.id_columns] == ["Dataset", "Method", "Missing Rate"]
+    assert len(t.rows) == 2 * 2 * n_rates
+    assert t.rows[0]["rate"] == ("0.1" if family == "test_random" else "0.3")
+    assert bold_rows(t, "auroc") == [i for i, r in enumerate(t.rows) if r["method"] == "MedMIX"]
+
+
+def test_ablation_external_per_task_experts_structured(setup) -> None:
+    cfg, cells, _ = setup
+    t = build_ablation_table(cfg, cells, Path(cfg["results"]))
+    assert [lab for _, lab in t.id_columns] == ["Dataset", "Setting"]
+    mimic = [r["setting"] for r in t.rows if r["dataset"] == "demo-mimic"]
+    assert mimic == [
+        "MedMIX", "w/o distillation", "w/o intra-modality fusion",
+        "w/o intra-modality fusion (uniform mean)", "w/o biomedical experts",
+        "w/o general experts", "w/o RAG experts",
+        "w/o inter-modality fusion (keep Front CXR)", "w/o inter-modality fusion (keep Note)",
+        "w/o inter-modality fusion (keep EHR)",
+    ]  # fmt: skip
+    # lambda_kd = 0: the w/o-distillation row is MedMIX itself, and the table says so
+    assert t.rows[0]["auroc"] == t.rows[1]["auroc"]
+    assert any("lambda_kd = 0" in n for n in t.notes)
+    ext = build_external_table(cfg, cells, Path(cfg["results"]))
+    assert [lab for _, lab in ext.id_columns] == ["Method"]
+    assert [r["method"] for r in ext.rows] == ["MeanAvg", "AdaCoMed", "MedMIX"]
+    assert bold_rows(ext, "auroc") == [2]
+    assert "Table 2" in table_markdown(ext)
+    pt = build_per_task_table(cfg, cells, Path(cfg["results"]), {"demo-mimic": "binary",
+                                                                  "demo-openi": "multilabel"})  # fmt: skip
+    assert [lab for _, lab in pt.id_columns] == ["Task", "Method"]
+    assert {r["task"] for r in pt.rows} == set(TASKS)
+    assert pt.rows[-1]["method"] == "MedMIX"
+    e1 = build_experts_table(cfg)
+    assert [lab for _, lab in e1.id_columns] == ["Dataset", "Modality", "Biomed", "General",
+                                                  "RAG", "Teacher FM"]  # fmt: skip
+    note = next(r for r in e1.rows if r["dataset"] == "demo-mimic" and r["modality"] == "Note")
+    assert (note["biomedical"], note["general"], note["rag"], note["teacher"]) == (
+        "minilm", "tfidf-svd", "rag", "qwen2-7b")  # fmt: skip
+    st = build_structured_table(cfg, cells)
+    assert {r["_protocol"] for r in st.rows} == {"full", "mnar-label-0.5", "test_replay-1.0"}
+
+
+def write_costs(cfg: dict) -> dict:
+    costs = {}
+    for k, ds in enumerate(("demo-openi", "demo-mimic")):
+        methods = {
+            "medmix": {"params": 3e6, "flops": 2e8 * (k + 1), "memory_bytes": 5e7},
+            "meanavg": {"params": 2.9e6, "flops": 2e8 * (k + 1), "memory_bytes": 5e7},
+            "adacomed": {"params": 9e6, "flops": 5e8, "memory_bytes": 2e8},
+        }
+        costs[ds] = {"dataset": ds, "device": "cpu", "methods": methods,
+                     "experts": [{"name": "frontal/radiomics", "torch": False}]}  # fmt: skip
+        p = Path(cfg["results"]) / ds / "efficiency.json"
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(json.dumps(costs[ds]))
+    return costs
+
+
+def test_efficiency_table(setup) -> None:
+    cfg, cells, _ = setup
+    t = build_efficiency_table(cfg, cells, write_costs(cfg))
+    assert [lab for _, lab in t.id_columns] == ["Dataset", "Method"]
+    assert [c.label for c in t.value_columns] == [
+        "Params (M)", "FLOPs (M)", "Peak Mem. (MB)", "Perf", "EffScore"]  # fmt: skip
+    assert [r["dataset"] for r in t.rows][-3:] == ["Average"] * 3
+    med = [r for r in t.rows if r["method"] == "MedMIX"]
+    assert all(r["eff"] == pytest.approx(1.0) for r in med)
+    assert bold_rows(t, "eff") == [i for i, r in enumerate(t.rows) if r["method"] == "MedMIX"]
+    meanavg = [i for i, r in enumerate(t.rows) if r["method"] == "MeanAvg"]
+    assert bold_rows(t, "params") == meanavg  # cost columns: the smallest is best
+    assert "radiomics" in " ".join(t.notes)
+
+
+def test_render_paper_writes_every_declared_output(setup, tmp_path: Path) -> None:
+    cfg, _, metrics = setup
+    write_costs(cfg)
+    plan = paper_outputs(cfg)
+    assert plan["tables"] == ["experts", "per_task", "train_drop_one", "test_drop_one",
+                              "train_random", "test_random", "structured", "efficiency",
+                              "ablation", "external"]  # fmt: skip
+    assert plan["figures"] == [
+        "drop_one_demo-openi", "drop_one_demo-mimic", "random_drop_demo-openi",
+        "random_drop_demo-mimic", "weights_demo-openi", "weights_demo-mimic", "pareto",
+        "ablation"]  # fmt: skip
+    written = render_paper(cfg, tmp_path / "tables", tmp_path / "figures", metrics=metrics)
+    want = {tmp_path / "tables" / f"{t}.{e}" for t in plan["tables"] for e in ("md", "csv", "tex")}
+    want |= {tmp_path / "figures" / f"{f}.{e}" for f in plan["figures"] for e in ("png", "svg")}
+    assert set(written) == want
+    for f in want:
+        assert f.stat().st_size > (5000 if f.suffix == ".png" else 50), f
+    none = paper_outputs({"datasets": cfg["datasets"], "experts": cfg["experts"]})
+    assert none == {"tables": ["experts", "per_task"], "figures": []}

@@ -1,0 +1,200 @@
+# Helpers for the paper grid (protocols, ablations, external validation, efficiency): which run
+# folders each dataset's metrics table collects, and which tables / figures `paper_tables`
+# writes. The lists come from the fusion package, so the workflow and the renderer agree.
+# Include after common.smk.
+
+from fusion.ablations import ablation_variants
+from fusion.external import external_pairs, external_protocol
+from fusion.protocols import expand_settings, is_test_only
+from fusion.render import (
+    efficiency_methods,
+    external_methods,
+    paper_outputs,
+    protocol_methods,
+    training_datasets,
+)
+from fusion.render import run_header as describe_run
+
+TRAIN_DATASETS = training_datasets(config)
+PAPER = paper_outputs(config)
+EXTERNAL = external_pairs(config)
+
+
+PAPER_KEYS = ("protocols", "ablations", "external", "efficiency")
+
+
+def paper_slice(dataset, *keep, datasets=()):
+    """The config a paper-grid job depends on, as inline JSON: the dataset's slice without the
+    paper sections it does not read (so editing the protocol grid does not rerun it), plus the
+    other ``datasets`` it reads (an external target) and the teachers' expert presets."""
+    cfg = dataset_slice(config, dataset)
+    cfg = {k: v for k, v in cfg.items() if k not in PAPER_KEYS or k in keep}
+    for ds in datasets:
+        other = dataset_slice(config, ds)
+        cfg["datasets"] = {**cfg["datasets"], **other["datasets"]}
+        cfg["experts"] = {**cfg["experts"], **other["experts"]}
+    for name in (config["datasets"][dataset].get("teachers") or {}).values():
+        if name in config["experts"]:
+            cfg["experts"] = {**cfg["experts"], **expert_closure(config, name)}
+    return inline_json(cfg)
+
+
+def table_header():
+    """The header line of Table 1: the trained datasets (not external-only targets)."""
+    return f"Test split, mean ± std over {len(config['seeds'])} seeds. " + describe_run(
+        config, TRAIN_DATASETS
+    )
+
+
+def protocol_settings(dataset):
+    """Every protocol setting of the config's protocols: section for this dataset."""
+    return expand_settings(config.get("protocols"), list(config["datasets"][dataset]["modalities"]))
+
+
+def train_protocol_settings(dataset):
+    """Settings that corrupt training data: one train job per (dataset, method, setting)."""
+    return [s for s in protocol_settings(dataset) if not is_test_only(s)]
+
+
+def test_protocol_settings(dataset):
+    """Test-only settings: evaluated on the full run's checkpoints, one job per method."""
+    return [s for s in protocol_settings(dataset) if is_test_only(s)]
+
+
+def _summary(dataset, protocol, method):
+    return str(dataset_paths(config, dataset).run_dir(protocol, method) / "summary.json")
+
+
+def protocol_runs(dataset):
+    methods = runnable(dataset, protocol_methods(config))
+    out = [_summary(dataset, s, m) for s in train_protocol_settings(dataset) for m in methods]
+    if test_protocol_settings(dataset):
+        out += [f"{RESULTS}/{dataset}/test_time/{m}.json" for m in methods]
+    return out
+
+
+def ablation_runs(dataset):
+    if not (config.get("ablations") or {}).get("enabled"):
+        return []
+    return [_summary(dataset, v.protocol, v.method) for v in ablation_variants(config, dataset)]
+
+
+def external_runs(dataset):
+    return [
+        _summary(src, external_protocol(tgt), m)
+        for src, tgt in EXTERNAL
+        if src == dataset
+        for m in runnable(dataset, external_methods(config))
+    ]
+
+
+def all_run_inputs(dataset):
+    """Everything one dataset's metrics table is collected from (runs or markers), deduplicated."""
+    files = run_summaries(dataset) + protocol_runs(dataset) + ablation_runs(dataset)
+    files += external_runs(dataset)
+    return list(dict.fromkeys(files))
+
+
+def runnable(dataset, methods):
+    """``methods`` minus the ones that cannot run here (e.g. OneLLM without its weights)."""
+    try:
+        from fusion.registry import method_inputs
+    except ImportError:
+        return list(methods)
+    return [m for m in methods if not method_inputs(config, dataset, m).unavailable]
+
+
+def run_input_files(dataset, method):
+    """The caches (and teacher caches) a run of ``method`` on ``dataset`` reads."""
+    try:
+        from fusion.registry import method_inputs
+    except ImportError:  # a registry without method_inputs: the expert caches only
+        paths = cache_paths(config, dataset)
+        mods = modalities_of_method(dataset, method)
+        return [str(p) for m in mods for p in paths[m].values()]
+    got = method_inputs(config, dataset, method)
+    files = [str(p) for experts in got.caches.values() for p in experts.values()]
+    return files + [str(p) for p in got.teachers.values()]
+
+
+def external_target_caches(wildcards):
+    return run_input_files(wildcards.target, wildcards.method)
+
+
+def dataset_caches(wildcards):
+    """Every expert cache of the dataset, and the teacher caches MedMIX distils from."""
+    paths = cache_paths(config, wildcards.dataset)
+    files = [str(p) for experts in paths.values() for p in experts.values()]
+    return list(dict.fromkeys(files + run_input_files(wildcards.dataset, "medmix")))
+
+
+def efficiency_inputs(wildcards):
+    methods = runnable(wildcards.dataset, efficiency_methods(config))
+    return [_summary(wildcards.dataset, "full", m) for m in methods]
+
+
+def efficiency_device():
+    return str((config.get("efficiency") or {}).get("device", "cpu"))
+
+
+def efficiency_files():
+    if not (config.get("efficiency") or {}).get("enabled"):
+        return []
+    return [f"{RESULTS}/{ds}/efficiency.json" for ds in TRAIN_DATASETS]
+
+
+def train_medmix_predictions():
+    """MedMIX's full-protocol predictions of the trained datasets (the fusion-weights figure)."""
+    files = []
+    for ds in TRAIN_DATASETS:
+        run = dataset_paths(config, ds).run_dir("full", "medmix")
+        files += [str(run / f"seed{s}" / "predictions.parquet") for s in config["seeds"]]
+    return files
+
+
+PAPER_TABLE_CAPTIONS = {
+    "experts": "experts.rst",
+    "train_drop_one": "train_drop_one.rst",
+    "test_drop_one": "test_drop_one.rst",
+    "train_random": "train_random.rst",
+    "test_random": "test_random.rst",
+    "structured": "structured.rst",
+    "efficiency": "efficiency.rst",
+    "ablation": "ablation_table.rst",
+    "per_task": "per_task.rst",
+    "external": "external.rst",
+}
+
+
+def _figure_caption(stem):
+    for prefix in ("drop_one_", "random_drop_", "weights_"):
+        if stem.startswith(prefix):
+            return prefix.rstrip("_") + ".rst"
+    return {"ablation": "ablation_figure.rst", "pareto": "pareto.rst"}[stem]
+
+
+def paper_table_files():
+    return [f"{RESULTS}/tables/{t}.{ext}" for t in PAPER["tables"] for ext in ("md", "csv", "tex")]
+
+
+def paper_figure_files():
+    return [f"{RESULTS}/figures/{f}.{ext}" for f in PAPER["figures"] for ext in ("png", "svg")]
+
+
+def paper_outputs_flagged():
+    """The paper rule's outputs: Markdown tables and PNG figures go into the report."""
+    out = []
+    for t in PAPER["tables"]:
+        cap = f"../report/{PAPER_TABLE_CAPTIONS[t]}"
+        out.append(report(f"{RESULTS}/tables/{t}.md", caption=cap, category="Tables", subcategory="Paper"))
+        out += [f"{RESULTS}/tables/{t}.{ext}" for ext in ("csv", "tex")]
+    for f in PAPER["figures"]:
+        cap = f"../report/{_figure_caption(f)}"
+        out.append(report(f"{RESULTS}/figures/{f}.png", caption=cap, category="Figures", subcategory="Paper"))
+        out.append(f"{RESULTS}/figures/{f}.svg")
+    return out
+
+
+def paper_targets():
+    """Everything the paper grid produces: Table 1 + its figures and every paper output."""
+    return final_outputs() + paper_table_files() + paper_figure_files()
