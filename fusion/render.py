@@ -250,7 +250,7 @@ class ValueColumn:
     key: str
     label: str
     better: str | None = "max"  # max | min | None (no bold)
-    decimals: int = 4
+    decimals: int | None = 4  # None: four significant digits (cost columns)
 
 
 @dataclass
@@ -309,8 +309,14 @@ def _cell_text(cell: Any, col: ValueColumn, bold: bool, style: str) -> str:
         mean, std = cell
         pm = " $\\pm$ " if style == "tex" else " ± "
         text = f"{mean:.{col.decimals}f}{pm}{(std or 0.0):.{col.decimals}f}"
+    elif not math.isfinite(float(cell)):
+        text = "n/a"
+    elif col.decimals is None:
+        v = float(cell)
+        digits = 0 if v == 0 else max(0, 3 - math.floor(math.log10(abs(v))))
+        text = f"{v:.{digits}f}"
     else:
-        text = f"{float(cell):.{col.decimals}f}" if math.isfinite(float(cell)) else "n/a"
+        text = f"{float(cell):.{col.decimals}f}"
     if not bold:
         return text
     return f"**{text}**" if style == "md" else f"\\textbf{{{text}}}"
@@ -810,9 +816,12 @@ def build_external_table(cfg: dict[str, Any], cells: Cells, results: Path) -> Pa
 
 
 def _unit(values: Sequence[float], units: Sequence[tuple[float, str]]) -> tuple[float, str]:
-    vmax = max((abs(v) for v in values if v is not None and math.isfinite(v)), default=0.0)
+    """The largest unit in which the median positive value is at least 1 (the paper prints
+    B / G / GB; a demo's tiny experts would all round to 0.000 there)."""
+    pos = sorted(abs(v) for v in values if v is not None and math.isfinite(v) and v > 0)
+    typical = pos[len(pos) // 2] if pos else 0.0
     for scale, name in units:
-        if vmax >= scale:
+        if typical >= scale:
             return scale, name
     return units[-1]
 
@@ -856,9 +865,9 @@ def build_efficiency_table(
     devices = sorted({str(c.get("device", "cpu")) for c in costs.values()})
     mem_kind = "Peak GPU Mem." if any(d.startswith("cuda") for d in devices) else "Peak Mem."
     cols = [
-        ValueColumn("params", f"Params ({pu})", "min", 3),
-        ValueColumn("flops", f"FLOPs ({fu})", "min", 3),
-        ValueColumn("memory", f"{mem_kind} ({mu})", "min", 3),
+        ValueColumn("params", f"Params ({pu})", "min", None),
+        ValueColumn("flops", f"FLOPs ({fu})", "min", None),
+        ValueColumn("memory", f"{mem_kind} ({mu})", "min", None),
         ValueColumn("perf", "Perf", "max", 3),
         ValueColumn("eff", "EffScore", "max", 3),
     ]
@@ -1329,7 +1338,7 @@ def _hbox(ax, data: list[np.ndarray], pos: np.ndarray, width: float, color, labe
     if not keep:
         return
     bp = ax.boxplot([data[i] for i in keep], positions=[pos[i] for i in keep], widths=width,
-                    vert=False, showfliers=False, patch_artist=True, manage_ticks=False)  # fmt: skip
+                    orientation="horizontal", showfliers=False, patch_artist=True, manage_ticks=False)  # fmt: skip
     for b in bp["boxes"]:
         b.set_facecolor(color)
         b.set_alpha(0.8)
