@@ -108,7 +108,11 @@ class MiniLMExpert(Expert):
                 raise RuntimeError(
                     f"expert {self.name!r} (minilm): no sentence-transformers model in {path}"
                 )
-            model = SentenceTransformer(str(path), device=self.device, local_files_only=True)
+            from extractors.experts.fm_common import resolve_device
+
+            model = SentenceTransformer(
+                str(path), device=resolve_device(str(self.device)), local_files_only=True
+            )
             model.eval()
             get_dim = (
                 getattr(model, "get_embedding_dimension", None)
