@@ -962,7 +962,9 @@ def plot_main_auroc(metrics: pd.DataFrame, out_dir: str | Path, header: str) -> 
         bbox_to_anchor=(0.5, 1.06),
         frameon=False,
     )
-    fig.suptitle(header, y=-0.02, fontsize=8)
+    import textwrap
+
+    fig.suptitle(textwrap.fill(header, width=40 * len(datasets)), y=-0.02, fontsize=7, va="top")
     fig.tight_layout()
     out = _save(fig, Path(out_dir), "main_auroc")
     plt.close(fig)
