@@ -131,7 +131,9 @@ def run_epoch(data: FusionData, hp: FusionHParams, seeds: list[int], max_steps: 
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     perms = torch.stack([train_idx[torch.randperm(n_train, generator=g)] for g in gens])
     flops = step_flops(trainer, perms[:, :bs])
-    steps = math.ceil(n_train / bs) if max_steps is None else min(max_steps, math.ceil(n_train / bs))
+    steps = (
+        math.ceil(n_train / bs) if max_steps is None else min(max_steps, math.ceil(n_train / bs))
+    )
     trainer.skeleton.train()
     lam = kd_lambda(1, hp.warmup_epochs, hp.lambda_kd)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -154,7 +156,9 @@ def run_epoch(data: FusionData, hp: FusionHParams, seeds: list[int], max_steps: 
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--threads", type=int, default=1)

@@ -142,15 +142,21 @@ class Attention(FusionModel):
 def _sq_dist(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Per-modality squared distances: ``x (B, M, d)``, ``y (R, M, d)`` -> ``(M, B, R)``."""
     sq_x, sq_y = x.square().sum(-1).t(), y.square().sum(-1).t()
-    return (sq_x.unsqueeze(2) + sq_y.unsqueeze(1) - 2 * torch.einsum("bmd,rmd->mbr", x, y)).clamp_min(0)
+    return (
+        sq_x.unsqueeze(2) + sq_y.unsqueeze(1) - 2 * torch.einsum("bmd,rmd->mbr", x, y)
+    ).clamp_min(0)
 
 
-def _gaussian_kernel(d2: torch.Tensor, pool_d2: torch.Tensor, pool_valid: torch.Tensor) -> torch.Tensor:
+def _gaussian_kernel(
+    d2: torch.Tensor, pool_d2: torch.Tensor, pool_valid: torch.Tensor
+) -> torch.Tensor:
     """Mean of three Gaussian kernels (bandwidths b/2, b, 2b), per modality; b is the mean
     squared distance between the valid pairs of the neighbour pool, so a query's similarities
     never depend on the other queries of its batch."""
     w = pool_valid.to(d2.dtype)
-    bw = (pool_d2 * w).sum(dim=(1, 2), keepdim=True) / w.sum(dim=(1, 2), keepdim=True).clamp_min(1.0)
+    bw = (pool_d2 * w).sum(dim=(1, 2), keepdim=True) / w.sum(dim=(1, 2), keepdim=True).clamp_min(
+        1.0
+    )
     bw = bw.detach().clamp_min(1e-6)
     return sum(torch.exp(-d2 / (bw * mul)) for mul in (0.5, 1.0, 2.0)) / 3.0
 

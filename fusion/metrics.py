@@ -367,7 +367,7 @@ def bootstrap_ci(
             nk = known.sum(axis=1)
             with np.errstate(invalid="ignore", divide="ignore"):
                 add(macro, "accuracy", ((pred == yi) & known).sum(axis=1) / nk)
-                onehot = (np.arange(pi.shape[2]) == np.where(known, yi, 0)[..., None])
+                onehot = np.arange(pi.shape[2]) == np.where(known, yi, 0)[..., None]
                 sq = ((pi - onehot) ** 2).sum(axis=2)
                 add(macro, "brier", (sq * known).sum(axis=1) / nk)
             add(macro, "ece", _boot_ece((pred == yi).astype(float), pi.max(axis=2), known))
@@ -403,9 +403,8 @@ def bootstrap_ci(
         for key, vs in label_vals.items():
             with np.errstate(invalid="ignore"), _nan_mean_quiet():
                 add(macro, key, np.nanmean(np.stack(vs, axis=0), axis=0))
-        if task_type != "binary" or len(names) != 1:
-            if "f1" in label_vals:
-                add(macro, "macro_f1", macro["f1"][-1])
+        if (task_type != "binary" or len(names) != 1) and "f1" in label_vals:
+            add(macro, "macro_f1", macro["f1"][-1])
     for key in METRICS:
         if key in macro:
             ci = _percentile_ci(np.concatenate(macro[key]), level)

@@ -487,8 +487,7 @@ class _Inputs:
         self.members = members
         first = datas[0]
         self.shared = all(
-            d.x is first.x or all(a is b for a, b in zip(d.x, first.x, strict=True))
-            for d in datas
+            d.x is first.x or all(a is b for a, b in zip(d.x, first.x, strict=True)) for d in datas
         ) and all(d.delta is first.delta for d in datas)
         self._bufs: dict[tuple[int, bool], list[torch.Tensor]] = {}
         self._stats: dict[int, list[torch.Tensor]] = {}
@@ -504,9 +503,7 @@ class _Inputs:
             first = self.datas[0]
             s = len(self.datas) if per_seed else 1
             self._bufs[key] = [
-                torch.empty(
-                    s, len(ks), b, first.x[ks[0]].shape[1], device=first.x[ks[0]].device
-                )
+                torch.empty(s, len(ks), b, first.x[ks[0]].shape[1], device=first.x[ks[0]].device)
                 for ks in self.members
             ]
         return self._bufs[key]
@@ -524,7 +521,10 @@ class _Inputs:
         """Row statistics of the same rows as :meth:`groups`: per group ``(S, K_g, b, 2)``."""
         return [
             torch.stack(
-                [self._stats[id(d)][g].index_select(1, i) for d, i in zip(self.datas, idx, strict=True)]
+                [
+                    self._stats[id(d)][g].index_select(1, i)
+                    for d, i in zip(self.datas, idx, strict=True)
+                ]
             )
             for g in range(len(self.members))
         ]
@@ -538,7 +538,9 @@ class _Inputs:
         return [b[0] for b in bufs]
 
     def delta(self, idx: torch.Tensor) -> torch.Tensor:
-        return torch.stack([d.delta.index_select(0, i) for d, i in zip(self.datas, idx, strict=True)])
+        return torch.stack(
+            [d.delta.index_select(0, i) for d, i in zip(self.datas, idx, strict=True)]
+        )
 
     def y(self, idx: torch.Tensor) -> torch.Tensor:
         return torch.stack([d.y.index_select(0, i) for d, i in zip(self.datas, idx, strict=True)])
@@ -575,7 +577,9 @@ class SeedTrainer:
             hp.lambda_kd > 0 and cls.supports_distillation and data.teacher is not None
         )
         if hp.lambda_kd > 0 and cls.supports_distillation and data.teacher is None:
-            log.warning("lambda_kd > 0 but no teacher cache for %s: no distillation", data.modalities)
+            log.warning(
+                "lambda_kd > 0 but no teacher cache for %s: no distillation", data.modalities
+            )
         prior = prior_logits(data)
         self.models: list[FusionModel] = []
         modules: list[TrainModule] = []
@@ -708,7 +712,9 @@ class SeedTrainer:
         if len(train_idx) == 0:
             raise ValueError(f"{data.dataset}: no training samples")
         if len(val_idx) == 0:
-            log.warning("%s: no validation split; early stopping on the training loss", data.dataset)
+            log.warning(
+                "%s: no validation split; early stopping on the training loss", data.dataset
+            )
         n_train = len(train_idx)
         bs = max(1, min(hp.batch_size, n_train))
         steps_per_epoch = math.ceil(n_train / bs)
@@ -745,9 +751,15 @@ class SeedTrainer:
                     continue
                 v = float(val[k])
                 history[k].append(
-                    {"epoch": epoch, "train_loss": train_loss[k], "val_loss": v,
-                     "lr": hp.lr * factor, "task_loss": task_l[k], "kd_loss": kd_l[k],
-                     "lambda_kd": lam}  # fmt: skip
+                    {
+                        "epoch": epoch,
+                        "train_loss": train_loss[k],
+                        "val_loss": v,
+                        "lr": hp.lr * factor,
+                        "task_loss": task_l[k],
+                        "kd_loss": kd_l[k],
+                        "lambda_kd": lam,
+                    }  # fmt: skip
                 )
                 if math.isfinite(v) and v < best_loss[k]:
                     best_loss[k], best_epoch[k], bad[k] = v, epoch, 0
@@ -855,7 +867,12 @@ def compute_metrics(
         rows = data.split == s
         if rows.any():
             sm = evaluate_split(
-                y[rows], pred.probs[rows], data.task_type, names, thresholds, int(no_mod[rows].sum())
+                y[rows],
+                pred.probs[rows],
+                data.task_type,
+                names,
+                thresholds,
+                int(no_mod[rows].sum()),
             )
             if s in CI_SPLITS and n_boot > 0:
                 sm.ci = bootstrap_ci(
@@ -884,7 +901,11 @@ def train_seeds(
     if len(datas) != len(seeds):
         raise ValueError("one data object per seed")
     if not hp.vectorize_seeds and len(seeds) > 1:
-        return [r for d, s in zip(datas, seeds, strict=True) for r in train_seeds([d], plan, hp, [s], device)]
+        return [
+            r
+            for d, s in zip(datas, seeds, strict=True)
+            for r in train_seeds([d], plan, hp, [s], device)
+        ]
     t0 = time.perf_counter()
     datas = [d.to(device) for d in datas]
     trainer = SeedTrainer(datas, plan, hp, seeds, device)
@@ -992,7 +1013,9 @@ def _unavailable(
     }
     (tmp / "summary.json").write_text(_json(summary))
     _replace_dir(tmp, out)
-    log.error("%s %s %s: unavailable — %s", info["dataset"], info["method"], info["protocol"], reason)
+    log.error(
+        "%s %s %s: unavailable — %s", info["dataset"], info["method"], info["protocol"], reason
+    )
     return RunSummary(out, info["method"], info["protocol"], seeds, {}, {}, {}, 0.0, "unavailable")
 
 

@@ -13,8 +13,8 @@ import torch
 from fusion.__main__ import main as fusion_main
 from fusion.predict import predict
 from fusion.registry import (
-    MethodError,
     TEACHER_EXPERT,
+    MethodError,
     list_methods,
     load_model,
     method_inputs,
@@ -84,7 +84,7 @@ def test_baseline_trains_and_beats_chance(cohort: dict, method: str) -> None:
     seed_dir = Path(summary["out"]) / "seed0"
     pred = pd.read_parquet(seed_dir / "predictions.parquet")
     assert len(pred) == 600 and not pred.isna().any().any()
-    assert np.all((pred[["prob_y1", "prob_y2"]].to_numpy() >= 0))
+    assert np.all(pred[["prob_y1", "prob_y2"]].to_numpy() >= 0)
 
 
 def test_m3care_predictions_do_not_depend_on_the_batch(cohort: dict) -> None:

@@ -47,7 +47,9 @@ def test_rkd_by_hand_three_points() -> None:
     diff = (psi_s - psi_t).abs()
     huber = torch.where(diff < 1, 0.5 * diff**2, diff - 0.5)
     assert loss.item() == pytest.approx(huber.mean().item(), rel=1e-5)
-    assert rkd_distance_loss(s, s, torch.ones(3, dtype=torch.bool)).item() == pytest.approx(0.0, abs=1e-6)
+    assert rkd_distance_loss(s, s, torch.ones(3, dtype=torch.bool)).item() == pytest.approx(
+        0.0, abs=1e-6
+    )
     # scale invariance: ψ divides by the mean distance
     assert rkd_distance_loss(10 * s, t, torch.ones(3, dtype=torch.bool)).item() == pytest.approx(
         loss.item(), rel=1e-5

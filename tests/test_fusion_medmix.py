@@ -320,7 +320,9 @@ def test_vmapped_seeds_equal_separate_models() -> None:
     stacked.square().sum().backward()
     m = models[1]
     m(xs, delta).logits.square().sum().backward()
-    torch.testing.assert_close(params["encoder.groups.0.w_in"].grad[1], m.encoder.groups[0].w_in.grad)
+    torch.testing.assert_close(
+        params["encoder.groups.0.w_in"].grad[1], m.encoder.groups[0].w_in.grad
+    )
 
 
 @pytest.mark.parametrize(

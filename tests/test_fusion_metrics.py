@@ -119,7 +119,12 @@ def test_multiclass_metrics() -> None:
 
 
 def test_brier_and_ece_by_hand() -> None:
-    from fusion.metrics import brier_score, expected_calibration_error, multiclass_brier, top_label_ece
+    from fusion.metrics import (
+        brier_score,
+        expected_calibration_error,
+        multiclass_brier,
+        top_label_ece,
+    )
 
     y = np.array([1, 0, 1, 1, 0])
     p = np.array([0.9, 0.2, 0.55, 0.61, 0.58])
