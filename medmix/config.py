@@ -140,6 +140,8 @@ def dataset_slice(cfg: dict[str, Any], dataset: str) -> dict[str, Any]:
     for names in dcfg["modalities"].values():
         for n in names:
             used.update(expert_closure(cfg, n))
+    for n in dcfg.get("teachers", {}).values():
+        used.update(expert_closure(cfg, n))
     keep = {k: v for k, v in cfg.items() if k not in ("datasets", "experts")}
     return {**keep, "datasets": {dataset: dcfg}, "experts": used}
 
@@ -149,6 +151,7 @@ def extract_slice(cfg: dict[str, Any], dataset: str, modality: str) -> dict[str,
     dcfg = dict(cfg["datasets"][dataset])
     names = dcfg["modalities"][modality]
     dcfg["modalities"] = {modality: names}
+    dcfg.pop("teachers", None)
     experts: dict[str, dict[str, Any]] = {}
     for n in names:
         experts.update(expert_closure(cfg, n))

@@ -141,3 +141,18 @@ def test_vectorised_seeds_are_deterministic_and_distinct(run: dict, tmp_path: Pa
     p0 = pd.read_parquet(run["out"] / "seed0" / "predictions.parquet")["prob_y1"]
     p1 = pd.read_parquet(run["out"] / "seed1" / "predictions.parquet")["prob_y1"]
     assert not np.allclose(p0, p1)  # each seed has its own initialisation and batches
+
+
+def test_cli_predict_writes_the_run_columns(run: dict, tmp_path: Path) -> None:
+    from fusion.__main__ import main as fusion_main
+
+    out = tmp_path / "pred.parquet"
+    a1 = run["caches"]["a"]["a1"]
+    seed_dir = run["out"] / "seed0"
+    assert fusion_main(["predict", "--model", str(seed_dir), "--input", f"a/a1={a1}",
+                        "--out", str(out)]) == 0  # fmt: skip
+    frame = pd.read_parquet(out)
+    assert list(frame.columns[:3]) == ["sample_id", "prob_y1", "prob_y2"]
+    np.testing.assert_allclose(
+        frame["prob_y1"], predict(seed_dir, {"a": {"a1": a1}}).probs[:, 0], atol=1e-7
+    )
