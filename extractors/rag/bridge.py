@@ -317,12 +317,13 @@ class Maira2Bridge(ReportGenerator):
             return
         from transformers import AutoProcessor
 
-        from extractors.loading import load_model, model_file_patterns
+        from extractors.loading import check_remote_code, load_model, model_file_patterns
 
         self._model = load_model(self.spec, device=self.device)  # refuses unpinned remote code
-        folder = resolve_dir(self.spec, allow_patterns=model_file_patterns(True))
+        trust = check_remote_code(self.spec)  # from the bridge's config, with a pinned revision
+        folder = resolve_dir(self.spec, allow_patterns=model_file_patterns(trust))
         self._processor = AutoProcessor.from_pretrained(
-            str(folder), trust_remote_code=True, local_files_only=True
+            str(folder), trust_remote_code=trust, local_files_only=True
         )
 
     def generate(self, paths: Sequence[Path]) -> list[str | BaseException]:
