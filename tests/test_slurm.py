@@ -392,7 +392,7 @@ def test_profile_dry_run_groups_training(profile: str) -> None:
     if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
         pytest.skip("snakemake-executor-plugin-slurm is not installed")
     proc = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--workflow-profile", f"profiles/{profile}"],
+        [sys.executable, "-m", "snakemake", "-n", "--forceall", "--workflow-profile", f"profiles/{profile}"],
         cwd=REPO, env=slurm_env(), capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     out = proc.stdout + proc.stderr
