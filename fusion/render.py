@@ -510,7 +510,7 @@ def efficiency_methods(cfg: dict[str, Any]) -> list[str]:
 def external_methods(cfg: dict[str, Any]) -> list[str]:
     """The fusion methods of the main comparison (no single-modality or teacher references)."""
     methods = list(cfg.get("methods") or ["medmix"])
-    return [m for m in methods if "-only-" not in m and not m.endswith("-large")]
+    return [m for m in methods if "-only-" not in m and not m.endswith("large")]
 
 
 def paper_outputs(cfg: dict[str, Any]) -> dict[str, list[str]]:

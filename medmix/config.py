@@ -43,7 +43,34 @@ def validate_config(cfg: dict[str, Any], schema_path: str | os.PathLike = SCHEMA
                     raise ConfigError(
                         f"  datasets.{ds}.modalities.{mod}: expert {name!r} is not defined under 'experts:'"
                     )
+    _check_paper_sections(cfg)
     return cfg
+
+
+def _check_paper_sections(cfg: dict[str, Any]) -> None:
+    """Names in the protocols / external / efficiency sections must exist in the config."""
+    for i, pair in enumerate(cfg.get("external") or []):
+        for key in ("source", "target"):
+            if pair[key] not in cfg["datasets"]:
+                raise ConfigError(f"  external[{i}].{key}: dataset {pair[key]!r} is not configured")
+        if pair["source"] == pair["target"]:
+            raise ConfigError(f"  external[{i}]: source and target are the same dataset")
+    methods = set(cfg.get("methods") or [])
+    for section in ("protocols", "efficiency"):
+        for m in (cfg.get(section) or {}).get("methods") or []:
+            base = m.split("-only-")[0]
+            if base not in methods and base not in PROTOCOL_EXTRA_METHODS:
+                raise ConfigError(
+                    f"  {section}.methods: {m!r} is not one of the fusion methods {sorted(methods)}"
+                )
+
+
+# Methods a protocol / efficiency grid may name beyond `methods:` (trained for it alone).
+PROTOCOL_EXTRA_METHODS = ("medmix", "meanavg", "concat", "max", "attention", "m3care", "adacomed")
+
+# Config sections of the paper grid: a run of one (dataset, method, protocol) does not read
+# them, so editing the grid must not invalidate trained runs (see dataset_slice).
+PAPER_SECTIONS = ("protocols", "ablations", "external", "efficiency")
 
 
 def _fill_defaults(node: Any, schema: dict[str, Any]) -> None:
@@ -142,7 +169,8 @@ def dataset_slice(cfg: dict[str, Any], dataset: str) -> dict[str, Any]:
             used.update(expert_closure(cfg, n))
     for n in dcfg.get("teachers", {}).values():
         used.update(expert_closure(cfg, n))
-    keep = {k: v for k, v in cfg.items() if k not in ("datasets", "experts")}
+    skip = ("datasets", "experts", *PAPER_SECTIONS)
+    keep = {k: v for k, v in cfg.items() if k not in skip}
     return {**keep, "datasets": {dataset: dcfg}, "experts": used}
 
 

@@ -57,7 +57,12 @@ def inline_json(obj):
 
 
 def methods_for(dataset):
-    methods = list(config["methods"])
+    """The Table 1 runs of a dataset: `large` becomes one `<modality>-large` teacher reference
+    per modality with a teacher; single-modality MedMIX runs when `single_modality` is on."""
+    teachers = config["datasets"][dataset].get("teachers") or {}
+    methods = []
+    for m in config["methods"]:
+        methods += [f"{mod}-large" for mod in teachers] if m == "large" else [m]
     if config["single_modality"]:
         methods += [f"medmix-only-{m}" for m in config["datasets"][dataset]["modalities"]]
     return methods
@@ -141,3 +146,34 @@ def train_slice(dataset):
     for name in (config["datasets"][dataset].get("teachers") or {}).values():
         experts.update(expert_closure(config, name))
     return {**cfg, "experts": experts}
+
+
+# -- teachers (rule extract_teacher) --
+
+
+def teacher_expert(dataset, modality):
+    teachers = config["datasets"][dataset].get("teachers") or {}
+    if modality not in teachers:
+        raise ValueError(
+            f"dataset {dataset}: no teacher for modality {modality!r} (datasets.{dataset}.teachers)"
+        )
+    return teachers[modality]
+
+
+def teacher_slice(dataset, modality):
+    """The config one teacher extraction depends on: the modality and its teacher preset."""
+    name = teacher_expert(dataset, modality)
+    dcfg = dict(config["datasets"][dataset])
+    dcfg["modalities"] = {modality: [name]}
+    dcfg["teachers"] = {modality: name}
+    keep = {k: config[k] for k in ("results", "extraction") if k in config}
+    return {**keep, "datasets": {dataset: dcfg}, "experts": expert_closure(config, name)}
+
+
+def teacher_env(wildcards):
+    """The teacher expert's own conda env where it needs one (EXPERT_ENVS), else extract.yaml."""
+    name = teacher_expert(wildcards.dataset, wildcards.modality)
+    for spec in expert_closure(config, name).values():
+        if spec.get("type") in EXPERT_ENVS:
+            return os.path.join(workflow.basedir, EXPERT_ENVS[spec["type"]])
+    return os.path.join(workflow.basedir, "envs/extract.yaml")

@@ -20,15 +20,12 @@ PAPER = paper_outputs(config)
 EXTERNAL = external_pairs(config)
 
 
-PAPER_KEYS = ("protocols", "ablations", "external", "efficiency")
-
-
 def paper_slice(dataset, *keep, datasets=()):
     """The config a paper-grid job depends on, as inline JSON: the dataset's slice without the
     paper sections it does not read (so editing the protocol grid does not rerun it), plus the
     other ``datasets`` it reads (an external target) and the teachers' expert presets."""
-    cfg = dataset_slice(config, dataset)
-    cfg = {k: v for k, v in cfg.items() if k not in PAPER_KEYS or k in keep}
+    cfg = dataset_slice(config, dataset)  # drops every PAPER_SECTIONS key
+    cfg.update({k: config[k] for k in keep if k in config})
     for ds in datasets:
         other = dataset_slice(config, ds)
         cfg["datasets"] = {**cfg["datasets"], **other["datasets"]}

@@ -5,34 +5,6 @@
 # Rerun one teacher: snakemake results/demo-openi/teachers/report.parquet -f
 
 
-def teacher_expert(dataset, modality):
-    teachers = config["datasets"][dataset].get("teachers") or {}
-    if modality not in teachers:
-        raise ValueError(
-            f"dataset {dataset}: no teacher for modality {modality!r} (datasets.{dataset}.teachers)"
-        )
-    return teachers[modality]
-
-
-def teacher_slice(dataset, modality):
-    """The config one teacher extraction depends on: the modality and its teacher preset."""
-    name = teacher_expert(dataset, modality)
-    dcfg = dict(config["datasets"][dataset])
-    dcfg["modalities"] = {modality: [name]}
-    dcfg["teachers"] = {modality: name}
-    keep = {k: config[k] for k in ("results", "extraction") if k in config}
-    return {**keep, "datasets": {dataset: dcfg}, "experts": expert_closure(config, name)}
-
-
-def teacher_env(wildcards):
-    """The teacher expert's own conda env where it needs one (EXPERT_ENVS), else extract.yaml."""
-    name = teacher_expert(wildcards.dataset, wildcards.modality)
-    for spec in expert_closure(config, name).values():
-        if spec.get("type") in EXPERT_ENVS:
-            return os.path.join(workflow.basedir, EXPERT_ENVS[spec["type"]])
-    return os.path.join(workflow.basedir, "envs/extract.yaml")
-
-
 rule extract_teacher:
     input:
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
