@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,9 @@ def _where(err: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in err.absolute_path) or "<top level>"
 
 
-def validate_config(cfg: dict[str, Any], schema_path: str | os.PathLike = SCHEMA_PATH) -> dict[str, Any]:
+def validate_config(
+    cfg: dict[str, Any], schema_path: str | os.PathLike = SCHEMA_PATH
+) -> dict[str, Any]:
     """Validate against the JSON schema (filling defaults) and cross-check names."""
     schema = yaml.safe_load(Path(schema_path).read_text())
     validator = jsonschema.Draft202012Validator(schema)
@@ -34,9 +37,13 @@ def validate_config(cfg: dict[str, Any], schema_path: str | os.PathLike = SCHEMA
     for ds, dcfg in cfg["datasets"].items():
         for mod, name in dcfg.get("teachers", {}).items():
             if mod not in dcfg["modalities"]:
-                raise ConfigError(f"  datasets.{ds}.teachers: {mod!r} is not one of the dataset's modalities")
+                raise ConfigError(
+                    f"  datasets.{ds}.teachers: {mod!r} is not one of the dataset's modalities"
+                )
             if name not in experts:
-                raise ConfigError(f"  datasets.{ds}.teachers.{mod}: expert {name!r} is not defined under 'experts:'")
+                raise ConfigError(
+                    f"  datasets.{ds}.teachers.{mod}: expert {name!r} is not defined under 'experts:'"
+                )
         for mod, names in dcfg["modalities"].items():
             for name in names:
                 if name not in experts:
@@ -138,7 +145,8 @@ def load_config_arg(arg: str) -> dict[str, Any]:
     """A ``--config`` argument: a YAML/JSON file path, or an inline JSON object (from a rule)."""
     text = arg.strip()
     if text.startswith("{"):
-        return validate_config(yaml.safe_load(text))
+        # json, not yaml: YAML 1.1 reads JSON's 1e-08 (no dot) as a string
+        return validate_config(json.loads(text))
     return load_config(arg)
 
 
@@ -172,6 +180,20 @@ def dataset_slice(cfg: dict[str, Any], dataset: str) -> dict[str, Any]:
     skip = ("datasets", "experts", *PAPER_SECTIONS)
     keep = {k: v for k, v in cfg.items() if k not in skip}
     return {**keep, "datasets": {dataset: dcfg}, "experts": used}
+
+
+def table1_methods(cfg: dict[str, Any], dataset: str) -> list[str]:
+    """The Table 1 runs of a dataset: ``methods`` with ``large`` expanded to one
+    ``<modality>-large`` teacher reference per modality with a teacher, then one
+    ``medmix-only-<modality>`` per modality when ``single_modality`` is on."""
+    dcfg = cfg["datasets"][dataset]
+    teachers = dcfg.get("teachers") or {}
+    out: list[str] = []
+    for m in cfg.get("methods") or ["medmix"]:
+        out += [f"{mod}-large" for mod in teachers] if m == "large" else [m]
+    if cfg.get("single_modality", True):
+        out += [f"medmix-only-{m}" for m in dcfg["modalities"]]
+    return out
 
 
 def extract_slice(cfg: dict[str, Any], dataset: str, modality: str) -> dict[str, Any]:

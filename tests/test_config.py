@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from medmix.config import ConfigError, dataset_slice, expert_closure, load_config, load_config_arg, validate_config
+from medmix.config import (
+    PAPER_SECTIONS,
+    ConfigError,
+    dataset_slice,
+    expert_closure,
+    load_config,
+    load_config_arg,
+    table1_methods,
+    validate_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -27,13 +36,61 @@ def test_shipped_config_is_valid_and_defaults_filled() -> None:
 @pytest.mark.parametrize(
     ("mutate", "pattern"),
     [
-        (lambda c: c.update(bogus_key=1), r"<top level>: Additional properties are not allowed \('bogus_key'"),
-        (lambda c: c["fusion"].update(lr=-1), r"fusion\.lr: -1 is less than or equal to the minimum"),
-        (lambda c: c["fusion"].update(learning_rate=0.1), r"fusion: Additional properties .*learning_rate"),
-        (lambda c: c["datasets"]["demo-openi"].update(adapter="nope"), r"datasets\.demo-openi\.adapter: 'nope' is not one of"),
-        (lambda c: c["datasets"]["demo-openi"]["modalities"].update(frontal=["ghost"]), r"datasets\.demo-openi\.modalities\.frontal: expert 'ghost'"),
+        (
+            lambda c: c.update(bogus_key=1),
+            r"<top level>: Additional properties are not allowed \('bogus_key'",
+        ),
+        (
+            lambda c: c["fusion"].update(lr=-1),
+            r"fusion\.lr: -1 is less than or equal to the minimum",
+        ),
+        (
+            lambda c: c["fusion"].update(learning_rate=0.1),
+            r"fusion: Additional properties .*learning_rate",
+        ),
+        (
+            lambda c: c["datasets"]["demo-openi"].update(adapter="nope"),
+            r"datasets\.demo-openi\.adapter: 'nope' is not one of",
+        ),
+        (
+            lambda c: c["datasets"]["demo-openi"]["modalities"].update(frontal=["ghost"]),
+            r"datasets\.demo-openi\.modalities\.frontal: expert 'ghost'",
+        ),
         (lambda c: c.update(seeds=[]), r"seeds: \[\] should be non-empty"),
-        (lambda c: c["extraction"].update(max_failed_fraction=2), r"extraction\.max_failed_fraction: 2 is greater"),
+        (
+            lambda c: c["extraction"].update(max_failed_fraction=2),
+            r"extraction\.max_failed_fraction: 2 is greater",
+        ),
+        (lambda c: c.update(methods=["medmix", "magic"]), r"methods\.1: 'magic' is not one of"),
+        (
+            lambda c: c["fusion"].update(pos_weight="sometimes"),
+            r"fusion\.pos_weight: 'sometimes' is not valid",
+        ),
+        (lambda c: c["fusion"].update(amp="fp8"), r"fusion\.amp: 'fp8' is not one of"),
+        (
+            lambda c: c.update(external=[{"source": "demo-mimic", "target": "ghost"}]),
+            r"external\[0\]\.target: dataset 'ghost'",
+        ),
+        (
+            lambda c: c["protocols"].update(methods=["medmix", "nope"]),
+            r"protocols\.methods: 'nope'",
+        ),
+        (
+            lambda c: c["protocols"].update(extra=["random-30%"]),
+            r"protocols\.extra\.0: 'random-30%' does not match",
+        ),
+        (
+            lambda c: c["protocols"].update(test_random=[1.5]),
+            r"protocols\.test_random\.0: 1\.5 is greater",
+        ),
+        (
+            lambda c: c["ablations"].update(variants=["no_router"]),
+            r"ablations\.variants\.0: 'no_router' is not one of",
+        ),
+        (
+            lambda c: c["datasets"]["demo-openi"].update(teachers={"ct": "radiomics"}),
+            r"teachers: 'ct' is not one of the dataset's modalities",
+        ),
     ],
 )
 def test_bad_config_names_the_key(cfg: dict, mutate, pattern: str) -> None:
@@ -55,3 +112,37 @@ def test_inline_json_config_and_slices(cfg: dict) -> None:
     again = load_config_arg(json.dumps(sliced))
     assert again["datasets"] == sliced["datasets"]
     assert set(expert_closure(full, "wsi-dinov2-tiny")) == {"wsi-dinov2-tiny", "dinov2-tiny"}
+
+
+def test_pos_weight_forms_validate(cfg: dict) -> None:
+    for value in (None, 3.0, "auto", [1.0, 2.0], {"mortality": 4.0}):
+        c = copy.deepcopy(cfg)
+        c["fusion"]["pos_weight"] = value
+        assert validate_config(c)["fusion"]["pos_weight"] == value
+
+
+def test_slices_drop_the_paper_grid(cfg: dict) -> None:
+    """Editing protocols / ablations / external / efficiency must not rerun trained runs."""
+    full = validate_config(cfg)
+    assert set(PAPER_SECTIONS) <= set(full)
+    sliced = dataset_slice(full, "demo-mimic")
+    assert not set(PAPER_SECTIONS) & set(sliced)
+    edited = copy.deepcopy(full)
+    edited["protocols"]["test_random"] = [0.2]
+    edited["external"] = []
+    assert dataset_slice(edited, "demo-mimic") == sliced
+    # teachers' presets travel with the dataset (distillation and AdaCoMed read them)
+    assert {"radiomics-rich", "catch24", "tfidf-svd-large"} <= set(sliced["experts"])
+
+
+def test_table1_methods_expand_large_per_teacher(cfg: dict) -> None:
+    full = validate_config(cfg)
+    runs = table1_methods(full, "demo-mimic")
+    teachers = full["datasets"]["demo-mimic"]["teachers"]
+    assert [m for m in runs if m.endswith("-large")] == [f"{m}-large" for m in teachers]
+    assert "large" not in runs and runs[0] == "medmix"
+    assert [m for m in runs if m.startswith("medmix-only-")] == [
+        f"medmix-only-{m}" for m in full["datasets"]["demo-mimic"]["modalities"]
+    ]
+    no_single = {**full, "single_modality": False}
+    assert not any(m.startswith("medmix-only-") for m in table1_methods(no_single, "demo-mimic"))

@@ -10,6 +10,7 @@ from medmix.config import (
     cache_paths,
     dataset_paths,
     dataset_slice,
+    table1_methods,
     expert_closure,
     extract_slice,
     validate_config,
@@ -57,15 +58,7 @@ def inline_json(obj):
 
 
 def methods_for(dataset):
-    """The Table 1 runs of a dataset: `large` becomes one `<modality>-large` teacher reference
-    per modality with a teacher; single-modality MedMIX runs when `single_modality` is on."""
-    teachers = config["datasets"][dataset].get("teachers") or {}
-    methods = []
-    for m in config["methods"]:
-        methods += [f"{mod}-large" for mod in teachers] if m == "large" else [m]
-    if config["single_modality"]:
-        methods += [f"medmix-only-{m}" for m in config["datasets"][dataset]["modalities"]]
-    return methods
+    return table1_methods(config, dataset)
 
 
 def modalities_of_method(dataset, method):
