@@ -132,7 +132,7 @@ def test_slices_drop_the_paper_grid(cfg: dict) -> None:
     edited["external"] = []
     assert dataset_slice(edited, "demo-mimic") == sliced
     # teachers' presets travel with the dataset (distillation and AdaCoMed read them)
-    assert {"radiomics-rich", "catch24", "tfidf-svd-large"} <= set(sliced["experts"])
+    assert {"radiomics-rich", "ts-stats", "tfidf-svd"} <= set(sliced["experts"])
 
 
 def test_table1_methods_expand_large_per_teacher(cfg: dict) -> None:
