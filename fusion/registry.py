@@ -206,6 +206,12 @@ def method_inputs(cfg: dict[str, Any], dataset: str, method: str) -> MethodInput
             raise MethodError(f"method {method!r}: no teacher configured for modality {only!r}")
         return MethodInputs(mods, {only: {TEACHER_EXPERT: paths.teacher(only)}}, {})
     selected = {m: dict(caches[m]) for m in mods}
+    if base in TEACHER_INPUT_BASES and not any(m in teachers for m in mods):
+        why = (
+            f"{method} reads the large (teacher) branch, and dataset {dataset} has no teacher "
+            f"for {mods} (datasets.{dataset}.teachers: {{modality: expert}})"
+        )
+        return MethodInputs(mods, {}, {}, unavailable=why)
     if base in TEACHER_INPUT_BASES:
         for m in mods:
             if m in teachers:

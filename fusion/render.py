@@ -110,6 +110,22 @@ def medmix_first(methods: Sequence[str]) -> list[str]:
 class MainTable:
     frame: pd.DataFrame  # dataset, method, metric columns as (mean, std)
     header: str
+    # (dataset, method) -> why the run could not happen (OneLLM without weights, ...): shown
+    # as a row of n/a cells marked "(not run)" and the reason as a note under the table
+    unavailable: dict[tuple[str, str], str] = field(default_factory=dict)
+
+
+def unavailable_marker(reason: str) -> str:
+    """A short cell text for a run that could not happen."""
+    if "OneLLM" in reason or "checkpoint" in reason:
+        return "weights absent"
+    if "teacher" in reason:
+        return "no teacher"
+    return "not run"
+
+
+def _notes(table: MainTable) -> list[str]:
+    return [f"{method_label(m)} on {ds}: {why}" for (ds, m), why in table.unavailable.items()]
 
 
 def summarise(metrics: pd.DataFrame, protocol: str = "full", split: str = "test") -> pd.DataFrame:
@@ -154,6 +170,33 @@ def build_main_table(metrics: pd.DataFrame, header: str, protocol: str = "full")
     return MainTable(pd.DataFrame(rows), header)
 
 
+def add_unavailable(table: MainTable, runs: dict[str, list[dict[str, Any]]]) -> MainTable:
+    """Rows for the full-protocol runs marked unavailable (``runs``: dataset -> the list of
+    :func:`fusion.train.unavailable_runs`), placed with their dataset in method order."""
+    frame = table.frame
+    extra, why = [], dict(table.unavailable)
+    for ds, entries in runs.items():
+        for e in entries:
+            if e["protocol"] != "full":
+                continue
+            if len(frame) and ((frame["dataset"] == ds) & (frame["method"] == e["method"])).any():
+                continue
+            row = {"dataset": ds, "method": e["method"], "seeds": 0}
+            row.update({f"{m}_{k}": np.nan for m in METRIC_COLUMNS for k in ("mean", "std")})
+            extra.append(row)
+            why[(ds, e["method"])] = e["reason"]
+    if not extra:
+        return table
+    both = pd.concat([frame, pd.DataFrame(extra)], ignore_index=True)
+    datasets = list(dict.fromkeys(both["dataset"]))
+    ordered = []
+    for ds in datasets:
+        sel = both[both["dataset"] == ds]
+        for method in method_order(sel["method"].unique()):
+            ordered.append(sel[sel["method"] == method].iloc[0])
+    return MainTable(pd.DataFrame(ordered).reset_index(drop=True), table.header, why)
+
+
 def _best_mask(frame: pd.DataFrame, metric: str) -> pd.Series:
     col = f"{metric}_mean"
     best = frame.groupby("dataset")[col].transform("max")
@@ -170,13 +213,18 @@ def render_markdown(table: MainTable) -> str:
     for i, row in f.iterrows():
         ds = row["dataset"] if row["dataset"] != last_ds else ""
         last_ds = row["dataset"]
-        cells = [ds, method_label(row["method"])]
+        label = method_label(row["method"])
+        why = table.unavailable.get((row["dataset"], row["method"]))
+        cells = [ds, f"{label} ({unavailable_marker(why)})" if why else label]
         for m in METRIC_COLUMNS:
             mean = row[f"{m}_mean"]
             cells.append(
                 "n/a" if pd.isna(mean) else _fmt(mean, row[f"{m}_std"], bool(best[m][i]), "md")
             )
         lines.append("| " + " | ".join(cells) + " |")
+    notes = _notes(table)
+    if notes:
+        lines += ["", *[f"- Not run: {n}" for n in notes]]
     return "\n".join(lines) + "\n"
 
 
@@ -196,7 +244,9 @@ def render_latex(table: MainTable) -> str:
             out.append("\\midrule")
         ds = row["dataset"] if row["dataset"] != last_ds else ""
         last_ds = row["dataset"]
-        cells = [_tex(ds), _tex(method_label(row["method"]))]
+        why = table.unavailable.get((row["dataset"], row["method"]))
+        label = method_label(row["method"])
+        cells = [_tex(ds), _tex(f"{label} ({unavailable_marker(why)})" if why else label)]
         for m in METRIC_COLUMNS:
             mean = row[f"{m}_mean"]
             cells.append(
@@ -210,6 +260,9 @@ def render_latex(table: MainTable) -> str:
 def render_csv(table: MainTable) -> str:
     f = table.frame.copy()
     f.insert(2, "method_label", f["method"].map(method_label))
+    f["unavailable"] = [
+        table.unavailable.get((d, m), "") for d, m in zip(f["dataset"], f["method"], strict=True)
+    ]
     return f.to_csv(index=False, float_format="%.6f")
 
 
@@ -223,7 +276,14 @@ def load_metrics(paths: Sequence[str | Path]) -> pd.DataFrame:
 def write_tables(
     metrics_paths: Sequence[str | Path], out_dir: str | Path, header: str, stem: str = "main"
 ) -> list[Path]:
+    from fusion.train import unavailable_runs
+
     table = build_main_table(load_metrics(metrics_paths), header)
+    runs = {}
+    for path in metrics_paths:  # results/{dataset}/metrics.parquet beside results/{dataset}/runs
+        root = Path(path).parent
+        runs[root.name] = unavailable_runs(root / "runs")
+    table = add_unavailable(table, runs)
     out_dir = Path(out_dir)
     written = []
     for ext, text in (

@@ -7,7 +7,6 @@ does nothing, and deleting one cache rebuilds only it and what depends on it.
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +66,7 @@ def test_demo_produces_tables_and_figures(smoke_run: Path) -> None:
     for ds in ("demo-openi", "demo-mimic", "demo-ccrcc"):
         assert ds in md
     assert "MedMIX" in md and "MeanAvg" in md and "Concat" in md
+    assert "AdaCoMed" in md and "Ehr-Large" in md  # teacher-reading rows (demo-mimic only)
     assert md.count("**") >= 2 * 4  # the best value per column is bold
     csv = pd.read_csv(smoke_run / "tables" / "main.csv")
     assert {"dataset", "method", "auroc_mean", "auroc_std"} <= set(csv.columns)
@@ -76,6 +76,13 @@ def test_demo_produces_tables_and_figures(smoke_run: Path) -> None:
     for fig in ("main_auroc", "fusion_weights"):
         assert (smoke_run / "figures" / f"{fig}.png").stat().st_size > 5000
         assert (smoke_run / "figures" / f"{fig}.svg").exists()
+    # the paper grid: teacher cache, a train-time and a test-time protocol, their tables
+    assert (smoke_run / "demo-mimic" / "teachers" / "ehr.parquet").exists()
+    for ds in ("demo-openi", "demo-mimic", "demo-ccrcc"):
+        assert (smoke_run / ds / "runs" / "train_random-0.5" / "medmix" / "summary.json").exists()
+        assert (smoke_run / ds / "runs" / "test_random-0.5" / "medmix" / "summary.json").exists()
+    for table in ("train_random", "test_random", "experts", "per_task"):
+        assert "| " in (smoke_run / "tables" / f"{table}.md").read_text()
 
 
 def test_rerun_does_nothing(smoke_run: Path) -> None:
@@ -96,9 +103,12 @@ def test_deleting_one_cache_rebuilds_only_its_dependents(smoke_run: Path) -> Non
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert cache.exists()
     counts = _job_counts(_smk(smoke_run, "-n").stdout)
-    # training of every method that reads the ehr caches (medmix, meanavg, concat,
-    # medmix-only-ehr), one evaluate, tables and figures; no cohort, no other extraction
-    assert counts.get("train") == 4, counts
+    # training of every method that reads the ehr expert caches (medmix, meanavg, concat,
+    # adacomed, medmix-only-ehr, and medmix under train_random-0.5; not Ehr-Large, which reads
+    # the teacher cache only), MedMIX's test-time protocols, one evaluate, the tables and
+    # figures; no cohort, no other extraction
+    assert counts.get("train") == 6, counts
+    assert counts.get("test_protocols") == 1, counts
     assert counts.get("evaluate") == 1, counts
     assert "extract" not in counts and "demo_cohort" not in counts, counts
     assert _smk(smoke_run).returncode == 0

@@ -1,0 +1,55 @@
+"""Table 1 (results/tables/main.*): values, bold best, and runs that could not happen."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from fusion.render import write_tables
+
+
+def _metrics(dataset: str, values: dict[str, list[float]]) -> pd.DataFrame:
+    rows = []
+    for method, aurocs in values.items():
+        for seed, v in enumerate(aurocs):
+            for metric in ("auroc", "auprc", "macro_f1", "accuracy"):
+                rows.append({"dataset": dataset, "method": method, "protocol": "full",
+                             "seed": seed, "split": "test", "task": "macro",
+                             "metric": metric, "value": v})  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _unavailable(root: Path, method: str, reason: str) -> None:
+    run = root / "runs" / "full" / method
+    run.mkdir(parents=True)
+    (run / "summary.json").write_text(json.dumps({"status": "unavailable", "reason": reason}))
+
+
+def test_main_table_marks_runs_that_could_not_happen(tmp_path: Path) -> None:
+    paths = []
+    for ds, vals in {"demo-a": {"medmix": [0.8, 0.9], "concat": [0.7, 0.7]},
+                     "demo-b": {"medmix": [0.6, 0.6], "concat": [0.65, 0.75]}}.items():  # fmt: skip
+        root = tmp_path / ds
+        root.mkdir()
+        _metrics(ds, vals).to_parquet(root / "metrics.parquet")
+        paths.append(root / "metrics.parquet")
+    _unavailable(tmp_path / "demo-a", "onellm", "no OneLLM weights configured. OneLLM needs ...")
+    _unavailable(tmp_path / "demo-b", "adacomed", "adacomed reads the large (teacher) branch ...")
+    out = tmp_path / "tables"
+    write_tables(paths, out, "header line")
+    md = (out / "main.md").read_text()
+    assert "| OneLLM (weights absent) | n/a | n/a | n/a | n/a |" in md
+    assert "| AdaCoMed (no teacher) | n/a |" in md
+    assert "- Not run: OneLLM on demo-a: no OneLLM weights configured" in md
+    assert "**0.8500 ± 0.0707**" in md  # demo-a MedMIX AUROC is the best, in bold
+    assert "**0.7000 ± 0.0707**" in md  # demo-b Concat
+    csv = pd.read_csv(out / "main.csv", keep_default_na=False)
+    row = csv[(csv["dataset"] == "demo-a") & (csv["method"] == "onellm")].iloc[0]
+    assert row["seeds"] == 0 and row["auroc_mean"] == "" and "OneLLM" in row["unavailable"]
+    assert csv[csv["method"] == "medmix"]["unavailable"].eq("").all()
+    # a method's rows stay with their dataset, in the paper's order (MedMIX last)
+    assert csv["dataset"].tolist() == ["demo-a"] * 3 + ["demo-b"] * 3
+    tex = (out / "main.tex").read_text()
+    assert "OneLLM (weights absent)" in tex
