@@ -172,7 +172,7 @@ def build_main_table(metrics: pd.DataFrame, header: str, protocol: str = "full")
 
 def add_unavailable(table: MainTable, runs: dict[str, list[dict[str, Any]]]) -> MainTable:
     """Rows for the full-protocol runs marked unavailable (``runs``: dataset -> the list of
-    :func:`fusion.train.unavailable_runs`), placed with their dataset in method order."""
+    :func:`fusion.run_status.unavailable_runs`), placed with their dataset in method order."""
     frame = table.frame
     extra, why = [], dict(table.unavailable)
     for ds, entries in runs.items():
@@ -276,7 +276,7 @@ def load_metrics(paths: Sequence[str | Path]) -> pd.DataFrame:
 def write_tables(
     metrics_paths: Sequence[str | Path], out_dir: str | Path, header: str, stem: str = "main"
 ) -> list[Path]:
-    from fusion.train import unavailable_runs
+    from fusion.run_status import unavailable_runs
 
     table = build_main_table(load_metrics(metrics_paths), header)
     runs = {}
