@@ -614,20 +614,33 @@ def run_header(cfg: dict[str, Any], datasets: Sequence[str] | None = None) -> st
             kind = f"{dcfg['adapter']} adapter"
         experts = sorted({e for names in dcfg["modalities"].values() for e in names})
         parts.append(f"{ds} ({kind}; experts: {', '.join(experts)})")
-    used = {
-        e for d in cfg["datasets"].values() for names in d["modalities"].values() for e in names
-    }
-    specs = [s for n, s in cfg["experts"].items() if n in used]
-    offline = all(
-        s.get("random_init", False) or not any(k in s for k in ("model_id", "local_dir"))
+    from medmix.config import expert_closure
+
+    used: dict[str, dict[str, Any]] = {}
+    for d in cfg["datasets"].values():
+        for names in d["modalities"].values():
+            for e in names:
+                if e in cfg["experts"]:
+                    used.update(expert_closure(cfg, e))
+    specs = list(used.values())
+    real = [
+        s
         for s in specs
-    )
-    source = (
-        "offline experts (established features, packaged MiniLM, randomly initialised FM "
-        "architectures)"
-        if offline
-        else "foundation-model experts"
-    )
+        if not s.get("random_init") and any(k in s for k in ("model_id", "local_dir"))
+    ]
+    if real:
+        source = "foundation-model experts"
+    else:
+        kinds = []
+        if any(s.get("type") not in ("minilm", "rag") and not s.get("random_init") for s in specs):
+            kinds.append("established features")
+        if any(s.get("type") == "minilm" for s in specs):
+            kinds.append("packaged MiniLM")
+        if any(s.get("random_init") for s in specs):
+            kinds.append("randomly initialised FM architectures")
+        if any(s.get("type") == "rag" for s in specs):
+            kinds.append("RAG branch")
+        source = f"offline experts ({', '.join(kinds)})" if kinds else "offline experts"
     return f"Data: {'; '.join(parts)}. Experts: {source}."
 
 

@@ -37,7 +37,7 @@ def adapter_args(dataset):
         flag = "--" + key.replace("_", "-")
         if value is True:
             out.append(flag)
-        elif value not in (False, None):
+        elif value is not False and value is not None:  # 0 is a value
             out += [flag, shlex.quote(str(value))]
     return " ".join(out)
 LOGS = f"{RESULTS}/logs"
