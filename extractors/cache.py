@@ -16,6 +16,7 @@ or not the run was interrupted.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -220,7 +221,15 @@ class ShardedCacheWriter:
         self._open()
 
     def _open(self) -> None:
+        # Temp files of a writer killed while writing the final file (``atomic_path`` cannot
+        # remove them after SIGKILL); only this cache's own ``.{name}.*.tmp`` are touched.
+        for stale in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
+            stale.unlink(missing_ok=True)
         plan_file = self.shard_dir / "plan.json"
+        if self.shard_dir.exists() and not plan_file.exists():
+            # Shards without their plan (a run killed while removing the folder) cannot be
+            # trusted to belong to this work: start over.
+            shutil.rmtree(self.shard_dir)
         if plan_file.exists():
             try:
                 stored = json.loads(plan_file.read_text())

@@ -5,6 +5,7 @@ The work itself (DataLoader workers, mixed precision, shards written as they com
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +16,13 @@ from cohorts.manifest import PATH_KINDS, ManifestError, read_manifest, validate_
 from extractors.base import Expert, SampleError
 from extractors.batching import (
     embed_safe,
+    is_missing,
     load_one,
     reason_of,
     run_shards,
     summarise_info,
 )
-from extractors.cache import ShardedCacheWriter, config_hash
+from extractors.cache import ShardedCacheWriter
 
 log = logging.getLogger("medmix.extract")
 
@@ -105,10 +107,7 @@ def extract(
         expert.fit(loaded)
 
     meta = expert.cache_meta(dataset=mmeta.dataset, modality=modality, dtype=dtype)
-    plan = {
-        "samples": config_hash({"ids": ids, "values_present": [v is not None for v in values]}),
-        "shard_size": shard_size,
-    }
+    plan = {"samples": samples_hash(ids, values, data_root), "shard_size": shard_size}
     writer = ShardedCacheWriter(out_path, meta, plan)
     n_shards = max(1, (len(ids) + shard_size - 1) // shard_size)
     resumed = sum(writer.done(i) for i in range(n_shards))
@@ -185,6 +184,19 @@ def extract(
             f"(> max_failed_fraction={max_failed_fraction}); reasons: {reasons}"
         )
     return summary
+
+
+def samples_hash(ids: list[str], values: list, root: Path) -> str:
+    """Fingerprint of the work: every sample id with its value (a path or a note's text) and
+    the data root. Shards of a crashed run are resumed only under the same fingerprint, so an
+    edited note or a re-pointed file with the same ids never mixes old embeddings into the
+    new cache."""
+    h = hashlib.sha256(str(root).encode("utf-8", "surrogatepass") + b"\x00")
+    for sid, value in zip(ids, values, strict=True):
+        for part in (sid, None if is_missing(value) else str(value)):
+            data = b"\xff" if part is None else part.encode("utf-8", "surrogatepass")
+            h.update(len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()[:16]
 
 
 def _resolve_auto_device(expert: Expert) -> None:

@@ -51,8 +51,9 @@ so the mean rate is p and the sickest samples lose modalities most often. Scores
   training prevalence; multiclass: −log π of the class), or a score given by the caller
   (``severity=``, e.g. a manifest column such as an acuity score).
 
-Replay (``replay-p``): donors are the cohort's own incomplete samples (every split, the
-observed availability before any protocol, at least one modality present); a fraction p of
+Replay (``replay-p``): donors are the cohort's own incomplete samples (the observed
+availability before any protocol, at least one modality present; train/val samples draw from
+train/val donors only, test samples from every split's); a fraction p of
 the complete samples in the affected splits each take the pattern of one donor drawn from
 the donors of the same label stratum (any positive label, or the class), so the cohort's
 structured missingness — who tends to miss what — is replayed onto complete samples.
@@ -494,14 +495,18 @@ def protocol_masks(
         strata = label_strata(data)
         u_target = _uniforms(ids, *key, "target")
         u_donor = _uniforms(ids, *key, "donor")
+        # Train/val targets draw from train/val donors only: a donor's label stratum must not
+        # carry test labels into training masks (tests/test_leakage.py).
+        dev_donors = donors[np.isin(split[donors], ("train", "val"))]
         used = 0
         for s in affected:
             rows = np.flatnonzero((split == s) & complete)
             targets = _lowest(u_target, rows, round(spec.rate * len(rows)))
+            s_donors = dev_donors if s in ("train", "val") and len(dev_donors) else donors
             for i in targets:
-                pool = donors[strata[donors] == strata[i]]
+                pool = s_donors[strata[s_donors] == strata[i]]
                 if len(pool) == 0:
-                    pool = donors
+                    pool = s_donors
                 j = pool[min(int(u_donor[i] * len(pool)), len(pool) - 1)]
                 drop[i] = ~before[j]
                 used += 1

@@ -32,6 +32,7 @@ A method that cannot run here (OneLLM without its weights) writes only ``summary
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import math
@@ -67,6 +68,7 @@ from fusion.registry import (
     resolve_method,
     save_model,
 )
+from fusion.run_status import unavailable_runs  # noqa: F401  (re-exported)
 from medmix.config import dataset_paths
 from medmix.io import atomic_path
 
@@ -983,6 +985,19 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _fresh_tmp(out: Path) -> Path:
+    """An empty temp folder beside ``out``; leftovers of an earlier job on ``out`` that was
+    killed (SIGKILL runs no cleanup) are removed first. Hidden, so never read as a run."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    name = glob.escape(out.name)
+    for pattern in (f".{name}.tmp-*", f".{name}.old-*"):
+        for stale in out.parent.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    return tmp
+
+
 def _write_masks(data: FusionData, protocol: str, seed: int, directory: Path) -> None:
     if protocol == "full":
         return
@@ -996,10 +1011,7 @@ def _write_masks(data: FusionData, protocol: str, seed: int, directory: Path) ->
 def _unavailable(
     out: Path, info: dict[str, Any], seeds: list[int], reason: str, t0: float
 ) -> RunSummary:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = _fresh_tmp(out)
     summary = {
         **info,
         "status": "unavailable",
@@ -1053,10 +1065,7 @@ def run_training(
         dataset, method, protocol, data.n, data.modalities, data.task_type, data.n_outputs, seeds,
         f", teachers {data.teacher.modalities}" if data.teacher is not None else "",
     )  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp = _fresh_tmp(out)
     per_seed: dict[int, dict[str, float]] = {}
     extra: dict[int, dict[str, Any]] = {}
     try:
@@ -1149,19 +1158,6 @@ def collect_metrics(runs_root: str | os.PathLike, dataset: str) -> pd.DataFrame:
                     rows.append((*key, task, f"{metric}_ci_high", float(hi)))
     df = pd.DataFrame(rows, columns=METRIC_COLUMNS)
     return df.astype({"seed": "int64", "value": "float64"})
-
-
-def unavailable_runs(runs_root: str | os.PathLike) -> list[dict[str, Any]]:
-    """The runs marked unavailable (``summary.json`` status), for the tables' notes."""
-    out = []
-    for path in sorted(Path(runs_root).glob("*/*/summary.json")):
-        if any(p.startswith(".") for p in path.parts[-3:-1]):
-            continue
-        s = json.loads(path.read_text())
-        if s.get("status") == "unavailable":
-            out.append({"protocol": path.parent.parent.name, "method": path.parent.name,
-                        "reason": s.get("reason", "")})  # fmt: skip
-    return out
 
 
 def write_metrics_table(

@@ -13,7 +13,9 @@ from cohorts.manifest import ManifestMeta, write_manifest
 from extractors.base import Expert, SampleError
 
 
-def tiny_text_manifest(path: Path, n: int = 40, missing_every: int = 7, empty_every: int = 11) -> Path:
+def tiny_text_manifest(
+    path: Path, n: int = 40, missing_every: int = 7, empty_every: int = 11
+) -> Path:
     """A manifest with one text modality; some notes missing, some empty (-> failed)."""
     rows = []
     for i in range(n):
@@ -31,7 +33,13 @@ def tiny_text_manifest(path: Path, n: int = 40, missing_every: int = 7, empty_ev
                 "label_y": i % 2,
             }
         )
-    meta = ManifestMeta(dataset="tiny", task_type="binary", modalities={"note": "text"}, labels=["y"], adapter="test")
+    meta = ManifestMeta(
+        dataset="tiny",
+        task_type="binary",
+        modalities={"note": "text"},
+        labels=["y"],
+        adapter="test",
+    )
     return write_manifest(pd.DataFrame(rows), path, meta)
 
 

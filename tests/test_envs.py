@@ -374,7 +374,9 @@ def test_env_covers_every_import_of_its_rules(path: Path) -> None:
     imported); inside a function it is an optional extra (a bridge model's own package),
     reported as a warning."""
     if path.name in {Path(p).name for p in expert_envs().values()}:
-        pytest.skip(f"{path.name} is one expert's isolated env (EXPERT_ENVS): its pins clash by design")
+        pytest.skip(
+            f"{path.name} is one expert's isolated env (EXPERT_ENVS): its pins clash by design"
+        )
     problems, extras = coverage_problems(path, load_env(path))
     if extras:
         warnings.warn(
@@ -425,7 +427,9 @@ def test_coverage_check_catches_a_missing_package() -> None:
 @pytest.mark.parametrize("path", env_files(), ids=lambda p: p.name)
 def test_env_pins_satisfy_pyproject_and_equal_installed(path: Path) -> None:
     if path.name in {Path(p).name for p in expert_envs().values()}:
-        pytest.skip(f"{path.name} is one expert's isolated env (EXPERT_ENVS): its pins clash by design")
+        pytest.skip(
+            f"{path.name} is one expert's isolated env (EXPERT_ENVS): its pins clash by design"
+        )
     reqs = pyproject_requirements()
     problems = []
     for key, (name, version, _) in env_packages(load_env(path)).items():

@@ -7,7 +7,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cohorts.manifest import ManifestError, ManifestMeta, read_manifest, validate_manifest, write_manifest
+from cohorts.manifest import (
+    ManifestError,
+    ManifestMeta,
+    read_manifest,
+    validate_manifest,
+    write_manifest,
+)
 
 
 def _frame() -> pd.DataFrame:
@@ -24,7 +30,12 @@ def _frame() -> pd.DataFrame:
 
 
 META = ManifestMeta(
-    dataset="t", task_type="binary", modalities={"xray": "image", "note": "text"}, labels=["y"], adapter="test", root="."
+    dataset="t",
+    task_type="binary",
+    modalities={"xray": "image", "note": "text"},
+    labels=["y"],
+    adapter="test",
+    root=".",
 )
 
 
@@ -39,14 +50,38 @@ def test_roundtrip_keeps_metadata(tmp_path: Path) -> None:
     ("mutate", "pattern"),
     [
         (lambda d: d.drop(columns=["label_y"]), r"missing column\(s\) \['label_y'\]"),
-        (lambda d: d.assign(sample_id=["a", "a", "c", "d"]), r"'sample_id' has duplicate ids: a, a"),
-        (lambda d: d.assign(split=["train", "val", "val", "test"]), r"more than one split .*p1.*ids a, b"),
-        (lambda d: d.assign(split=["train", "train", "holdout", "test"]), r"'split' has values outside .* ids c"),
-        (lambda d: d.assign(label_y=[0, 2, 1, 0]), r"'label_y' has values outside \{0, 1\} for ids b"),
-        (lambda d: d.assign(label_y=["0", "x", "1", "0"]), r"'label_y' has non-numeric values for ids b"),
-        (lambda d: d.assign(xray=["img/a.png", "../../etc/passwd", None, None]), r"'xray' has paths outside .* ids b"),
-        (lambda d: d.assign(xray=["/abs/a.png", None, None, None]), r"'xray' has paths outside .* ids a"),
-        (lambda d: d.assign(patient_id=["p1", None, "p2", "p3"]), r"'patient_id' is null for ids b"),
+        (
+            lambda d: d.assign(sample_id=["a", "a", "c", "d"]),
+            r"'sample_id' has duplicate ids: a, a",
+        ),
+        (
+            lambda d: d.assign(split=["train", "val", "val", "test"]),
+            r"more than one split .*p1.*ids a, b",
+        ),
+        (
+            lambda d: d.assign(split=["train", "train", "holdout", "test"]),
+            r"'split' has values outside .* ids c",
+        ),
+        (
+            lambda d: d.assign(label_y=[0, 2, 1, 0]),
+            r"'label_y' has values outside \{0, 1\} for ids b",
+        ),
+        (
+            lambda d: d.assign(label_y=["0", "x", "1", "0"]),
+            r"'label_y' has non-numeric values for ids b",
+        ),
+        (
+            lambda d: d.assign(xray=["img/a.png", "../../etc/passwd", None, None]),
+            r"'xray' has paths outside .* ids b",
+        ),
+        (
+            lambda d: d.assign(xray=["/abs/a.png", None, None, None]),
+            r"'xray' has paths outside .* ids a",
+        ),
+        (
+            lambda d: d.assign(patient_id=["p1", None, "p2", "p3"]),
+            r"'patient_id' is null for ids b",
+        ),
     ],
 )
 def test_fatal_problems_are_named(tmp_path: Path, mutate, pattern: str) -> None:
@@ -65,7 +100,12 @@ def test_missing_files_checked_on_request(tmp_path: Path) -> None:
 
 def test_multiclass_range(tmp_path: Path) -> None:
     meta = ManifestMeta(
-        dataset="t", task_type="multiclass", modalities={"note": "text"}, labels=["y"], adapter="t", extra={"n_classes": 3}
+        dataset="t",
+        task_type="multiclass",
+        modalities={"note": "text"},
+        labels=["y"],
+        adapter="t",
+        extra={"n_classes": 3},
     )
     ok = _frame().assign(label_y=[0, 1, 2, 2])
     validate_manifest(ok, meta)

@@ -30,6 +30,13 @@ rule adapter_cohort:
         dataset=one_of(ADAPTER_DATASETS),
     output:
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
+        summary=report(
+            f"{RESULTS}/{{dataset}}/summary.md",
+            caption="../report/cohort_summary.rst",
+            category="Cohorts",
+            labels={"dataset": "{dataset}"},
+        ),
+        summary_csv=f"{RESULTS}/{{dataset}}/summary.csv",
     params:
         adapter=lambda wc: config["datasets"][wc.dataset]["adapter"],
         args=lambda wc: adapter_args(wc.dataset),
