@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from medmix.io import fresh_tmp_dir, replace_dir
+
 log = logging.getLogger("medmix.fusion.external")
 
 EXTERNAL_PREFIX = "external-"
@@ -124,17 +126,6 @@ def _json(obj: Any) -> str:
         return v
 
     return json.dumps(clean(obj), indent=1, sort_keys=True)
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _load_target(cfg: dict[str, Any], target: str, spec: Any, standardization: Any):
@@ -249,9 +240,7 @@ def evaluate_saved_runs(
             raise ValueError(f"{setting}: corrupts training data, cannot reuse a trained model")
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
+        tmp = fresh_tmp_dir(out)
         per_seed: dict[str, dict[str, float]] = {}
         try:
             for seed, seed_dir in seeds:
@@ -323,7 +312,7 @@ def evaluate_saved_runs(
                 "seconds": round(time.perf_counter() - t0, 3),
             }
             (tmp / "summary.json").write_text(_json(summary))
-            _replace_dir(tmp, out)
+            replace_dir(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

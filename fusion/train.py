@@ -32,7 +32,6 @@ A method that cannot run here (OneLLM without its weights) writes only ``summary
 
 from __future__ import annotations
 
-import glob
 import json
 import logging
 import math
@@ -70,7 +69,7 @@ from fusion.registry import (
 )
 from fusion.run_status import unavailable_runs  # noqa: F401  (re-exported)
 from medmix.config import dataset_paths
-from medmix.io import atomic_path
+from medmix.io import atomic_path, fresh_tmp_dir, replace_dir
 
 log = logging.getLogger("medmix.fusion.train")
 
@@ -973,31 +972,6 @@ def write_seed(result: SeedResult, data: FusionData, directory: Path, info: dict
     save_model(directory, result.model, data.standardization, info={**info, "seed": result.seed})
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move the finished ``tmp`` onto ``out`` (an older ``out`` is moved aside, then removed)."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _fresh_tmp(out: Path) -> Path:
-    """An empty temp folder beside ``out``; leftovers of an earlier job on ``out`` that was
-    killed (SIGKILL runs no cleanup) are removed first. Hidden, so never read as a run."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    name = glob.escape(out.name)
-    for pattern in (f".{name}.tmp-*", f".{name}.old-*"):
-        for stale in out.parent.glob(pattern):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    tmp.mkdir()
-    return tmp
-
-
 def _write_masks(data: FusionData, protocol: str, seed: int, directory: Path) -> None:
     if protocol == "full":
         return
@@ -1011,7 +985,7 @@ def _write_masks(data: FusionData, protocol: str, seed: int, directory: Path) ->
 def _unavailable(
     out: Path, info: dict[str, Any], seeds: list[int], reason: str, t0: float
 ) -> RunSummary:
-    tmp = _fresh_tmp(out)
+    tmp = fresh_tmp_dir(out)
     summary = {
         **info,
         "status": "unavailable",
@@ -1024,7 +998,7 @@ def _unavailable(
         "seconds": round(time.perf_counter() - t0, 3),
     }
     (tmp / "summary.json").write_text(_json(summary))
-    _replace_dir(tmp, out)
+    replace_dir(tmp, out)
     log.error(
         "%s %s %s: unavailable — %s", info["dataset"], info["method"], info["protocol"], reason
     )
@@ -1065,7 +1039,7 @@ def run_training(
         dataset, method, protocol, data.n, data.modalities, data.task_type, data.n_outputs, seeds,
         f", teachers {data.teacher.modalities}" if data.teacher is not None else "",
     )  # fmt: skip
-    tmp = _fresh_tmp(out)
+    tmp = fresh_tmp_dir(out)
     per_seed: dict[int, dict[str, float]] = {}
     extra: dict[int, dict[str, Any]] = {}
     try:
@@ -1106,7 +1080,7 @@ def run_training(
             "seconds": round(seconds, 3),
         }
         (tmp / "summary.json").write_text(_json(summary))  # last file of the run
-        _replace_dir(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

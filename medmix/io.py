@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,3 +38,32 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def fresh_tmp_dir(out: str | os.PathLike) -> Path:
+    """An empty hidden temp folder beside the folder ``out``, to be moved onto it with
+    :func:`replace_dir` when complete. Leftovers of an earlier writer of ``out`` that was killed
+    (SIGKILL runs no cleanup) are removed first; being hidden, they are never read as results."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    name = glob.escape(out.name)
+    for pattern in (f".{name}.tmp-*", f".{name}.old-*"):
+        for stale in out.parent.glob(pattern):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    tmp.mkdir()
+    return tmp
+
+
+def replace_dir(tmp: str | os.PathLike, out: str | os.PathLike) -> None:
+    """Move the finished folder ``tmp`` onto ``out`` (an older ``out`` is moved aside, then
+    removed), so ``out`` is always either the old complete folder or the new one."""
+    tmp, out = Path(tmp), Path(out)
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
