@@ -74,6 +74,14 @@ def external_pairs(cfg: dict[str, Any]) -> list[tuple[str, str]]:
                 raise ValueError(
                     f"external {src} -> {tgt}: experts of {m!r} differ ({sm[m]} vs {tm[m]})"
                 )
+        st = cfg["datasets"][src].get("teachers") or {}
+        tt = cfg["datasets"][tgt].get("teachers") or {}
+        if st != tt:
+            raise ValueError(
+                f"external {src} -> {tgt}: teachers differ ({st} vs {tt}); methods that read "
+                f"the large branch at inference (AdaCoMed, <modality>-large) need the target's "
+                f"teacher caches: give datasets.{tgt}.teachers the source's"
+            )
         pairs.append((src, tgt))
     return pairs
 

@@ -88,6 +88,9 @@ def test_external_pairs_are_checked(pair: dict) -> None:
         external_pairs(bad)
     with pytest.raises(ValueError, match="not configured"):
         external_pairs({**pair, "external": [{"source": "src", "target": "nope"}]})
+    src = {**pair["datasets"]["src"], "teachers": {"a": "a1"}}
+    with pytest.raises(ValueError, match=r"teachers differ .*datasets\.tgt\.teachers"):
+        external_pairs({**pair, "datasets": {**pair["datasets"], "src": src}})
     cfg = {"experts": {"t": {"type": "tfidf-svd"}, "r": {"type": "rag"}, "m": {"type": "minilm"},
                        "c": {"type": "catch22", "variables": ["hr"]}, "c2": {"type": "catch22"}}}  # fmt: skip
     assert cohort_fitted_experts(cfg, ["t", "r", "m", "c", "c2"]) == ["t", "r", "c2"]

@@ -14,7 +14,8 @@ def rag_slice(*keys, dataset=None):
     rag = config.get("rag", {})
     out = {"results": RESULTS, "rag": {k: rag[k] for k in keys if k in rag}}
     if dataset is not None:
-        out["datasets"] = {dataset: config["datasets"][dataset]}
+        dcfg = config["datasets"][dataset]  # teachers are not the rag branch's business
+        out["datasets"] = {dataset: {k: v for k, v in dcfg.items() if k != "teachers"}}
         out["extraction"] = config.get("extraction", {})
     return inline_json(out)
 
