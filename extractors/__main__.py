@@ -37,6 +37,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
             max_failed_fraction=ext["max_failed_fraction"],
             dtype=ext["dtype"],
             progress=not args.no_progress,
+            fit_manifest=args.fit_manifest,
         )
     except TooManyFailures as exc:
         logging.getLogger("medmix.extract").error("%s", exc)
@@ -77,6 +78,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--device", help="override the expert's device (cpu, cuda, cuda:1)")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument(
+        "--fit-manifest",
+        help="experts that learn from data fit on this manifest's training split (external "
+        "validation: the source cohort's), not on the dataset's own",
+    )
     p.set_defaults(func=cmd_extract)
     p = sub.add_parser("list", help="list registered experts")
     p.add_argument("--kind")

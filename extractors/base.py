@@ -29,7 +29,9 @@ class Expert(ABC):
     needs_gpu: ClassVar[bool] = False
     packages: ClassVar[tuple[str, ...]] = ("numpy",)
 
-    def __init__(self, batch_size: int = 16, device: str = "cpu", seed: int = 0, **params: Any) -> None:
+    def __init__(
+        self, batch_size: int = 16, device: str = "cpu", seed: int = 0, **params: Any
+    ) -> None:
         self.name = self.registry_name
         self.batch_size = int(batch_size)
         self.device = device
@@ -57,7 +59,9 @@ class Expert(ABC):
         """Everything that changes the output; hashed into the cache metadata."""
         return {"type": self.registry_name, "seed": self.seed, **self.params}
 
-    def cache_meta(self, dataset: str = "", modality: str = "", dtype: str = "float32") -> CacheMeta:
+    def cache_meta(
+        self, dataset: str = "", modality: str = "", dtype: str = "float32"
+    ) -> CacheMeta:
         return CacheMeta(
             expert=self.name,
             model_id=self.model_id,

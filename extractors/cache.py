@@ -96,7 +96,9 @@ class CacheRecords:
     def __post_init__(self) -> None:
         n = len(self.sample_ids)
         if not (self.embeddings.shape[0] == len(self.status) == len(self.reason) == n):
-            raise CacheError("cache records: sample_ids, embeddings, status and reason differ in length")
+            raise CacheError(
+                "cache records: sample_ids, embeddings, status and reason differ in length"
+            )
         if self.extra is not None and len(self.extra) != n:
             raise CacheError("cache records: extra differs in length from sample_ids")
         bad = set(self.status) - set(STATUSES)
@@ -139,7 +141,9 @@ def _table(records: CacheRecords, meta: CacheMeta) -> pa.Table:
     pa_type, np_type = _DTYPES[meta.dtype]
     emb = np.asarray(records.embeddings, dtype=np.float32)
     if emb.ndim != 2 or emb.shape[1] != meta.dim:
-        raise CacheError(f"expert {meta.expert}: embeddings have shape {emb.shape}, expected (N, {meta.dim})")
+        raise CacheError(
+            f"expert {meta.expert}: embeddings have shape {emb.shape}, expected (N, {meta.dim})"
+        )
     ok = np.array([s == "ok" for s in records.status], dtype=bool)
     if ok.any() and not np.isfinite(emb[ok]).all():
         rows = np.where(ok & ~np.isfinite(emb).all(axis=1))[0][:5]
@@ -157,10 +161,14 @@ def _table(records: CacheRecords, meta: CacheMeta) -> pa.Table:
     }
     if records.extra is not None:
         columns["extra"] = pa.array(records.extra, type=pa.string())
-    return pa.table(columns).replace_schema_metadata({META_KEY: json.dumps(asdict(meta), sort_keys=True).encode()})
+    return pa.table(columns).replace_schema_metadata(
+        {META_KEY: json.dumps(asdict(meta), sort_keys=True).encode()}
+    )
 
 
-def write_cache(path: str | os.PathLike, records: CacheRecords, meta: CacheMeta, row_group_size: int = 4096) -> Path:
+def write_cache(
+    path: str | os.PathLike, records: CacheRecords, meta: CacheMeta, row_group_size: int = 4096
+) -> Path:
     """Write a whole cache atomically."""
     table = _table(records, meta)
     with atomic_path(path) as tmp:
@@ -241,7 +249,9 @@ class ShardedCacheWriter:
             shutil.rmtree(self.shard_dir)
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         self.meta.created_at = self.meta.created_at or created_at_now()
-        write_text_atomic(plan_file, json.dumps({**self.plan, "created_at": self.meta.created_at}, sort_keys=True))
+        write_text_atomic(
+            plan_file, json.dumps({**self.plan, "created_at": self.meta.created_at}, sort_keys=True)
+        )
 
     def shard_path(self, index: int) -> Path:
         return self.shard_dir / f"shard-{index:06d}.parquet"
@@ -264,7 +274,9 @@ class ShardedCacheWriter:
             table = pa.concat_tables(tables)
         else:
             table = _table(CacheRecords.concat([], self.meta.dim), self.meta)
-        table = table.replace_schema_metadata({META_KEY: json.dumps(asdict(self.meta), sort_keys=True).encode()})
+        table = table.replace_schema_metadata(
+            {META_KEY: json.dumps(asdict(self.meta), sort_keys=True).encode()}
+        )
         with atomic_path(self.path) as tmp:
             pq.write_table(table, tmp, row_group_size=row_group_size)
         shutil.rmtree(self.shard_dir, ignore_errors=True)

@@ -63,6 +63,7 @@ def extract(
     dtype: str = "float32",
     progress: bool = True,
     validate: bool = True,
+    fit_manifest: str | Path | None = None,
 ) -> ExtractSummary:
     """Extract ``expert`` over ``modality`` of the manifest into ``out_path``.
 
@@ -70,6 +71,11 @@ def extract(
     with a reason where reading or embedding failed, ``ok`` otherwise. Resumes from finished
     shards. Raises TooManyFailures (after writing the cache) when more than
     ``max_failed_fraction`` of the present samples failed.
+
+    ``fit_manifest``: experts that learn from data (``requires_fit``: TF-IDF+SVD, a learnt
+    variable list) fit on THAT manifest's training split instead of this one's — an external
+    validation cohort is embedded in its source cohort's space (the cache's metadata records
+    ``fit_source``).
     """
     df, mmeta = read_manifest(manifest_path)
     if validate:  # fatal manifest problems stop the job before any model is loaded
@@ -91,22 +97,35 @@ def extract(
     values = df[modality].tolist()
     splits = df["split"].astype(str).tolist()
 
+    fit_source = None
     if expert.requires_fit:
+        fit_values, fit_splits, fit_root = values, splits, data_root
+        if fit_manifest is not None:
+            fdf, fmeta = read_manifest(fit_manifest)
+            if modality not in fmeta.modalities or fmeta.modalities[modality] != kind:
+                raise ManifestError(
+                    f"{fit_manifest}: fit manifest has no {kind} modality {modality!r}"
+                )
+            fit_values, fit_splits = fdf[modality].tolist(), fdf["split"].astype(str).tolist()
+            fit_root, fit_source = Path(fmeta.root), fmeta.dataset
         train_vals = [
             v
-            for v, s in zip(values, splits, strict=True)
+            for v, s in zip(fit_values, fit_splits, strict=True)
             if s == "train" and v is not None and v == v
         ]
         loaded = [
-            x for x, err in (_load_one(expert, v, data_root) for v in train_vals) if err is None
+            x for x, err in (_load_one(expert, v, fit_root) for v in train_vals) if err is None
         ]
         if not loaded:
             raise SampleError(
                 f"expert {expert.name}: no loadable training samples in {modality!r} to fit on"
+                + (f" (fit manifest {fit_manifest})" if fit_manifest is not None else "")
             )
         expert.fit(loaded)
 
     meta = expert.cache_meta(dataset=mmeta.dataset, modality=modality, dtype=dtype)
+    if fit_source is not None:
+        meta.extra["fit_source"] = fit_source
     plan = {"samples": samples_hash(ids, values, data_root), "shard_size": shard_size}
     writer = ShardedCacheWriter(out_path, meta, plan)
     n_shards = max(1, (len(ids) + shard_size - 1) // shard_size)

@@ -20,7 +20,9 @@ _PRESETS: dict[str, dict[str, Any]] = {}
 def register_expert(name: str) -> Callable[[type[Expert]], type[Expert]]:
     def deco(cls: type[Expert]) -> type[Expert]:
         if name in _EXPERTS and _EXPERTS[name] is not cls:
-            raise ValueError(f"expert {name!r} registered twice ({_EXPERTS[name].__name__}, {cls.__name__})")
+            raise ValueError(
+                f"expert {name!r} registered twice ({_EXPERTS[name].__name__}, {cls.__name__})"
+            )
         cls.registry_name = name
         _EXPERTS[name] = cls
         return cls

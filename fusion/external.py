@@ -18,10 +18,13 @@ collects it with everything else::
     results/{source}/runs/external-{target}/{method}/summary.json
 
 Expert caches must describe the same embedding space in both cohorts. Experts with a fixed
-model (FMs, MiniLM, radiomics features) do; experts fitted on a cohort's own training split
-(TF-IDF+SVD, the RAG projection/bridge, a time-series variable list learnt from the files) do
-not unless the extraction reused the source's fit: they are listed as ``unaligned_experts``
-in ``summary.json`` (and in the table's header) with a warning. A different embedding dim is
+model (FMs, MiniLM, radiomics features) do. Experts fitted on a cohort's training split
+(TF-IDF+SVD, a time-series variable list learnt from the files) do when the target was
+extracted with the source's fit — the workflow passes ``--fit-manifest`` (the source's
+manifest) to every extraction of an external target — which their cache metadata shows (the
+preprocess hash covers the fit). The RAG branch (projection and image bridge fitted per
+cohort) and any expert whose metadata differs are listed as ``unaligned_experts`` in
+``summary.json`` (and in the table's header) with a warning. A different embedding dim is
 an error.
 
 :func:`evaluate_saved_runs` is also what the test-time protocols use (``fusion.protocols``):
@@ -159,16 +162,27 @@ def _check_alignment(cfg: dict[str, Any], source: str, target: str, spec: Any) -
     if source == target:
         return []
     sc, tc = cache_paths(cfg, source), cache_paths(cfg, target)
-    flagged = set(cohort_fitted_experts(cfg, [e for _, e in spec.flat_experts]))
+    fitted = set(cohort_fitted_experts(cfg, [e for _, e in spec.flat_experts]))
+    specs = cfg.get("experts", {})
+    flagged = set()
     for m, e in spec.flat_experts:
         if e == TEACHER_EXPERT:
             continue
+        if specs.get(e, {}).get("type", e) == "rag":
+            # the RAG branch's projection and image bridge are fitted per cohort
+            flagged.add(e)
+            continue
         try:
             a, b = read_meta(sc[m][e]), read_meta(tc[m][e])
-        except Exception:  # noqa: BLE001 - source cache gone: only the dims check below
+        except Exception:  # noqa: BLE001 - a cache is gone: judge by the expert's type
+            if e in fitted:
+                flagged.add(e)
             continue
         if a.dim != b.dim:
             raise ValueError(f"{m}/{e}: dim {a.dim} in {source} but {b.dim} in {target}")
+        # A fitted expert's preprocess hash covers its fit (TF-IDF vocabulary and SVD, the
+        # learnt variable list): equal hashes = one embedding space (the target was extracted
+        # with --fit-manifest on the source, as the workflow does for external targets).
         if (a.model_id, a.preprocess_hash) != (b.model_id, b.preprocess_hash):
             flagged.add(e)
     out = sorted(f"{m}/{e}" for m, e in spec.flat_experts if e in flagged)

@@ -170,3 +170,22 @@ def teacher_env(wildcards):
         if spec.get("type") in EXPERT_ENVS:
             return os.path.join(workflow.basedir, EXPERT_ENVS[spec["type"]])
     return os.path.join(workflow.basedir, "envs/extract.yaml")
+
+
+# -- external validation targets (rule extract) --
+
+
+def fit_source(dataset):
+    """The source dataset an external-validation target is embedded for (experts that learn
+    from data fit on the source's training split), or None."""
+    sources = [e["source"] for e in config.get("external") or [] if e["target"] == dataset]
+    return sources[0] if sources else None
+
+
+def fit_manifest_input(wildcards):
+    src = fit_source(wildcards.dataset)
+    return [f"{RESULTS}/{src}/manifest.parquet"] if src else []
+
+
+def fit_manifest_arg(wildcards, input):
+    return f"--fit-manifest {input.fit[0]}" if input.fit else ""

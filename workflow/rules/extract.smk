@@ -5,10 +5,12 @@
 rule extract:
     input:
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
+        fit=fit_manifest_input,  # external-validation target: its source's manifest
     output:
         cache=f"{RESULTS}/{{dataset}}/embeddings/{{modality}}/{{expert}}.parquet",
     params:
         cfg=lambda wc: inline_json(extract_slice(config, wc.dataset, wc.modality)),
+        fit=fit_manifest_arg,
     log:
         f"{LOGS}/{{dataset}}/extract/{{modality}}/{{expert}}.log",
     benchmark:
@@ -23,4 +25,4 @@ rule extract:
     shell:
         "python -m extractors extract --config {params.cfg} --dataset {wildcards.dataset}"
         " --modality {wildcards.modality} --expert {wildcards.expert}"
-        " --out {output.cache} > {log} 2>&1"
+        " --out {output.cache} {params.fit} > {log} 2>&1"

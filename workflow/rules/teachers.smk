@@ -8,11 +8,13 @@
 rule extract_teacher:
     input:
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
+        fit=fit_manifest_input,  # external-validation target: its source's manifest
     output:
         cache=f"{RESULTS}/{{dataset}}/teachers/{{modality}}.parquet",
     params:
         cfg=lambda wc: inline_json(teacher_slice(wc.dataset, wc.modality)),
         expert=lambda wc: teacher_expert(wc.dataset, wc.modality),
+        fit=fit_manifest_arg,
     log:
         f"{LOGS}/{{dataset}}/extract_teacher/{{modality}}.log",
     benchmark:
@@ -27,4 +29,4 @@ rule extract_teacher:
     shell:
         "python -m extractors extract --config {params.cfg} --dataset {wildcards.dataset}"
         " --modality {wildcards.modality} --expert {params.expert}"
-        " --out {output.cache} > {log} 2>&1"
+        " --out {output.cache} {params.fit} > {log} 2>&1"
