@@ -125,7 +125,11 @@ def unavailable_marker(reason: str) -> str:
 
 
 def _notes(table: MainTable) -> list[str]:
-    return [f"{method_label(m)} on {ds}: {why}" for (ds, m), why in table.unavailable.items()]
+    """One note per (method, reason), naming every dataset it applies to."""
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for (ds, m), why in table.unavailable.items():
+        grouped.setdefault((m, why), []).append(ds)
+    return [f"{method_label(m)} on {', '.join(dss)}: {why}" for (m, why), dss in grouped.items()]
 
 
 def summarise(metrics: pd.DataFrame, protocol: str = "full", split: str = "test") -> pd.DataFrame:

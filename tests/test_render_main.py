@@ -37,12 +37,14 @@ def test_main_table_marks_runs_that_could_not_happen(tmp_path: Path) -> None:
         paths.append(root / "metrics.parquet")
     _unavailable(tmp_path / "demo-a", "onellm", "no OneLLM weights configured. OneLLM needs ...")
     _unavailable(tmp_path / "demo-b", "adacomed", "adacomed reads the large (teacher) branch ...")
+    _unavailable(tmp_path / "demo-b", "onellm", "no OneLLM weights configured. OneLLM needs ...")
     out = tmp_path / "tables"
     write_tables(paths, out, "header line")
     md = (out / "main.md").read_text()
     assert "| OneLLM (weights absent) | n/a | n/a | n/a | n/a |" in md
     assert "| AdaCoMed (no teacher) | n/a |" in md
-    assert "- Not run: OneLLM on demo-a: no OneLLM weights configured" in md
+    # one note per reason, naming every dataset it applies to
+    assert md.count("- Not run: OneLLM on demo-a, demo-b: no OneLLM weights configured") == 1
     assert "**0.8500 ± 0.0707**" in md  # demo-a MedMIX AUROC is the best, in bold
     assert "**0.7000 ± 0.0707**" in md  # demo-b Concat
     csv = pd.read_csv(out / "main.csv", keep_default_na=False)
@@ -50,6 +52,6 @@ def test_main_table_marks_runs_that_could_not_happen(tmp_path: Path) -> None:
     assert row["seeds"] == 0 and row["auroc_mean"] == "" and "OneLLM" in row["unavailable"]
     assert csv[csv["method"] == "medmix"]["unavailable"].eq("").all()
     # a method's rows stay with their dataset, in the paper's order (MedMIX last)
-    assert csv["dataset"].tolist() == ["demo-a"] * 3 + ["demo-b"] * 3
+    assert csv["dataset"].tolist() == ["demo-a"] * 3 + ["demo-b"] * 4
     tex = (out / "main.tex").read_text()
     assert "OneLLM (weights absent)" in tex
