@@ -39,7 +39,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+from fusion.ranking import average_precision as average_precision_score
+from fusion.ranking import precision_recall_curve
+from fusion.ranking import roc_auc as roc_auc_score
 
 METRICS = ("auroc", "auprc", "f1", "macro_f1", "accuracy", "brier", "ece")
 LABEL_METRICS = ("auroc", "auprc", "f1", "accuracy", "brier", "ece")

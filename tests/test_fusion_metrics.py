@@ -203,3 +203,30 @@ def test_bootstrap_skips_labels_without_positives_and_handles_multiclass() -> No
     for key in ("auroc", "accuracy", "brier", "ece", "macro_f1"):
         lo, hi = cic["macro"][key]
         assert lo <= point.macro[key] <= hi, key
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_numpy_ranking_metrics_equal_scikit_learn(ties: bool) -> None:
+    from sklearn import metrics as skm
+
+    from fusion.ranking import average_precision, precision_recall_curve, roc_auc
+
+    rng = np.random.default_rng(3)
+    for trial in range(30):
+        n = int(rng.integers(5, 300))
+        y = rng.random(n) < rng.uniform(0.05, 0.9)
+        if y.all() or not y.any():
+            y[0] = not y[0]
+        p = rng.random(n) + 0.8 * y * rng.random()
+        if ties:
+            p = np.round(p, 1)
+        assert roc_auc(y, p) == pytest.approx(skm.roc_auc_score(y, p), abs=1e-12), trial
+        assert average_precision(y, p) == pytest.approx(
+            skm.average_precision_score(y, p), abs=1e-12
+        ), trial
+        for ours, theirs in zip(
+            precision_recall_curve(y, p), skm.precision_recall_curve(y, p), strict=True
+        ):
+            np.testing.assert_allclose(ours, theirs, atol=1e-12)
+    with pytest.raises(ValueError, match="one class"):
+        roc_auc(np.ones(4), np.arange(4.0))
