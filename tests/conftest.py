@@ -37,3 +37,17 @@ def realdata() -> Path:
 @pytest.fixture(scope="session")
 def tiny_dinov2_spec() -> dict:
     return dict(TINY_DINOV2)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tests run single-threaded torch, as the workflow's jobs do (2-core CI machines)."""
+    try:
+        import torch
+    except ImportError:  # a test module that needs no torch
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

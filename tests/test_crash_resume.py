@@ -30,7 +30,6 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from cohorts.demo import generate_cohort
 from cohorts.manifest import read_manifest, write_manifest
@@ -53,14 +52,6 @@ CHILD_ENV = {
 }
 SHARD = 2
 EXPERTS = {"ehr": "ts-stats", "note": "tfidf-svd"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

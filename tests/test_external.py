@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from fusion.data import load_fusion_data
 from fusion.external import (
@@ -19,14 +18,6 @@ from fusion.registry import load_model
 from fusion.train import collect_metrics, predict, run_training
 from medmix.config import cache_paths, dataset_paths
 from tests.paper_helpers import make_config, write_cohort
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from fusion.__main__ import main as fusion_main
 from fusion.predict import predict
@@ -23,14 +22,6 @@ from fusion.registry import (
 from fusion.train import collect_metrics, run_training, unavailable_runs
 from medmix.config import dataset_paths
 from tests.test_fusion_train import DATASET, FUSION, make_config, write_synthetic
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -30,14 +30,6 @@ from medmix.config import dataset_paths
 from tests.test_fusion_train import DATASET, FUSION, make_config, write_synthetic
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def test_rkd_by_hand_three_points() -> None:
     s = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])  # distances 3, 4, 5 (mean 4)
     t = torch.tensor([[0.0], [1.0], [3.0]])  # distances 1, 3, 2 (mean 2)

@@ -23,15 +23,6 @@ DIMS = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_spec(
     method: str = "medmix", task_type: str = "multilabel", n_outputs: int = 15
 ) -> ModelSpec:

@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from extractors.cache import read_cache
 from fusion.data import load_fusion_data
@@ -23,14 +22,6 @@ from medmix.config import cache_paths, dataset_paths
 from tests.test_fusion_train import DATASET, FUSION, make_config, write_synthetic
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -22,15 +22,6 @@ DATASET = "synth"
 EXPERTS = {"a": {"a1": 12, "a2": 20}, "b": {"b1": 16, "b2": 8}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one thread is faster, and the test machine's cores are shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 FUSION = {
     "d": 32,
     "adapter_bottleneck": 16,

@@ -17,7 +17,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from cohorts.manifest import ManifestMeta, read_manifest, write_manifest
 from extractors.cache import CacheRecords, read_cache, read_meta, write_cache
@@ -27,14 +26,6 @@ from fusion.train import run_training
 from medmix.config import dataset_paths
 from tests.helpers import tiny_text_manifest
 from tests.test_fusion_train import DATASET, FUSION, make_config, write_synthetic
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _compare_non_test(a: Path, b: Path, split: np.ndarray) -> None:

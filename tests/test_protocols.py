@@ -31,14 +31,6 @@ from medmix.config import cache_paths, dataset_paths
 from tests.paper_helpers import make_config, write_cohort
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def cohort(tmp_path_factory: pytest.TempPathFactory) -> dict:
     cfg = make_config(tmp_path_factory.mktemp("results"))
