@@ -93,7 +93,9 @@ def validate_manifest(
         raise ManifestError(f"{where}: task_type {meta.task_type!r} not in {TASK_TYPES}")
     for mod, kind in meta.modalities.items():
         if kind not in MODALITY_KINDS:
-            raise ManifestError(f"{where}: modality {mod!r} has kind {kind!r}, not in {MODALITY_KINDS}")
+            raise ManifestError(
+                f"{where}: modality {mod!r} has kind {kind!r}, not in {MODALITY_KINDS}"
+            )
     required = ["sample_id", "patient_id", "split", *meta.modalities, *meta.label_columns()]
     missing = [c for c in required if c not in df.columns]
     if missing:
@@ -103,16 +105,22 @@ def validate_manifest(
 
     sid = df["sample_id"]
     if sid.isna().any():
-        raise ManifestError(f"{where}: column 'sample_id' has {int(sid.isna().sum())} null value(s)")
+        raise ManifestError(
+            f"{where}: column 'sample_id' has {int(sid.isna().sum())} null value(s)"
+        )
     dup = sid.duplicated(keep=False)
     if dup.any():
         raise ManifestError(f"{where}: column 'sample_id' has duplicate ids: {_first_ids(df, dup)}")
     if df["patient_id"].isna().any():
-        raise ManifestError(f"{where}: column 'patient_id' is null for ids {_first_ids(df, df['patient_id'].isna())}")
+        raise ManifestError(
+            f"{where}: column 'patient_id' is null for ids {_first_ids(df, df['patient_id'].isna())}"
+        )
 
     bad_split = ~df["split"].isin(SPLITS)
     if bad_split.any():
-        raise ManifestError(f"{where}: column 'split' has values outside {SPLITS} for ids {_first_ids(df, bad_split)}")
+        raise ManifestError(
+            f"{where}: column 'split' has values outside {SPLITS} for ids {_first_ids(df, bad_split)}"
+        )
     nsplits = df.groupby("patient_id")["split"].nunique()
     leaking = nsplits[nsplits > 1].index
     if len(leaking):
@@ -126,16 +134,24 @@ def validate_manifest(
         values = pd.to_numeric(df[col], errors="coerce")
         non_numeric = values.isna() & df[col].notna()
         if non_numeric.any():
-            raise ManifestError(f"{where}: column {col!r} has non-numeric values for ids {_first_ids(df, non_numeric)}")
+            raise ManifestError(
+                f"{where}: column {col!r} has non-numeric values for ids {_first_ids(df, non_numeric)}"
+            )
         if meta.task_type in ("binary", "multilabel"):
             bad = values.notna() & ~values.isin([0, 1])
             if bad.any():
-                raise ManifestError(f"{where}: column {col!r} has values outside {{0, 1}} for ids {_first_ids(df, bad)}")
+                raise ManifestError(
+                    f"{where}: column {col!r} has values outside {{0, 1}} for ids {_first_ids(df, bad)}"
+                )
         else:
             ncls = int(meta.extra.get("n_classes", 0))
-            bad = values.notna() & ((values < 0) | (values != values.round()) | ((values >= ncls) if ncls else False))
+            bad = values.notna() & (
+                (values < 0) | (values != values.round()) | ((values >= ncls) if ncls else False)
+            )
             if bad.any():
-                raise ManifestError(f"{where}: column {col!r} has class ids outside [0, {ncls}) for ids {_first_ids(df, bad)}")
+                raise ManifestError(
+                    f"{where}: column {col!r} has class ids outside [0, {ncls}) for ids {_first_ids(df, bad)}"
+                )
 
     base = Path(root if root is not None else meta.root).resolve()
     for mod, kind in meta.modalities.items():
@@ -157,7 +173,9 @@ def validate_manifest(
             if not exists.all():
                 mask = present.copy()
                 mask.loc[present] = (~exists).values
-                raise ManifestError(f"{where}: column {mod!r} names files that do not exist for ids {_first_ids(df, mask)}")
+                raise ManifestError(
+                    f"{where}: column {mod!r} names files that do not exist for ids {_first_ids(df, mask)}"
+                )
 
 
 def _inside(base: Path, rel: str) -> bool:
