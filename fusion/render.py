@@ -979,13 +979,18 @@ def _plt():
     return plt
 
 
-def _save(fig, out_dir: Path, stem: str) -> list[Path]:
+def _save(fig, out_dir: Path, stem: str, footer: str | None = None) -> list[Path]:
+    """Write ``stem``.png and .svg atomically (with the ``footer`` line under the figure,
+    if given) and close the figure."""
+    if footer is not None:
+        _footer(fig, footer)
     written = []
     for ext in ("png", "svg"):
         target = Path(out_dir) / f"{stem}.{ext}"
         with atomic_path(target, suffix=f".{ext}") as tmp:
             fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
         written.append(target)
+    _plt().close(fig)
     return written
 
 
@@ -1043,9 +1048,7 @@ def plot_main_auroc(metrics: pd.DataFrame, out_dir: str | Path, header: str) -> 
 
     fig.suptitle(textwrap.fill(header, width=40 * len(datasets)), y=-0.02, fontsize=7, va="top")
     fig.tight_layout()
-    out = _save(fig, Path(out_dir), "main_auroc")
-    plt.close(fig)
-    return out
+    return _save(fig, Path(out_dir), "main_auroc")
 
 
 def plot_fusion_weights(prediction_files: dict[str, list[Path]], out_dir: str | Path) -> list[Path]:
@@ -1068,9 +1071,7 @@ def plot_fusion_weights(prediction_files: dict[str, list[Path]], out_dir: str | 
         ax.set_title(ds)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    out = _save(fig, Path(out_dir), "fusion_weights")
-    plt.close(fig)
-    return out
+    return _save(fig, Path(out_dir), "fusion_weights")
 
 
 SWEEP_METRICS = (("auroc", "AUROC"), ("macro_f1", "mF1"))
@@ -1140,11 +1141,10 @@ def plot_drop_one(cfg: dict[str, Any], cells: Cells, ds: str, out_dir: Path) -> 
     fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 6),
                bbox_to_anchor=(0.5, 1.0), frameon=False, fontsize=8)  # fmt: skip
     fig.tight_layout(rect=(0, 0, 1, 0.93))
-    _footer(fig, f"Lines: mean over seeds; bands: ± std; r = 0 is the full protocol. "
-                 f"{run_header(cfg, [ds])}")  # fmt: skip
-    out = _save(fig, out_dir, f"drop_one_{ds}")
-    plt.close(fig)
-    return out
+    footer = (
+        f"Lines: mean over seeds; bands: ± std; r = 0 is the full protocol. {run_header(cfg, [ds])}"
+    )
+    return _save(fig, out_dir, f"drop_one_{ds}", footer)
 
 
 def plot_random_drop(cfg: dict[str, Any], cells: Cells, ds: str, out_dir: Path) -> list[Path]:
@@ -1179,11 +1179,10 @@ def plot_random_drop(cfg: dict[str, Any], cells: Cells, ds: str, out_dir: Path) 
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    _footer(fig, f"Lines: mean over seeds; bands: ± std; p = 0 is the full protocol. "
-                 f"{run_header(cfg, [ds])}")  # fmt: skip
-    out = _save(fig, out_dir, f"random_drop_{ds}")
-    plt.close(fig)
-    return out
+    footer = (
+        f"Lines: mean over seeds; bands: ± std; p = 0 is the full protocol. {run_header(cfg, [ds])}"
+    )
+    return _save(fig, out_dir, f"random_drop_{ds}", footer)
 
 
 def plot_ablation(cfg: dict[str, Any], cells: Cells, out_dir: Path) -> list[Path]:
@@ -1233,10 +1232,8 @@ def plot_ablation(cfg: dict[str, Any], cells: Cells, out_dir: Path) -> list[Path
                         Patch(color="#7f8c8d", label="single modality")],
                loc="upper center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 1.0))  # fmt: skip
     fig.tight_layout(rect=(0, 0, 1, 0.96))
-    _footer(fig, f"Bars: mean over seeds; error bars: std. {run_header(cfg, datasets)}")
-    out = _save(fig, out_dir, "ablation")
-    plt.close(fig)
-    return out
+    footer = f"Bars: mean over seeds; error bars: std. {run_header(cfg, datasets)}"
+    return _save(fig, out_dir, "ablation", footer)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -1302,10 +1299,7 @@ def plot_pareto(
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    _footer(fig, run_header(cfg, list(costs)))
-    out = _save(fig, out_dir, "pareto")
-    plt.close(fig)
-    return out
+    return _save(fig, out_dir, "pareto", run_header(cfg, list(costs)))
 
 
 def weight_protocols(cfg: dict[str, Any], ds: str) -> list[str]:
@@ -1405,11 +1399,11 @@ def plot_weights(cfg: dict[str, Any], results: Path, ds: str, out_dir: Path) -> 
             _empty(ax)
     fig.suptitle(f"{ds}: MedMIX weights under each protocol (test split, all seeds)", fontsize=11)
     fig.tight_layout()
-    _footer(fig, f"Boxes: quartiles, whiskers 1.5 IQR, outliers hidden; a modality's weight is shown "
-                 f"only for samples where it is available. {run_header(cfg, [ds])}")  # fmt: skip
-    out = _save(fig, out_dir, f"weights_{ds}")
-    plt.close(fig)
-    return out
+    footer = (
+        "Boxes: quartiles, whiskers 1.5 IQR, outliers hidden; a modality's weight is shown "
+        f"only for samples where it is available. {run_header(cfg, [ds])}"
+    )
+    return _save(fig, out_dir, f"weights_{ds}", footer)
 
 
 def _hbox(ax, data: list[np.ndarray], pos: np.ndarray, width: float, color, label=None) -> None:

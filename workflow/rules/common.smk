@@ -57,10 +57,6 @@ def inline_json(obj):
     return shlex.quote(json.dumps(obj, sort_keys=True))
 
 
-def methods_for(dataset):
-    return table1_methods(config, dataset)
-
-
 def modalities_of_method(dataset, method):
     mods = list(config["datasets"][dataset]["modalities"])
     if method.startswith("medmix-only-"):
@@ -91,7 +87,7 @@ def expert_needs_gpu(expert):
 
 def run_summaries(dataset):
     paths = dataset_paths(config, dataset)
-    return [str(paths.run_dir("full", m) / "summary.json") for m in methods_for(dataset)]
+    return [str(paths.run_dir("full", m) / "summary.json") for m in table1_methods(config, dataset)]
 
 
 def final_outputs():
