@@ -46,8 +46,8 @@ def need(*modules: str) -> None:
     missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
         pytest.skip(
-            f"needs {', '.join(missing)} (not installed in this environment; the open_clip / Merlin "
-            "paths need torchvision, which this venv's torch build lacks)"
+            f"needs {', '.join(missing)} (not installed in this environment: the README's test "
+            "command installs them with the fm, vision and moirai extras)"
         )
 
 

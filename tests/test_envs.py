@@ -28,6 +28,7 @@ FIRST_PARTY = ("medmix", "cohorts", "extractors", "fusion")
 ALLOWED_CHANNELS = {"conda-forge", "pytorch", "nvidia", "nodefaults"}
 # Runtime requirements of pyproject.toml that no rule env needs: the workflow driver itself.
 DRIVER_ONLY = {"snakemake"}
+TOOLING_EXTRAS = {"test"}
 # conda-forge package name -> PyPI distribution name, where they differ.
 CONDA_TO_PYPI = {
     "matplotlib-base": "matplotlib",
@@ -286,6 +287,11 @@ def pyproject_requirements() -> dict[str, Requirement]:
         tomllib = pytest.importorskip("tomli")
     data = tomllib.loads((REPO / "pyproject.toml").read_text())
     reqs = [Requirement(r) for r in data["project"]["dependencies"]]
+    # the runtime extras (fm, vision, moirai, gpu) are declared dependencies of the code paths
+    # that import them; the test extra is tooling and belongs to no rule's env
+    for extra, items in data["project"].get("optional-dependencies", {}).items():
+        if extra not in TOOLING_EXTRAS:
+            reqs += [Requirement(r) for r in items]
     return {norm(r.name): r for r in reqs}
 
 
