@@ -258,13 +258,34 @@ def _standardise(x: np.ndarray, ok: np.ndarray, mu: np.ndarray, sd: np.ndarray) 
     return torch.from_numpy(np.ascontiguousarray(out))
 
 
+def _absent(
+    modality: str, expert: str, n: int, standardization: Standardization | None
+) -> tuple[np.ndarray, np.ndarray, int, Path]:
+    """An expert with no cache in this cohort: every sample missing, dim from the model's
+    statistics (only a saved model's data can lack a modality: it fixes the dims)."""
+    if standardization is None:
+        raise FusionDataError(
+            f"{modality}/{expert}: no cache; a missing modality needs a saved model's statistics"
+        )
+    try:
+        dim = int(standardization.mean[modality][expert].shape[0])
+    except KeyError as exc:
+        raise FusionDataError(f"no standardisation statistics for {modality}/{expert}") from exc
+    path = Path(f"<{modality}/{expert}: absent in this cohort>")
+    return np.zeros((n, dim), dtype=np.float32), np.zeros(n, dtype=bool), dim, path
+
+
 def load_fusion_data(
     manifest: str | os.PathLike,
-    caches: dict[str, dict[str, str | os.PathLike]],
+    caches: dict[str, dict[str, str | os.PathLike | None]],
     standardization: Standardization | None = None,
     teachers: dict[str, str | os.PathLike] | None = None,
 ) -> FusionData:
     """Load the manifest and the caches ``{modality: {expert: path}}`` (config order kept).
+
+    A path of ``None`` is an expert of a modality this cohort does not have: missing for
+    every sample (external validation on a cohort with fewer modalities; needs
+    ``standardization``, which fixes its dim).
 
     Statistics are fitted on the train split unless ``standardization`` is given (e.g. the
     statistics saved with a model, to predict on another cohort). ``teachers``
@@ -292,8 +313,11 @@ def load_fusion_data(
     for mi, m in enumerate(modalities):
         dims[m], mean[m], std[m] = {}, {}, {}
         for ei, e in enumerate(experts[m]):
-            path = Path(caches[m][e])
-            x, ok, dim = _read_aligned(path, id_index, ids)
+            if caches[m][e] is None:  # a modality this cohort lacks (external validation)
+                x, ok, dim, path = _absent(m, e, n, standardization)
+            else:
+                path = Path(caches[m][e])
+                x, ok, dim = _read_aligned(path, id_index, ids)
             if standardization is None:
                 mu, sd = _fit_stats(x, ok & train_rows)
             else:

@@ -1,8 +1,9 @@
 """External validation (paper §4.5, Table 2) and evaluation of saved runs on (other) data.
 
-Train on one configured dataset, evaluate on another with the same tasks and modalities
-(MIMIC-IV-MM → MIMIC-III; demo: two demo cohorts drawn with shifted generator parameters,
-``python -m cohorts demo … --shift 0.5``). Config::
+Train on one configured dataset, evaluate on another with the same tasks and modalities, or a
+subset of them: a modality the target lacks is missing for every sample (MIMIC-IV-MM →
+MIMIC-III, which has no chest X-rays; demo: two demo cohorts drawn with shifted generator
+parameters, ``python -m cohorts demo … --shift 0.5``). Config::
 
     external:
       - {source: demo-mimic, target: demo-mimic-shift}
@@ -60,7 +61,13 @@ def external_protocol(target: str) -> str:
 
 
 def external_pairs(cfg: dict[str, Any]) -> list[tuple[str, str]]:
-    """The configured (source, target) pairs, checked for same modalities."""
+    """The configured (source, target) pairs, checked for compatible modalities.
+
+    The target's modalities must be a subset of the source's (MIMIC-III has no chest X-rays
+    for the MIMIC-IV-MM models): a modality the target lacks is evaluated as missing for every
+    sample, which is what the models are built for. Shared modalities need the same experts
+    and teachers.
+    """
     pairs = []
     for entry in cfg.get("external") or []:
         src, tgt = entry["source"], entry["target"]
@@ -68,18 +75,20 @@ def external_pairs(cfg: dict[str, Any]) -> list[tuple[str, str]]:
             if ds not in cfg["datasets"]:
                 raise ValueError(f"external: dataset {ds!r} is not configured")
         sm, tm = cfg["datasets"][src]["modalities"], cfg["datasets"][tgt]["modalities"]
-        if set(sm) != set(tm):
+        extra = [m for m in tm if m not in sm]
+        if extra or not tm:
             raise ValueError(
-                f"external {src} -> {tgt}: modalities differ ({list(sm)} vs {list(tm)})"
+                f"external {src} -> {tgt}: the target's modalities must be a non-empty subset of "
+                f"the source's ({list(tm)} vs {list(sm)}; not in the source: {extra})"
             )
-        for m in sm:
+        for m in tm:
             if set(sm[m]) != set(tm[m]):
                 raise ValueError(
                     f"external {src} -> {tgt}: experts of {m!r} differ ({sm[m]} vs {tm[m]})"
                 )
         st = cfg["datasets"][src].get("teachers") or {}
         tt = cfg["datasets"][tgt].get("teachers") or {}
-        if st != tt:
+        if {m: st.get(m) for m in tm} != {m: tt.get(m) for m in tm}:
             raise ValueError(
                 f"external {src} -> {tgt}: teachers differ ({st} vs {tt}); methods that read "
                 f"the large branch at inference (AdaCoMed, <modality>-large) need the target's "
@@ -87,6 +96,12 @@ def external_pairs(cfg: dict[str, Any]) -> list[tuple[str, str]]:
             )
         pairs.append((src, tgt))
     return pairs
+
+
+def absent_modalities(cfg: dict[str, Any], source: str, target: str) -> list[str]:
+    """The source's modalities the target cohort does not have (evaluated as missing)."""
+    tm = cfg["datasets"][target]["modalities"]
+    return [m for m in cfg["datasets"][source]["modalities"] if m not in tm]
 
 
 def external_targets(cfg: dict[str, Any]) -> set[str]:
@@ -145,12 +160,18 @@ def _load_target(cfg: dict[str, Any], target: str, spec: Any, standardization: A
 
     paths = dataset_paths(cfg, target)
     caches = cache_paths(cfg, target)
+    have = set(cfg["datasets"][target]["modalities"])
     for m in spec.modalities:  # a teacher cache read as an input expert (AdaCoMed, *-large)
-        caches.setdefault(m, {})[TEACHER_EXPERT] = paths.teacher(m)
-    missing = [(m, e) for m, e in spec.flat_experts if e not in caches.get(m, {})]
+        if m in have:
+            caches.setdefault(m, {})[TEACHER_EXPERT] = paths.teacher(m)
+    missing = [(m, e) for m, e in spec.flat_experts if m in have and e not in caches.get(m, {})]
     if missing:
         raise ValueError(f"{target}: no cache configured for {missing}")
-    wanted = {m: {e: caches[m][e] for e in spec.experts[m]} for m in spec.modalities}
+    # a modality the target cohort lacks: no cache, missing for every sample
+    wanted = {
+        m: {e: caches[m][e] if m in have else None for e in spec.experts[m]}
+        for m in spec.modalities
+    }
     return load_fusion_data(paths.manifest, wanted, standardization)
 
 
@@ -165,8 +186,9 @@ def _check_alignment(cfg: dict[str, Any], source: str, target: str, spec: Any) -
     fitted = set(cohort_fitted_experts(cfg, [e for _, e in spec.flat_experts]))
     specs = cfg.get("experts", {})
     flagged = set()
+    have = set(cfg["datasets"][target]["modalities"])
     for m, e in spec.flat_experts:
-        if e == TEACHER_EXPERT:
+        if e == TEACHER_EXPERT or m not in have:
             continue
         if specs.get(e, {}).get("type", e) == "rag":
             # the RAG branch's projection and image bridge are fitted per cohort
@@ -251,6 +273,9 @@ def evaluate_saved_runs(
     data = _load_target(cfg, target, spec, first.standardization)
     external = target != source
     unaligned = _check_alignment(cfg, source, target, spec)
+    absent = [m for m in spec.modalities if m not in cfg["datasets"][target]["modalities"]]
+    if absent:
+        log.info("%s lacks %s: evaluated as missing for every sample", target, absent)
     if external:
         data, rows = _external_view(data)
         log.info("%s -> %s (%s): %d external samples", source, target, method, int(rows.sum()))
@@ -309,6 +334,7 @@ def evaluate_saved_runs(
                     "seed": seed,
                     "source_run": str(seed_dir),
                     "unaligned_experts": unaligned,
+                    "absent_modalities": absent,
                 }
                 (d / "metrics.json").write_text(_json({**info, **metrics}))
                 if setting != "full":
@@ -331,6 +357,7 @@ def evaluate_saved_runs(
                 "std_ddof": 1,
                 "source_run": str(source_run),
                 "unaligned_experts": unaligned,
+                "absent_modalities": absent,
                 "seconds": round(time.perf_counter() - t0, 3),
             }
             (tmp / "summary.json").write_text(_json(summary))

@@ -870,9 +870,16 @@ def build_external_table(cfg: dict[str, Any], cells: Cells, results: Path) -> Pa
         for method in methods:
             rows.append({"pair": f"{src} → {tgt}", "method": method_label(method),
                          **cells.metric_row(src, p, method, split="external")})  # fmt: skip
-        flagged = set()
+        flagged, absent = set(), set()
         for s in (results / src / "runs" / p).glob("*/summary.json"):
-            flagged |= set(json.loads(s.read_text()).get("unaligned_experts") or [])
+            summary = json.loads(s.read_text())
+            flagged |= set(summary.get("unaligned_experts") or [])
+            absent |= set(summary.get("absent_modalities") or [])
+        if absent:
+            notes.append(
+                f"{src} → {tgt}: the target cohort has no {', '.join(sorted(absent))}; "
+                "evaluated as missing for every sample."
+            )
         if flagged:
             notes.append(
                 f"{src} → {tgt}: experts fitted per cohort, whose embedding spaces may differ "

@@ -73,10 +73,17 @@ def test_external_run_uses_source_statistics_and_thresholds(pair: dict) -> None:
 
 def test_external_pairs_are_checked(pair: dict) -> None:
     assert external_pairs(pair) == [("src", "tgt")]
-    bad = {**pair, "datasets": {**pair["datasets"], "tgt": {
+    fewer = {**pair, "datasets": {**pair["datasets"], "tgt": {
         "adapter": "demo", "modalities": {"a": ["a1", "a2"]}}}}  # fmt: skip
-    with pytest.raises(ValueError, match="modalities differ"):
-        external_pairs(bad)
+    assert external_pairs(fewer) == [("src", "tgt")]  # a subset: the rest is missing
+    more = {**pair, "datasets": {**pair["datasets"], "tgt": {**pair["datasets"]["tgt"],
+        "modalities": {**pair["datasets"]["tgt"]["modalities"], "z": ["a1"]}}}}  # fmt: skip
+    with pytest.raises(ValueError, match=r"non-empty subset .*not in the source: \['z'\]"):
+        external_pairs(more)
+    other = {**pair, "datasets": {**pair["datasets"], "tgt": {
+        "adapter": "demo", "modalities": {"a": ["a1"]}}}}  # fmt: skip
+    with pytest.raises(ValueError, match="experts of 'a' differ"):
+        external_pairs(other)
     with pytest.raises(ValueError, match="not configured"):
         external_pairs({**pair, "external": [{"source": "src", "target": "nope"}]})
     src = {**pair["datasets"]["src"], "teachers": {"a": "a1"}}
@@ -85,3 +92,38 @@ def test_external_pairs_are_checked(pair: dict) -> None:
     cfg = {"experts": {"t": {"type": "tfidf-svd"}, "r": {"type": "rag"}, "m": {"type": "minilm"},
                        "c": {"type": "catch22", "variables": ["hr"]}, "c2": {"type": "catch22"}}}  # fmt: skip
     assert cohort_fitted_experts(cfg, ["t", "r", "m", "c", "c2"]) == ["t", "r", "c2"]
+
+
+def test_external_target_lacking_a_modality(pair: dict, tmp_path) -> None:
+    """MIMIC-IV-MM -> MIMIC-III: the target has no cache for a modality of the source; that
+    modality is missing for every sample, and the predictions are the model's on the target
+    with the modality masked out."""
+    tgt = pair["datasets"]["tgt"]
+    lacking = "b"
+    cfg = {**pair, "datasets": {**pair["datasets"], "tgt": {**tgt, "modalities": {
+        m: e for m, e in tgt["modalities"].items() if m != lacking}}}}  # fmt: skip
+    out = run_external(cfg, "src", "tgt", "medmix", out=tmp_path / "run")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["absent_modalities"] == [lacking]
+    assert summary["unaligned_experts"] == []  # b/b2 is not read at all
+    lm = load_model(dataset_paths(pair, "src").run_dir("full", "medmix") / "seed0")
+    caches = cache_paths(pair, "tgt")
+    full = load_fusion_data(dataset_paths(pair, "tgt").manifest, caches, lm.standardization)
+    masked = load_fusion_data(
+        dataset_paths(pair, "tgt").manifest,
+        {m: {e: (None if m == lacking else p) for e, p in ev.items()} for m, ev in caches.items()},
+        lm.standardization,
+    )
+    b = full.modalities.index(lacking)
+    assert not masked.delta[:, b].any() and full.delta[:, b].any()
+    import pandas as pd
+
+    got = pd.read_parquet(out / "seed0" / "predictions.parquet")
+    cols = [c for c in got.columns if c.startswith("prob_")]
+    np.testing.assert_allclose(
+        got[cols].to_numpy(), predict(lm.model, masked).probs, rtol=1e-5, atol=1e-6
+    )
+    assert not np.allclose(got[cols].to_numpy(), predict(lm.model, full).probs, atol=1e-4)
+    # a cohort's own data cannot lack a modality: no statistics to fix its dim
+    with pytest.raises(Exception, match="needs a saved model's statistics"):
+        load_fusion_data(dataset_paths(pair, "tgt").manifest, {"a": {"a1": None}})

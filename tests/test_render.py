@@ -198,6 +198,12 @@ def test_ablation_external_per_task_experts_structured(setup) -> None:
     assert [r["method"] for r in ext.rows] == ["MeanAvg", "AdaCoMed", "MedMIX"]
     assert bold_rows(ext, "auroc") == [2]
     assert "Table 2" in table_markdown(ext)
+    assert not any("has no" in n for n in ext.notes)
+    run = Path(cfg["results"]) / "demo-mimic" / "runs" / "external-demo-mimic-shift" / "medmix"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "summary.json").write_text(json.dumps({"absent_modalities": ["lateral", "frontal"]}))
+    ext = build_external_table(cfg, cells, Path(cfg["results"]))
+    assert any("has no frontal, lateral; evaluated as missing" in n for n in ext.notes)
     pt = build_per_task_table(cfg, cells, Path(cfg["results"]), {"demo-mimic": "binary",
                                                                   "demo-openi": "multilabel"})  # fmt: skip
     assert [lab for _, lab in pt.id_columns] == ["Task", "Method"]
