@@ -175,6 +175,29 @@ def _load_target(cfg: dict[str, Any], target: str, spec: Any, standardization: A
     return load_fusion_data(paths.manifest, wanted, standardization)
 
 
+def _rag_bridges_aligned(cfg: dict[str, Any], source: str, target: str, modality: str) -> bool:
+    """The RAG branch (shared knowledge base, projection and encoders) gives one embedding
+    space across cohorts when the text its bridge hands it does: text, EHR and report-generation
+    bridges are fixed functions of the input; the nearest-report bridge is, when the target's
+    reports come from the source's training split (``--fit-manifest``, as the workflow does)."""
+    from extractors.rag.bridge import read_bridge
+    from medmix.config import dataset_paths
+
+    try:
+        metas = [
+            read_bridge(dataset_paths(cfg, ds).root / "bridge" / f"{modality}.parquet")[1]
+            for ds in (source, target)
+        ]
+    except Exception:  # noqa: BLE001 - no bridge to judge by: cannot vouch for it
+        return False
+    kinds = {str((m.get("bridge") or {}).get("type")) for m in metas}
+    if len(kinds) != 1:
+        return False
+    if kinds == {"nearest-report"}:
+        return all(m.get("library_dataset") == source for m in metas)
+    return True
+
+
 def _check_alignment(cfg: dict[str, Any], source: str, target: str, spec: Any) -> list[str]:
     """Experts whose caches may not share one embedding space across the two cohorts."""
     from extractors.cache import read_meta
@@ -190,8 +213,9 @@ def _check_alignment(cfg: dict[str, Any], source: str, target: str, spec: Any) -
     for m, e in spec.flat_experts:
         if e == TEACHER_EXPERT or m not in have:
             continue
-        if specs.get(e, {}).get("type", e) == "rag":
-            # the RAG branch's projection and image bridge are fitted per cohort
+        if specs.get(e, {}).get("type", e) == "rag" and not _rag_bridges_aligned(
+            cfg, source, target, m
+        ):
             flagged.add(e)
             continue
         try:

@@ -127,3 +127,33 @@ def test_external_target_lacking_a_modality(pair: dict, tmp_path) -> None:
     # a cohort's own data cannot lack a modality: no statistics to fix its dim
     with pytest.raises(Exception, match="needs a saved model's statistics"):
         load_fusion_data(dataset_paths(pair, "tgt").manifest, {"a": {"a1": None}})
+
+
+def test_rag_branch_alignment_follows_its_bridges(tmp_path) -> None:
+    """The RAG branch is one embedding space across cohorts when its bridged text is: fixed
+    bridges (text pass-through, EHR serialisation, report generators) always, the
+    nearest-report bridge when both cohorts drew from the source's training reports."""
+    import pandas as pd
+
+    from extractors.rag.bridge import write_bridge
+    from fusion.external import _rag_bridges_aligned
+
+    cfg = {"results": str(tmp_path), "datasets": {"src": {}, "tgt": {}}}
+    rows = pd.DataFrame({"sample_id": ["s0"], "text": ["t"], "source": ["x"], "status": ["ok"],
+                         "reason": [None]})  # fmt: skip
+
+    def bridge(ds: str, kind: str, library: str | None = None) -> None:
+        meta = {"bridge": {"type": kind}, **({"library_dataset": library} if library else {})}
+        write_bridge(rows, tmp_path / ds / "bridge" / "m.parquet", meta)
+
+    assert not _rag_bridges_aligned(cfg, "src", "tgt", "m")  # no bridge files: cannot vouch
+    bridge("src", "passthrough")
+    bridge("tgt", "passthrough")
+    assert _rag_bridges_aligned(cfg, "src", "tgt", "m")
+    bridge("src", "nearest-report", "src")
+    bridge("tgt", "nearest-report", "tgt")  # the target's own reports: another library
+    assert not _rag_bridges_aligned(cfg, "src", "tgt", "m")
+    bridge("tgt", "nearest-report", "src")  # --fit-manifest on the source, as the workflow does
+    assert _rag_bridges_aligned(cfg, "src", "tgt", "m")
+    bridge("tgt", "passthrough")
+    assert not _rag_bridges_aligned(cfg, "src", "tgt", "m")  # different bridges

@@ -64,7 +64,7 @@ REPORTS = [
 # -- builders ---------------------------------------------------------------------------------
 
 
-def make_cohort(root: Path, n: int = 24, seed: int = 0) -> dict:
+def make_cohort(root: Path, n: int = 24, seed: int = 0, dataset: str = "tinyrag") -> dict:
     """A manifest (frontal image, report text, EHR time series) + a fake image-expert cache."""
     rng = np.random.default_rng(seed)
     (root / "ts").mkdir(parents=True, exist_ok=True)
@@ -97,7 +97,7 @@ def make_cohort(root: Path, n: int = 24, seed: int = 0) -> dict:
         )
         emb.append(rng.normal(size=8))
     meta = ManifestMeta(
-        dataset="tinyrag",
+        dataset=dataset,
         task_type="binary",
         modalities={"frontal": "image", "report": "text", "ehr": "timeseries"},
         labels=["y"],
@@ -105,11 +105,11 @@ def make_cohort(root: Path, n: int = 24, seed: int = 0) -> dict:
         root=str(root),
     )
     manifest = write_manifest(
-        pd.DataFrame(rows), root / "results" / "tinyrag" / "manifest.parquet", meta
+        pd.DataFrame(rows), root / "results" / dataset / "manifest.parquet", meta
     )
     status = ["ok" if r["frontal"] else "missing" for r in rows]
     cache = write_cache(
-        root / "results" / "tinyrag" / "embeddings" / "frontal" / "radiomics.parquet",
+        root / "results" / dataset / "embeddings" / "frontal" / "radiomics.parquet",
         CacheRecords(
             [r["sample_id"] for r in rows],
             np.asarray(emb, np.float32),
@@ -330,6 +330,43 @@ def test_nearest_report_only_from_training_split_and_never_own_patient(tmp_path:
             np.array([True]),
             ["r"],
         )
+
+
+def test_nearest_report_external_target_takes_the_source_library(tmp_path: Path) -> None:
+    """An external-validation target's reports come from the SOURCE cohort's training split
+    (one library for both cohorts, so the RAG branch embeds both in one space)."""
+    src = make_cohort(tmp_path / "src", seed=0, dataset="src")
+    tgt = make_cohort(tmp_path / "tgt", seed=1, dataset="tgt")
+    frame, meta = run_bridge(
+        tgt["manifest"], "frontal", {"type": "nearest-report"}, image_cache=tgt["cache"],
+        fit_manifest=src["manifest"], fit_image_cache=src["cache"],
+    )  # fmt: skip
+    assert meta["library_dataset"] == "src"
+    src_rows = {r["sample_id"]: r for r in src["rows"]}
+    ok = frame[frame["status"] == "ok"]
+    assert len(ok) == sum(r["frontal"] is not None for r in tgt["rows"])
+    src_unit = src["emb"] / np.linalg.norm(src["emb"], axis=1, keepdims=True)
+    tgt_unit = tgt["emb"] / np.linalg.norm(tgt["emb"], axis=1, keepdims=True)
+    eligible = [
+        r["sample_id"]
+        for r in src["rows"]
+        if r["split"] == "train" and r["frontal"] and r["report"]
+    ]
+    for sid, source, text in zip(ok["sample_id"], ok["source"], ok["text"], strict=True):
+        nb = source.removeprefix("nearest-report:")
+        assert src_rows[nb]["split"] == "train" and text == src_rows[nb]["report"]
+        # cosine-nearest in the source library; the same patient id in another cohort is
+        # another person, so it is not excluded
+        best = max(eligible, key=lambda e: float(src_unit[int(e[1:])] @ tgt_unit[int(sid[1:])]))
+        assert nb == best
+    own, own_meta = run_bridge(
+        tgt["manifest"], "frontal", {"type": "nearest-report"}, image_cache=tgt["cache"]
+    )
+    assert own_meta["library_dataset"] == "tgt"
+    assert not own.loc[own["status"] == "ok", "source"].equals(ok["source"])
+    with pytest.raises(BridgeError, match="fit-image-cache"):
+        run_bridge(tgt["manifest"], "frontal", {"type": "nearest-report"},
+                   image_cache=tgt["cache"], fit_manifest=src["manifest"])  # fmt: skip
 
 
 def test_bridge_does_not_see_labels_or_other_test_samples(tmp_path: Path) -> None:

@@ -131,7 +131,13 @@ def cmd_bridge(args: argparse.Namespace) -> int:
             f"or set rag.bridges.{args.modality}.image_expert"
         )
     frame, meta = run_bridge(
-        manifest, args.modality, spec, image_cache=image_cache, device=rag.get("device", "cpu")
+        manifest,
+        args.modality,
+        spec,
+        image_cache=image_cache,
+        device=rag.get("device", "cpu"),
+        fit_manifest=args.fit_manifest,
+        fit_image_cache=args.fit_image_cache,
     )
     out = (
         Path(args.out)
@@ -226,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modality", required=True)
     p.add_argument("--manifest")
     p.add_argument("--image-cache", help="the image expert's cache (nearest-report bridge)")
+    p.add_argument("--fit-manifest",
+                   help="nearest-report: hand out the training reports of this (source) cohort "
+                   "instead of this one's (external-validation targets)")  # fmt: skip
+    p.add_argument(
+        "--fit-image-cache", help="the source cohort's image-expert cache (with --fit-manifest)"
+    )
     p.add_argument("--out")
     p.set_defaults(func=cmd_bridge)
 

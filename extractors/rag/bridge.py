@@ -186,45 +186,78 @@ def serialize_ehr_file(path: str | Path, cfg: Mapping[str, Any]) -> str:
 # -- nearest-neighbour report bridge (offline) ------------------------------------------------
 
 
+@dataclass
+class ReportLibrary:
+    """The training reports a nearest-report bridge hands out, with their image embeddings.
+
+    By default the cohort's own training split; for an external-validation target, the
+    SOURCE cohort's (``--fit-manifest``), so both cohorts' bridged text comes from one library
+    and the RAG branch embeds them in one space.
+    """
+
+    samples: pd.DataFrame  # sample_id, patient_id, split (no labels)
+    image_ids: Sequence[str]
+    image_emb: np.ndarray
+    image_ok: np.ndarray
+    reports: Sequence[Any]
+    same_cohort: bool = True  # exclude a query's own patient (ids mean one person only here)
+
+
+def _unit_rows(emb: np.ndarray) -> np.ndarray:
+    emb = np.asarray(emb, dtype=np.float64)
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    return np.divide(emb, norms, out=np.zeros_like(emb), where=norms > 0)
+
+
 def nearest_report(
     samples: pd.DataFrame,
     image_ids: Sequence[str],
     image_emb: np.ndarray,
     image_ok: np.ndarray,
     reports: Sequence[Any],
+    library: ReportLibrary | None = None,
 ) -> tuple[list[str | None], list[str | None], list[str], list[str | None]]:
     """For each row of ``samples`` (sample_id, patient_id, split): the report of the nearest
     training sample by cosine similarity of the image embeddings.
 
-    Candidates: training-split rows with an ok image embedding and a non-empty report, sorted by
-    sample id (ties go to the smallest id). A sample never receives a report of its own patient.
-    Returns (text, source, status, reason) per row. Labels are not an input.
+    Candidates: training-split rows of the library (default: ``samples`` themselves, with
+    ``reports``) with an ok image embedding and a non-empty report, sorted by sample id (ties go
+    to the smallest id). Within one cohort a sample never receives a report of its own
+    patient. Returns (text, source, status, reason) per row. Labels are not an input.
     """
-    if set(samples.columns) - {"sample_id", "patient_id", "split"}:
-        raise BridgeError("nearest_report takes only sample_id, patient_id and split (no labels)")
+    if library is None:
+        library = ReportLibrary(samples, image_ids, image_emb, image_ok, reports)
+    for frame in (samples, library.samples):
+        if set(frame.columns) - {"sample_id", "patient_id", "split"}:
+            raise BridgeError(
+                "nearest_report takes only sample_id, patient_id and split (no labels)"
+            )
     pos = {sid: i for i, sid in enumerate(image_ids)}
-    emb = np.asarray(image_emb, dtype=np.float64)
-    norms = np.linalg.norm(emb, axis=1, keepdims=True)
-    unit = np.divide(emb, norms, out=np.zeros_like(emb), where=norms > 0)
+    unit = _unit_rows(image_emb)
     sid = samples["sample_id"].astype(str).tolist()
     pid = samples["patient_id"].astype(str).to_numpy()
-    split = samples["split"].astype(str).to_numpy()
+    lib_pos = {s: i for i, s in enumerate(library.image_ids)}
+    lib_unit = _unit_rows(library.image_emb)
+    lib_sid = library.samples["sample_id"].astype(str).tolist()
+    lib_pid = library.samples["patient_id"].astype(str).to_numpy()
+    lib_split = library.samples["split"].astype(str).to_numpy()
+    lib_reports = library.reports
     cand = [
         i
-        for i in range(len(sid))
-        if split[i] == "train"
-        and sid[i] in pos
-        and image_ok[pos[sid[i]]]
-        and not _is_missing(reports[i])
-        and str(reports[i]).strip()
+        for i in range(len(lib_sid))
+        if lib_split[i] == "train"
+        and lib_sid[i] in lib_pos
+        and library.image_ok[lib_pos[lib_sid[i]]]
+        and not _is_missing(lib_reports[i])
+        and str(lib_reports[i]).strip()
     ]
-    cand.sort(key=lambda i: sid[i])
+    cand.sort(key=lambda i: lib_sid[i])
     if not cand:
         raise BridgeError(
             "nearest-report bridge: no training sample has both an image embedding and a report"
         )
-    cand_vecs = unit[[pos[sid[i]] for i in cand]]
-    cand_pid = pid[cand]
+    cand_vecs = lib_unit[[lib_pos[lib_sid[i]] for i in cand]]
+    cand_pid = lib_pid[cand] if library.same_cohort else np.full(len(cand), None, dtype=object)
     text: list[str | None] = []
     source: list[str | None] = []
     status: list[str] = []
@@ -259,8 +292,8 @@ def nearest_report(
             continue
         best = int(np.argmax(sims))
         nb = cand[best]
-        text.append(" ".join(str(reports[nb]).split()))
-        source.append(f"nearest-report:{sid[nb]}")
+        text.append(" ".join(str(lib_reports[nb]).split()))
+        source.append(f"nearest-report:{lib_sid[nb]}")
         status.append("ok")
         reason.append(None)
     return text, source, status, reason
@@ -621,8 +654,14 @@ def run_bridge(
     image_cache: str | os.PathLike | None = None,
     root: str | os.PathLike | None = None,
     device: str = "cpu",
+    fit_manifest: str | os.PathLike | None = None,
+    fit_image_cache: str | os.PathLike | None = None,
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Bridge one modality of a manifest; returns the rows and their metadata."""
+    """Bridge one modality of a manifest; returns the rows and their metadata.
+
+    ``fit_manifest`` / ``fit_image_cache`` (external-validation targets, nearest-report only):
+    take the reports from that cohort's training split instead of this one's.
+    """
     from cohorts.manifest import read_manifest
 
     df, mmeta = read_manifest(manifest_path)
@@ -690,12 +729,36 @@ def run_bridge(
         rep_mod = report_modality(mmeta.modalities, spec.get("report_modality"))
         # Only ids, patients and splits go in: the bridge cannot see a label.
         samples = df[["sample_id", "patient_id", "split"]].copy()
+        library, library_dataset = None, mmeta.dataset
+        if fit_manifest is not None:
+            if fit_image_cache is None:
+                raise BridgeError(
+                    "--fit-manifest needs --fit-image-cache (the source's image cache)"
+                )
+            lib_df, lib_meta = read_manifest(fit_manifest)
+            lib_cache = read_cache(fit_image_cache)
+            if lib_cache.meta.expert != cache.meta.expert:
+                raise BridgeError(
+                    f"library image cache is {lib_cache.meta.expert!r}, this cohort's is "
+                    f"{cache.meta.expert!r}: the nearest-neighbour search needs one embedding space"
+                )
+            lib_rep = report_modality(lib_meta.modalities, spec.get("report_modality"))
+            library = ReportLibrary(
+                lib_df[["sample_id", "patient_id", "split"]].copy(),
+                lib_cache.sample_ids.astype(str).tolist(),
+                lib_cache.embeddings,
+                lib_cache.ok,
+                lib_df[lib_rep].tolist(),
+                same_cohort=lib_meta.dataset == mmeta.dataset,
+            )
+            library_dataset = lib_meta.dataset
         text, source, status, reason = nearest_report(
             samples,
             cache.sample_ids.astype(str).tolist(),
             cache.embeddings,
             cache.ok,
             df[rep_mod].tolist(),
+            library=library,
         )
         for i in range(len(ids)):
             if present[i]:
@@ -710,6 +773,7 @@ def run_bridge(
                 "image_expert": cache.meta.expert,
                 "image_cache": str(image_cache),
                 "report_modality": rep_mod,
+                "library_dataset": library_dataset,
             }
         )
     else:

@@ -67,6 +67,7 @@ rule bridge:
     params:
         cfg=lambda wc: rag_slice("bridges", "device", dataset=wc.dataset),
         image_cache=lambda wc, input: f"--image-cache {input.image_cache}" if "image_cache" in input.keys() else "",
+        fit=rag_bridge_fit_args,
     log:
         f"{LOGS}/{{dataset}}/bridge/{{modality}}.log",
     benchmark:
@@ -81,7 +82,7 @@ rule bridge:
     shell:
         "python -m extractors.rag bridge --config {params.cfg} --dataset {wildcards.dataset}"
         " --modality {wildcards.modality} --manifest {input.manifest} {params.image_cache}"
-        " --out {output.bridge} > {log} 2>&1"
+        " {params.fit} --out {output.bridge} > {log} 2>&1"
 
 
 rule rag:

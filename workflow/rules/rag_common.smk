@@ -41,7 +41,17 @@ def rag_bridge_inputs(wc):
         if not expert:
             raise ValueError(f"rag.bridges.{wc.modality}: nearest-report needs image_expert")
         inputs["image_cache"] = f"{RESULTS}/{wc.dataset}/embeddings/{wc.modality}/{expert}.parquet"
+        src = fit_source(wc.dataset)
+        if src:  # an external target takes its reports from the source's training split
+            inputs["fit_manifest"] = f"{RESULTS}/{src}/manifest.parquet"
+            inputs["fit_image_cache"] = f"{RESULTS}/{src}/embeddings/{wc.modality}/{expert}.parquet"
     return inputs
+
+
+def rag_bridge_fit_args(wc, input):
+    if "fit_manifest" not in input.keys():
+        return ""
+    return f"--fit-manifest {input.fit_manifest} --fit-image-cache {input.fit_image_cache}"
 
 
 def rag_bridge_gpu(wc):
