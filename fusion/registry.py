@@ -153,6 +153,11 @@ class MethodInputs:
     caches: dict[str, dict[str, Path]]  # modality -> expert -> cache (teacher inputs included)
     teachers: dict[str, Path]  # modality -> teacher cache read for distillation only
     unavailable: str | None = None  # why the method cannot run here (then nothing is read)
+    unavailable_kind: str | None = None  # its short form for a table cell (UNAVAILABLE_KINDS)
+
+
+# the short forms of why a run could not happen, as table cells print them
+UNAVAILABLE_KINDS = ("weights absent", "no teacher", "inputs missing")
 
 
 def onellm_weights(cfg: dict[str, Any]) -> Path | None:
@@ -199,7 +204,7 @@ def method_inputs(cfg: dict[str, Any], dataset: str, method: str) -> MethodInput
     if base == ONELLM:
         why = onellm_unavailable(cfg)
         if why:
-            return MethodInputs(mods, {}, {}, unavailable=why)
+            return MethodInputs(mods, {}, {}, unavailable=why, unavailable_kind="weights absent")
         return MethodInputs(mods, {m: {ONELLM: paths.cache(m, ONELLM)} for m in mods}, {})
     if base == "large":
         if only not in teachers:
@@ -211,7 +216,7 @@ def method_inputs(cfg: dict[str, Any], dataset: str, method: str) -> MethodInput
             f"{method} reads the large (teacher) branch, and dataset {dataset} has no teacher "
             f"for {mods} (datasets.{dataset}.teachers: {{modality: expert}})"
         )
-        return MethodInputs(mods, {}, {}, unavailable=why)
+        return MethodInputs(mods, {}, {}, unavailable=why, unavailable_kind="no teacher")
     if base in TEACHER_INPUT_BASES:
         for m in mods:
             if m in teachers:

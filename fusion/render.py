@@ -113,15 +113,11 @@ class MainTable:
     # (dataset, method) -> why the run could not happen (OneLLM without weights, ...): shown
     # as a row of n/a cells marked "(not run)" and the reason as a note under the table
     unavailable: dict[tuple[str, str], str] = field(default_factory=dict)
+    # (dataset, method) -> the short form printed in the cell ("weights absent", "no teacher")
+    markers: dict[tuple[str, str], str] = field(default_factory=dict)
 
-
-def unavailable_marker(reason: str) -> str:
-    """A short cell text for a run that could not happen."""
-    if "OneLLM" in reason or "checkpoint" in reason:
-        return "weights absent"
-    if "teacher" in reason:
-        return "no teacher"
-    return "not run"
+    def marker(self, dataset: str, method: str) -> str:
+        return self.markers.get((dataset, method), "not run")
 
 
 def _notes(table: MainTable) -> list[str]:
@@ -178,7 +174,7 @@ def add_unavailable(table: MainTable, runs: dict[str, list[dict[str, Any]]]) -> 
     """Rows for the full-protocol runs marked unavailable (``runs``: dataset -> the list of
     :func:`fusion.run_status.unavailable_runs`), placed with their dataset in method order."""
     frame = table.frame
-    extra, why = [], dict(table.unavailable)
+    extra, why, markers = [], dict(table.unavailable), dict(table.markers)
     for ds, entries in runs.items():
         for e in entries:
             if e["protocol"] != "full":
@@ -189,6 +185,7 @@ def add_unavailable(table: MainTable, runs: dict[str, list[dict[str, Any]]]) -> 
             row.update({f"{m}_{k}": np.nan for m in METRIC_COLUMNS for k in ("mean", "std")})
             extra.append(row)
             why[(ds, e["method"])] = e["reason"]
+            markers[(ds, e["method"])] = e.get("kind") or "not run"
     if not extra:
         return table
     both = pd.concat([frame, pd.DataFrame(extra)], ignore_index=True)
@@ -198,7 +195,7 @@ def add_unavailable(table: MainTable, runs: dict[str, list[dict[str, Any]]]) -> 
         sel = both[both["dataset"] == ds]
         for method in method_order(sel["method"].unique()):
             ordered.append(sel[sel["method"] == method].iloc[0])
-    return MainTable(pd.DataFrame(ordered).reset_index(drop=True), table.header, why)
+    return MainTable(pd.DataFrame(ordered).reset_index(drop=True), table.header, why, markers)
 
 
 def _best_mask(frame: pd.DataFrame, metric: str) -> pd.Series:
@@ -219,7 +216,8 @@ def render_markdown(table: MainTable) -> str:
         last_ds = row["dataset"]
         label = method_label(row["method"])
         why = table.unavailable.get((row["dataset"], row["method"]))
-        cells = [ds, f"{label} ({unavailable_marker(why)})" if why else label]
+        mark = table.marker(row["dataset"], row["method"])
+        cells = [ds, f"{label} ({mark})" if why else label]
         for m in METRIC_COLUMNS:
             mean = row[f"{m}_mean"]
             cells.append(
@@ -250,7 +248,8 @@ def render_latex(table: MainTable) -> str:
         last_ds = row["dataset"]
         why = table.unavailable.get((row["dataset"], row["method"]))
         label = method_label(row["method"])
-        cells = [_tex(ds), _tex(f"{label} ({unavailable_marker(why)})" if why else label)]
+        mark = table.marker(row["dataset"], row["method"])
+        cells = [_tex(ds), _tex(f"{label} ({mark})" if why else label)]
         for m in METRIC_COLUMNS:
             mean = row[f"{m}_mean"]
             cells.append(

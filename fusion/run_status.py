@@ -23,5 +23,6 @@ def unavailable_runs(runs_root: str | os.PathLike) -> list[dict[str, Any]]:
         s = json.loads(path.read_text())
         if s.get("status") == "unavailable":
             out.append({"protocol": path.parent.parent.name, "method": path.parent.name,
-                        "reason": s.get("reason", "")})  # fmt: skip
+                        "reason": s.get("reason", ""),
+                        "kind": s.get("unavailable_kind") or "not run"})  # fmt: skip
     return out

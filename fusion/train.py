@@ -94,8 +94,8 @@ class FusionHParams:
     clip_grad_norm: float = 1.0
     warmup_epochs: int = 5
     max_epochs: int = 200
-    patience: int = 15
-    batch_size: int = 64
+    patience: int = 10
+    batch_size: int = 128
     lambda_kd: float = 0.0
     rkd_gamma: float = 1.0
     # None, one number for every output, "auto" (train-split n_neg / n_pos per output), a
@@ -983,13 +983,14 @@ def _write_masks(data: FusionData, protocol: str, seed: int, directory: Path) ->
 
 
 def _unavailable(
-    out: Path, info: dict[str, Any], seeds: list[int], reason: str, t0: float
+    out: Path, info: dict[str, Any], seeds: list[int], reason: str, kind: str, t0: float
 ) -> RunSummary:
     tmp = fresh_tmp_dir(out)
     summary = {
         **info,
         "status": "unavailable",
         "reason": reason,
+        "unavailable_kind": kind,
         "split": "test",
         "seeds": seeds,
         "per_seed": {},
@@ -1026,12 +1027,20 @@ def run_training(
     short = {k: v for k, v in info.items() if k != "hparams"}
     inputs = method_inputs(cfg, dataset, method)
     if inputs.unavailable:
-        return _unavailable(out, short, seeds, inputs.unavailable, t0)
+        return _unavailable(
+            out, short, seeds, inputs.unavailable, inputs.unavailable_kind or "inputs missing", t0
+        )
     dcfg = cfg["datasets"][dataset]
     plan = resolve_method(method, list(dcfg["modalities"]), dcfg.get("teachers") or {})
     missing = [str(p) for ev in inputs.caches.values() for p in ev.values() if not Path(p).exists()]
     if missing and getattr(method_class(plan.base), "requires_weights", False):
-        return _unavailable(out, short, seeds, f"embedding caches missing: {missing}", t0)
+        why = f"embedding caches missing: {missing}"
+        kind = (
+            "weights absent"
+            if getattr(method_class(plan.base), "requires_weights", False)
+            else "inputs missing"
+        )
+        return _unavailable(out, short, seeds, why, kind, t0)
     paths = dataset_paths(cfg, dataset)
     data = load_fusion_data_cached(paths.manifest, inputs.caches, inputs.teachers or None)
     log.info(

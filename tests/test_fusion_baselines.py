@@ -115,12 +115,14 @@ def test_onellm_without_weights_is_marked_unavailable(cohort: dict, tmp_path: Pa
     argv = ["train", "--config", json.dumps(cohort), "--dataset", DATASET, "--method", "onellm"]
     assert fusion_main([*argv, "--out", str(out), "--seeds", "0"]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["status"] == "unavailable"
+    assert summary["status"] == "unavailable" and summary["unavailable_kind"] == "weights absent"
     assert "OneLLM" in summary["reason"] and "weights" in summary["reason"]
     assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
     runs = dataset_paths(cohort, DATASET).root / "runs"
     assert "onellm" not in set(collect_metrics(runs, DATASET)["method"])
-    assert {"protocol": "full", "method": "onellm"}.items() <= unavailable_runs(runs)[0].items()
+    assert {"protocol": "full", "method": "onellm", "kind": "weights absent"}.items() <= (
+        unavailable_runs(runs)[0].items()
+    )
     # with a folder that holds no checkpoint, the message says where it looked
     cfg = dict(cohort, fusion=cohort["fusion"] | {"onellm_weights": str(tmp_path)})
     assert str(tmp_path) in method_inputs(cfg, DATASET, "onellm").unavailable

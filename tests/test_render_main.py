@@ -21,10 +21,14 @@ def _metrics(dataset: str, values: dict[str, list[float]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _unavailable(root: Path, method: str, reason: str) -> None:
+def _unavailable(root: Path, method: str, reason: str, kind: str | None) -> None:
+    """A run marked unavailable as the trainer writes it (``kind``: its short form)."""
     run = root / "runs" / "full" / method
     run.mkdir(parents=True)
-    (run / "summary.json").write_text(json.dumps({"status": "unavailable", "reason": reason}))
+    summary = {"status": "unavailable", "reason": reason}
+    if kind is not None:
+        summary["unavailable_kind"] = kind
+    (run / "summary.json").write_text(json.dumps(summary))
 
 
 def test_main_table_marks_runs_that_could_not_happen(tmp_path: Path) -> None:
@@ -35,14 +39,18 @@ def test_main_table_marks_runs_that_could_not_happen(tmp_path: Path) -> None:
         root.mkdir()
         _metrics(ds, vals).to_parquet(root / "metrics.parquet")
         paths.append(root / "metrics.parquet")
-    _unavailable(tmp_path / "demo-a", "onellm", "no OneLLM weights configured. OneLLM needs ...")
-    _unavailable(tmp_path / "demo-b", "adacomed", "adacomed reads the large (teacher) branch ...")
-    _unavailable(tmp_path / "demo-b", "onellm", "no OneLLM weights configured. OneLLM needs ...")
+    onellm = "no OneLLM weights configured. OneLLM needs ..."
+    _unavailable(tmp_path / "demo-a", "onellm", onellm, "weights absent")
+    _unavailable(tmp_path / "demo-b", "adacomed", "adacomed reads the large (teacher) branch ...",
+                 "no teacher")  # fmt: skip
+    _unavailable(tmp_path / "demo-b", "onellm", onellm, "weights absent")
+    _unavailable(tmp_path / "demo-b", "max", "a summary from before the short form existed", None)
     out = tmp_path / "tables"
     write_tables(paths, out, "header line")
     md = (out / "main.md").read_text()
     assert "| OneLLM (weights absent) | n/a | n/a | n/a | n/a |" in md
     assert "| AdaCoMed (no teacher) | n/a |" in md
+    assert "| Max (not run) | n/a |" in md  # the cell reads the kind, never the reason text
     # one note per reason, naming every dataset it applies to
     assert md.count("- Not run: OneLLM on demo-a, demo-b: no OneLLM weights configured") == 1
     assert "**0.8500 ± 0.0707**" in md  # demo-a MedMIX AUROC is the best, in bold
@@ -52,6 +60,6 @@ def test_main_table_marks_runs_that_could_not_happen(tmp_path: Path) -> None:
     assert row["seeds"] == 0 and row["auroc_mean"] == "" and "OneLLM" in row["unavailable"]
     assert csv[csv["method"] == "medmix"]["unavailable"].eq("").all()
     # a method's rows stay with their dataset, in the paper's order (MedMIX last)
-    assert csv["dataset"].tolist() == ["demo-a"] * 3 + ["demo-b"] * 4
+    assert csv["dataset"].tolist() == ["demo-a"] * 3 + ["demo-b"] * 5
     tex = (out / "main.tex").read_text()
     assert "OneLLM (weights absent)" in tex
