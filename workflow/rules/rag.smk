@@ -66,8 +66,7 @@ rule bridge:
         bridge=f"{RESULTS}/{{dataset}}/bridge/{{modality}}.parquet",
     params:
         cfg=lambda wc: rag_slice("bridges", "device", dataset=wc.dataset),
-        image_cache=lambda wc, input: f"--image-cache {input.image_cache}" if "image_cache" in input.keys() else "",
-        fit=rag_bridge_fit_args,
+        image_cache=rag_bridge_image_args,
     log:
         f"{LOGS}/{{dataset}}/bridge/{{modality}}.log",
     benchmark:
@@ -82,7 +81,7 @@ rule bridge:
     shell:
         "python -m extractors.rag bridge --config {params.cfg} --dataset {wildcards.dataset}"
         " --modality {wildcards.modality} --manifest {input.manifest} {params.image_cache}"
-        " {params.fit} --out {output.bridge} > {log} 2>&1"
+        " --out {output.bridge} > {log} 2>&1"
 
 
 rule rag:

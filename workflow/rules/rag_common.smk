@@ -48,10 +48,15 @@ def rag_bridge_inputs(wc):
     return inputs
 
 
-def rag_bridge_fit_args(wc, input):
-    if "fit_manifest" not in input.keys():
+def rag_bridge_image_args(wc, input):
+    """The nearest-report bridge's image cache, and for an external target the source's
+    manifest and image cache (its report library)."""
+    if "image_cache" not in input.keys():
         return ""
-    return f"--fit-manifest {input.fit_manifest} --fit-image-cache {input.fit_image_cache}"
+    args = f"--image-cache {input.image_cache}"
+    if "fit_manifest" in input.keys():
+        args += f" --fit-manifest {input.fit_manifest} --fit-image-cache {input.fit_image_cache}"
+    return args
 
 
 def rag_bridge_gpu(wc):
