@@ -4,7 +4,7 @@ A synthetic cohort of N samples (4 modalities × 3 experts × 768-d embeddings, 
 70/15/15 split, ~20 % of the modalities missing) is built in memory ONCE and shared by every
 seed (and would be by every method: :func:`fusion.data.load_fusion_data_cached` does the
 same for real caches). For each N it trains MedMIX with the config's ``fusion:`` defaults
-(d = 64, bottleneck 32, batch 64, …) for one epoch, every seed at once (vectorised over the
+(d = 64, bottleneck 32, batch 128, …; ``--batch-size`` overrides) for one epoch, every seed at once (vectorised over the
 seed axis with ``torch.func.vmap``; ``--sequential`` trains the seeds one after another for
 comparison), and prints:
 
@@ -22,7 +22,7 @@ comparison), and prints:
 * peak resident memory of the process.
 
     python bench/train_speed.py [--n 10000 100000] [--seeds 0 1 2 3 4] [--threads 1]
-                                [--max-steps K] [--sequential] [--batch-size 64]
+                                [--max-steps K] [--sequential] [--batch-size B] [--config F]
 
 On a machine shared with other jobs every number moves with the load; the matmul limit is
 re-measured right before each training run to keep the ratio fair.
@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -162,12 +163,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, nargs="+", default=[10_000, 100_000])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--config", type=Path, default=REPO / "config.yaml",
+                   help="hyper-parameters from this config's fusion: section (default: the demo's)")  # fmt: skip
+    p.add_argument("--batch-size", type=int, help="override the config's fusion.batch_size")
     p.add_argument("--max-steps", type=int, help="stop the epoch after this many steps")
     p.add_argument("--sequential", action="store_true", help="also train the seeds one by one")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    hp = FusionHParams(batch_size=args.batch_size)
+    section = dict(yaml.safe_load(args.config.read_text()).get("fusion") or {})
+    if args.batch_size is not None:
+        section["batch_size"] = args.batch_size
+    hp = FusionHParams.from_config(section)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPU(s); "
           f"MedMIX d={hp.d}, bottleneck={hp.adapter_bottleneck}, batch={hp.batch_size}, "
           f"seeds={args.seeds}; 4 modalities x 3 experts x {DIM}-d")  # fmt: skip
