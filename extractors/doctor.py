@@ -202,6 +202,92 @@ def _validate(cfg: dict[str, Any]) -> Check:
     return Check(OK, "valid")
 
 
+def _spec_weights(spec: Any) -> Check:
+    """The weights check of a component that loads through extractors.loading (a ModelSpec)."""
+    from extractors.experts.fm_common import weights_status
+
+    try:
+        state, detail = weights_status(spec)
+    except Exception as exc:  # a broken config, never a crash of the doctor
+        return Check(FAIL, f"{type(exc).__name__}: {exc}"[:400])
+    if state == "ok":
+        return Check(WARN if "not a pinned commit" in detail else OK, detail)
+    return Check(WARN if state == "random-init" else FAIL, detail)
+
+
+def _paths_exist(cfg: dict[str, Any], keys: tuple[str, ...]) -> Check:
+    missing = [
+        f"{k}={cfg.get(k)!r}"
+        for k in keys
+        if not cfg.get(k) or not Path(str(cfg[k])).expanduser().exists()
+    ]
+    return Check(FAIL, f"not found: {', '.join(missing)}") if missing else Check(OK, "found")
+
+
+def rag_reports(cfg: dict[str, Any]) -> list[ExpertReport]:
+    """The RAG expert is a chain, not one model: the knowledge source, the MedCPT query and
+    article encoders, the LLM of the soft prompt, and each report-generation bridge."""
+    from extractors.rag.bridge import GENERATORS
+    from extractors.rag.encoders import build_encoder
+    from extractors.rag.expert import PACKAGES, rag_config
+    from extractors.rag.softprompt import SoftPromptEncoder
+
+    try:
+        rag = rag_config({k: v for k, v in (cfg.get("rag") or {}).items() if k != "device"})
+    except Exception as exc:
+        rep = ExpertReport("rag", "rag", checks={"config": Check(FAIL, f"{exc}"[:400])})
+        return [rep]
+    device = str((cfg.get("rag") or {}).get("device", "cpu"))
+    n_gpu = _cuda()[0]
+    dev = (
+        Check(FAIL, f"rag.device {device} but no CUDA device visible")
+        if device.startswith("cuda") and not n_gpu
+        else Check(OK, "cuda" if n_gpu and device != "cpu" else "cpu")
+    )
+    missing = [d for d in PACKAGES if not _installed(d)]
+    pkgs = Check(FAIL, f"missing: {', '.join(missing)}") if missing else Check(OK, "installed")
+    source = str(rag["knowledge"]["source"])
+    reports = [ExpertReport("rag/knowledge", "rag", "text", source, {
+        "source": Check(OK, "found") if Path(source).exists() else Check(
+            FAIL, f"{source} not found: the MedlinePlus bulk XML (mplus_topics_<date>.xml) or a docs.parquet")})]  # fmt: skip
+    components = [
+        ("rag/query_encoder", lambda: build_encoder("rag/query_encoder", rag["query_encoder"])),
+        (
+            "rag/article_encoder",
+            lambda: build_encoder("rag/article_encoder", rag["article_encoder"]),
+        ),
+        ("rag/llm", lambda: SoftPromptEncoder(rag["llm"])),
+    ]
+    for name, build in components:
+        rep = ExpertReport(name, "rag", "text")
+        try:
+            spec = build().spec
+            rep.model = str(spec.model_id)
+            rep.checks.update(packages=pkgs, weights=_spec_weights(spec), device=dev)
+        except Exception as exc:
+            rep.checks["config"] = Check(FAIL, f"{type(exc).__name__}: {exc}"[:400])
+        reports.append(rep)
+    for key, bcfg in rag["bridges"].items():
+        btype = str(bcfg.get("type"))
+        if btype not in GENERATORS:
+            continue  # pass-through, EHR serialisation, nearest-report: no weights
+        rep = ExpertReport(f"rag/bridge/{key}", btype, key)
+        try:
+            gen = GENERATORS[btype](bcfg)
+            if btype == "histgen":
+                rep.checks["weights"] = _paths_exist(
+                    gen.cfg, ("repo_dir", "checkpoint", "ann_path", "features_dir")
+                )
+            else:
+                rep.model = str(gen.spec.model_id)
+                rep.checks["weights"] = _spec_weights(gen.spec)
+            rep.checks["device"] = dev
+        except Exception as exc:
+            rep.checks["config"] = Check(FAIL, f"{type(exc).__name__}: {exc}"[:400])
+        reports.append(rep)
+    return reports
+
+
 def run_doctor(config: str | os.PathLike, only: list[str] | None = None) -> DoctorReport:
     from extractors.registry import build_from_spec, expert_class, register_preset
 
@@ -217,6 +303,9 @@ def run_doctor(config: str | os.PathLike, only: list[str] | None = None) -> Doct
             continue
         spec = dict(spec or {})
         rep = ExpertReport(name=name, type=str(spec.get("type", name)))
+        if rep.type == "rag":  # built by the rag rules from the rag: section, not the registry
+            reports += rag_reports(cfg)
+            continue
         try:
             cls = expert_class(rep.type)
             rep.kind = cls.kind

@@ -97,10 +97,21 @@ def test_doctor_reports_each_check(hub: Path, tmp_path: Path, capsys) -> None:
 def test_paper_config_experts_are_registered_and_buildable(hub: Path) -> None:
     report = run_doctor(REPO / "config" / "paper.yaml")
     cfg = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
-    assert {e.name for e in report.experts} == set(cfg["experts"])
+    chain = ["rag/knowledge", "rag/query_encoder", "rag/article_encoder", "rag/llm",
+             "rag/bridge/image", "rag/bridge/volume", "rag/bridge/slide"]  # fmt: skip
+    assert {e.name for e in report.experts} == (set(cfg["experts"]) - {"rag"}) | set(chain)
     for e in report.experts:
         assert "config" not in e.checks, f"{e.name}: {e.checks.get('config')}"
-        assert set(e.checks) == {"packages", "weights", "device"}
+        if not e.name.startswith("rag/"):
+            assert set(e.checks) == {"packages", "weights", "device"}
+    rag = {e.name: e for e in report.experts if e.name.startswith("rag/")}
+    # the paper's chain: real MedCPT / Qwen2 / MAIRA-2 / Merlin weights, none on this machine
+    assert rag["rag/query_encoder"].model == "ncbi/MedCPT-Query-Encoder"
+    assert rag["rag/llm"].model == "Qwen/Qwen2-0.5B"
+    assert rag["rag/bridge/image"].type == "maira2" and rag["rag/bridge/volume"].type == "merlin"
+    for name in ("rag/knowledge", "rag/llm", "rag/bridge/image", "rag/bridge/slide"):
+        assert not rag[name].ready, name  # absent source, weights, HistGen checkout
+    assert "not found" in rag["rag/bridge/slide"].checks["weights"].detail
     used = {
         n for ds in cfg["datasets"].values() for names in ds["modalities"].values() for n in names
     }
@@ -109,3 +120,16 @@ def test_paper_config_experts_are_registered_and_buildable(hub: Path) -> None:
     kinds = {e.name: e.kind for e in report.experts}
     assert kinds["merlin"] == kinds["radfm"] == kinds["ct-dinov2-b"] == "volume"
     assert kinds["wsi-biomedclip"] == "slide" and kinds["chronos-l"] == "timeseries"
+
+
+def test_doctor_checks_the_demo_rag_chain() -> None:
+    """The demo's RAG chain: the packaged knowledge base is there, the tiny randomly
+    initialised encoders are flagged as CI stand-ins (warn), the offline bridges need nothing."""
+    report = run_doctor(REPO / "config.yaml", only=["rag"])
+    names = [e.name for e in report.experts]
+    assert names == ["rag/knowledge", "rag/query_encoder", "rag/article_encoder", "rag/llm"]
+    by = {e.name: e for e in report.experts}
+    assert by["rag/knowledge"].checks["source"].state == "ok"
+    for name in names[1:]:
+        assert by[name].checks["weights"].state == "warn", by[name].checks
+        assert by[name].ready
