@@ -260,3 +260,26 @@ def test_extract_end_to_end_radiomics(tmp_path: Path) -> None:
     ok_rows = cache.embeddings[cache.ok]
     direct = expert.embed([expert.load(f, root) for f in ("ok0.png", "ok1.png", "ok2.png")])
     np.testing.assert_allclose(ok_rows, direct, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("expert_type", "params"),
+    [
+        ("dinov2", {}),
+        ("dinov3", {}),
+        ("hf-vision", {}),
+        ("hf-vision", {"resize": "shortest-center-crop"}),
+    ],
+)
+def test_grayscale_preprocessing_equals_its_rgb_replica(expert_type: str, params: dict) -> None:
+    """A radiograph is resized as one channel and then replicated (a third of the work): the
+    result must equal resizing the replicated RGB image, for squash and centre-crop resizes."""
+    from extractors.registry import create_expert
+
+    expert = create_expert(expert_type, random_init=True, **params)
+    rng = np.random.default_rng(0)
+    gray = rng.random((301, 257)).astype(np.float32)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    a, b = expert.prepare_array(gray), expert.prepare_array(rgb)
+    assert a.shape == (3, expert.input_size, expert.input_size)
+    np.testing.assert_array_equal(a, b)

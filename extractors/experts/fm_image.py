@@ -77,11 +77,14 @@ class FMImageExpert(FMExpert, ImageExpert):
     def prepare_array(self, arr: np.ndarray) -> np.ndarray:
         """(H, W) or (H, W, 3) in [0, 1] -> normalised (3, S, S) float32."""
         s = self.input_size
-        rgb = to_rgb(as_unit_array(arr))
+        img = as_unit_array(arr)
+        # resize before replicating a grayscale image to RGB: bicubic works per channel, so the
+        # result is identical and a radiograph costs one channel's resize, not three
         if self.params["resize"] == "squash":
-            rgb = resize_float(rgb, (s, s))
+            img = resize_float(img, (s, s))
         else:
-            rgb = resize_center_crop(rgb, s)
+            img = resize_center_crop(img, s)
+        rgb = to_rgb(img)
         mean = np.asarray(self.params["mean"], np.float32)[:, None, None]
         std = np.asarray(self.params["std"], np.float32)[:, None, None]
         return ((rgb.transpose(2, 0, 1) - mean) / std).astype(np.float32)

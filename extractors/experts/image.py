@@ -544,7 +544,7 @@ class Dinov2Expert(ImageExpert):
     def prepare_array(self, arr: np.ndarray) -> np.ndarray:
         """(H, W) or (H, W, 3) in [0, 1] -> normalised (3, S, S) float32."""
         s = self.input_size
-        rgb = resize_float(to_rgb(as_unit_array(arr)), (s, s))
+        rgb = to_rgb(resize_float(as_unit_array(arr), (s, s)))  # resize one channel, then replicate
         return ((rgb.transpose(2, 0, 1) - self._mean) / self._std).astype(np.float32)
 
     def embed(self, batch: list[np.ndarray]) -> np.ndarray:
