@@ -98,12 +98,6 @@ def external_pairs(cfg: dict[str, Any]) -> list[tuple[str, str]]:
     return pairs
 
 
-def absent_modalities(cfg: dict[str, Any], source: str, target: str) -> list[str]:
-    """The source's modalities the target cohort does not have (evaluated as missing)."""
-    tm = cfg["datasets"][target]["modalities"]
-    return [m for m in cfg["datasets"][source]["modalities"] if m not in tm]
-
-
 def external_targets(cfg: dict[str, Any]) -> set[str]:
     return {t for _, t in external_pairs(cfg)}
 

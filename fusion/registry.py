@@ -153,11 +153,9 @@ class MethodInputs:
     caches: dict[str, dict[str, Path]]  # modality -> expert -> cache (teacher inputs included)
     teachers: dict[str, Path]  # modality -> teacher cache read for distillation only
     unavailable: str | None = None  # why the method cannot run here (then nothing is read)
-    unavailable_kind: str | None = None  # its short form for a table cell (UNAVAILABLE_KINDS)
-
-
-# the short forms of why a run could not happen, as table cells print them
-UNAVAILABLE_KINDS = ("weights absent", "no teacher", "inputs missing")
+    # its short form for a table cell: "weights absent", "no teacher" ("inputs missing" when
+    # the trainer finds nothing more specific)
+    unavailable_kind: str | None = None
 
 
 def onellm_weights(cfg: dict[str, Any]) -> Path | None:

@@ -1035,12 +1035,7 @@ def run_training(
     missing = [str(p) for ev in inputs.caches.values() for p in ev.values() if not Path(p).exists()]
     if missing and getattr(method_class(plan.base), "requires_weights", False):
         why = f"embedding caches missing: {missing}"
-        kind = (
-            "weights absent"
-            if getattr(method_class(plan.base), "requires_weights", False)
-            else "inputs missing"
-        )
-        return _unavailable(out, short, seeds, why, kind, t0)
+        return _unavailable(out, short, seeds, why, "weights absent", t0)
     paths = dataset_paths(cfg, dataset)
     data = load_fusion_data_cached(paths.manifest, inputs.caches, inputs.teachers or None)
     log.info(
