@@ -13,6 +13,7 @@ import pyarrow as pa
 import pytest
 
 from cohorts.adapters import AdapterError, mimic4
+from cohorts.adapters.ehr import HourlyAccumulator
 from cohorts.adapters.readers import TIMESTAMP, scan_csv
 from cohorts.manifest import read_manifest
 
@@ -96,22 +97,54 @@ def test_leakage_rule(physionet: Path, tmp_path: Path) -> None:
     s = pd.read_parquet(Path(meta.root) / row["ehr"]).set_index("hour")
     assert s.shape == (48, 46)
     assert s.loc[0, "heart_rate"] == pytest.approx(85.0)  # mean of 80 and 90 in hour 0
-    assert s.loc[47, "heart_rate"] == pytest.approx(100.0)  # 23:59 on day 2: still inside
+    # hour 47: 100 (23:59, stored 23:59:40) is inside; 123 (23:30, stored 00:05) is not
+    assert s.loc[47, "heart_rate"] == pytest.approx(100.0)
+    # a lab drawn at hour 46 and stored before the cut-off enters; one drawn at hour 47
+    # whose result was stored after the cut-off (lactate 4.4) does not
+    assert s.loc[46, "potassium"] == pytest.approx(4.6)
+    assert np.isnan(s.loc[47, "lactate"])
     assert s.loc[5, "temperature"] == pytest.approx(37.0)  # 98.6 °F
     assert s.loc[2, "fio2"] == pytest.approx(40.0)
     assert s.loc[6, "creatinine"] == pytest.approx(1.2) and s.loc[34, "lactate"] == pytest.approx(
         2.5
     )
     values = s.to_numpy().ravel()
-    for leaked in (
-        150.0,
-        85.0 * 0 + 9.9,
-        70.0,
-        130.0,
-        999.0,
-    ):  # at cut-off, after, before intime, ED lab, implausible
+    # at cut-off, after, before intime, ED lab, implausible, stored after the cut-off (chart, lab)
+    for leaked in (150.0, 9.9, 70.0, 130.0, 999.0, 123.0, 4.4):
         assert not np.isclose(values, leaked).any(), leaked
     assert np.isnan(s["spo2"]).all()  # the only SpO2 is after the cut-off
+    late = [r for r in meta.extra["remarks"] if "stored after it were left out" in r]
+    assert sorted(late) == [
+        "chartevents: 1 event(s) charted before the prediction time but stored after it "
+        "were left out (leakage rule)",
+        "labevents: 1 event(s) charted before the prediction time but stored after it "
+        "were left out (leakage rule)",
+    ]
+
+
+def test_storetime_rule_on_the_accumulator() -> None:
+    """storetime at the cut-off excludes an event; a null storetime does not; no column: charttime alone."""
+    windows = pd.DataFrame(
+        {"sample": [0], "subject_id": [1], "intime": [pd.Timestamp("2100-01-01 00:00")]}
+    )
+    t = pd.Timestamp("2100-01-02 23:00")  # hour 47
+    events = pd.DataFrame(
+        {
+            "subject_id": [1, 1, 1],
+            "itemid": [220045, 220045, 220045],
+            "charttime": [t, t, t],
+            "valuenum": [60.0, 70.0, 80.0],
+            "storetime": [t, pd.NaT, pd.Timestamp("2100-01-03 00:00")],  # before, null, at cut-off
+        }
+    )
+    acc = HourlyAccumulator(windows, {220045: "heart_rate"})
+    acc.add(events)
+    cells = acc.cells()
+    assert acc.n_events == 2 and acc.n_stored_late == 1
+    assert cells["value"].tolist() == [pytest.approx(65.0)] and cells["hour"].tolist() == [47]
+    acc = HourlyAccumulator(windows, {220045: "heart_rate"})
+    acc.add(events.drop(columns="storetime"))
+    assert acc.n_events == 3 and acc.n_stored_late == 0
 
 
 def test_absent_jpg_falls_back(physionet: Path, tmp_path: Path) -> None:
@@ -164,7 +197,7 @@ def test_streaming_reader_filters_batches(physionet: Path) -> None:
     batches = list(scan_csv(path, cols, isin={"itemid": [220045]}, block_size=512))
     assert len(batches) > 1  # the file is read in pieces, never whole
     whole = pd.concat(batches)
-    assert set(whole["itemid"]) == {220045} and len(whole) == 8
+    assert set(whole["itemid"]) == {220045} and len(whole) == 9
     assert str(whole["charttime"].dtype).startswith("datetime64")
 
 

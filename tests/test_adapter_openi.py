@@ -169,6 +169,47 @@ def test_bad_tables_name_file_and_column(
         openi.run(tmp_path / "out", reports=root / "indiana_reports.csv")
 
 
+def test_views_from_names_warn_loudly(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """XML without a projections table: the 85 %-right guess is a warning, a remark, metadata."""
+    root = tmp_path / "nlm"
+    shutil.copytree(FIX / "openi_xml", root)
+    with caplog.at_level("WARNING", logger="medmix.cohorts.openi"):
+        _, meta = read_manifest(openi.run(tmp_path / "a", xml=root / "ecgen-radiology"))
+    assert "views inferred from image names" in caplog.text and "--projections" in caplog.text
+    assert meta.extra["views"] == "inferred from image names"
+    assert meta.extra["remarks"][0] == openi.INFERRED_VIEWS
+    assert "only 85 %" in (tmp_path / "a" / "summary.md").read_text()
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="medmix.cohorts.openi"):
+        _, meta = read_manifest(
+            openi.run(
+                tmp_path / "b",
+                xml=root / "ecgen-radiology",
+                projections=FIX / "openi_kaggle" / "indiana_projections.csv",
+            )
+        )
+    assert meta.extra["views"] == "projections table"
+    assert openi.INFERRED_VIEWS not in meta.extra["remarks"]
+    assert "views inferred" not in caplog.text
+
+
+def test_reports_not_utf8_are_read(tmp_path: Path) -> None:
+    """A latin-1 byte in indiana_reports.csv is decoded as cp1252 and counted; no row is lost."""
+    root = _kaggle_copy(tmp_path, [])
+    reports = root / "indiana_reports.csv"
+    raw = reports.read_bytes()
+    assert b"No acute pulmonary findings." in raw
+    reports.write_bytes(
+        raw.replace(b"No acute pulmonary findings.", b"No acute findings \x96 stable.")
+    )
+    df, meta = read_manifest(openi.run(tmp_path / "out", reports=reports))
+    assert len(df) == 3
+    assert df.set_index("sample_id").loc["CXR2", "report"].endswith("No acute findings – stable.")
+    assert meta.extra["redecoded"] == {"indiana_reports.csv": 1}
+    summary = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert summary.loc[summary["section"] == "redecoded", "count"].tolist() == [1]
+
+
 def test_missing_files_are_named(tmp_path: Path) -> None:
     with pytest.raises(AdapterError, match=r"nowhere\.csv: file not found"):
         openi.run(tmp_path / "out", reports=tmp_path / "nowhere.csv")

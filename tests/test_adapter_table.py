@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gzip
 import shutil
 from pathlib import Path
 
@@ -125,7 +126,7 @@ def test_mmist_ccrcc_mapping(tmp_path: Path) -> None:
     for case in ("TCGA-B0-4710", "TCGA-B0-4712", "C3L-00004"):
         (root / "CT").mkdir(exist_ok=True)
         (root / "CT" / f"{case}.nii.gz").write_bytes(b"nii")
-    for case in ("TCGA-B0-4710", "C3L-00026"):
+    for case in ("TCGA-B0-4710", "C3L-00011"):
         (root / "WSI").mkdir(exist_ok=True)
         (root / "WSI" / f"{case}.svs").write_bytes(b"svs")
     mapping = table.load_mapping(REPO / "config" / "cohorts" / "mmist_ccrcc.yaml")
@@ -136,26 +137,144 @@ def test_mmist_ccrcc_mapping(tmp_path: Path) -> None:
         and meta.labels == ["vital_status_12m"]
     )
     assert meta.modalities == {"ct": "volume", "wsi": "slide", "note": "text"}
-    assert drops.counts == {"label unknown": 1}  # C3L-00010
+    assert drops.counts == {
+        "repeated id in column 'case_id' (first row kept)": 1,  # C3L-00004's second slide row
+        "label unknown": 1,  # C3L-00010
+    }
     d = df.set_index("sample_id")
-    assert d["split"].to_dict() == {
-        "TCGA-B0-4710": "train", "TCGA-B0-4712": "train", "C3L-00004": "val", "C3L-00011": "test", "C3L-00026": "test"
-    }  # fmt: skip
+    # 1 = alive at 12 months, 0 = died (MMIST's vital_status_12 coding, kept as is)
     assert d["label_vital_status_12m"].to_dict() == {
-        "TCGA-B0-4710": 0, "TCGA-B0-4712": 1, "C3L-00004": 0, "C3L-00011": 0, "C3L-00026": 1
+        "TCGA-B0-4710": 1, "TCGA-B0-4712": 0, "C3L-00004": 1, "C3L-00026": 1, "C3N-00242": 1,
+        "C3L-00011": 0, "C3L-00359": 1,
     }  # fmt: skip
+    # the official train/test split, with 15 % of the training patients (stratified) in val
+    assert d.loc[["C3L-00011", "C3L-00359"], "split"].tolist() == ["test", "test"]
+    official_train = ["TCGA-B0-4710", "TCGA-B0-4712", "C3L-00004", "C3L-00026", "C3N-00242"]
+    assert d.loc[official_train, "split"].value_counts().to_dict() == {"train": 4, "val": 1}
+    assert d.loc["TCGA-B0-4712", "split"] == "train"  # the only death: its stratum keeps it
     assert d.loc["TCGA-B0-4710", "ct"] == "CT/TCGA-B0-4710.nii.gz" and pd.isna(
-        d.loc["C3L-00011", "ct"]
+        d.loc["C3L-00026", "ct"]
     )
-    assert d.loc["C3L-00026", "wsi"] == "WSI/C3L-00026.svs" and pd.isna(
+    assert d.loc["C3L-00011", "wsi"] == "WSI/C3L-00011.svs" and pd.isna(
         d.loc["TCGA-B0-4712", "wsi"]
     )
-    assert (
-        d.loc["TCGA-B0-4712", "note"]
-        == "75 year old female patient. Pathologic stage Stage IV, tumour grade G4."
+    assert d.loc["TCGA-B0-4712", "note"] == (
+        "Gender: 0. Age at diagnosis: 7. Tumour grade: 4. "
+        "AJCC pathologic stage: 4 (pT 8, pN 1, pM 1)."
     )
-    assert pd.isna(d.loc["C3L-00011", "note"])  # age missing
+    assert pd.isna(d.loc["C3L-00026", "note"])  # age missing
     write_summary(df, meta, tmp_path / "out", drops)  # summary of a mapping-built cohort
+
+
+def test_val_fraction_and_duplicate_ids(tmp_path: Path) -> None:
+    root = _cohort(tmp_path)
+    rows = pd.read_parquet(root / "visits.parquet")
+    rows["official"] = rows["mrn"].map(lambda p: "test" if p in ("P10", "P11") else "train")
+    rows.to_parquet(root / "visits.parquet")
+    m = _mapping(root, split={"column": "official", "val_fraction": 0.2, "seed": 3})
+    df, meta, _ = table.build(m)
+    per_patient = df.groupby("patient_id")["split"].first()
+    assert per_patient.value_counts().to_dict() == {"train": 8, "val": 2, "test": 2}
+    assert set(per_patient[per_patient == "test"].index) == {"P10", "P11"}
+    assert meta.extra["seed"] == 3
+    other, _, _ = table.build(m, seed=4)  # the CLI seed re-draws the validation patients
+    assert set(other.loc[other["split"] == "test", "patient_id"]) == {"P10", "P11"}
+    assert (other["split"].to_numpy() != df["split"].to_numpy()).any()
+    with pytest.raises(AdapterError, match=r"val_fraction must be a number in \(0, 1\)"):
+        table.build(_mapping(root, split={"column": "official", "val_fraction": 1.5}))
+    with pytest.raises(AdapterError, match=r"unknown split key\(s\) \['val_frac'\]"):
+        table.build(_mapping(root, split={"column": "official", "val_frac": 0.2}))
+    # one row per visit, keyed by patient: an error unless duplicate_ids: first
+    with pytest.raises(AdapterError, match=r"\(id\) has duplicate values \(set duplicate_ids"):
+        table.build(_mapping(root, id="mrn"))
+    df, _, drops = table.build(_mapping(root, id="mrn", duplicate_ids="first"))
+    assert len(df) == 12 and drops.counts == {"repeated id in column 'mrn' (first row kept)": 12}
+    assert df.set_index("sample_id").loc["P03", "note"] == "visit 0 of patient 3"
+
+
+def test_multiclass_mapping(tmp_path: Path) -> None:
+    root = _cohort(tmp_path)
+    rows = pd.read_parquet(root / "visits.parquet")
+    rows["stage"] = [["I", "II", "III", "IV"][i % 4] for i in range(len(rows))]
+    rows.loc[3, "stage"] = None
+    rows.to_parquet(root / "visits.parquet")
+    m = _mapping(
+        root,
+        task_type="multiclass",
+        labels={"stage": {"column": "stage", "classes": ["I", "II", "III", "IV"]}},
+    )
+    out = tmp_path / "out"
+    df, meta = read_manifest(table.run(m, out))
+    assert meta.task_type == "multiclass" and meta.extra["n_classes"] == 4
+    assert meta.extra["classes"] == ["I", "II", "III", "IV"]
+    d = df.set_index("sample_id")["label_stage"]
+    assert len(df) == 23  # the row without a stage: label unknown, dropped
+    assert d.loc["s000"] == 0 and d.loc["s001"] == 1 and d.loc["s010"] == 2 and d.loc["s031"] == 3
+    summary = pd.read_csv(out / "summary.csv")
+    items = set(summary.loc[summary["section"] == "label", "item"])
+    assert items == {"stage=0", "stage=1", "stage=2", "stage=3"}
+    all_counts = summary[(summary["section"] == "label") & (summary["split"] == "all")]
+    assert all_counts["count"].sum() == 23
+    rows.loc[5, "stage"] = "V"
+    rows.to_parquet(root / "visits.parquet")
+    with pytest.raises(AdapterError, match=r"column 'stage' has values not in classes .*\['V'\]"):
+        table.build(m)
+    with pytest.raises(AdapterError, match=r"labels\.stage: a multiclass label needs 'classes'"):
+        table.build(_mapping(root, task_type="multiclass", labels={"stage": {"column": "stage"}}))
+
+
+def test_multilabel_mapping(tmp_path: Path) -> None:
+    root = _cohort(tmp_path)
+    rows = pd.read_parquet(root / "visits.parquet")
+    rows["effusion"] = ["yes", "no"] * 12
+    rows["edema"] = [0, 0, 1] * 8
+    rows.loc[0, "edema"] = None
+    rows.to_parquet(root / "visits.parquet")
+    m = _mapping(
+        root,
+        task_type="multilabel",
+        labels={
+            "effusion": {"column": "effusion", "map": {"yes": 1, "no": 0}},
+            "edema": {"column": "edema"},
+        },
+    )
+    out = tmp_path / "out"
+    df, meta = read_manifest(table.run(m, out))
+    assert meta.task_type == "multilabel" and meta.labels == ["effusion", "edema"]
+    assert len(df) == 24  # one label unknown is not all labels unknown: kept
+    d = df.set_index("sample_id")
+    assert d.loc["s000", "label_effusion"] == 1 and pd.isna(d.loc["s000", "label_edema"])
+    assert d.loc["s010", "label_edema"] == 1 and d.loc["s011", "label_effusion"] == 0
+    summary = pd.read_csv(out / "summary.csv")
+    lab = summary[(summary["section"] == "label") & (summary["split"] == "all")]
+    counts = dict(lab[["item", "count"]].itertuples(index=False))
+    assert counts == {"effusion": 12, "edema": 8}
+    frac = dict(lab[["item", "fraction"]].itertuples(index=False))
+    assert frac["edema"] == pytest.approx(8 / 23)  # prevalence among known labels
+
+
+def test_csv_not_utf8_is_read(tmp_path: Path) -> None:
+    """A latin-1 byte in a user table's text column is decoded (cp1252), counted, never fatal."""
+    root = _cohort(tmp_path)
+    rows = pd.read_parquet(root / "visits.parquet")
+    text = rows.drop(columns=["report"]).to_csv(index=False).encode("utf-8")
+    lines = text.splitlines()
+    header, body = lines[0] + b",report", lines[1:]
+    body = [
+        line + (b",T 38\xb0C caf\xe9" if i in (0, 5) else b",na\xc3\xafve ok")
+        for i, line in enumerate(body)
+    ]
+    for name in ("visits.csv", "visits.csv.gz"):
+        data = b"\n".join([header, *body]) + b"\n"
+        if name.endswith(".gz"):
+            data = gzip.compress(data)
+        (root / name).write_bytes(data)
+        df, meta, _ = table.build(_mapping(root, table=name))
+        d = df.set_index("sample_id")
+        assert len(df) == 24 and d.loc["s000", "note"] == "T 38°C café"
+        assert d.loc["s001", "note"] == "naïve ok"  # valid UTF-8 stays as it was
+        assert meta.extra["redecoded"] == {name: 2}
+        assert f"{name}: 2 row(s) with text that is not valid UTF-8" in meta.extra["remarks"][0]
 
 
 @pytest.mark.parametrize(

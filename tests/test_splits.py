@@ -79,3 +79,54 @@ def test_bad_inputs() -> None:
         patient_split(["a", "b"], [0.5, 0.5], seed=0)  # a sequence needs three fractions
     with pytest.raises(ValueError):
         patient_split(["a", "b"], FRACTIONS, seed=0, stratify=[1])
+
+
+def test_mimic_adapters_split_patients_072_013_015(tmp_path) -> None:
+    """build_icu (MIMIC-IV and -III) splits 0.72 / 0.13 / 0.15 of the patients, not of the stays."""
+    from cohorts.adapters import icu
+
+    rng = np.random.default_rng(0)
+    n = 1000
+    subjects = np.arange(1, n + 1)
+    stays_per = rng.integers(1, 4, n)  # 1-3 ICU stays per patient, one admission each
+    sub = np.repeat(subjects, stays_per)
+    t0 = pd.Timestamp("2150-01-01") + pd.to_timedelta(np.arange(len(sub)) * 40, unit="D")
+    died = rng.random(len(sub)) < 0.15
+    adm = pd.DataFrame(
+        {
+            "subject_id": sub,
+            "hadm_id": np.arange(len(sub)) + 10_000,
+            "admittime": t0,
+            "dischtime": t0 + pd.Timedelta(days=6),
+            "deathtime": pd.Series(t0 + pd.Timedelta(days=6)).where(died),
+            "edregtime": pd.NaT,
+            "hospital_expire_flag": died.astype(int),
+        }
+    )
+    stays = pd.DataFrame(
+        {
+            "stay_id": np.arange(len(sub)) + 100_000,
+            "subject_id": sub,
+            "hadm_id": adm["hadm_id"],
+            "intime": t0 + pd.Timedelta(hours=2),
+            "outtime": t0 + pd.Timedelta(days=4),
+            "age": 60.0,
+        }
+    )
+    df, meta, drops = icu.build_icu(
+        icu.IcuSources(admissions=adm, stays=stays),
+        dataset="synthetic",
+        adapter="test",
+        adapter_version="1",
+        modalities={"ehr": "timeseries"},
+        root=tmp_path,
+        ehr_dir=tmp_path / "ehr",
+        seed=7,
+    )
+    assert drops.total() == 0 and len(df) == len(sub)
+    assert meta.extra["fractions"] == icu.FRACTIONS == {"train": 0.72, "val": 0.13, "test": 0.15}
+    per_patient = df.groupby("patient_id")["split"].agg(["nunique", "first"])
+    assert (per_patient["nunique"] == 1).all()
+    counts = per_patient["first"].value_counts()
+    for split, frac in icu.FRACTIONS.items():  # 2 strata: within one patient of each
+        assert abs(counts[split] - frac * n) <= 2, counts.to_dict()

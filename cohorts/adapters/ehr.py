@@ -1,8 +1,11 @@
 """Hourly EHR series over the observation window, built from streamed event batches.
 
-Events (``subject_id, itemid, charttime, valuenum``) are matched to samples by subject and
-kept only when ``intime <= charttime < intime + hours`` — nothing at or after the prediction
-time enters a sample. Values are converted to the variable's unit, implausible values are
+Events (``subject_id, itemid, charttime, valuenum`` and, where the table publishes it,
+``storetime``) are matched to samples by subject and kept only when ``intime <= charttime <
+intime + hours`` and, with a store time, ``storetime < intime + hours`` — nothing recorded at
+or after the prediction time enters a sample (a lab drawn at hour 47 whose result was
+stored after the cut-off was not known at prediction time). A null store time does not
+exclude the event. Values are converted to the variable's unit, implausible values are
 dropped, and each (sample, hour, variable) cell is the mean of its values. No imputation:
 unobserved cells stay NaN. Batches are reduced to (sum, count) cells as they stream, so
 memory grows with the number of observed cells, never with the size of the event table.
@@ -39,9 +42,12 @@ class HourlyAccumulator:
         self.hours = hours
         self.parts: list[pd.DataFrame] = []
         self.n_events = 0
+        self.n_stored_late = 0  # charted inside the window, stored at or after the cut-off
 
     def add(self, events: pd.DataFrame) -> None:
-        ev = events[["subject_id", "itemid", "charttime", "valuenum"]]
+        stored = "storetime" in events.columns
+        cols = ["subject_id", "itemid", "charttime", "valuenum"] + (["storetime"] if stored else [])
+        ev = events[cols]
         ev = ev[ev["valuenum"].notna() & ev["charttime"].notna() & ev["itemid"].notna()]
         if ev.empty:
             return
@@ -57,6 +63,7 @@ class HourlyAccumulator:
                 "subject_id": ev["subject_id"].astype("int64").to_numpy(),
                 "var": var.to_numpy(),
                 "time": ev["charttime"].to_numpy(),
+                "stored": ev["storetime"].to_numpy() if stored else pd.NaT,
                 "value": value,
             }
         ).dropna(subset=["var"])
@@ -68,6 +75,11 @@ class HourlyAccumulator:
         frame = frame.merge(self.windows, on="subject_id", how="inner")
         hour = (frame["time"] - frame["intime"]) / pd.Timedelta(hours=1)
         keep = (hour >= 0) & (hour < self.hours)
+        if stored:
+            stored_hour = (frame["stored"] - frame["intime"]) / pd.Timedelta(hours=1)
+            late = keep & stored_hour.notna() & (stored_hour >= self.hours)
+            self.n_stored_late += int(late.sum())
+            keep &= ~late
         frame = frame.loc[keep, ["sample", "var", "value"]].assign(
             hour=np.floor(hour[keep]).astype("int16"), var=lambda d: d["var"].astype("int16")
         )

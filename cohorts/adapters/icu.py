@@ -1,7 +1,9 @@
 """What MIMIC-IV and MIMIC-III share: ICU-stay samples, outcomes, the 48 h leakage rule.
 
 One sample per ICU stay. The prediction time is ``intime + 48 h``; only data recorded before
-it enters a sample: EHR events in ``[intime, cut-off)``, the last frontal and lateral chest
+it enters a sample: EHR events charted in ``[intime, cut-off)`` and, where the table has a
+``storetime`` (MIMIC-IV labevents and chartevents, MIMIC-III CHARTEVENTS; MIMIC-III
+LABEVENTS has none), stored before the cut-off; the last frontal and lateral chest
 X-ray and the radiology report nearest before the cut-off, both within this hospitalisation
 (from ED registration, or admission when there was none). A report also needs
 ``storetime < cut-off`` when a store time is published — its text did not exist before.
@@ -24,10 +26,12 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from cohorts.adapters.ehr import HourlyAccumulator, write_series
 from cohorts.adapters.ehr_variables import N_HOURS, NAMES
-from cohorts.adapters.summary import Drops
+from cohorts.adapters.readers import TIMESTAMP, read_header
+from cohorts.adapters.summary import Drops, redecoded_remarks
 from cohorts.manifest import ManifestMeta
 from cohorts.splits import patient_split
 
@@ -47,7 +51,8 @@ class IcuSources:
 
     ``admissions``: subject_id, hadm_id, admittime, dischtime, deathtime, edregtime,
     hospital_expire_flag. ``stays``: stay_id, subject_id, hadm_id, intime, outtime, age.
-    Event sources yield ``subject_id, itemid, charttime, valuenum``; ``notes`` yields
+    Event sources yield ``subject_id, itemid, charttime, valuenum`` (+ ``storetime`` where
+    published); ``notes`` yields
     ``subject_id, charttime, storetime, text``; ``images``: subject_id, time, view
     (``frontal``/``lateral``), path (relative to the dataset root).
     """
@@ -61,6 +66,22 @@ class IcuSources:
     remarks: list[str] = field(
         default_factory=list
     )  # absent parts and other remarks, for the summary
+    redecoded: dict[str, int] = field(default_factory=dict)  # file -> rows not valid UTF-8
+
+
+def event_columns(path: Path, **more: pa.DataType) -> dict[str, pa.DataType]:
+    """Columns read from an event table: subject_id, itemid, charttime, valuenum, ``more``,
+    and ``storetime`` when the file has one (the leakage rule then also needs it)."""
+    cols = {
+        "subject_id": pa.int64(),
+        "itemid": pa.int64(),
+        "charttime": TIMESTAMP,
+        "valuenum": pa.float64(),
+        **more,
+    }
+    if "storetime" in read_header(path):
+        cols["storetime"] = TIMESTAMP
+    return cols
 
 
 def outcomes(adm: pd.DataFrame) -> pd.DataFrame:
@@ -187,6 +208,11 @@ def ehr_series(
         acc.add_all(batches())
         counts[name] = acc.n_events
         cells.append(acc.cells())
+        if acc.n_stored_late:
+            src.remarks.append(
+                f"{name}: {acc.n_stored_late} event(s) charted before the prediction time but "
+                "stored after it were left out (leakage rule)"
+            )
     log.info("%s: EHR events kept inside the windows: %s", dataset, counts)
     if not cells:
         return {}
@@ -255,7 +281,8 @@ def build_icu(
             "fractions": FRACTIONS,
             "prediction_hours": hours,
             "ehr_variables": list(NAMES),
-            "remarks": list(src.remarks),
+            "remarks": list(src.remarks) + redecoded_remarks(src.redecoded),
+            "redecoded": dict(src.redecoded),
         },
     )
     return df, meta, drops

@@ -21,7 +21,13 @@ import pyarrow as pa
 
 from cohorts.adapters import AdapterError, add_common_args
 from cohorts.adapters.ehr_variables import itemid_map
-from cohorts.adapters.icu import IcuSources, build_icu, check_itemids, dataset_root
+from cohorts.adapters.icu import (
+    IcuSources,
+    build_icu,
+    check_itemids,
+    dataset_root,
+    event_columns,
+)
 from cohorts.adapters.readers import TIMESTAMP, find_optional, find_table, read_csv, scan_csv
 from cohorts.adapters.summary import Drops, write_cohort
 from cohorts.manifest import ManifestMeta
@@ -44,6 +50,7 @@ def load_sources(root: str | Path) -> IcuSources:
     root = Path(root)
     if not root.is_dir():
         raise AdapterError(f"{DATASET}: folder {root} not found")
+    redecoded: dict[str, int] = {}
     adm = read_csv(
         find_table(root, "ADMISSIONS", DATASET),
         {
@@ -55,8 +62,13 @@ def load_sources(root: str | Path) -> IcuSources:
             "edregtime": TIMESTAMP,
             "hospital_expire_flag": I64,
         },
+        redecoded=redecoded,
     )
-    pat = read_csv(find_table(root, "PATIENTS", DATASET), {"subject_id": I64, "dob": TIMESTAMP})
+    pat = read_csv(
+        find_table(root, "PATIENTS", DATASET),
+        {"subject_id": I64, "dob": TIMESTAMP},
+        redecoded=redecoded,
+    )
     stays = read_csv(
         find_table(root, "ICUSTAYS", DATASET),
         {
@@ -66,22 +78,28 @@ def load_sources(root: str | Path) -> IcuSources:
             "intime": TIMESTAMP,
             "outtime": TIMESTAMP,
         },
+        redecoded=redecoded,
     ).rename(columns={"icustay_id": "stay_id"})
     stays = stays.merge(pat.drop_duplicates("subject_id"), on="subject_id", how="left")
     stays["age"] = age_years(stays["dob"], stays["intime"])
     stays = stays.drop(columns=["dob"])
     subjects = set(stays["subject_id"].dropna().astype(int))
     remarks: list[str] = []
-    src = IcuSources(admissions=adm, stays=stays, remarks=remarks)
+    src = IcuSources(admissions=adm, stays=stays, remarks=remarks, redecoded=redecoded)
 
     lab_ids, chart_ids = itemid_map("lab"), itemid_map("chart_iii")
     labs = find_optional(root, "LABEVENTS", remarks, "laboratory values", DATASET)
     if labs is not None:
-        cols = {"subject_id": I64, "itemid": I64, "charttime": TIMESTAMP, "valuenum": F64}
+        cols = event_columns(labs)  # v1.4 LABEVENTS has no STORETIME: CHARTTIME alone decides
         src.events.append(
             (
                 "labevents",
-                lambda: scan_csv(labs, cols, isin={"itemid": lab_ids, "subject_id": subjects}),
+                lambda: scan_csv(
+                    labs,
+                    cols,
+                    isin={"itemid": lab_ids, "subject_id": subjects},
+                    redecoded=redecoded,
+                ),
                 lab_ids,
             )
         )
@@ -90,9 +108,13 @@ def load_sources(root: str | Path) -> IcuSources:
     )
     if chart is not None:
         src.events.append(
-            ("chartevents", lambda: _chart_batches(chart, chart_ids, subjects), chart_ids)
+            (
+                "chartevents",
+                lambda: _chart_batches(chart, chart_ids, subjects, redecoded),
+                chart_ids,
+            )
         )
-    read_ids = lambda p: read_csv(p, {"itemid": I64})  # noqa: E731
+    read_ids = lambda p: read_csv(p, {"itemid": I64}, redecoded=redecoded)  # noqa: E731
     check_itemids(
         find_optional(root, "D_LABITEMS", [], "lab dictionary", DATASET), lab_ids, remarks, read_ids
     )
@@ -101,19 +123,22 @@ def load_sources(root: str | Path) -> IcuSources:
     )
     notes = find_optional(root, "NOTEEVENTS", remarks, "radiology reports", DATASET)
     if notes is not None:
-        src.notes = lambda: _radiology_notes(notes, subjects)
+        src.notes = lambda: _radiology_notes(notes, subjects, redecoded)
     return src
 
 
 def _chart_batches(
-    path: Path, itemids: dict[int, str], subjects: set[int]
+    path: Path, itemids: dict[int, str], subjects: set[int], redecoded: dict[str, int]
 ) -> Iterator[pd.DataFrame]:
-    cols = {"subject_id": I64, "itemid": I64, "charttime": TIMESTAMP, "valuenum": F64, "error": F64}
-    for b in scan_csv(path, cols, isin={"itemid": itemids, "subject_id": subjects}):
+    cols = event_columns(path, error=F64)  # with STORETIME, as v1.4 publishes it
+    isin = {"itemid": itemids, "subject_id": subjects}
+    for b in scan_csv(path, cols, isin=isin, redecoded=redecoded):
         yield b[b["error"].fillna(0) != 1]
 
 
-def _radiology_notes(path: Path, subjects: set[int]) -> Iterator[pd.DataFrame]:
+def _radiology_notes(
+    path: Path, subjects: set[int], redecoded: dict[str, int]
+) -> Iterator[pd.DataFrame]:
     cols = {
         "subject_id": I64,
         "charttime": TIMESTAMP,
@@ -122,7 +147,8 @@ def _radiology_notes(path: Path, subjects: set[int]) -> Iterator[pd.DataFrame]:
         "iserror": F64,
         "text": STR,
     }
-    for b in scan_csv(path, cols, isin={"subject_id": subjects}, newlines_in_values=True):
+    isin = {"subject_id": subjects}
+    for b in scan_csv(path, cols, isin=isin, newlines_in_values=True, redecoded=redecoded):
         keep = (b["category"].fillna("").str.strip().str.lower() == "radiology") & (
             b["iserror"].fillna(0) != 1
         )
@@ -155,8 +181,10 @@ def build(
         hours=hours,
         min_icu_hours=min_icu_hours,
     )
-    if external:
+    if external:  # validation of models trained elsewhere: no train/val/test here
         df["split"] = "external"
+        meta.extra["external"] = True
+        meta.extra.pop("fractions", None)
     meta.extra["source"] = str(Path(root).resolve())
     return df, meta, drops
 

@@ -29,7 +29,13 @@ import pyarrow as pa
 
 from cohorts.adapters import AdapterError, add_common_args
 from cohorts.adapters.ehr_variables import itemid_map
-from cohorts.adapters.icu import IcuSources, build_icu, check_itemids, dataset_root
+from cohorts.adapters.icu import (
+    IcuSources,
+    build_icu,
+    check_itemids,
+    dataset_root,
+    event_columns,
+)
 from cohorts.adapters.readers import TIMESTAMP, find_optional, find_table, read_csv, scan_csv
 from cohorts.adapters.summary import Drops, write_cohort
 from cohorts.manifest import ManifestMeta
@@ -53,7 +59,11 @@ def study_times(date: pd.Series, time: pd.Series) -> pd.Series:
 
 
 def load_images(
-    cxr: Path, subjects: set[int], root: Path, metadata: Path | None = None
+    cxr: Path,
+    subjects: set[int],
+    root: Path,
+    metadata: Path | None = None,
+    redecoded: dict[str, int] | None = None,
 ) -> pd.DataFrame:
     """MIMIC-CXR-JPG metadata -> ``subject_id, time, view, path`` (path relative to ``root``)."""
     meta_path = Path(metadata) if metadata else find_table(cxr, CXR_METADATA, "MIMIC-CXR-JPG")
@@ -65,7 +75,7 @@ def load_images(
         "studydate": I64,
         "studytime": STR,
     }
-    m = read_csv(meta_path, cols, isin={"subject_id": subjects})
+    m = read_csv(meta_path, cols, isin={"subject_id": subjects}, redecoded=redecoded)
     pos = m["viewposition"].fillna("").str.strip().str.upper()
     view = pd.Series(pd.NA, index=m.index, dtype=object)
     view[pos.isin(FRONTAL)] = "frontal"
@@ -95,6 +105,7 @@ def load_sources(
     mimic = Path(mimic)
     if not mimic.is_dir():
         raise AdapterError(f"{DATASET}: folder {mimic} not found")
+    redecoded: dict[str, int] = {}
     adm = read_csv(
         find_table(mimic, "hosp/admissions", DATASET),
         {
@@ -106,10 +117,12 @@ def load_sources(
             "edregtime": TIMESTAMP,
             "hospital_expire_flag": I64,
         },
+        redecoded=redecoded,
     )
     pat = read_csv(
         find_table(mimic, "hosp/patients", DATASET),
         {"subject_id": I64, "anchor_age": F64, "anchor_year": I64},
+        redecoded=redecoded,
     )
     stays = read_csv(
         find_table(mimic, "icu/icustays", DATASET),
@@ -120,6 +133,7 @@ def load_sources(
             "intime": TIMESTAMP,
             "outtime": TIMESTAMP,
         },
+        redecoded=redecoded,
     )
     stays = stays.merge(pat.drop_duplicates("subject_id"), on="subject_id", how="left")
     stays["age"] = stays["anchor_age"] + (stays["intime"].dt.year - stays["anchor_year"]).astype(
@@ -128,31 +142,41 @@ def load_sources(
     stays = stays.drop(columns=["anchor_age", "anchor_year"])
     subjects = set(stays["subject_id"].dropna().astype(int))
     remarks: list[str] = []
-    src = IcuSources(admissions=adm, stays=stays, remarks=remarks)
+    src = IcuSources(admissions=adm, stays=stays, remarks=remarks, redecoded=redecoded)
 
+    # labevents and chartevents publish storetime: an event also needs storetime < cut-off
     lab_ids, chart_ids = itemid_map("lab"), itemid_map("chart_iv")
-    ev_cols = {"subject_id": I64, "itemid": I64, "charttime": TIMESTAMP, "valuenum": F64}
     labs = find_optional(mimic, "hosp/labevents", remarks, "laboratory values", DATASET)
     if labs is not None:
+        lab_cols = event_columns(labs)
         src.events.append(
             (
                 "labevents",
-                lambda: scan_csv(labs, ev_cols, isin={"itemid": lab_ids, "subject_id": subjects}),
+                lambda: scan_csv(
+                    labs,
+                    lab_cols,
+                    isin={"itemid": lab_ids, "subject_id": subjects},
+                    redecoded=redecoded,
+                ),
                 lab_ids,
             )
         )
     chart = find_optional(mimic, "icu/chartevents", remarks, "chart vitals", DATASET)
     if chart is not None:
+        chart_cols = event_columns(chart)
         src.events.append(
             (
                 "chartevents",
                 lambda: scan_csv(
-                    chart, ev_cols, isin={"itemid": chart_ids, "subject_id": subjects}
+                    chart,
+                    chart_cols,
+                    isin={"itemid": chart_ids, "subject_id": subjects},
+                    redecoded=redecoded,
                 ),
                 chart_ids,
             )
         )
-    read_ids = lambda p: read_csv(p, {"itemid": I64})  # noqa: E731
+    read_ids = lambda p: read_csv(p, {"itemid": I64}, redecoded=redecoded)  # noqa: E731
     check_itemids(
         find_optional(mimic, "hosp/d_labitems", [], "lab dictionary", DATASET),
         lab_ids,
@@ -177,7 +201,11 @@ def load_sources(
         if path is not None:
             cols = {"subject_id": I64, "charttime": TIMESTAMP, "storetime": TIMESTAMP, "text": STR}
             src.notes = lambda: scan_csv(
-                path, cols, isin={"subject_id": subjects}, newlines_in_values=True
+                path,
+                cols,
+                isin={"subject_id": subjects},
+                newlines_in_values=True,
+                redecoded=redecoded,
             )
     if cxr is None:
         remarks.append("no --cxr folder (MIMIC-CXR-JPG): chest X-rays missing")
@@ -185,7 +213,7 @@ def load_sources(
         cxr = Path(cxr)
         if not cxr.is_dir():
             raise AdapterError(f"MIMIC-CXR-JPG: folder {cxr} not found")
-        src.images = load_images(cxr, subjects, root)
+        src.images = load_images(cxr, subjects, root, redecoded=redecoded)
         if check_images:
             src.image_exists = lambda rel: (root / rel).is_file()
     return src

@@ -13,8 +13,11 @@ One sample per study (IU has one study per patient: patient_id = sample_id = ``C
 Modalities: ``frontal`` and ``lateral`` (image paths relative to the dataset root; the
 first existing image of that view, else missing) and ``report`` (findings + impression;
 missing when both are empty). Views come from the projections table; without one (XML
-only) the image with the lowest series number of a study is frontal and the others lateral
-(85 % agreement with the Kaggle table). Labels: the 15 findings of :mod:`.openi_labels`.
+only) the image with the lowest series number of a study is frontal and the others lateral.
+That guess agrees with the Kaggle table for only 85 % of images, so it is a warning, a
+remark in the summary and ``views: inferred from image names`` in the manifest metadata.
+Labels: the 15 findings of :mod:`.openi_labels`. Report tables that are not valid UTF-8
+are read with the cp1252 fallback of :mod:`.readers` (rows counted in the summary).
 """
 
 from __future__ import annotations
@@ -31,8 +34,8 @@ import pandas as pd
 
 from cohorts.adapters import AdapterError, add_common_args
 from cohorts.adapters.openi_labels import LABELS, findings
-from cohorts.adapters.readers import require_columns
-from cohorts.adapters.summary import Drops, write_cohort
+from cohorts.adapters.readers import read_csv_text, require_columns
+from cohorts.adapters.summary import Drops, redecoded_remarks, write_cohort
 from cohorts.manifest import ManifestMeta
 from cohorts.splits import patient_split
 
@@ -42,6 +45,11 @@ ADAPTER_VERSION = "1"
 FRACTIONS = {"train": 0.65, "val": 0.15, "test": 0.20}
 MODALITIES = {"frontal": "image", "lateral": "image", "report": "text"}
 IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+INFERRED_VIEWS = (
+    "views inferred from image names (no projections table): the lowest series number of a "
+    "study is taken as frontal, which agrees with the Kaggle projections table for only 85 % "
+    "of IU images; pass --projections indiana_projections.csv for exact views"
+)
 _KEY = re.compile(r"^(?:CXR)?(?P<uid>\d+)_(?:\d+_)?(?P<im>IM-[\d-]+)$", re.IGNORECASE)
 
 
@@ -71,12 +79,12 @@ def index_images(root: Path, images_dir: Path) -> dict[tuple[str, str], str]:
     return found
 
 
-def _read_csv(path: Path, need: list[str]) -> pd.DataFrame:
+def _read_csv(path: Path, need: list[str], redecoded: dict[str, int] | None = None) -> pd.DataFrame:
     if not path.is_file():
         raise AdapterError(f"{path}: file not found")
     try:
-        df = pd.read_csv(path, dtype=str, keep_default_na=False)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        df = read_csv_text(path, redecoded=redecoded, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise AdapterError(f"{path}: not a readable CSV ({exc})") from exc
     df.columns = [c.strip().lower() for c in df.columns]
     require_columns(path, list(df.columns), need)
@@ -88,9 +96,9 @@ def _text(*parts: str | None) -> str | None:
     return "\n".join(kept) if kept else None
 
 
-def load_kaggle(reports: str | Path) -> pd.DataFrame:
+def load_kaggle(reports: str | Path, redecoded: dict[str, int] | None = None) -> pd.DataFrame:
     """Studies from ``indiana_reports.csv``: uid, report, terms (list of MeSH major terms)."""
-    df = _read_csv(Path(reports), ["uid", "mesh", "findings", "impression"])
+    df = _read_csv(Path(reports), ["uid", "mesh", "findings", "impression"], redecoded)
     return pd.DataFrame(
         {
             "uid": df["uid"].str.strip().map(lambda u: str(int(u)) if u.isdigit() else u),
@@ -101,9 +109,9 @@ def load_kaggle(reports: str | Path) -> pd.DataFrame:
     )
 
 
-def load_projections(path: str | Path) -> pd.DataFrame:
+def load_projections(path: str | Path, redecoded: dict[str, int] | None = None) -> pd.DataFrame:
     """``indiana_projections.csv`` -> uid, key, projection (``frontal`` / ``lateral``)."""
-    df = _read_csv(Path(path), ["uid", "filename", "projection"])
+    df = _read_csv(Path(path), ["uid", "filename", "projection"], redecoded)
     keys = df["filename"].map(image_key)
     bad = keys.isna()
     if bad.any():
@@ -267,8 +275,9 @@ def run(
         raise AdapterError(
             "openi: give exactly one of --reports (Kaggle CSV) or --xml (ecgen-radiology folder)"
         )
+    redecoded: dict[str, int] = {}
     if reports is not None:
-        studies = load_kaggle(reports)
+        studies = load_kaggle(reports, redecoded)
         if projections is None:
             cand = Path(reports).with_name("indiana_projections.csv")
             if not cand.is_file():
@@ -278,8 +287,21 @@ def run(
     else:
         studies = load_xml(xml)
         default_root = Path(xml).parent
-    views = load_projections(projections) if projections is not None else views_from_names(studies)
+    if projections is not None:
+        views = load_projections(projections, redecoded)
+    else:
+        views = views_from_names(studies)
+        log.warning("openi: %s", INFERRED_VIEWS)
     df, meta, drops = build(studies, views, root or default_root, images, seed, dataset)
+    meta.extra["views"] = (
+        "projections table" if projections is not None else "inferred from image names"
+    )
+    meta.extra["remarks"] = (
+        ([INFERRED_VIEWS] if projections is None else [])
+        + meta.extra["remarks"]
+        + redecoded_remarks(redecoded)
+    )
+    meta.extra["redecoded"] = redecoded
     path = write_cohort(df, meta, out, drops)
     log.info("openi: %d samples written to %s (%d dropped)", len(df), path, drops.total())
     return path
@@ -294,7 +316,8 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     src.add_argument("--xml", help="ecgen-radiology/ folder of NLM XML reports")
     p.add_argument(
         "--projections",
-        help="indiana_projections.csv (default: beside --reports; optional with --xml)",
+        help="indiana_projections.csv (default: beside --reports; optional with --xml, but without"
+        " it the views are guessed from image names, wrong for ~15 %% of IU images)",
     )
     p.add_argument(
         "--root",

@@ -2,6 +2,9 @@
 
 Written next to the manifest as ``summary.csv`` (long format: ``section, item, split, count,
 fraction``) and ``summary.md`` (one small table per section), and shown in the report.
+Sections: ``samples``, ``availability``, ``label``, ``redecoded`` (rows per input file whose
+text was not valid UTF-8 and was decoded as cp1252, kept; from ``meta.extra["redecoded"]``)
+and ``dropped``.
 """
 
 from __future__ import annotations
@@ -16,6 +19,15 @@ from cohorts.manifest import ManifestMeta, write_manifest
 from medmix.io import write_text_atomic
 
 SPLIT_ORDER = ("train", "val", "test", "external")
+
+
+def redecoded_remarks(redecoded: dict[str, int]) -> list[str]:
+    """One remark per input file with rows whose text was not valid UTF-8."""
+    return [
+        f"{name}: {n} row(s) with text that is not valid UTF-8, decoded as cp1252 (rows kept)"
+        for name, n in sorted(redecoded.items())
+        if n
+    ]
 
 
 class Drops:
@@ -71,6 +83,9 @@ def summarize(df: pd.DataFrame, meta: ManifestMeta, drops: Drops | None = None) 
             else:
                 pos = int((col == 1).sum())
                 rows.append(_row("label", name, split, pos, pos / known if known else float("nan")))
+    for name, k in sorted((meta.extra.get("redecoded") or {}).items()):
+        if k:
+            rows.append(_row("redecoded", name, "all", k, float("nan")))
     for reason, k in sorted((drops.counts if drops else {}).items(), key=lambda kv: -kv[1]):
         rows.append(_row("dropped", reason, "all", k, float("nan")))
     return pd.DataFrame(rows, columns=["section", "item", "split", "count", "fraction"])
@@ -99,6 +114,7 @@ def to_markdown(summary: pd.DataFrame, meta: ManifestMeta, drops: Drops | None =
         "samples": "Samples and patients",
         "availability": "Modality availability",
         "label": "Label prevalence (positives, % of samples with a known label)",
+        "redecoded": "Rows with text not valid UTF-8 (decoded as cp1252, kept), per input file",
     }
     for section, title in titles.items():
         part = summary[summary["section"] == section]

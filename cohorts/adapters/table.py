@@ -11,6 +11,8 @@ This is how a user brings their own cohort. The mapping (YAML file or dict)::
     split:                          # EITHER an official split column ...
       column: split
       values: {train: [train], val: [val, validation], test: [test]}   # optional value map
+      val_fraction: 0.15            # optional: move this share of the training patients to val
+      seed: 0                       #   (seeded, by patient; stratify: a label name, optional)
     # split: {ratios: {train: 0.7, val: 0.1, test: 0.2}, seed: 0, stratify: outcome}  # ... OR ratios
     modalities:
       ct:   {kind: volume, column: ct_path}                      # a column holding the path
@@ -21,10 +23,13 @@ This is how a user brings their own cohort. The mapping (YAML file or dict)::
       os_12m: {survival: {time: os_days, event: os_event, horizon: 365}}
     check_files: true               # path modalities: a file absent on disk -> modality missing
     drop_unlabeled: true            # drop samples whose labels are all unknown
+    duplicate_ids: error            # or "first": keep the first row of a repeated id (a table
+                                    # with one row per file of a case), the others dropped
 
 Survival labels: 1 if the event happened by the horizon, 0 if followed past it, unknown if
 censored before it. Every problem (absent file, absent column, unmapped value) is reported
-with the file and the column.
+with the file and the column. A CSV/TSV that is not valid UTF-8 is still read (see
+:func:`cohorts.adapters.readers.read_csv_text`); the rows re-decoded are in the summary.
 """
 
 from __future__ import annotations
@@ -41,7 +46,8 @@ import pandas as pd
 import yaml
 
 from cohorts.adapters import AdapterError
-from cohorts.adapters.summary import Drops, write_cohort
+from cohorts.adapters.readers import read_csv_text
+from cohorts.adapters.summary import Drops, redecoded_remarks, write_cohort
 from cohorts.manifest import MODALITY_KINDS, PATH_KINDS, SPLITS, TASK_TYPES, ManifestMeta
 from cohorts.splits import patient_split
 
@@ -50,8 +56,9 @@ log = logging.getLogger("medmix.cohorts.table")
 ADAPTER_VERSION = "1"
 KNOWN_KEYS = {
     "dataset", "root", "table", "task_type", "id", "patient", "split", "modalities", "labels",
-    "check_files", "drop_unlabeled", "classes", "description", "source",
+    "check_files", "drop_unlabeled", "classes", "description", "source", "duplicate_ids",
 }  # fmt: skip
+SPLIT_KEYS = {"column", "values", "val_fraction", "ratios", "seed", "stratify"}
 
 
 def load_mapping(path: str | os.PathLike) -> dict[str, Any]:
@@ -71,8 +78,12 @@ def load_mapping(path: str | os.PathLike) -> dict[str, Any]:
     return mapping
 
 
-def read_table(path: Path) -> pd.DataFrame:
-    """CSV / CSV.gz / TSV / Parquet as strings-or-numbers, with a clear error."""
+def read_table(path: Path, redecoded: dict[str, int] | None = None) -> pd.DataFrame:
+    """CSV / CSV.gz / TSV / Parquet as strings-or-numbers, with a clear error.
+
+    Text that is not valid UTF-8 is decoded with the cp1252 fallback (rows counted in
+    ``redecoded``), never an error.
+    """
     if not path.is_file():
         raise AdapterError(f"{path}: table not found")
     name = path.name.lower()
@@ -80,9 +91,9 @@ def read_table(path: Path) -> pd.DataFrame:
         if name.endswith((".parquet", ".pq")):
             return pd.read_parquet(path)
         if name.endswith((".tsv", ".tsv.gz", ".txt")):
-            return pd.read_csv(path, sep="\t")
+            return read_csv_text(path, redecoded=redecoded, sep="\t")
         if name.endswith((".csv", ".csv.gz")):
-            return pd.read_csv(path)
+            return read_csv_text(path, redecoded=redecoded)
     except Exception as exc:  # any reader error becomes one message naming the file
         raise AdapterError(f"{path}: unreadable table ({type(exc).__name__}: {exc})") from exc
     raise AdapterError(f"{path}: unsupported table format (csv, csv.gz, tsv, parquet)")
@@ -194,24 +205,56 @@ def _split(
 ) -> np.ndarray:
     if not isinstance(spec, dict) or not ({"column"} & set(spec) or {"ratios"} & set(spec)):
         raise AdapterError(f"{where}: 'split' needs 'column' (official split) or 'ratios'")
-    if "column" in spec:
-        _need(where, df, [spec["column"]], "split.column")
-        raw = df[spec["column"]].astype(str).str.strip()
-        values = spec.get("values") or {s: [s] for s in SPLITS}
-        lookup = {
-            str(v): s for s, vs in values.items() for v in ([vs] if isinstance(vs, str) else vs)
-        }
-        out = raw.map(lookup)
-        if out.isna().any():
-            raise AdapterError(
-                f"{where}: column {spec['column']!r} has split values not in the mapping {values}: {sorted(set(raw[out.isna()]))[:5]}"
-            )
-        return out.to_numpy(dtype=object)
+    unknown = set(spec) - SPLIT_KEYS
+    if unknown:
+        raise AdapterError(
+            f"{where}: unknown split key(s) {sorted(unknown)}; known: {sorted(SPLIT_KEYS)}"
+        )
     strat = spec.get("stratify")
     if strat is not None and f"label_{strat}" not in labels:
         raise AdapterError(f"{where}: split.stratify {strat!r} is not a label name")
     stratify = labels[f"label_{strat}"].fillna(-1).to_numpy() if strat else None
+    if "column" in spec:
+        out = _official_split(df, spec, where)
+        if spec.get("val_fraction"):
+            out = _carve_val(out, spec, where, patients, stratify)
+        return out
     return patient_split(patients, spec["ratios"], int(spec.get("seed", 0)), stratify=stratify)
+
+
+def _carve_val(
+    split: np.ndarray, spec: dict, where: str, patients: pd.Series, stratify: np.ndarray | None
+) -> np.ndarray:
+    """Move ``val_fraction`` of the training patients to ``val`` (official splits without one)."""
+    frac = spec["val_fraction"]
+    if not isinstance(frac, int | float) or not 0 < frac < 1:
+        raise AdapterError(f"{where}: split.val_fraction must be a number in (0, 1), got {frac!r}")
+    train = split == "train"
+    if not train.any():
+        return split
+    part = patient_split(
+        patients[train],
+        {"train": 1.0 - frac, "val": float(frac)},
+        int(spec.get("seed", 0)),
+        stratify=None if stratify is None else stratify[train],
+    )
+    out = split.copy()
+    out[train] = part
+    return out
+
+
+def _official_split(df: pd.DataFrame, spec: dict, where: str) -> np.ndarray:
+    """The split column, its values mapped to train/val/test/external."""
+    _need(where, df, [spec["column"]], "split.column")
+    raw = df[spec["column"]].astype(str).str.strip()
+    values = spec.get("values") or {s: [s] for s in SPLITS}
+    lookup = {str(v): s for s, vs in values.items() for v in ([vs] if isinstance(vs, str) else vs)}
+    out = raw.map(lookup)
+    if out.isna().any():
+        raise AdapterError(
+            f"{where}: column {spec['column']!r} has split values not in the mapping {values}: {sorted(set(raw[out.isna()]))[:5]}"
+        )
+    return out.to_numpy(dtype=object)
 
 
 def build(
@@ -233,7 +276,8 @@ def build(
     root = Path(root or mapping.get("root", ".")).resolve()
     table_path = Path(os.path.expanduser(str(mapping["table"])))
     table_path = table_path if table_path.is_absolute() else root / table_path
-    df = read_table(table_path)
+    redecoded: dict[str, int] = {}
+    df = read_table(table_path, redecoded)
     where = str(table_path)
     drops = Drops()
 
@@ -246,14 +290,24 @@ def build(
     out = pd.DataFrame(
         {"sample_id": ids, "patient_id": df[pcol].map(lambda v: None if pd.isna(v) else _fmt(v))}
     )
+    policy = mapping.get("duplicate_ids", "error")
+    if policy not in ("error", "first"):
+        raise AdapterError(f"{where_map}: duplicate_ids {policy!r} must be 'error' or 'first'")
+    if policy == "first":
+        extra_rows = out["sample_id"].duplicated(keep="first")
+        drops.add(
+            f"repeated id in column {mapping['id']!r} (first row kept)",
+            out.loc[extra_rows, "sample_id"],
+        )
+        out, df = out[~extra_rows].reset_index(drop=True), df[~extra_rows].reset_index(drop=True)
     dup = out["sample_id"].duplicated(keep=False)
     if dup.any():
         raise AdapterError(
-            f"{where}: column {mapping['id']!r} (id) has duplicate values: {sorted(set(out.loc[dup, 'sample_id']))[:5]}"
+            f"{where}: column {mapping['id']!r} (id) has duplicate values (set duplicate_ids: first to keep the first row of each): {sorted(set(out.loc[dup, 'sample_id']))[:5]}"
         )
 
     modalities: dict[str, str] = {}
-    remarks: list[str] = []
+    remarks: list[str] = redecoded_remarks(redecoded)
     check = bool(mapping.get("check_files", True))
     for name, spec in (mapping["modalities"] or {}).items():
         kind = (spec or {}).get("kind")
@@ -299,7 +353,10 @@ def build(
         keep &= ~unl
     out, df = out[keep].reset_index(drop=True), df[keep].reset_index(drop=True)
     split_spec = dict(mapping["split"]) if isinstance(mapping["split"], dict) else mapping["split"]
-    if seed is not None and isinstance(split_spec, dict) and "ratios" in split_spec:
+    seeded = isinstance(split_spec, dict) and (
+        "ratios" in split_spec or "val_fraction" in split_spec
+    )
+    if seed is not None and seeded:
         split_spec["seed"] = seed
     out["split"] = (
         _split(df, split_spec, where, out["patient_id"], out)
@@ -313,6 +370,7 @@ def build(
         "table": str(table_path),
         "mapping": str(where_map),
         "remarks": remarks,
+        "redecoded": redecoded,
     }
     if task_type == "multiclass":
         classes = mapping.get("classes") or next(
@@ -320,7 +378,7 @@ def build(
         )
         extra["n_classes"] = len(classes or [])
         extra["classes"] = list(classes or [])
-    if isinstance(split_spec, dict) and "ratios" in split_spec:
+    if seeded:
         extra["seed"] = int(split_spec.get("seed", 0))
     meta = ManifestMeta(
         dataset=str(mapping.get("dataset", table_path.stem)),
@@ -365,7 +423,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seed",
         type=int,
-        help="split seed when the mapping splits by ratios (overrides split.seed)",
+        help="split seed when the mapping splits by ratios or carves val (overrides split.seed)",
     )
     p.set_defaults(func=_main)
 
