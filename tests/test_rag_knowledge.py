@@ -141,6 +141,50 @@ def test_shipped_demo_base_is_small_real_and_attributed() -> None:
     assert "CC BY 4.0" in (root / "README.md").read_text()
 
 
+def test_shipped_demo_base_rebuilds_from_its_source(tmp_path: Path) -> None:
+    """The README's rebuild command gives the shipped file back: the same table, and the same
+    bytes when the installed pyarrow is the one that wrote it (parquet stamps its writer)."""
+    import pyarrow
+    import pyarrow.parquet as pq
+
+    from extractors.rag.__main__ import main
+
+    if not MEDQUAD.exists():
+        pytest.skip(f"real MedQuAD topics not at {MEDQUAD}")
+    root = Path(__file__).resolve().parents[1] / "resources" / "knowledge" / "medlineplus-demo"
+    assert (
+        "--topics resources/knowledge/medlineplus-demo/topics.txt"
+        in (root / "README.md").read_text()
+    )
+    out = tmp_path / "docs.parquet"
+    assert (
+        main(
+            [
+                "kb",
+                "--source",
+                str(MEDQUAD),
+                "--topics",
+                str(root / "topics.txt"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    shipped, rebuilt = pq.read_table(root / "docs.parquet"), pq.read_table(out)
+    assert rebuilt.equals(shipped) and rebuilt.schema.metadata == shipped.schema.metadata
+    assert rebuilt.schema.metadata[b"source"] == b"medquad_mplus_topics"  # no local path leaks in
+    writer = pq.ParquetFile(root / "docs.parquet").metadata.created_by
+    if writer == f"parquet-cpp-arrow version {pyarrow.__version__}":
+        assert out.read_bytes() == (root / "docs.parquet").read_bytes()
+    ids = [
+        line.split()[0]
+        for line in (root / "topics.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert list(dict.fromkeys(read_docs(out)["topic_id"])) == ids
+
+
 def test_strip_html_and_chunking_edge_cases() -> None:
     assert strip_html(None) == ""
     assert strip_html("plain text") == "plain text."

@@ -254,6 +254,30 @@ def test_ehr_fixed_field_order_is_the_46_variable_table() -> None:
     assert parts[0].endswith(" bpm") and parts[1].endswith(" mmHg")  # heart_rate, sbp with units
 
 
+def test_ehr_fio2_fraction_is_written_in_percent(tmp_path: Path) -> None:
+    """FiO2 is a % variable whose convention allows a fraction (``fraction_to_percent``, as the
+    MIMIC adapters convert it): values <= 1 are fractions, written in %."""
+    from cohorts.demo.ehr import simulate_stay, write_parquet
+    from extractors.rag.bridge import serialize_ehr_file
+
+    fields = [("heart_rate", "bpm"), ("fio2", "%")]
+    times = np.arange(3.0)
+    values = {"heart_rate": np.array([80.0, 82.0, np.nan]), "fio2": np.array([0.4, np.nan, 0.348])}
+    assert serialize_ehr(times, values, fields=fields) == "heart_rate: 82 bpm; fio2: 34.8 %"
+    mixed = {"fio2": np.array([0.5, 60.0, 1.0])}  # fraction, percent, fraction (100 %)
+    assert serialize_ehr(times, mixed, fields=fields, aggregation="mean") == "fio2: 70 %"
+    assert serialize_ehr(times, mixed, fields=fields, aggregation="min") == "fio2: 50 %"
+    assert serialize_ehr(times, mixed, fields=fields, percent_from_fraction=()) == "fio2: 1 %"
+    # the demo generator charts FiO2 as a fraction (0.21-1.0); the bridge text says 21-100 %
+    stay = simulate_stay({"resp": 1.0}, 48, np.random.default_rng(3))
+    write_parquet(tmp_path / "stay.parquet", stay)
+    last = float(stay["fio2"].dropna().iloc[-1])
+    assert 0.21 <= last <= 1.0
+    text = serialize_ehr_file(tmp_path / "stay.parquet", {"aggregation": "last"})
+    fio2 = next(p for p in text.split("; ") if p.startswith("fio2: "))
+    assert fio2 == f"fio2: {format_value(last * 100)} %" and 21 <= float(fio2.split()[1]) <= 100
+
+
 # -- bridging and leakage ---------------------------------------------------------------------
 
 
@@ -395,7 +419,7 @@ def test_bridge_does_not_see_labels_or_other_test_samples(tmp_path: Path) -> Non
 
 
 def test_index_is_built_from_the_knowledge_base_alone(built: dict, tmp_path: Path) -> None:
-    from extractors.rag.expert import run_index
+    from extractors.rag.expert import run_index, run_projection
     from extractors.rag.index import load_index
     from extractors.rag.knowledge import read_docs
 
@@ -413,11 +437,19 @@ def test_index_is_built_from_the_knowledge_base_alone(built: dict, tmp_path: Pat
         "index_type",
     } and "dataset" not in json.dumps(ki.meta)
     assert np.allclose(np.linalg.norm(ki.embeddings, axis=1), 1.0, atol=1e-5)
-    # with a cohort (and its labels) lying around, a rebuild is the same index, byte for byte
+    # with a cohort (and its labels) lying around, a rebuild is the same index and the same
+    # projection, byte for byte (index.json differs only in its created_at stamp)
     make_cohort(tmp_path)
     run_index(rag, tmp_path / "again", threads=1)
     assert sha(tmp_path / "again" / "index.faiss") == sha(kp.index)
     assert sha(tmp_path / "again" / "docs.parquet") == sha(kp.docs)
+    again = json.loads((tmp_path / "again" / "index.json").read_text())
+    first = json.loads(kp.meta.read_text())
+    assert {k: v for k, v in again.items() if k != "created_at"} == {
+        k: v for k, v in first.items() if k != "created_at"
+    }
+    run_projection(rag, tmp_path / "again", tmp_path / "again" / "projection.safetensors")
+    assert sha(tmp_path / "again" / "projection.safetensors") == sha(kp.projection)
 
 
 def test_retrieval_exact_and_selectable_index_types(built: dict) -> None:
@@ -429,10 +461,41 @@ def test_retrieval_exact_and_selectable_index_types(built: dict) -> None:
     assert (idx[:, 0] == np.arange(5)).all() or np.allclose(scores[:, 0], 1.0, atol=1e-5)
     exact = np.sort(ki.embeddings @ q.T, axis=0)[::-1][:3].T
     assert np.allclose(scores, exact, atol=1e-5)
-    for kind in ("ivf", "hnsw"):
+    for kind in ("ivf", "hnsw"):  # probing every cell / a wide beam is exact on 229 docs
         index, params = make_faiss_index(ki.embeddings, kind=kind, nlist=4, nprobe=4)
         s, _ = index.search(np.ascontiguousarray(q), 3)
-        assert s.shape == (5, 3) and params
+        assert np.allclose(s, exact, atol=1e-5)
+        assert params == (
+            {"nlist": 4, "nprobe": 4, "seed": 1234}
+            if kind == "ivf"
+            else {"hnsw_m": 32, "ef_construction": 200, "ef_search": 128}
+        )
+
+
+def test_doc_targets_are_mean_input_embeddings_of_the_real_tokens() -> None:
+    """The projection's regression target: the mean of Qwen2's ``embed_tokens`` rows over the
+    document's own tokens (no special tokens, never padding), whatever the batch."""
+    from extractors.rag.softprompt import SoftPromptEncoder
+
+    llm = SoftPromptEncoder({**TINY_QWEN, "max_length": 12})
+    model, tok = llm._load()
+    assert type(model).__name__ == "Qwen2Model" and model.config.hidden_size == 24
+    titles = ["Asthma", "Kidney cancer", "Sepsis"]
+    texts = [
+        "Asthma narrows the airways.",
+        "Renal cell carcinoma is the most common kidney cancer in adults, often found by imaging.",
+        "A life-threatening response to infection.",
+    ]
+    got = llm.doc_targets(titles, texts)
+    table = model.embed_tokens.weight.detach().numpy().astype(np.float64)
+    lengths = []
+    for i, (title, text) in enumerate(zip(titles, texts, strict=True)):
+        ids = tok(f"{title}. {text}", add_special_tokens=False)["input_ids"][:12]
+        assert tok.cls_token_id not in ids and tok.sep_token_id not in ids
+        lengths.append(len(ids))
+        assert np.allclose(got[i], table[ids].mean(axis=0), atol=1e-6)
+        assert np.allclose(llm.doc_targets([title], [text])[0], got[i], atol=1e-6)  # batch-free
+    assert len(set(lengths)) > 1 and max(lengths) == 12  # padded batch, one doc truncated
 
 
 def test_soft_prompt_deterministic_gradient_free(built: dict) -> None:

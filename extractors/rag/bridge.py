@@ -13,23 +13,27 @@ Bridges by input kind (``rag.bridges`` in the config; a modality name overrides 
   whole file; ``window_hours: [lo, hi)`` restricts it) with ``aggregation`` (last / mean / min /
   max; ``per_variable`` overrides it for single variables); variables without an observed value
   are omitted; values are written with ``precision`` significant digits, without exponent.
+  Observations <= 1 of a ``fraction_to_percent`` variable (FiO2) are fractions, written in %.
 * ``nearest-report`` (image, volume, slide): the offline bridge, no weights needed. It reads an
   image expert's cached embedding of this modality and returns the report text (the dataset's
   text modality) of the most cosine-similar *training-split* sample with a report, never one of
   the sample's own patient. It sees sample ids, patient ids, splits, the image embeddings and the
   training reports — never a label. A stand-in for report generation, labelled as such.
 * ``maira2`` (chest X-ray), ``merlin`` (CT), ``histgen`` (WSI): report-generation models, loaded
-  under the policy of ``extractors.loading``; they raise ``LoadingError`` naming what is missing
-  when their weights (or code) are absent.
+  under the policy of ``extractors.loading`` (MAIRA-2's remote code only when its config opts in,
+  at a pinned revision; Merlin built from merlin-vlm's classes without their downloads, see
+  ``MerlinBridge``); they raise ``LoadingError`` naming what is missing when their weights (or
+  code) are absent, and one sample that fails to generate is ``failed`` with its reason.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,6 +111,21 @@ def ehr_fields() -> list[tuple[str, str]]:
     return [(v.name, v.unit) for v in VARIABLES]
 
 
+def ehr_percent_from_fraction() -> set[str]:
+    """Variables recorded in % whose convention allows a fraction (``fraction_to_percent``: FiO2)."""
+    try:
+        from cohorts.adapters.ehr_variables import VARIABLES
+    except ImportError:  # pragma: no cover - the adapters ship with the package
+        return set()
+    return {v.name for v in VARIABLES if v.fraction_to_percent}
+
+
+def fractions_to_percent(values: np.ndarray) -> np.ndarray:
+    """Values <= 1 read as fractions and written in % (as the MIMIC adapters convert FiO2)."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.where(np.isfinite(values) & (values <= 1.0), values * 100.0, values)
+
+
 def format_value(value: float, precision: int = 4) -> str:
     """``precision`` significant digits, positional (no exponent), trailing zeros trimmed."""
     if value == 0:
@@ -140,9 +159,18 @@ def serialize_ehr(
     per_variable: Mapping[str, str] | None = None,
     window_hours: Sequence[float] | None = None,
     precision: int = 4,
+    percent_from_fraction: Collection[str] | None = None,
 ) -> str:
-    """``name: value unit; …`` in the fixed field order; unobserved variables omitted."""
+    """``name: value unit; …`` in the fixed field order; unobserved variables omitted.
+
+    ``percent_from_fraction`` (default: the table's ``fraction_to_percent`` variables, FiO2):
+    observations <= 1 of these variables are fractions and are converted to % before
+    aggregating, so the text never says ``fio2: 0.35 %``.
+    """
     fields = list(ehr_fields() if fields is None else fields)
+    to_percent = set(
+        ehr_percent_from_fraction() if percent_from_fraction is None else percent_from_fraction
+    )
     per_variable = dict(per_variable or {})
     for how in [aggregation, *per_variable.values()]:
         if how not in AGGREGATIONS:
@@ -158,9 +186,10 @@ def serialize_ehr(
     for name, unit in order:
         if name not in values:
             continue
-        v = aggregate(
-            np.asarray(values[name], dtype=np.float64)[keep], per_variable.get(name, aggregation)
-        )
+        series = np.asarray(values[name], dtype=np.float64)[keep]
+        if name in to_percent:
+            series = fractions_to_percent(series)
+        v = aggregate(series, per_variable.get(name, aggregation))
         if v is None:
             continue
         parts.append(f"{name}: {format_value(v, precision)}" + (f" {unit}" if unit else ""))
@@ -325,10 +354,13 @@ class ReportGenerator:
 class Maira2Bridge(ReportGenerator):
     """MAIRA-2 (microsoft/maira-2): findings generation for a chest X-ray, no grounding.
 
-    Remote code (the repository's processor and model classes) runs only at the pinned revision.
-    The modality's image fills the ``current_frontal`` slot by default (``slot: lateral`` for the
-    ``current_lateral`` slot; MAIRA-2 also accepts a lateral alone in the frontal slot), so
-    a missing other view never blocks this modality's bridge.
+    MAIRA-2's processor and model classes are code in its hub repository, so the bridge needs
+    ``trust_remote_code: true`` in its own config (``rag.bridges.image``). Nothing turns it on by
+    default, and the loading policy honours it only with a pinned 40-hex ``revision`` (the
+    default below is one; an unpinned revision is refused before anything is read). The
+    modality's image fills the processor's ``current_frontal`` slot, the one image it requires:
+    each modality is bridged on its own image, so a lateral-view modality is reported from its
+    lateral image alone, and a missing other view never blocks this modality's bridge.
     """
 
     name = "maira2"
@@ -336,7 +368,6 @@ class Maira2Bridge(ReportGenerator):
         "model_id": "microsoft/maira-2",
         "revision": "795a2b1cd4a310624b4e3d14b5a23e41fd273deb",
         "model_class": "AutoModelForCausalLM",
-        "trust_remote_code": True,
         "max_new_tokens": 300,
     }
 
@@ -344,67 +375,208 @@ class Maira2Bridge(ReportGenerator):
         super().__init__({**self.DEFAULTS, **dict(cfg)}, device)
         self.spec = ModelSpec.from_config("rag/bridge/maira2", self.cfg)
         self._model: Any = None
+        self._processor: Any = None
 
     def load(self) -> None:
         if self._model is not None:
             return
+        from extractors.loading import (
+            RemoteCodeRefused,
+            check_remote_code,
+            load_model,
+            model_file_patterns,
+        )
+
+        if not self.spec.trust_remote_code:
+            raise RemoteCodeRefused(
+                f"expert {self.spec.expert!r}: MAIRA-2's processor and model are code in its hub "
+                f"repository ({self.spec.model_id}); review that code at revision "
+                f"{self.spec.revision} and opt in with `trust_remote_code: true` in this bridge's "
+                "config (rag.bridges.<modality>). Remote code runs only at a pinned commit."
+            )
+        trust = check_remote_code(self.spec)  # refuses an unpinned revision
+        import torch
         from transformers import AutoProcessor
 
-        from extractors.loading import check_remote_code, load_model, model_file_patterns
-
-        self._model = load_model(self.spec, device=self.device)  # refuses unpinned remote code
-        trust = check_remote_code(self.spec)  # from the bridge's config, with a pinned revision
+        dtype = getattr(torch, self.cfg["dtype"]) if self.cfg.get("dtype") else None
+        model = load_model(self.spec, device=self.device, dtype=dtype)
         folder = resolve_dir(self.spec, allow_patterns=model_file_patterns(trust))
         self._processor = AutoProcessor.from_pretrained(
             str(folder), trust_remote_code=trust, local_files_only=True
         )
+        self._model = model
 
-    def generate(self, paths: Sequence[Path]) -> list[str | BaseException]:
-        import torch
+    def _image(self, path: Path) -> Any:
         from PIL import Image
 
         from extractors.readers.images import read_image, to_rgb
 
+        arr = to_rgb(read_image(path))
+        return Image.fromarray((arr * 255).round().astype(np.uint8))
+
+    def generate(self, paths: Sequence[Path]) -> list[str | BaseException]:
+        import torch
+
         self.load()
+        dtype = getattr(torch, self.cfg["dtype"]) if self.cfg.get("dtype") else None
         out: list[str | BaseException] = []
         for path in paths:
             try:
-                arr = to_rgb(read_image(path))
-                image = Image.fromarray((arr * 255).round().astype(np.uint8))
-                slot = self.cfg.get("slot", "frontal")
                 inputs = self._processor.format_and_preprocess_reporting_input(
-                    current_frontal=image if slot == "frontal" else None,
-                    current_lateral=image if slot == "lateral" else None,
+                    current_frontal=self._image(path),
+                    current_lateral=None,
                     prior_frontal=None,
                     indication=None,
                     technique=None,
                     comparison=None,
                     prior_report=None,
-                    return_tensors="pt",
                     get_grounding=False,
+                    return_tensors="pt",
                 ).to(self.device)
+                if dtype is not None:
+                    inputs = inputs.to(dtype)  # floating tensors only (pixel values)
                 with torch.inference_mode():
                     ids = self._model.generate(
                         **inputs, max_new_tokens=int(self.cfg["max_new_tokens"]), use_cache=True
                     )
-                n = inputs["input_ids"].shape[-1]
+                n = inputs["input_ids"].shape[-1]  # the prompt; only the continuation is the report
                 decoded = self._processor.decode(ids[0][n:], skip_special_tokens=True).lstrip()
                 out.append(
-                    str(self._processor.convert_output_to_plaintext_or_grounded_sequence(decoded))
+                    plain_report(
+                        self._processor.convert_output_to_plaintext_or_grounded_sequence(decoded)
+                    )
                 )
             except Exception as exc:  # one bad image never stops the run
                 out.append(exc)
         return out
 
 
-class MerlinBridge(ReportGenerator):
-    """Merlin report generation (stanfordmimi/Merlin, ``pip install merlin-vlm``) for CT volumes.
+def plain_report(result: Any) -> str:
+    """MAIRA-2's parsed output as plain text: a string as is; a grounded sequence (a list of
+    ``(phrase, boxes)``) as its phrases, without the boxes."""
+    if isinstance(result, str):
+        return result
+    return " ".join(str(item[0]).strip() for item in result)
 
-    The checkpoint is resolved under the loading policy (pinned revision, ``HF_HOME``,
-    ``HF_HUB_OFFLINE``, or ``local_dir`` = the checkpoint file or its folder), verified to load
-    with ``weights_only=True`` and handed to ``Merlin(RadiologyReport=True,
-    local_checkpoint_path=…)``. Volumes go through Merlin's own preprocessing (its DataLoader);
-    the report is generated per organ system with Merlin's prompts and joined.
+
+MERLIN_ORGAN_SYSTEMS = (
+    "lower thorax",
+    "liver",
+    "gallbladder",
+    "spleen",
+    "pancreas",
+    "adrenal glands",
+    "kidneys",
+    "bowel",
+    "peritoneum",
+    "pelvic",
+    "circulatory",
+    "lymph nodes",
+    "musculoskeletal",
+)
+# RadLLaMA's tokenizer and config only: its weights are part of Merlin's checkpoint.
+MERLIN_DECODER_FILES = ("*.json", "*.model", "*.txt", "*.tiktoken")
+
+
+def _bare_module(cls: type) -> Any:
+    """An instance of a torch module class whose own ``__init__`` is not run (Merlin's
+    constructors download weights); the caller sets the submodules ``__init__`` would set."""
+    import torch
+
+    obj = cls.__new__(cls)
+    torch.nn.Module.__init__(obj)
+    return obj
+
+
+def build_merlin_report_model(
+    decoder_dir: str | os.PathLike, trust_remote_code: bool, lora: Mapping[str, Any]
+) -> Any:
+    """merlin-vlm's ``Clip3DForTextGeneration``, assembled from its own classes without the
+    downloads in their constructors.
+
+    What merlin-vlm 0.0.7 builds, and how here: ``ModifiedImageEncoder`` wraps an I3ResNet
+    inflated from ``torchvision.models.resnet152(pretrained=True)`` (an ImageNet download) —
+    here ``weights=None``; ``TextDecoder`` calls ``from_pretrained("StanfordAIMI/RadLLaMA-7b")``
+    for the tokenizer (remote code on) and the 7B weights — here the tokenizer and config come
+    from ``decoder_dir`` (resolved under the loading policy) and the LLaMA is built from its
+    config with empty weights, then wrapped in Merlin's LoRA; ``Adapter`` maps the image features
+    to the decoder width. Every weight then comes from Merlin's checkpoint
+    (``load_merlin_state``), as in merlin-vlm, whose strict load covers the whole model.
+    """
+    import torchvision
+    from accelerate import init_empty_weights
+    from merlin.models import i3res
+    from merlin.models import radiology_report_generation as rrg
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    i3 = i3res.I3ResNet(
+        torchvision.models.resnet152(weights=None),
+        class_nb=1692,
+        conv_class=True,
+        ImageEmbedding=True,
+        PhenotypeCls=False,
+    )
+    encoder = _bare_module(rrg.ModifiedImageEncoder)
+    encoder.vision_model = rrg.ModifiedI3ResNet(i3)
+
+    decoder = _bare_module(rrg.TextDecoder)
+    decoder.tokenizer = AutoTokenizer.from_pretrained(
+        str(decoder_dir), use_fast=True, trust_remote_code=trust_remote_code, local_files_only=True
+    )
+    if decoder.tokenizer.pad_token_id is None:  # one prompt per call: padding never applies
+        decoder.tokenizer.pad_token = decoder.tokenizer.eos_token
+    config = AutoConfig.from_pretrained(
+        str(decoder_dir), trust_remote_code=trust_remote_code, local_files_only=True
+    )
+    with init_empty_weights():
+        llm = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+        decoder.text_decoder = get_peft_model(
+            llm, LoraConfig(bias="none", task_type="CAUSAL_LM", **dict(lora))
+        )
+
+    model = _bare_module(rrg.Clip3DForTextGeneration)
+    model.encode_image = encoder
+    model.decode_text = decoder
+    model.adapter = rrg.Adapter(int(i3.layer4[-1].conv3.out_channels), int(config.hidden_size))
+    return model
+
+
+def load_merlin_state(model: Any, state: Mapping[str, Any], path: Path, expert: str) -> None:
+    """Every tensor of ``model`` from ``state`` (assigned, so the empty decoder weights take the
+    checkpoint's storage); a key mismatch or a weight left empty is a ``LoadingError``."""
+    result = model.load_state_dict(dict(state), strict=False, assign=True)
+    if result.missing_keys or result.unexpected_keys:
+        raise LoadingError(
+            f"expert {expert!r}: {path} does not match Merlin's report-generation model "
+            f"({len(result.missing_keys)} missing, e.g. {result.missing_keys[:3]}; "
+            f"{len(result.unexpected_keys)} unexpected, e.g. {result.unexpected_keys[:3]}). "
+            "Use the report-generation checkpoint with the decoder config and LoRA settings it "
+            "was trained with."
+        )
+    empty = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if empty:
+        raise LoadingError(f"expert {expert!r}: no weights for {empty[:3]} in {path}")
+
+
+class MerlinBridge(ReportGenerator):
+    """Merlin report generation (stanfordmimi/Merlin, ``merlin-vlm``) for CT volumes.
+
+    merlin-vlm's ``Merlin(RadiologyReport=True)`` cannot take a local checkpoint and would
+    download the checkpoint, RadLLaMA-7b and an ImageNet ResNet-152 on its own. This bridge uses
+    merlin-vlm's classes but builds the model itself (``build_merlin_report_model``):
+
+    * the checkpoint (``checkpoint`` in the ``stanfordmimi/Merlin`` snapshot at ``revision``, or
+      ``local_dir`` = the file or its folder) is resolved under the loading policy and read by
+      ``load_state_dict`` (safetensors, else ``torch.load(weights_only=True)``);
+    * the text decoder's tokenizer and config come from ``decoder`` (``model_id`` +
+      ``revision`` or ``local_dir``; only config and tokenizer files are fetched, the weights are
+      in Merlin's checkpoint); its ``trust_remote_code`` is off unless ``decoder`` turns it on
+      with a pinned revision;
+    * with ``HF_HUB_OFFLINE=1`` both are read from the hub cache only; nothing else is fetched.
+
+    Volumes go through Merlin's own preprocessing transform; the report is generated per organ
+    system with Merlin's prompts (greedy, its stop token) and joined.
     """
 
     name = "merlin"
@@ -412,86 +584,112 @@ class MerlinBridge(ReportGenerator):
         "model_id": "stanfordmimi/Merlin",
         "revision": None,
         "checkpoint": "resnet_gpt2_best_stanford_report_generation_average_mtl.pt",
+        "decoder": {"model_id": "StanfordAIMI/RadLLaMA-7b", "revision": None},
+        "lora": {"r": 512, "lora_alpha": 16, "lora_dropout": 0.1},  # merlin-vlm's TextDecoder
+        "dtype": None,
         "max_new_tokens": 128,
-        "organ_systems": [
-            "lower thorax",
-            "liver",
-            "gallbladder",
-            "spleen",
-            "pancreas",
-            "adrenal glands",
-            "kidneys",
-            "bowel",
-            "peritoneum",
-            "pelvic",
-            "circulatory",
-            "lymph nodes",
-            "musculoskeletal",
-        ],
+        "repetition_penalty": 1.2,
+        "stop_token_id": 48134,  # "###" in RadLLaMA's vocabulary (Merlin's demo)
+        "organ_systems": list(MERLIN_ORGAN_SYSTEMS),
     }
 
     def __init__(self, cfg: Mapping[str, Any], device: str = "cpu") -> None:
-        super().__init__({**self.DEFAULTS, **dict(cfg)}, device)
+        cfg = dict(cfg)
+        merged = {**self.DEFAULTS, **cfg}
+        for key in ("decoder", "lora"):
+            merged[key] = {**self.DEFAULTS[key], **dict(cfg.get(key) or {})}
+        super().__init__(merged, device)
         self.spec = ModelSpec.from_config("rag/bridge/merlin", self.cfg)
+        self.decoder_spec = ModelSpec.from_config(
+            "rag/bridge/merlin/decoder", self.cfg["decoder"], model_class="AutoModelForCausalLM"
+        )
         self._model: Any = None
+
+    def describe(self) -> str:
+        return f"{self.spec.describe()} + decoder {self.decoder_spec.describe()}"
+
+    def checkpoint_path(self) -> Path:
+        return resolve_file(self.spec, str(self.cfg["checkpoint"]))
+
+    def decoder_dir(self) -> tuple[Path, bool]:
+        """The folder with the decoder's config and tokenizer, and its trust_remote_code."""
+        from extractors.loading import check_remote_code
+
+        trust = check_remote_code(self.decoder_spec)
+        patterns = [*MERLIN_DECODER_FILES, *(["*.py"] if trust else [])]
+        return resolve_dir(self.decoder_spec, allow_patterns=patterns), trust
 
     def load(self) -> None:
         if self._model is not None:
             return
-        ckpt = resolve_file(self.spec, self.cfg["checkpoint"])
-        load_state_dict(ckpt, expert=self.spec.expert)  # refuses pickled checkpoints
+        ckpt = self.checkpoint_path()
+        folder, trust = self.decoder_dir()
         try:
-            from merlin import Merlin
+            import merlin.models.radiology_report_generation  # noqa: F401
         except ImportError as exc:
             raise LoadingError(
-                "expert 'rag/bridge/merlin': the merlin-vlm package is not installed (pip install merlin-vlm)"
+                f"expert {self.spec.expert!r}: the merlin-vlm package is not installed "
+                "(pip install merlin-vlm; envs/rag.yaml pins it)"
             ) from exc
-        try:
-            model = Merlin(RadiologyReport=True, local_checkpoint_path=str(ckpt))
-        except TypeError as exc:
-            raise LoadingError(
-                "expert 'rag/bridge/merlin': this merlin-vlm has no local_checkpoint_path argument; "
-                "install a version that has it so weights load from the resolved, verified file"
-            ) from exc
+        state = load_state_dict(ckpt, expert=self.spec.expert)
+        model = build_merlin_report_model(folder, trust, self.cfg["lora"])
+        load_merlin_state(model, state, ckpt, self.spec.expert)
+        if self.cfg.get("dtype"):
+            import torch
+
+            model = model.to(getattr(torch, self.cfg["dtype"]))
         self._model = model.eval().to(self.device)
+
+    @staticmethod
+    def preprocess(path: str | os.PathLike) -> Any:
+        """Merlin's transform (``merlin.data.monai_transforms.ImageTransforms``: RAS, 1.5 × 1.5 ×
+        3 mm, HU [-1000, 1000] -> [0, 1], pad/crop to 224 × 224 × 160) as a (1, 1, X, Y, Z) batch.
+
+        Applied directly rather than through merlin's ``DataLoader``, whose cache files are read
+        back with ``torch.load(weights_only=False)``.
+        """
+        import torch
+        from merlin.data.monai_transforms import ImageTransforms
+
+        image = ImageTransforms({"image": str(path)})["image"]
+        if hasattr(image, "as_tensor"):  # monai MetaTensor -> plain tensor
+            image = image.as_tensor()
+        return torch.as_tensor(image).unsqueeze(0)
 
     def generate(self, paths: Sequence[Path]) -> list[str | BaseException]:
         import torch
-        from merlin.data import DataLoader as MerlinLoader
-        from transformers import StoppingCriteria
+        from transformers import StoppingCriteria, StoppingCriteriaList
 
-        class _Eos(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> bool:
-                return [48134] in input_ids[:, -1:].tolist()
+        stop_id = int(self.cfg["stop_token_id"])
+
+        class _StopAt(StoppingCriteria):
+            def __call__(self, input_ids: Any, scores: Any, **kw: Any) -> Any:
+                return input_ids[:, -1] == stop_id
 
         self.load()
-        cache_dir = Path(self.cfg.get("cache_dir", "results/.merlin_cache"))
+        model = self._model
+        dtype = next(model.encode_image.parameters()).dtype
         out: list[str | BaseException] = []
         for path in paths:
             try:
-                loader = MerlinLoader(
-                    datalist=[{"image": str(path)}],
-                    cache_dir=str(cache_dir),
-                    batchsize=1,
-                    shuffle=False,
-                    num_workers=0,
-                )
-                image = next(iter(loader))["image"].to(self.device)
+                image = self.preprocess(path).to(self.device, dtype)
                 lines = []
                 with torch.inference_mode():
+                    # Clip3DForTextGeneration.generate, with the image encoded once per volume
+                    feats = model.adapter(model.encode_image(image))
                     for organ in self.cfg["organ_systems"]:
-                        gen = self._model.generate(
-                            image,
+                        gen = model.decode_text.generate(
+                            feats,
                             [f"Generate a radiology report for {organ}###\n"],
                             do_sample=False,
                             num_beams=1,
-                            repetition_penalty=1.2,
+                            repetition_penalty=float(self.cfg["repetition_penalty"]),
                             max_new_tokens=int(self.cfg["max_new_tokens"]),
-                            stopping_criteria=[_Eos()],
+                            stopping_criteria=StoppingCriteriaList([_StopAt()]),
                         )
                         lines.append(f"{organ}: {str(gen[0]).split('###')[-1].strip()}")
                 out.append(" ".join(lines))
-            except Exception as exc:
+            except Exception as exc:  # one bad volume never stops the run
                 out.append(exc)
         return out
 
@@ -577,6 +775,14 @@ class HistGenBridge(ReportGenerator):
         from models.histgen_model import HistGenModel  # type: ignore[import-not-found]
         from modules.tokenizers import Tokenizer  # type: ignore[import-not-found]
 
+        for cls in (HistGenModel, Tokenizer):  # HistGen's packages are the generic models/modules
+            origin = Path(inspect.getfile(cls)).resolve()
+            if not origin.is_relative_to(repo.resolve()):
+                raise LoadingError(
+                    f"expert 'rag/bridge/histgen': {cls.__name__} was imported from {origin}, not "
+                    f"from the HistGen checkout {repo} (another `models`/`modules` package is loaded)"
+                )
+
         args = argparse.Namespace(
             **{
                 **self.ARGS,
@@ -601,7 +807,10 @@ class HistGenBridge(ReportGenerator):
         for path in paths:
             try:
                 stem = Path(path).name.split(".")[0]
-                feats = load_tensor(feats_dir / f"{stem}.pt", expert="rag/bridge/histgen")
+                feats_file = feats_dir / f"{stem}.pt"
+                if not feats_file.is_file():
+                    raise SampleError(f"no patch features {feats_file} for slide {Path(path).name}")
+                feats = load_tensor(feats_file, expert="rag/bridge/histgen")
                 with torch.inference_mode():
                     ids = self._model(
                         torch.as_tensor(feats).float().unsqueeze(0).to(self.device), mode="sample"

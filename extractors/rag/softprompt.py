@@ -3,7 +3,8 @@
 Projection (fitted once, without labels, on the knowledge base alone). For every document d of
 the knowledge base, x_d is its (L2-normalised) MedCPT article embedding, as stored in the index,
 and y_d the mean of Qwen2's *input* token embeddings over the tokens of ``"{title}. {text}"``
-(no special tokens; a lookup in ``embed_tokens``, no forward pass). The map
+(no special tokens, the first ``max_length``, never padding; a lookup in ``embed_tokens``, no
+forward pass). The map
 
     y ≈ W (x − x̄) + b,     [W; b] = argmin Σ_d ‖W (x_d − x̄) + b − y_d‖² + λ‖W‖²
 
