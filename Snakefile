@@ -36,5 +36,5 @@ include: "workflow/rules/report.smk"
 # ablations / external / efficiency sections ask for (the rule paper_tables).
 rule all:
     input:
-        paper_targets(),
+        paper_targets() + SAMPLE_STATUS,
     default_target: True

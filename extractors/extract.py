@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,12 +24,27 @@ from extractors.batching import (
     summarise_info,
 )
 from extractors.cache import ShardedCacheWriter
+from extractors.status import count_reasons
 
 log = logging.getLogger("medmix.extract")
 
 
 class TooManyFailures(RuntimeError):
-    pass
+    """More than ``max_failed_fraction`` of the present samples failed. The cache is not left
+    at its path (it would look complete to anything run later, outside Snakemake too): it is
+    moved to ``rejected`` (``{expert}.rejected.parquet``) for inspection."""
+
+    def __init__(self, message: str, summary: ExtractSummary, rejected: Path) -> None:
+        super().__init__(message)
+        self.summary = summary
+        self.rejected = rejected
+
+
+def rejected_path(cache_path: str | Path) -> Path:
+    """Where a cache that failed ``max_failed_fraction`` is kept: beside it, under a name no
+    expert cache can have (expert names have no dot)."""
+    p = Path(cache_path)
+    return p.with_name(p.name.removesuffix(".parquet") + ".rejected.parquet")
 
 
 @dataclass
@@ -69,8 +85,9 @@ def extract(
 
     Every manifest row gets a cache row: ``missing`` where the modality is null, ``failed``
     with a reason where reading or embedding failed, ``ok`` otherwise. Resumes from finished
-    shards. Raises TooManyFailures (after writing the cache) when more than
-    ``max_failed_fraction`` of the present samples failed.
+    shards. Raises TooManyFailures when more than ``max_failed_fraction`` of the present
+    samples failed; the cache is then moved to :func:`rejected_path`, so nothing at
+    ``out_path`` looks like a finished cache.
 
     ``fit_manifest``: experts that learn from data (``requires_fit``: TF-IDF+SVD, a learnt
     variable list) fit on THAT manifest's training split instead of this one's — an external
@@ -165,10 +182,7 @@ def extract(
 
     data = read_cache(path)
     failed_mask = data.status == "failed"
-    reasons: dict[str, int] = {}
-    for r in data.reason[failed_mask]:
-        key = str(r).split(":")[0][:80]
-        reasons[key] = reasons.get(key, 0) + 1
+    reasons = dict(count_reasons(data.reason[failed_mask]).most_common())
     summary = ExtractSummary(
         path=path,
         n=len(ids),
@@ -197,11 +211,18 @@ def extract(
         resumed,
         n_shards,
     )
+    rejected = rejected_path(path)
     if present and summary.failed / present > max_failed_fraction:
+        os.replace(path, rejected)
+        summary.path = rejected
         raise TooManyFailures(
             f"{mmeta.dataset}/{modality}/{expert.name}: {summary.failed} of {present} present samples failed "
-            f"(> max_failed_fraction={max_failed_fraction}); reasons: {reasons}"
+            f"(> max_failed_fraction={max_failed_fraction}); reasons: {reasons}. No cache was "
+            f"written to {path}; the rows with their reasons are in {rejected}",
+            summary,
+            rejected,
         )
+    rejected.unlink(missing_ok=True)  # a rejected attempt's rows are stale now
     return summary
 
 

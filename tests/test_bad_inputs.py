@@ -168,8 +168,16 @@ def test_bad_images(tmp_path: Path) -> None:
     Image.fromarray(np.full((48, 48), 3000, np.uint16)).save(d / "flat16.png")
     Image.fromarray(np.zeros((1, 1), np.uint8)).save(d / "tiny.png")
     np.save(d / "nan.npy", np.full((32, 32), np.nan, np.float32))
+    # symbolic links inside the root: one to a file outside it, one to a folder outside it
+    # (lexically both paths stay inside), and a harmless one to a file inside it
+    (d / "link_out.png").symlink_to(tmp_path / "outside.png")
+    (d / "linkdir").symlink_to(tmp_path)
+    (d / "link_in.png").symlink_to(d / "good.png")
     cases = {
         "good": ("good.png", "ok"),
+        "symlink_inside_root": ("link_in.png", "ok"),
+        "symlink_to_outside_file": ("link_out.png", "outside the dataset root"),
+        "symlinked_folder_to_outside": ("linkdir/outside.png", "outside the dataset root"),
         "zero_byte": ("zero.png", "empty file"),
         "truncated_png": ("trunc.png", "truncated or corrupt image"),
         "truncated_jpeg": ("trunc.jpg", "truncated or corrupt image"),
@@ -249,6 +257,10 @@ def test_bad_volumes(tmp_path: Path) -> None:
     _write_dicom_series(d / "dcm_missing", [0.0, 2.0, 4.0, 8.0, 10.0])  # z=6 missing
     _write_dicom_series(d / "dcm_mixed", [0.0, 1.0, 2.0, 4.5, 7.0])  # 1 mm then 2.5 mm
     _write_dicom_series(d / "dcm_pixels", [0.0, 2.0, 4.0, 6.0], [0.7, 0.7, 0.9, 0.9])
+    _write_dicom_series(tmp_path / "elsewhere", [0.0, 2.0, 4.0, 6.0, 8.0])
+    (d / "dcm_linked").mkdir()  # a series folder whose slices link outside the root
+    for f in sorted((tmp_path / "elsewhere").iterdir()):
+        (d / "dcm_linked" / f.name).symlink_to(f)
     cases = {
         "good_npy": ("good.npy", "ok"),
         "good_nifti": ("good.nii.gz", "ok"),
@@ -262,6 +274,7 @@ def test_bad_volumes(tmp_path: Path) -> None:
         "dicom_mixed_pixel_spacing": ("dcm_pixels", "differ in pixel spacing"),
         "no_such_file": ("none.nii.gz", "file not found"),
         "escaping_root": ("../data/good.npy/..", "outside the dataset root"),
+        "dicom_slices_linked_outside": ("dcm_linked", "outside it (symbolic link)"),
     }
     params = {"image_expert": "image-radiomics", "k_slices": 3, "hu_window": [-160, 240]}
     got = _run_kind(tmp_path, "volume", cases, "ct-slicer", params)
@@ -451,6 +464,11 @@ def _mutate(kind: str, tmp_path: Path) -> tuple[pd.DataFrame, ManifestMeta, list
     if kind == "absolute_path":
         df.loc[0, "img"] = "/etc/hosts"
         return df, meta, ["img", "s0"]
+    if kind == "symlink_escaping_root":
+        (tmp_path / "root" / "img").mkdir(parents=True)
+        (tmp_path / "secret.png").write_bytes(b"x")
+        (tmp_path / "root" / "img" / "3.png").symlink_to(tmp_path / "secret.png")
+        return df, meta, ["img", "s3", "outside the dataset root"]
     if kind == "missing_file":
         (tmp_path / "img").mkdir(exist_ok=True)
         for i in range(6):
@@ -473,6 +491,7 @@ MANIFEST_CASES = [
     "escaping_path",
     "absolute_path",
     "missing_file",
+    "symlink_escaping_root",
     "patient_in_two_splits",
 ]
 
@@ -486,6 +505,8 @@ def test_bad_manifest(case: str, tmp_path: Path) -> None:
         with pytest.raises(ManifestError) as err:
             if case == "missing_file":
                 validate_manifest(df, meta, path=path, root=tmp_path, check_files=True)
+            elif case == "symlink_escaping_root":
+                validate_manifest(df, meta, path=path, root=tmp_path / "root")
             else:
                 write_manifest(df, path, meta)
     except Exception:

@@ -10,6 +10,8 @@ The test metrics themselves must change (the perturbation did reach the data).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import shutil
 from pathlib import Path
@@ -96,8 +98,10 @@ def test_timeseries_variables_learned_on_training_files_only(tmp_path: Path, exp
 
 # -- training -------------------------------------------------------------------------------
 
+# lambda_kd > 0: MedMIX distils from the teacher caches, so their (perturbed) test rows would
+# reach training if the distillation loss ever read the test split.
 LEAK_FUSION = FUSION | {"max_epochs": 10, "patience": 3, "d": 16, "adapter_bottleneck": 8,
-                        "pos_weight": "auto"}  # fmt: skip
+                        "pos_weight": "auto", "lambda_kd": 0.5}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -150,26 +154,71 @@ def _artefacts(run: Path) -> dict:
     return out
 
 
+_TRAINED: dict[tuple[str, str, str], dict] = {}
+
+
+def _train(cfg: dict, method: str, protocol: str) -> dict:
+    """The artefacts of one run (trained once per results folder, method and protocol)."""
+    key = (cfg["results"], method, protocol)
+    if key not in _TRAINED:
+        out = dataset_paths(cfg, DATASET).run_dir(protocol, method)
+        run_training(cfg, DATASET, method, protocol, out, seeds=[0, 1], threads=1)
+        _TRAINED[key] = _artefacts(out)
+    return _TRAINED[key]
+
+
+def _kd_losses(history: str) -> list[float]:
+    rows = list(csv.DictReader(io.StringIO(history)))
+    return [float(r["kd_loss"]) for r in rows if r["kd_loss"] not in ("", "nan")]
+
+
+# MedMIX over every protocol family that changes the training data; the baselines on the full
+# protocol: concat (a plain baseline) and AdaCoMed, which reads the teacher caches as inputs.
 @pytest.mark.parametrize(
-    "protocol",
+    ("method", "protocol"),
     [
-        "full",
-        "train_random-0.5",
-        "mnar-label-0.5",
-        "train_replay-1.0",
+        ("medmix", "full"),
+        ("medmix", "train_random-0.5"),
+        ("medmix", "mnar-label-0.5"),
+        ("medmix", "train_replay-1.0"),
+        ("concat", "full"),
+        ("adacomed", "full"),
     ],
 )
-def test_training_artefacts_ignore_the_test_split(cohorts: dict, protocol: str) -> None:
-    runs = {}
-    for key, cfg in cohorts.items():
-        out = dataset_paths(cfg, DATASET).run_dir(protocol, "medmix")
-        run_training(cfg, DATASET, "medmix", protocol, out, seeds=[0, 1], threads=1)
-        runs[key] = _artefacts(out)
+def test_training_artefacts_ignore_the_test_split(
+    cohorts: dict, method: str, protocol: str
+) -> None:
+    runs = {key: _train(cfg, method, protocol) for key, cfg in cohorts.items()}
     assert list(runs["a"]) == ["seed0", "seed1"]
     for seed in runs["a"]:
         a, b = runs["a"][seed], runs["b"][seed]
         assert a["test"] != b["test"]  # the test split did change
         for key in ("standardization", "history", "thresholds", "best_epoch", "epochs_run",
                     "best_val_loss", "val"):  # fmt: skip
-            assert a[key] == b[key], (seed, key)
-        assert a["weights"] == b["weights"], seed
+            assert a[key] == b[key], (method, seed, key)
+        assert a["weights"] == b["weights"], (method, seed)
+        if method == "medmix":  # distillation was on: the teacher caches were read
+            assert any(x > 0 for x in _kd_losses(a["history"])), seed
+
+
+@pytest.mark.parametrize("method", ["medmix", "adacomed"])
+def test_teacher_perturbation_of_training_rows_does_change_training(
+    cohorts: dict, method: str, tmp_path: Path
+) -> None:
+    """Control for the test above: the same perturbation applied to the TRAINING rows of the
+    teacher caches only does change the trained weights, so the teachers are really read."""
+    cfg = json.loads(json.dumps(cohorts["a"]))
+    cfg["results"] = str(tmp_path / "c")
+    src, dst = dataset_paths(cohorts["a"], DATASET), dataset_paths(cfg, DATASET)
+    shutil.copytree(src.root, dst.root, ignore=shutil.ignore_patterns("runs"))
+    train = (read_manifest(dst.manifest)[0]["split"] == "train").to_numpy()
+    rng = np.random.default_rng(7)
+    for path in sorted(dst.root.glob("teachers/*.parquet")):
+        data = read_cache(path)
+        emb = data.embeddings.copy()
+        rows = train & data.ok
+        emb[rows] = rng.normal(size=(rows.sum(), emb.shape[1])) * 50
+        rec = CacheRecords(list(data.sample_ids), emb, list(data.status), list(data.reason))
+        write_cache(path, rec, data.meta)
+    base, changed = _train(cohorts["a"], method, "full"), _train(cfg, method, "full")
+    assert base["seed0"]["weights"] != changed["seed0"]["weights"]

@@ -3,10 +3,12 @@ not show up anywhere but the manifest (DEBUG logging captured, stdout/stderr at 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from cohorts.manifest import ManifestMeta, write_manifest
@@ -84,6 +86,8 @@ def test_canary_never_logged(
         )
     except TooManyFailures as exc:
         assert CANARY not in str(exc)
+        assert not out.exists()
+        out = exc.rejected  # the rows are kept there for inspection: check them too
     captured = capfd.readouterr()
     assert caplog.records, "expected DEBUG/INFO records from the extraction"
     texts = [caplog.text, captured.out, captured.err]
@@ -102,3 +106,117 @@ def test_canary_never_logged(
         for x in data.extra:
             assert CANARY not in str(x)
     assert CANARY.encode() not in out.read_bytes()  # not in any column or metadata
+
+
+# -- the RAG embed CLI and training, as command-line runs at DEBUG -----------------------------
+
+DEBUG_ENV = {"MEDMIX_LOG_LEVEL": "DEBUG", "HF_HUB_OFFLINE": "1"}
+FAIL_MARK = "FAILME"  # a note the (patched) RAG chain fails on, quoting its input
+
+
+def _assert_clean(text: str, what: str) -> None:
+    assert CANARY not in text and "patient text" not in text, f"note text in {what}"
+
+
+def _assert_clean_files(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            assert CANARY.encode() not in path.read_bytes(), path
+
+
+@pytest.fixture(scope="module")
+def rag_kb(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Tiny knowledge index + projection (random-init MedCPT / Qwen2 on the demo base)."""
+    from extractors.rag.expert import knowledge_paths, rag_config, run_index, run_projection
+    from tests.test_rag_pipeline import rag_cfg
+
+    root = tmp_path_factory.mktemp("privacy-kb")
+    section = {**rag_cfg(root)["rag"], "shard_size": 4, "batch_size": 4}
+    docs = root / "docs.parquet"  # 24 real topics of the demo base: enough to retrieve k=3
+    pq.write_table(pq.read_table(section["knowledge"]["source"]).slice(0, 24), docs)
+    section["knowledge"] = {**section["knowledge"], "source": str(docs)}
+    rag = rag_config(section)
+    kp = knowledge_paths(root / "results", rag)
+    run_index(rag, kp.root, threads=1)
+    run_projection(rag, kp.root, kp.projection)
+    return {"section": section, "kp": kp}
+
+
+def test_rag_embed_cli_never_logs_note_text(
+    rag_kb: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bridge + embed of a note modality; the chain fails on one note with an error message
+    that quotes the batch's texts (as a tokenizer's can): neither the log nor the cache's
+    reason may carry it."""
+    from extractors.rag.__main__ import main
+    from extractors.rag.expert import RagEncoder
+    from tests.proc_helpers import timed_run
+
+    results = tmp_path / "results"
+    notes = [*NOTES, f"{CANARY} {FAIL_MARK} patient text"]
+    mpath = _manifest(tmp_path, "text", notes)
+    manifest = results / "canary" / "manifest.parquet"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_bytes(mpath.read_bytes())
+    real_call = RagEncoder.__call__
+
+    def quoting_call(self: RagEncoder, texts: list[str]):
+        if any(FAIL_MARK in t for t in texts):
+            raise ValueError(f"cannot encode batch {texts!r}")
+        return real_call(self, texts)
+
+    monkeypatch.setattr(RagEncoder, "__call__", quoting_call)  # inherited by the forked child
+    cfg = json.dumps({"results": str(results), "rag": rag_kb["section"],
+                      "datasets": {"canary": {"modalities": {"m": ["rag"]}}}})  # fmt: skip
+    bridge, out = results / "canary" / "bridge" / "m.parquet", tmp_path / "emb" / "rag.parquet"
+    kp = rag_kb["kp"]
+    log = tmp_path / "rag.log"
+    argv = [
+        ["bridge", "--config", cfg, "--dataset", "canary", "--modality", "m", "--out", str(bridge)],
+        ["embed", "--config", cfg, "--dataset", "canary", "--modality", "m", "--bridge",
+         str(bridge), "--index-dir", str(kp.root), "--projection", str(kp.projection),
+         "--out", str(out)],
+    ]  # fmt: skip
+    for args in argv:
+        rc, _ = timed_run(lambda args=args: main(args), log, DEBUG_ENV)
+        assert rc == 0, log.read_text()[-3000:]
+    text = log.read_text(errors="replace")
+    assert "canary/m/rag" in text and "failed (ValueError)" in text
+    _assert_clean(text, "the RAG log")
+    data = read_cache(out)
+    failed = data.status == "failed"
+    assert failed.sum() == 2  # the empty note (bridge) and the one the chain failed on
+    assert "ValueError in the RAG chain (text of" in " ".join(map(str, data.reason[failed]))
+    assert data.ok.sum() == len(notes) - 3  # one missing
+    _assert_clean_files(out.parent)  # cache and provenance
+
+
+def test_training_logs_never_print_note_text(tmp_path: Path) -> None:
+    """Train MedMIX (with distillation) and AdaCoMed on a cohort whose manifest holds canary
+    notes: the training log at DEBUG and every file of the run folders stay clean."""
+    from cohorts.manifest import read_manifest
+    from fusion.__main__ import main
+    from medmix.config import dataset_paths
+    from tests.proc_helpers import timed_run
+    from tests.test_fusion_train import DATASET, FUSION, make_config, write_synthetic
+
+    fusion = FUSION | {"max_epochs": 3, "patience": 2, "d": 8, "adapter_bottleneck": 4,
+                       "lambda_kd": 0.5}  # fmt: skip
+    cfg = make_config(tmp_path / "results", fusion)
+    write_synthetic(cfg, n=120, teacher_dim=4)
+    paths = dataset_paths(cfg, DATASET)
+    df, meta = read_manifest(paths.manifest)
+    for mod in meta.modalities:  # the notes the embeddings were made from
+        df[mod] = [None if v is None else f"{NOTE} #{i}" for i, v in enumerate(df[mod])]
+    write_manifest(df, paths.manifest, meta)
+    assert CANARY.encode() in paths.manifest.read_bytes()
+    log = tmp_path / "train.log"
+    for method in ("medmix", "adacomed"):
+        argv = ["train", "--config", json.dumps(cfg), "--dataset", DATASET, "--method", method,
+                "--seeds", "0"]  # fmt: skip
+        rc, _ = timed_run(lambda argv=argv: main(argv), log, DEBUG_ENV)
+        assert rc == 0, log.read_text()[-3000:]
+    text = log.read_text(errors="replace")
+    assert "INFO medmix.fusion" in text  # the log is there (written at level DEBUG)
+    _assert_clean(text, "the training log")
+    _assert_clean_files(paths.root / "runs")

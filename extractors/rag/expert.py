@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from extractors.base import SampleError
 from extractors.cache import (
     CacheMeta,
     CacheRecords,
@@ -353,7 +354,14 @@ def run_embed(
             try:
                 vecs, ret = enc(texts)
             except Exception as exc:  # isolate the bad sample
-                log.warning("rag batch failed (%s); retrying one by one", exc)
+                # the type only: a tokenizer's or model's message can quote the note
+                log.warning(
+                    "%s/%s/rag: a batch of %d failed (%s); retrying one by one",
+                    dataset,
+                    modality,
+                    len(chunk),
+                    type(exc).__name__,
+                )
                 vecs, ret = None, None
             for j, i in enumerate(chunk):
                 try:
@@ -373,7 +381,7 @@ def run_embed(
                             ret.scores[j],
                         )
                     if not np.isfinite(vec).all():
-                        raise ValueError("non-finite embedding")
+                        raise SampleError("non-finite embedding")
                     emb[i - lo] = vec
                     prov[i - lo].update(
                         doc_ids=list(doc_ids),
@@ -381,7 +389,7 @@ def run_embed(
                         scores=[float(x) for x in scores],
                     )
                 except Exception as exc:
-                    status[i - lo], reason[i - lo] = "failed", f"{type(exc).__name__}: {exc}"[:300]
+                    status[i - lo], reason[i - lo] = "failed", safe_reason(exc, texts[j])
         with atomic_path(writer.shard_dir / f"prov-{s:06d}.parquet") as tmp:
             pq.write_table(_prov_table(prov), tmp)
         writer.write_shard(s, CacheRecords(ids[lo:hi], emb, status, reason))
@@ -419,6 +427,15 @@ def run_embed(
         summary.failed,
     )
     return summary
+
+
+def safe_reason(exc: BaseException, text: str) -> str:
+    """The cache's failure reason for a sample the RAG chain failed on: our own messages
+    (:class:`SampleError`), else the exception type and the text's length, never the
+    exception's message, which can quote the note it failed on (issue 9)."""
+    if isinstance(exc, SampleError):
+        return str(exc)[:300]
+    return f"{type(exc).__name__} in the RAG chain (text of {len(text)} characters)"
 
 
 def read_provenance(path: str | os.PathLike) -> pd.DataFrame:

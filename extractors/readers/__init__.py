@@ -14,14 +14,17 @@ from extractors.base import SampleError
 
 
 def resolve_path(root: str | Path, value: str, allow_dir: bool = False) -> Path:
-    """``root / value`` after checking it stays inside ``root`` (relative, no ``..`` escape),
-    exists and is a non-empty file (or a folder)."""
+    """``root / value`` after checking it stays inside ``root``, exists and is a non-empty file
+    (or a folder). Inside means both lexically (relative, no ``..`` escape) and after
+    resolving symlinks: a link inside the dataset root that points outside it is refused."""
     if not isinstance(value, str | Path) or not str(value).strip():
         raise SampleError("empty path")
     rel = os.path.normpath(str(value))
     if os.path.isabs(str(value)) or rel == ".." or rel.startswith(".." + os.sep):
         raise SampleError("path outside the dataset root")
     path = Path(root) / str(value)
+    if not is_inside(Path(root), path):
+        raise SampleError("path outside the dataset root (through a symbolic link)")
     if not path.exists():
         raise SampleError("file not found")
     if path.is_dir():
@@ -31,6 +34,13 @@ def resolve_path(root: str | Path, value: str, allow_dir: bool = False) -> Path:
     if path.stat().st_size == 0:
         raise SampleError("empty file (0 bytes)")
     return path
+
+
+def is_inside(root: Path, path: Path) -> bool:
+    """``path`` (symlinks resolved, as far as it exists) is ``root`` or below it."""
+    base = root.resolve()
+    target = path.resolve()
+    return target == base or base in target.parents
 
 
 def suffix_of(path: Path) -> str:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from extractors.base import SampleError
-from extractors.readers import suffix_of
+from extractors.readers import is_inside, suffix_of
 
 AXIS_ORDERS = ("auto", "dhw", "hwd")
 
@@ -115,6 +115,9 @@ def _dicom_files(path: Path) -> list:
     import pydicom
 
     files = sorted(p for p in path.iterdir() if p.is_file()) if path.is_dir() else [path]
+    if path.is_dir() and not all(is_inside(path, f) for f in files):
+        # the folder passed the dataset-root check; a link in it must not lead elsewhere
+        raise SampleError("DICOM series folder links to a file outside it (symbolic link)")
     out = []
     for f in files:
         try:

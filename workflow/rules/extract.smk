@@ -26,3 +26,38 @@ rule extract:
         "python -m extractors extract --config {params.cfg} --dataset {wildcards.dataset}"
         " --modality {wildcards.modality} --expert {wildcards.expert}"
         " --out {output.cache} {params.fit} > {log} 2>&1"
+
+
+# Expert and teacher caches -> one table of ok / missing / failed samples per cache, one
+# section per dataset (issue 9: failures are counted in the run's summary table). The caches
+# are those the configured runs read (extractors.status.run_caches).
+
+from extractors.status import run_caches
+
+SAMPLE_STATUS = [f"{RESULTS}/tables/sample_status.{ext}" for ext in ("md", "csv")]
+
+
+rule sample_status:
+    input:
+        caches=lambda wc: run_caches(config, "expert"),
+        teachers=lambda wc: run_caches(config, "teacher"),
+    output:
+        md=report(
+            SAMPLE_STATUS[0],
+            caption="../report/sample_status.rst",
+            category="Tables",
+        ),
+        csv=SAMPLE_STATUS[1],
+    log:
+        f"{LOGS}/sample_status.log",
+    benchmark:
+        f"{BENCH}/sample_status.tsv"
+    conda:
+        "../../envs/extract.yaml"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "python -m extractors.status --caches {input.caches} --teachers {input.teachers}"
+        " --md {output.md} --csv {output.csv} > {log} 2>&1"
