@@ -2,8 +2,12 @@
 
 For every rule that names an env (``conda:``) the modules it runs (``python -m <module>``) are
 followed through their first-party imports; every third-party import found must be provided
-by that env (conda or pip section). Pins must be exact, satisfy pyproject.toml's requirements
-and equal the versions installed here (the versions the tests run with).
+by that env (conda or pip section). An expert's isolated env (EXPERT_ENVS in common.smk, e.g.
+envs/moirai.yaml) must provide what ``python -m extractors`` imports at start-up plus every
+import reached from that expert's class and the packages it declares. Pins must be exact and
+satisfy pyproject.toml's requirements; the family envs' pins must also equal the versions
+installed here (the versions the tests run with). The envs are not built here (no conda
+channels reachable): this static check is what keeps them honest.
 """
 
 from __future__ import annotations
@@ -99,8 +103,9 @@ def rule_envs() -> dict[Path, dict[str, set[str]]]:
         m = re.search(r"conda:\s*\n?\s*[\"']([^\"']+)[\"']", body)
         if m:
             out.setdefault((smk.parent / m.group(1)).resolve(), {})[name] = mods
-        elif re.search(r"conda:\s*\n?\s*extract_env\b", body):
-            # extract_env (common.smk): extract.yaml, or an expert's own env from EXPERT_ENVS
+        elif re.search(r"conda:\s*\n?\s*(extract_env|teacher_env)\b", body):
+            # extract_env / teacher_env (common.smk): extract.yaml, or an expert's own env from
+            # EXPERT_ENVS
             for rel in ["envs/extract.yaml", *expert_envs().values()]:
                 out.setdefault((REPO / rel).resolve(), {})[name] = mods
     return out
@@ -305,6 +310,11 @@ def test_every_rule_has_an_existing_env_and_every_env_is_used() -> None:
         name for name, body, _ in rule_blocks() if "conda:" not in body and "shell:" in body
     ]
     assert not rules_without, f"rules without conda: {rules_without}"
+    understood = {rule for rules in used.values() for rule in rules}
+    unknown = [
+        name for name, body, _ in rule_blocks() if "conda:" in body and name not in understood
+    ]
+    assert not unknown, f"rules whose conda: this test cannot resolve to an env file: {unknown}"
     missing = [str(p) for p in used if not p.exists()]
     assert not missing, f"rules name envs that do not exist: {missing}"
     unused = [p.name for p in env_files() if p.resolve() not in used]
@@ -378,11 +388,8 @@ def test_env_covers_every_import_of_its_rules(path: Path) -> None:
     """Installed imports must be in the env. An import that is not installed here cannot be
     mapped to a distribution: at module level that is an error (the module cannot even be
     imported); inside a function it is an optional extra (a bridge model's own package),
-    reported as a warning."""
-    if path.name in {Path(p).name for p in expert_envs().values()}:
-        pytest.skip(
-            f"{path.name} is one expert's isolated env (EXPERT_ENVS): its pins clash by design"
-        )
+    reported as a warning. An expert's own env (EXPERT_ENVS) is checked against what the
+    extract command imports at start-up plus that expert's own imports and declared packages."""
     problems, extras = coverage_problems(path, load_env(path))
     if extras:
         warnings.warn(
@@ -394,12 +401,20 @@ def test_env_covers_every_import_of_its_rules(path: Path) -> None:
 
 def coverage_problems(path: Path, env: dict) -> tuple[list[str], list[str]]:
     """(imports of the rules using ``path`` that ``env`` does not provide, lazy extras)."""
-    needed, lazy_only = _family_imports(path)
+    expert = expert_of_env(path)
+    if expert is None:
+        needed, lazy_only = _family_imports(path)
+        declared: dict[str, str] = {}
+    else:
+        needed, declared = expert_env_imports(expert)
+        lazy_only = set()
     provided = set(env_packages(env))
     dists = import_to_dists()
     problems, extras = [], []
     for name, rules in sorted(needed.items()):
         candidates = {norm(d) for d in dists.get(name, [])}
+        if name in declared:
+            candidates.add(norm(declared[name]))
         if not candidates:
             if name in lazy_only:
                 extras.append(name)
@@ -412,6 +427,145 @@ def coverage_problems(path: Path, env: dict) -> tuple[list[str], list[str]]:
                 f"import {name!r} (rules {sorted(rules)}) needs {sorted(candidates)}, missing from {path.name}"
             )
     return problems, extras
+
+
+# ---------------------------------------------------------------------------------------------
+# an expert's isolated env (EXPERT_ENVS): `python -m extractors extract` with that expert
+
+
+def expert_of_env(path: Path) -> str | None:
+    """The expert type whose own env ``path`` is (EXPERT_ENVS), or None for a family env."""
+    for expert, rel in expert_envs().items():
+        if (REPO / rel).resolve() == path.resolve():
+            return expert
+    return None
+
+
+def expert_class(expert: str) -> tuple[ast.ClassDef, ast.Module, Path]:
+    """The class registered with ``@register_expert("<expert>")``, its module's AST, its file."""
+    for path in sorted((REPO / "extractors").rglob("*.py")):
+        tree = ast.parse(path.read_text(), filename=str(path))
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef) and any(
+                isinstance(d, ast.Call)
+                and getattr(d.func, "id", None) == "register_expert"
+                and d.args
+                and isinstance(d.args[0], ast.Constant)
+                and d.args[0].value == expert
+                for d in node.decorator_list
+            ):
+                return node, tree, path
+    raise AssertionError(f"EXPERT_ENVS names expert {expert!r}, but no class registers it")
+
+
+def third_party_imports(node: ast.AST) -> set[str]:
+    """Top-level names of the absolute third-party imports anywhere inside ``node``."""
+    names: set[str] = set()
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Import):
+            names |= {a.name.split(".")[0] for a in sub.names}
+        elif isinstance(sub, ast.ImportFrom) and not sub.level and sub.module:
+            names.add(sub.module.split(".")[0])
+    return {
+        n
+        for n in names
+        if n not in FIRST_PARTY and n not in sys.stdlib_module_names and n != "__future__"
+    }
+
+
+def declared_imports(cls: ast.ClassDef) -> dict[str, str]:
+    """import name -> pip name, from the class's ``import_names`` ((module, pip name) pairs)
+    and ``packages`` (pip names, imported under their normalised name where that differs)."""
+    found: dict[str, object] = {}
+    for stmt in cls.body:
+        if isinstance(stmt, ast.Assign) and len(stmt.targets) == 1:
+            target = getattr(stmt.targets[0], "id", None)
+            if target in ("import_names", "packages"):
+                found[target] = ast.literal_eval(stmt.value)
+    declared = {pip: pip for pip in found.get("packages", ())}
+    for module, pip in found.get("import_names", ()):
+        declared.pop(pip, None)  # known under its import name instead
+        declared[module] = pip
+    return declared
+
+
+@cache
+def module_tree(mod: str) -> ast.Module | None:
+    path = module_file(mod)
+    return ast.parse(path.read_text(), filename=str(path)) if path else None
+
+
+def resolve_name(name: str, mod: str) -> tuple[ast.AST, str] | None:
+    """The first-party function or class ``name`` refers to in module ``mod``: defined there,
+    or imported there (at any depth) from another first-party module."""
+    tree = module_tree(mod)
+    if tree is None:
+        return None
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.ClassDef) and node.name == name:
+            return node, mod
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and any(
+            (a.asname or a.name) == name for a in node.names
+        ):
+            if node.level:
+                base = package_of(mod, module_file(mod)).split(".")
+                base = base[: len(base) - (node.level - 1)]
+                source = ".".join(base + ([node.module] if node.module else []))
+            else:
+                source = node.module or ""
+            real = next(a.name for a in node.names if (a.asname or a.name) == name)
+            if source.split(".")[0] in FIRST_PARTY and source != mod:
+                return resolve_name(real, source)
+    return None
+
+
+def expert_env_imports(expert: str) -> tuple[dict[str, set[str]], dict[str, str]]:
+    """What extracting with ``expert`` imports: all module-level imports of ``python -m
+    extractors`` (the registry loads every expert module); every import inside the expert's
+    class and inside the first-party functions and classes it reaches by name (its bases,
+    helpers such as fm_common.resolve_device or weights_status), followed transitively; and
+    its declared ``import_names``/``packages``. Returns (import name -> who needs it, import
+    name -> the pip name the class declares for it)."""
+    cls, _, path = expert_class(expert)
+    mod = ".".join(path.relative_to(REPO).with_suffix("").parts)
+    _, eager, _, _ = closure("extractors")
+    needed: dict[str, set[str]] = {name: {"extract"} for name in eager}
+    todo: list[tuple[ast.AST, str]] = [(cls, mod)]
+    seen: set[tuple[str, str]] = set()
+    while todo:
+        node, where = todo.pop()
+        if (where, node.name) in seen:
+            continue
+        seen.add((where, node.name))
+        for name in third_party_imports(node):
+            needed.setdefault(name, set()).add(f"expert {expert}: {where}.{node.name}")
+        for ref in sorted({n.id for n in ast.walk(node) if isinstance(n, ast.Name)}):
+            found = resolve_name(ref, where)
+            if found is not None:
+                todo.append(found)
+    declared = declared_imports(cls)
+    for name in declared:
+        needed.setdefault(name, set()).add(f"expert {expert}: declared by {cls.name}")
+    return needed, declared
+
+
+def test_expert_env_check_catches_a_missing_package() -> None:
+    """Drop uni2ts from the MOIRAI env: the check must name it; the real env passes."""
+    path = ENVS / "moirai.yaml"
+    assert expert_of_env(path) == "moirai", f"EXPERT_ENVS: {expert_envs()}"
+    needed, declared = expert_env_imports("moirai")
+    # start-up imports, the class's own, a base class's helper's (fm_common.weights_status)
+    assert {"uni2ts", "torch", "numpy", "pyarrow", "huggingface_hub"} <= set(needed), sorted(needed)
+    assert declared["hydra"] == "hydra-core"
+    env = load_env(path)
+    deps = []
+    for dep in env["dependencies"]:
+        if isinstance(dep, dict):
+            dep = {"pip": [p for p in dep["pip"] if not p.startswith("uni2ts")]}
+        deps.append(dep)
+    problems, _ = coverage_problems(path, {**env, "dependencies": deps})
+    assert any("'uni2ts'" in p and "moirai.yaml" in p for p in problems), problems
 
 
 def test_coverage_check_catches_a_missing_package() -> None:
@@ -430,19 +584,37 @@ def test_coverage_check_catches_a_missing_package() -> None:
     assert any("'sklearn'" in p and "scikit-learn" in p for p in problems), problems
 
 
+def pinned(path: Path) -> list[tuple[str, str, str]]:
+    """(normalised name, name as written, version) of the env's pinned packages."""
+    return [
+        (key, name, version)
+        for key, (name, version, _) in env_packages(load_env(path)).items()
+        if key not in UNPINNED_OK and name != "python" and version
+    ]
+
+
 @pytest.mark.parametrize("path", env_files(), ids=lambda p: p.name)
-def test_env_pins_satisfy_pyproject_and_equal_installed(path: Path) -> None:
-    if path.name in {Path(p).name for p in expert_envs().values()}:
-        pytest.skip(
-            f"{path.name} is one expert's isolated env (EXPERT_ENVS): its pins clash by design"
-        )
+def test_env_pins_satisfy_pyproject(path: Path) -> None:
+    """Every env, the expert envs included: its pins are versions pyproject.toml allows."""
     reqs = pyproject_requirements()
+    problems = [
+        f"{name}={version} does not satisfy pyproject.toml's {reqs[key]}"
+        for key, name, version in pinned(path)
+        if key in reqs and Version(version) not in reqs[key].specifier
+    ]
+    assert not problems, f"{path.name}:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize("path", env_files(), ids=lambda p: p.name)
+def test_env_pins_equal_installed(path: Path) -> None:
+    """The family envs pin the versions the tests run with here."""
+    if expert_of_env(path) is not None:
+        pytest.skip(
+            f"{path.name} is one expert's isolated env (EXPERT_ENVS): its pins differ from the"
+            " shared install by design"
+        )
     problems = []
-    for key, (name, version, _) in env_packages(load_env(path)).items():
-        if key in UNPINNED_OK or name == "python" or not version:
-            continue
-        if key in reqs and Version(version) not in reqs[key].specifier:
-            problems.append(f"{name}={version} does not satisfy pyproject.toml's {reqs[key]}")
+    for _, name, version in pinned(path):
         have = installed_version(CONDA_TO_PYPI.get(name, name))
         if have is None:
             problems.append(f"{name}={version} is not installed here (pip install -e .)")

@@ -8,8 +8,14 @@ checks that every job went through SLURM (the plugin's per-job logs, plus the jo
 ``scontrol``, ``sacct`` or the test cluster's jobcomp file) and that both runs produced the
 same manifest, cache content and training metrics.
 
-Runs when ``MEDMIX_SLURM=1`` is set (then a missing SLURM is a failure) or when ``sinfo``
-answers; skipped otherwise. ``bash .ci/slurm/start.sh`` starts a single-node SLURM here.
+A second cluster test runs a one-rule workflow through the same profile whose job fails on
+attempt 1: Snakemake must resubmit it and SLURM must give attempt 2 the profile's
+``mem_mb: N * attempt`` (only with ``MEDMIX_SLURM=1``, about 55 s).
+
+The cluster tests run when ``MEDMIX_SLURM=1`` is set (then a missing SLURM is a failure) or
+when ``sinfo`` answers; skipped otherwise. Without SLURM, the profiles are checked statically and
+through dry runs (the resources each job would ask for, GPU routing per rule and per expert
+device), and .ci/run's policy (fail when root on Linux and SLURM does not start) with stubs. ``bash .ci/slurm/start.sh`` starts a single-node SLURM here.
 Environment: MEDMIX_SLURM_STATE (default /tmp/medmix-slurm; its slurm.conf is used when
 SLURM_CONF is unset), MEDMIX_SLURM_TIMEOUT (seconds for the SLURM run, default 600),
 MEDMIX_SLURM_PARTITION / MEDMIX_SLURM_ACCOUNT (read by the profile).
@@ -135,7 +141,9 @@ def failure_report(workdir: Path, out: str, rc: int) -> str:
     return f"snakemake exited {rc}{killed}:\n{out[-5000:]}\n" + "\n".join(logs)[-8000:]
 
 
-def cancel_leftovers(workdir: Path, env: dict[str, str]) -> None:
+def cancel_leftovers(
+    workdir: Path, env: dict[str, str], snakefile: Path = REPO / "Snakefile", config: Path = CONFIG
+) -> None:
     """After a killed run: cancel its SLURM jobs (by working directory) and unlock."""
     proc = subprocess.run(
         ["squeue", "-h", "-o", "%i %Z"], env=env, capture_output=True, text=True, timeout=15
@@ -144,8 +152,8 @@ def cancel_leftovers(workdir: Path, env: dict[str, str]) -> None:
     if ids:
         subprocess.run(["scancel", *ids], env=env, capture_output=True, timeout=15)
     subprocess.run(
-        [sys.executable, "-m", "snakemake", "--unlock", "--snakefile", str(REPO / "Snakefile"),
-         "--directory", str(workdir), "--configfile", str(CONFIG)],
+        [sys.executable, "-m", "snakemake", "--unlock", "--snakefile", str(snakefile),
+         "--directory", str(workdir), "--configfile", str(config)],
         cwd=REPO, env=env, capture_output=True, timeout=120,
     )  # fmt: skip
 
@@ -190,8 +198,14 @@ def slurm_logs(workdir: Path) -> dict[str, list[str]]:
     return found
 
 
-def job_state(jobid: str, env: dict[str, str]) -> tuple[str | None, str]:
-    """(state, source) from scontrol (recent jobs), sacct (accounting) or jobcomp (test cluster)."""
+def _fields(line: str) -> dict[str, str]:
+    """``Key=value Key2=value2`` (scontrol -o, jobcomp/filetxt) -> dict."""
+    return dict(m.groups() for m in re.finditer(r"(\w+)=(\S*)", line))
+
+
+def job_record(jobid: str, env: dict[str, str]) -> dict[str, str]:
+    """state, mem (memory SLURM allocated, e.g. ``2000M``), workdir and source of one job, from
+    scontrol (recent jobs), the test cluster's jobcomp file or sacct (accounting)."""
     proc = subprocess.run(
         ["scontrol", "-o", "show", "job", jobid],
         env=env,
@@ -199,26 +213,39 @@ def job_state(jobid: str, env: dict[str, str]) -> tuple[str | None, str]:
         text=True,
         timeout=15,
     )
-    m = re.search(r"\bJobState=(\S+)", proc.stdout)
-    if m:
-        workdir = re.search(r"\bWorkDir=(\S+)", proc.stdout)
-        return m.group(1), f"scontrol (WorkDir={workdir.group(1) if workdir else '?'})"
+    f = _fields(proc.stdout)
+    if "JobState" in f:
+        mem = re.search(r"\bmem=(\w+)", f.get("TRES", ""))
+        return {
+            "state": f["JobState"],
+            "mem": mem.group(1) if mem else "?",
+            "workdir": f.get("WorkDir", "?"),
+            "source": "scontrol",
+        }
     jobcomp = STATE / "jobcomp.log"
     if jobcomp.exists():
         for line in jobcomp.read_text().splitlines():
             if line.startswith(f"JobId={jobid} "):
-                return re.search(r"\bJobState=(\S+)", line).group(1), "jobcomp"
+                f = _fields(line)
+                mem = re.search(r"\bmem=(\w+)", f.get("Tres", ""))
+                return {
+                    "state": f["JobState"],
+                    "mem": mem.group(1) if mem else "?",
+                    "workdir": f.get("WorkDir", "?"),
+                    "source": "jobcomp",
+                }
     if shutil.which("sacct"):
         proc = subprocess.run(
-            ["sacct", "-X", "-n", "-P", "-j", jobid, "-o", "State"],
+            ["sacct", "-X", "-n", "-P", "-j", jobid, "-o", "State,ReqMem,WorkDir"],
             env=env,
             capture_output=True,
             text=True,
             timeout=15,
         )
         if proc.returncode == 0 and proc.stdout.strip():
-            return proc.stdout.split()[0], "sacct"
-    return None, "not found"
+            state, mem, workdir = proc.stdout.splitlines()[0].split("|")[:3]
+            return {"state": state.split()[0], "mem": mem, "workdir": workdir, "source": "sacct"}
+    return {"state": "", "mem": "?", "workdir": "?", "source": "not found"}
 
 
 def test_every_job_went_through_sbatch(runs: dict) -> None:
@@ -233,10 +260,10 @@ def test_every_job_went_through_sbatch(runs: dict) -> None:
     ids = sorted({i for v in logs.values() for i in v})
     assert sorted(set(submitted)) == ids, f"submitted {submitted}, logs for {ids}"
     for jobid in ids:
-        state, source = job_state(jobid, runs["env"])
-        assert state == "COMPLETED", f"SLURM job {jobid}: state {state} ({source})"
-        if source.startswith("scontrol"):
-            assert str(runs["slurm"]) in source, f"SLURM job {jobid} ran elsewhere: {source}"
+        rec = job_record(jobid, runs["env"])
+        assert rec["state"] == "COMPLETED", f"SLURM job {jobid}: {rec}"
+        if rec["source"] != "not found":
+            assert rec["workdir"] == str(runs["slurm"]), f"SLURM job {jobid} ran elsewhere: {rec}"
 
 
 def test_slurm_job_ran_the_rule_inside_slurm(runs: dict) -> None:
@@ -337,6 +364,78 @@ def test_gpu_profile_reruns_one_extractor_on_a_gpu(runs: dict) -> None:
     test_cache_content_equals_local(runs)
 
 
+RETRY_RULE = "demo_cohort"  # a rule of the workflow, so the profile's own set-resources apply
+RETRY_TIMEOUT = 150
+# Fails on its first attempt (no marker yet), succeeds on the second; each attempt appends
+# what it was given to attempts.log.
+RETRY_SNAKEFILE = f"""
+rule {RETRY_RULE}:
+    output: "done.txt"
+    shell:
+        '''
+        echo "job=${{{{SLURM_JOB_ID:-none}}}} mem_mb={{resources.mem_mb}} slurm_mem=${{{{SLURM_MEM_PER_NODE:-unset}}}}" >> attempts.log
+        if [ ! -e failed_once ]; then touch failed_once; echo "failing on purpose" >&2; exit 1; fi
+        echo ok > {{output}}
+        '''
+"""
+
+
+def _mb(mem: str) -> int | None:
+    """'4000M' / '4000Mn' / '4G' -> MB."""
+    m = re.match(r"(\d+)([MG]?)", mem)
+    if not m:
+        return None
+    return int(m.group(1)) * (1024 if m.group(2) == "G" else 1)
+
+
+@pytest.mark.skipif(
+    not REQUIRED,
+    reason="submits jobs to the local SLURM: set MEDMIX_SLURM=1 (after bash .ci/slurm/start.sh)",
+)
+def test_failed_job_is_resubmitted_with_more_memory(
+    cluster_env: dict[str, str], tmp_path: Path
+) -> None:
+    """The profile's retry path: `retries` plus `mem_mb: N * attempt` under set-resources. A
+    job that fails on attempt 1 is resubmitted by snakemake, and SLURM allocates the second
+    submission the attempt-2 memory (scontrol/jobcomp/sacct), which the job also saw."""
+    prof = load_profile("slurm")
+    expr = str(prof["set-resources"][RETRY_RULE]["mem_mb"])
+    want = [eval(expr, {"attempt": attempt}) for attempt in (1, 2)]  # noqa: S307 - our profile
+    assert prof["retries"] >= 1 and want[1] > want[0], (prof["retries"], expr)
+    (tmp_path / "Snakefile").write_text(RETRY_SNAKEFILE)
+    cmd = [
+        "timeout", "-s", "KILL", str(RETRY_TIMEOUT),
+        sys.executable, "-m", "snakemake", "--snakefile", str(tmp_path / "Snakefile"),
+        "--directory", str(tmp_path), "--workflow-profile", str(REPO / "profiles" / "slurm"),
+    ]  # fmt: skip
+    proc = subprocess.run(
+        cmd, cwd=tmp_path, env=cluster_env, capture_output=True, text=True,
+        timeout=RETRY_TIMEOUT + 30,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        cancel_leftovers(tmp_path, cluster_env, tmp_path / "Snakefile", CONFIG)
+        pytest.fail("retry run: " + failure_report(tmp_path, out, proc.returncode))
+    assert (tmp_path / "done.txt").read_text().strip() == "ok"
+    ids = re.findall(r"has been submitted with SLURM jobid (\d+)", out)
+    assert len(ids) == 2, f"expected two submissions (attempt 1 fails), got {ids}:\n{out[-3000:]}"
+    assert "Trying to restart job" in out, out[-3000:]
+    seen = [
+        dict(kv.split("=", 1) for kv in line.split())
+        for line in (tmp_path / "attempts.log").read_text().splitlines()
+    ]
+    assert [a["job"] for a in seen] == ids, (seen, ids)
+    assert [int(a["mem_mb"]) for a in seen] == want, seen
+    for attempt, (jobid, mb, state) in enumerate(
+        zip(ids, want, ("FAILED", "COMPLETED"), strict=True), 1
+    ):
+        rec = job_record(jobid, cluster_env)
+        assert rec["state"] == state, f"attempt {attempt}, SLURM job {jobid}: {rec}"
+        assert _mb(rec["mem"]) == mb, f"attempt {attempt}: SLURM allocated {rec}, want {mb} MB"
+        if seen[attempt - 1]["slurm_mem"] != "unset":
+            assert int(seen[attempt - 1]["slurm_mem"]) == mb, seen
+
+
 # --- the profiles themselves (no SLURM needed) -------------------------------------------------
 
 
@@ -373,17 +472,150 @@ def test_slurm_profile_settings() -> None:
     assert prof["groups"]["train"] in prof["group-components"]
 
 
-def test_gpu_profile_is_the_slurm_profile_plus_gpu_extraction() -> None:
+def gpu_rules() -> set[str]:
+    """Rules whose resources include a ``gpu`` request (workflow/rules/*.smk)."""
+    names = set()
+    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
+        for m in re.finditer(r"^rule (\w+):\n(.*?)(?=^\S|\Z)", smk.read_text(), re.M | re.S):
+            resources = re.search(r"^    resources:\n((?:        .*\n)+)", m.group(2), re.M)
+            if resources and re.search(r"^\s+gpu\s*=", resources.group(1), re.M):
+                names.add(m.group(1))
+    return names
+
+
+GPU_KEYS = {"gpu", "gpu_model", "slurm_partition", "cpus_per_gpu"}
+
+
+def test_gpu_rules_share_one_gpu_setting_in_both_profiles() -> None:
+    """Every rule that can request a GPU gets the same GPU partition and cpus_per_gpu (one
+    YAML anchor per profile, the partition from MEDMIX_SLURM_GPU_PARTITION); profiles/slurm
+    leaves the gpu request to the rule (the config's device), profiles/slurm-gpu forces gpu=1
+    (+ gpu_model) on all of them; nothing else differs between the two profiles except
+    extract's memory and time."""
+    rules = gpu_rules()
+    assert {"extract", "extract_teacher", "rag", "bridge", "knowledge_index"} <= rules, rules
     cpu, gpu = load_profile("slurm"), load_profile("slurm-gpu")
     assert {k: v for k, v in gpu.items() if k != "set-resources"} == {
         k: v for k, v in cpu.items() if k != "set-resources"
     }
-    assert {k: v for k, v in gpu["set-resources"].items() if k != "extract"} == {
-        k: v for k, v in cpu["set-resources"].items() if k != "extract"
-    }
-    extract = gpu["set-resources"]["extract"]
-    assert extract["gpu"] == 1 and extract["cpus_per_gpu"] >= 1
-    assert {"gpu_model", "slurm_partition"} <= set(extract) and "attempt" in str(extract["mem_mb"])
+    assert set(gpu["set-resources"]) == set(cpu["set-resources"])
+    for name, prof in (("slurm", cpu), ("slurm-gpu", gpu)):
+        with_gpu_keys = {r for r, res in prof["set-resources"].items() if GPU_KEYS & set(res)}
+        assert with_gpu_keys == rules, (
+            f"profiles/{name}: GPU settings on {sorted(with_gpu_keys)}, GPU-capable rules are {sorted(rules)}"
+        )
+        shared = {
+            (r, k, str(v))
+            for r in rules
+            for k, v in prof["set-resources"][r].items()
+            if k in GPU_KEYS
+        }
+        per_key = {k: {v for _, kk, v in shared if kk == k} for k in GPU_KEYS}
+        assert all(len(v) <= 1 for v in per_key.values()), f"profiles/{name}: {per_key}"
+        for r in rules:
+            res = prof["set-resources"][r]
+            assert "MEDMIX_SLURM_GPU_PARTITION" in str(res.get("slurm_partition")), (name, r, res)
+            assert isinstance(res.get("cpus_per_gpu"), int) and res["cpus_per_gpu"] >= 1
+    for r in rules:
+        c, g = cpu["set-resources"][r], gpu["set-resources"][r]
+        assert "gpu" not in c and "gpu_model" not in c, f"profiles/slurm forces a GPU on {r}"
+        assert g["gpu"] == 1 and "MEDMIX_SLURM_GPU_MODEL" in str(g["gpu_model"]), (r, g)
+        drop = {"gpu", "gpu_model"} | ({"mem_mb", "runtime"} if r == "extract" else set())
+        assert {k: v for k, v in g.items() if k not in drop} == {
+            k: v for k, v in c.items() if k not in drop
+        }, r
+        assert "attempt" in str(g["mem_mb"])
+    for r in set(cpu["set-resources"]) - rules:
+        assert gpu["set-resources"][r] == cpu["set-resources"][r], r
+
+
+# --- dry runs: what each job would ask SLURM for ----------------------------------------------
+
+
+def _kv(line: str) -> dict[str, str]:
+    return dict(kv.split("=", 1) for kv in line.split(", ") if "=" in kv)
+
+
+def dry_run_jobs(args: list[str], env_extra: dict[str, str]) -> list[tuple[str, dict, dict]]:
+    """(rule, wildcards, resources) of every job of ``snakemake -n <args>``."""
+    if importlib.util.find_spec("snakemake_executor_plugin_slurm") is None:
+        pytest.skip("snakemake-executor-plugin-slurm is not installed")
+    env = {**slurm_env(), **env_extra}
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", *args],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    jobs = []
+    for block in re.split(r"\n(?=(?:local)?rule \w+:\n)", out):
+        rule = re.match(r"(?:local)?rule (\w+):\n", block)
+        res = re.search(r"^\s+resources: (.*)$", block, re.M)
+        wc = re.search(r"^\s+wildcards: (.*)$", block, re.M)
+        if rule and res:
+            jobs.append((rule.group(1), _kv(wc.group(1)) if wc else {}, _kv(res.group(1))))
+    assert jobs, f"no jobs parsed from the dry run:\n{out[-3000:]}"
+    return jobs
+
+
+PARTITIONS = {"MEDMIX_SLURM_PARTITION": "cpuq", "MEDMIX_SLURM_GPU_PARTITION": "gpuq"}
+
+
+def test_dry_run_gpu_follows_the_expert_device(tmp_path: Path) -> None:
+    """profiles/slurm with one `device: cuda` expert and one offline expert: only the first
+    extraction asks for a GPU (gpu=1 from the rule); both extractions go to the GPU-capable
+    rules' partition with cpus_per_gpu; the cohort job stays on the CPU partition."""
+    cfg = yaml.safe_load(CONFIG.read_text())
+    cfg["results"] = str(tmp_path / "results")
+    cfg["datasets"][DATASET]["modalities"]["report"] = ["tfidf-svd", "minilm-cuda"]
+    cfg["experts"]["minilm-cuda"] = {"type": "minilm", "device": "cuda"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    emb = tmp_path / "results" / DATASET / "embeddings" / "report"
+    jobs = dry_run_jobs(
+        [
+            str(emb / "tfidf-svd.parquet"), str(emb / "minilm-cuda.parquet"),
+            "--directory", str(tmp_path), "--workflow-profile", str(REPO / "profiles" / "slurm"),
+            "--configfile", str(tmp_path / "config.yaml"),
+        ],
+        PARTITIONS,
+    )  # fmt: skip
+    extract = {wc["expert"]: res for rule, wc, res in jobs if rule == "extract"}
+    assert set(extract) == {"tfidf-svd", "minilm-cuda"}, jobs
+    assert extract["minilm-cuda"]["gpu"] == "1", extract["minilm-cuda"]
+    assert extract["tfidf-svd"]["gpu"] == "0", extract["tfidf-svd"]
+    for res in extract.values():
+        assert res["slurm_partition"] == "gpuq" and res["cpus_per_gpu"] == "4", res
+        assert "gpu_model" not in res, res
+    cohort = [res for rule, _, res in jobs if rule == "demo_cohort"]
+    assert len(cohort) == 1 and cohort[0]["slurm_partition"] == "cpuq", cohort
+    assert "gpu" not in cohort[0] and "cpus_per_gpu" not in cohort[0], cohort
+
+
+@pytest.mark.parametrize("profile", ["slurm", "slurm-gpu"])
+def test_paper_dry_run_puts_every_gpu_job_on_the_gpu_partition(
+    profile: str, tmp_path: Path
+) -> None:
+    """config/paper.yaml (`device: auto`/`cuda`): every job that asks for a GPU gets the GPU
+    partition and cpus_per_gpu, and the jobs that do are exactly those of the GPU-capable
+    rules; with profiles/slurm-gpu each of them also names the GPU model."""
+    jobs = dry_run_jobs(
+        ["--forceall", "--directory", str(tmp_path),
+         "--workflow-profile", str(REPO / "profiles" / profile),
+         "--configfile", str(REPO / "config" / "paper.yaml")],
+        {**PARTITIONS, "MEDMIX_SLURM_GPU_MODEL": "a100"},
+    )  # fmt: skip
+    rules = gpu_rules()
+    asking = {rule for rule, _, res in jobs if res.get("gpu") == "1"}
+    assert asking == rules, f"rules with gpu=1 jobs: {sorted(asking)}; GPU-capable: {sorted(rules)}"
+    for rule, wc, res in jobs:
+        where = f"{rule} {wc}: {res}"
+        if rule in rules:
+            assert res["slurm_partition"] == "gpuq" and res["cpus_per_gpu"] == "4", where
+            if profile == "slurm-gpu":
+                assert res["gpu"] == "1" and res["gpu_model"] == "a100", where
+        else:
+            assert res["slurm_partition"] == "cpuq", where
+            assert res.get("gpu", "0") == "0" and "cpus_per_gpu" not in res, where
 
 
 @pytest.mark.parametrize("profile", ["slurm", "slurm-gpu"])
@@ -402,3 +634,58 @@ def test_profile_dry_run_groups_training(profile: str) -> None:
     n_train = int(m.group(1))
     size = load_profile(profile)["group-components"]["train_jobs"]
     assert len(groups) == -(-n_train // size), f"{n_train} train jobs in {len(groups)} groups"
+
+
+# --- .ci/run's SLURM policy (no SLURM needed: start.sh/stop.sh, id and uname are stubbed) ------
+
+
+def ci_slurm_block() -> str:
+    text = (REPO / ".ci" / "run").read_text()
+    start = text.index("# A real SLURM")
+    end = text.index("# --- the README's test command")
+    return text[start:end]
+
+
+@pytest.mark.parametrize(
+    ("uid", "system", "start_rc", "want_rc", "want_slurm"),
+    [
+        ("0", "Linux", 1, 1, None),  # CI: SLURM must come up, a failed start fails the run
+        ("0", "Linux", 0, 0, "1"),  # CI: up, the cluster test is required (MEDMIX_SLURM=1)
+        ("1000", "Linux", 0, 0, None),  # developer without root: not started, test skips
+        ("0", "Darwin", 0, 0, None),  # not Linux: not started
+    ],
+)
+def test_ci_run_fails_when_slurm_cannot_start_as_root_on_linux(
+    tmp_path: Path, uid: str, system: str, start_rc: int, want_rc: int, want_slurm: str | None
+) -> None:
+    if shutil.which("timeout") is None:
+        pytest.skip("no coreutils timeout")
+    slurm = tmp_path / ".ci" / "slurm"
+    slurm.mkdir(parents=True)
+    (slurm / "start.sh").write_text(f"echo started >> {tmp_path}/calls\nexit {start_rc}\n")
+    (slurm / "stop.sh").write_text(f"echo stopped >> {tmp_path}/calls\n")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name, body in (("id", f'[ "$1" = -u ] && echo {uid}'), ("uname", f"echo {system}")):
+        (bin_dir / name).write_text(f"#!/bin/sh\n{body}\n")
+        (bin_dir / name).chmod(0o755)
+    script = (
+        "set -euo pipefail\n" + ci_slurm_block()
+        + 'echo "MEDMIX_SLURM=${MEDMIX_SLURM:-unset}"\n'
+    )  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "MEDMIX_SLURM"}
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"
+    proc = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30
+    )
+    calls = (tmp_path / "calls").read_text().split() if (tmp_path / "calls").exists() else []
+    assert proc.returncode == want_rc, (proc.stdout, proc.stderr)
+    if want_rc == 0:
+        assert f"MEDMIX_SLURM={want_slurm or 'unset'}" in proc.stdout, proc.stdout
+    else:
+        assert "did not start" in proc.stderr, proc.stderr
+    if uid == "0" and system == "Linux":
+        assert calls == ["started", "stopped"], calls  # stopped by the EXIT trap either way
+    else:
+        assert calls == [], calls
+        assert "tests/test_slurm.py will skip" in proc.stderr, proc.stderr
