@@ -18,8 +18,11 @@
 * **Shards written while the model runs.** When the last batch of a shard is embedded the shard
   is written (atomically, as its own Parquet file) and the workers keep decoding the next
   batches meanwhile. A crashed run resumes at shard granularity: finished shards are skipped.
-* **Failure isolation.** A sample whose ``load`` raises is ``failed`` with the reason; a batch
-  whose forward pass raises is retried sample by sample, so one bad sample fails alone.
+* **Failure isolation.** A sample whose ``load`` raises is ``failed`` with a reason; a batch
+  whose forward pass raises is retried sample by sample, so one bad sample fails alone. The
+  reason is a :class:`SampleError`'s own message, else only the exception type and a size
+  (:func:`safe_reason`): other messages can quote the note. A ``LoadingError`` (the model is
+  refused or missing) is no sample's fault and stops the run.
 * **Progress.** A tqdm bar in samples, with samples/s.
 
 Experts may implement, besides ``load``/``embed``: ``collate(items)`` (in the worker) +
@@ -43,23 +46,51 @@ from typing import Any
 import numpy as np
 
 from extractors.base import Expert, SampleError
+from extractors.loading import LoadingError
 
 log = logging.getLogger("medmix.extract")
 
 MISSING_REASON = "modality not recorded"
 
 
-def reason_of(exc: BaseException) -> str:
+def safe_reason(exc: BaseException, where: str, subject: str | None = None) -> str:
+    """The cache's ``reason`` for a sample that raised ``exc``; never patient content (issue 9).
+
+    Our own :class:`SampleError` messages are written to name no sample content and are kept.
+    Any other exception's message is withheld: a tokenizer's, a model's or a library's text
+    can quote the note it failed on. The reason is then the exception type, ``where`` it
+    happened and ``subject``, a size such as ``"text of 812 characters"``, never content.
+    """
     if isinstance(exc, SampleError):
-        return str(exc)
-    return f"{type(exc).__name__}: {exc}"[:300]
+        return str(exc)[:300]
+    size = f"{subject}; " if subject else ""
+    return f"{type(exc).__name__} in {where} ({size}message withheld)"
+
+
+def size_of(item: Any) -> str | None:
+    """A content-free size of a sample's value or loaded item, for :func:`safe_reason`."""
+    if isinstance(item, str):
+        return f"input of {len(item)} characters"
+    shape = getattr(item, "shape", None)
+    if isinstance(shape, tuple):
+        return f"input of shape {shape}"
+    return None
+
+
+def reason_of(exc: BaseException, where: str = "the expert", item: Any = None) -> str:
+    """:func:`safe_reason` for a sample the expert failed on while in ``where``."""
+    return safe_reason(exc, where, size_of(item))
 
 
 def load_one(expert: Expert, value: Any, root: Path) -> tuple[Any, str | None]:
+    """``(loaded, None)`` or ``(None, reason)``. A model the loading policy refuses (a
+    ``LoadingError``) is no bad sample: it stops the run with the policy's message."""
     try:
         return expert.load(value, root), None
+    except LoadingError:
+        raise
     except Exception as exc:  # a bad sample never crashes the job
-        return None, reason_of(exc)
+        return None, reason_of(exc, "load", value)
 
 
 def is_missing(value: Any) -> bool:
@@ -75,19 +106,23 @@ def has_collate(expert: Expert) -> bool:
 
 
 def embed_safe(expert: Expert, items: list[Any]) -> list[tuple[np.ndarray | None, str | None]]:
-    """Embed a batch; if the batch fails, retry one by one to isolate the bad sample."""
+    """Embed a batch; if the batch fails, retry one by one to isolate the bad sample.
+
+    A ``LoadingError`` (the model itself is refused or missing) stops the run instead."""
     if not items:
         return []
     try:
         out = np.asarray(expert.embed(items), dtype=np.float32)
         if out.shape != (len(items), expert.dim):
-            raise ValueError(
+            raise SampleError(
                 f"embed returned shape {out.shape}, expected ({len(items)}, {expert.dim})"
             )
         return [(row, None) for row in out]
+    except LoadingError:
+        raise
     except Exception as exc:
         if len(items) == 1:
-            return [(None, reason_of(exc))]
+            return [(None, reason_of(exc, "embed", items[0]))]
         return [r for item in items for r in embed_safe(expert, [item])]
 
 

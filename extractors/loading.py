@@ -325,6 +325,62 @@ def verify_torch_files(files: Iterable[Path], expert: str) -> None:
         load_state_dict(f, expert=expert)
 
 
+def verify_sentence_transformers_dir(folder: str | os.PathLike, expert: str) -> None:
+    """Apply the loading policy to a sentence-transformers folder before the library reads it.
+
+    Every module folder ``modules.json`` names (the transformer at the root, a ``Dense``
+    layer, …) must lie inside ``folder`` and be a built-in ``sentence_transformers`` module
+    (no custom code). Its weights are what the policy picks (:func:`find_weights`: safetensors
+    win); PyTorch files must pass ``torch.load(weights_only=True)``, so a pickled checkpoint
+    is refused (``UnsafeCheckpoint``) before any of its code can run. Folders without weights
+    (pooling, normalisation) are fine.
+    """
+    folder = Path(folder)
+    modules_json = folder / "modules.json"
+    try:
+        modules = json.loads(modules_json.read_text())
+    except FileNotFoundError as exc:
+        raise WeightsNotFound(
+            f"expert {expert!r}: no sentence-transformers model in {folder} (looked for "
+            "modules.json); point the expert at a sentence-transformers folder"
+        ) from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise LoadingError(f"expert {expert!r}: unreadable {modules_json}") from exc
+    if not isinstance(modules, list):
+        raise LoadingError(f"expert {expert!r}: {modules_json} is not a list of modules")
+    dirs = [folder]
+    for module in modules:
+        dirs.append(folder / _st_module_dir(module, modules_json, expert))
+    for d in dict.fromkeys(dirs):
+        if not d.is_dir():
+            continue
+        try:
+            kind, files = find_weights(d, expert)
+        except WeightsNotFound:
+            continue
+        if kind == "torch":
+            verify_torch_files(files, expert)
+
+
+def _st_module_dir(module: Any, modules_json: Path, expert: str) -> str:
+    """The folder (relative, normalised) of one ``modules.json`` entry, checked by the policy."""
+    if not isinstance(module, Mapping):
+        raise LoadingError(f"expert {expert!r}: {modules_json} holds a non-object entry")
+    kind, rel = str(module.get("type", "")), str(module.get("path", ""))
+    if not kind.startswith("sentence_transformers."):
+        raise LoadingError(
+            f"expert {expert!r}: {modules_json} names module type {kind!r}; only "
+            "built-in sentence_transformers modules are loaded (no custom code)"
+        )
+    # lexical: a hub snapshot's files are themselves links into the cache's blobs
+    norm = os.path.normpath(rel) if rel else "."
+    if os.path.isabs(rel) or norm == ".." or norm.startswith(".." + os.sep):
+        raise LoadingError(
+            f"expert {expert!r}: module path {rel!r} in {modules_json} leaves the folder"
+        )
+    return norm
+
+
 # -- building models --------------------------------------------------------------------------
 
 

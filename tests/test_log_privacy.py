@@ -7,14 +7,16 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from cohorts.manifest import ManifestMeta, write_manifest
-from extractors.cache import read_cache
+from extractors.cache import CacheData, read_cache
 from extractors.extract import TooManyFailures, extract
 from extractors.registry import create_expert
+from tests.helpers import CharCountExpert
 from tests.test_bad_inputs import minilm_expert
 
 CANARY = "CANARY-7f3a"
@@ -88,6 +90,15 @@ def test_canary_never_logged(
         assert CANARY not in str(exc)
         assert not out.exists()
         out = exc.rejected  # the rows are kept there for inspection: check them too
+    data = _assert_no_canary(caplog, capfd, out)
+    assert (data.status == "failed").any()
+
+
+def _assert_no_canary(
+    caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str], out: Path
+) -> CacheData:
+    """No note text in the captured logs (records, their args and tracebacks), stdout/stderr
+    or the cache file (any column, the metadata); returns the cache."""
     captured = capfd.readouterr()
     assert caplog.records, "expected DEBUG/INFO records from the extraction"
     texts = [caplog.text, captured.out, captured.err]
@@ -99,13 +110,70 @@ def test_canary_never_logged(
     for t in texts:
         assert CANARY not in t and "patient text" not in t
     data = read_cache(out)
-    assert (data.status == "failed").any()
     for r in data.reason:
         assert CANARY not in str(r)
     if data.extra is not None:
         for x in data.extra:
             assert CANARY not in str(x)
     assert CANARY.encode() not in out.read_bytes()  # not in any column or metadata
+    return data
+
+
+LOAD_MARK = "BADBYTES"  # a note the quoting expert's load fails on
+
+
+class QuotingExpert(CharCountExpert):
+    """An expert whose encoder fails with a message quoting the notes it was given, as a
+    tokenizer's or a model's error can: at load for notes holding LOAD_MARK, at embed for
+    batches holding FAIL_MARK (then again for that note alone)."""
+
+    registry_name = "quoting"
+
+    def load(self, value: str, root: Path) -> str:
+        if LOAD_MARK in value:
+            raise UnicodeError(f"cannot tokenise {value!r}")
+        return super().load(value, root)
+
+    def embed(self, batch: list[str]) -> np.ndarray:
+        if any(FAIL_MARK in t for t in batch):
+            raise ValueError(f"cannot encode batch {batch!r}")
+        return super().embed(batch)
+
+
+@pytest.mark.parametrize(
+    ("workers", "max_failed"), [(0, 0.9), (1, 0.1)], ids=["in-process", "workers-too-many"]
+)
+def test_exception_messages_quoting_the_note_stay_out_of_cache_and_logs(
+    workers: int,
+    max_failed: float,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    load_bad, embed_bad = f"{NOTE} {LOAD_MARK}", f"{NOTE} {FAIL_MARK}"
+    notes = [NOTE, load_bad, "unrelated note", embed_bad, None, f"{NOTE} again"] * 2
+    mpath = _manifest(tmp_path, "text", notes)
+    expert = QuotingExpert(batch_size=4)
+    expert.num_workers = workers  # a run setting: with 1 the loads run in a forked worker
+    out = tmp_path / "cache.parquet"
+    try:
+        extract(mpath, "m", expert, out, shard_size=6, max_failed_fraction=max_failed)
+        assert max_failed > 4 / 10
+    except TooManyFailures as exc:
+        assert max_failed < 4 / 10 and CANARY not in str(exc) and LOAD_MARK not in str(exc)
+        out = exc.rejected
+    data = _assert_no_canary(caplog, capfd, out)
+    reasons = dict(zip(data.sample_ids, data.reason, strict=True))
+    assert list(data.status) == ["ok", "failed", "ok", "failed", "missing", "ok"] * 2
+    for i in (1, 7):  # the type and a size are kept, the quoting message is not
+        assert reasons[f"s{i}"] == (
+            f"UnicodeError in load (input of {len(load_bad)} characters; message withheld)"
+        )
+    for i in (3, 9):
+        assert reasons[f"s{i}"] == (
+            f"ValueError in embed (input of {len(embed_bad)} characters; message withheld)"
+        )
 
 
 # -- the RAG embed CLI and training, as command-line runs at DEBUG -----------------------------

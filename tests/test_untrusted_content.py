@@ -155,8 +155,12 @@ def test_sentence_transformers_local_dir_is_verified(
     """A RAG encoder of ``type: sentence-transformers`` pointed at a user ``local_dir``: a
     pickled checkpoint (the transformer's own, or a Dense module's), a module path leaving the
     folder or a custom module type is refused before sentence-transformers reads anything."""
-    from extractors.loading import LoadingError
-    from extractors.rag.encoders import build_encoder, verify_sentence_transformers_dir
+    from extractors.loading import LoadingError, verify_sentence_transformers_dir
+    from extractors.rag import encoders
+    from extractors.rag.encoders import build_encoder
+
+    # one policy: the RAG encoder uses the loading module's verifier
+    assert encoders.verify_sentence_transformers_dir is verify_sentence_transformers_dir
 
     folder = _st_folder(tmp_path)
     verify_sentence_transformers_dir(folder, "rag/query_encoder")  # the genuine folder passes
@@ -184,6 +188,37 @@ def test_sentence_transformers_local_dir_is_verified(
     with pytest.raises(want, match=match) as err:
         enc.encode_queries(["chest pain"])
     assert "rag/query_encoder" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("zip_format", "workers"), [(False, 0), (True, 1)], ids=["bare-pickle", "torch-zip-worker"]
+)
+def test_minilm_local_model_dir_with_a_pickle_refused(
+    tmp_path: Path, sentinel: Path, zip_format: bool, workers: int
+) -> None:
+    """The MiniLM text expert given a ``model_dir`` whose transformer weights are a pickle:
+    refused, naming the expert and the file, before anything is unpickled — called directly,
+    and in an extraction, where it stops the run (no cache of 'failed' rows), also when the
+    model is first loaded in a DataLoader worker."""
+    from extractors.extract import extract
+    from extractors.registry import create_expert
+    from tests.helpers import tiny_text_manifest
+
+    folder = _st_folder(tmp_path)
+    (folder / "model.safetensors").unlink()  # no safetensors: the pickle is what would load
+    ckpt = _malicious(folder / "pytorch_model.bin", sentinel, zip_format)
+    expert = create_expert("minilm", model_dir=str(folder), batch_size=8)
+    expert.name = "note-minilm"
+    with pytest.raises(UnsafeCheckpoint) as err:
+        expert.load("chest pain", tmp_path)
+    msg = str(err.value)
+    assert "'note-minilm'" in msg and str(ckpt) in msg and "weights_only=True" in msg
+    manifest = tiny_text_manifest(tmp_path / "m.parquet", n=24)
+    expert.num_workers = workers
+    out = tmp_path / "cache.parquet"
+    with pytest.raises(UnsafeCheckpoint, match="(?s)'note-minilm'.*pytorch_model.bin"):
+        extract(manifest, "note", expert, out, shard_size=8, progress=False)
+    assert not out.exists()
 
 
 def test_pickled_arrays_in_image_and_volume_inputs_fail_the_sample(

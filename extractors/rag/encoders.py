@@ -17,8 +17,6 @@ Every encoder returns float32 rows; the index and retrieval L2-normalise them.
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,10 +26,8 @@ import numpy as np
 from extractors.loading import (
     LoadingError,
     ModelSpec,
-    WeightsNotFound,
-    find_weights,
     load_model_and_tokenizer,
-    verify_torch_files,
+    verify_sentence_transformers_dir,
 )
 
 MEDCPT_QUERY = {
@@ -169,47 +165,6 @@ class SentenceTransformerEncoder:
 
     def encode_articles(self, titles: Sequence[str], texts: Sequence[str]) -> np.ndarray:
         return self._encode([f"{t}. {x}" for t, x in zip(titles, texts, strict=True)])
-
-
-def verify_sentence_transformers_dir(folder: str | Path, expert: str) -> None:
-    """Apply the loading policy to a sentence-transformers folder before the library reads it.
-
-    Every module folder ``modules.json`` names (the transformer at the root, a ``Dense``
-    layer, …) must lie inside ``folder`` and be a built-in ``sentence_transformers`` module
-    (no custom code). Its weights are what the policy picks (:func:`find_weights`: safetensors
-    win); PyTorch files must pass ``torch.load(weights_only=True)``, so a pickled checkpoint
-    is refused (``UnsafeCheckpoint``) before any of its code can run. Folders without weights
-    (pooling, normalisation) are fine.
-    """
-    folder = Path(folder)
-    try:
-        modules = json.loads((folder / "modules.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise LoadingError(f"expert {expert!r}: unreadable {folder / 'modules.json'}") from exc
-    dirs = [folder]
-    for module in modules:
-        kind, rel = str(module.get("type", "")), str(module.get("path", ""))
-        if not kind.startswith("sentence_transformers."):
-            raise LoadingError(
-                f"expert {expert!r}: {folder / 'modules.json'} names module type {kind!r}; only "
-                "built-in sentence_transformers modules are loaded (no custom code)"
-            )
-        # lexical: a hub snapshot's files are themselves links into the cache's blobs
-        norm = os.path.normpath(rel) if rel else "."
-        if os.path.isabs(rel) or norm == ".." or norm.startswith(".." + os.sep):
-            raise LoadingError(
-                f"expert {expert!r}: module path {rel!r} in {folder / 'modules.json'} leaves the folder"
-            )
-        dirs.append(folder / norm)
-    for d in dict.fromkeys(dirs):
-        if not d.is_dir():
-            continue
-        try:
-            kind, files = find_weights(d, expert)
-        except WeightsNotFound:
-            continue
-        if kind == "torch":
-            verify_torch_files(files, expert)
 
 
 ENCODER_TYPES = {"hf-cls": HFClsEncoder, "sentence-transformers": SentenceTransformerEncoder}

@@ -29,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from extractors.base import SampleError
+from extractors.batching import safe_reason as sample_reason
 from extractors.cache import (
     CacheMeta,
     CacheRecords,
@@ -430,12 +431,9 @@ def run_embed(
 
 
 def safe_reason(exc: BaseException, text: str) -> str:
-    """The cache's failure reason for a sample the RAG chain failed on: our own messages
-    (:class:`SampleError`), else the exception type and the text's length, never the
-    exception's message, which can quote the note it failed on (issue 9)."""
-    if isinstance(exc, SampleError):
-        return str(exc)[:300]
-    return f"{type(exc).__name__} in the RAG chain (text of {len(text)} characters)"
+    """The cache's failure reason for a sample the RAG chain failed on (never the exception's
+    message, which can quote the note: :func:`extractors.batching.safe_reason`)."""
+    return sample_reason(exc, "the RAG chain", f"text of {len(text)} characters")
 
 
 def read_provenance(path: str | os.PathLike) -> pd.DataFrame:
