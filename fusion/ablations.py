@@ -100,6 +100,12 @@ def expert_families(cfg: dict[str, Any], dataset: str) -> dict[str, str]:
     """expert name -> family for the dataset's experts."""
     mods = cfg["datasets"][dataset]["modalities"]
     given = (cfg.get("ablations") or {}).get("families") or {}
+    for fam, names in given.items():  # a misspelt name would silently fall back to the order
+        unknown = [e for e in names if e not in cfg.get("experts", {})]
+        if unknown:
+            raise ValueError(
+                f"ablations.families.{fam}: {unknown} are not defined under 'experts:'"
+            )
     by_name = {e: fam for fam, names in given.items() for e in names}
     out: dict[str, str] = {}
     for experts in mods.values():

@@ -1,13 +1,15 @@
 """Deployment cost (paper §4.6, Table E6, Figure 5): parameters, FLOPs, peak memory, EffScore.
 
-The deployed path of a method is every configured expert of the dataset (the feature
-constructors a deployment runs on a new sample) plus the method's fusion model; the
-training-only teachers and the offline retrieval stage (the knowledge index and its search)
-are not part of it (paper App. C). For the RAG expert the query encoder and the LLM that
+The deployed path of a method is every expert its checkpoint reads (the feature
+constructors a deployment runs on a new sample: the dataset's configured experts, one
+modality's for a single-modality run) plus the method's fusion model. A method that reads a
+teacher embedding as an input (``deploys_teachers``: AdaCoMed's large branch, the
+``<modality>-large`` references) runs that teacher at inference, so the modality's configured
+teacher is counted for it (``teachers`` in the JSON). Teachers used only for distillation
+(MedMIX) and the offline retrieval stage (the knowledge index and its search) are not part
+of any deployed path (paper App. C). For the RAG expert the query encoder and the LLM that
 encodes the bridged text are counted; a generative bridge (MAIRA-2, Merlin report, HistGen)
-is not, and the table's header says so. A method class may declare
-``deploys_teachers = True`` (a large–small method that runs its large models at inference):
-then the dataset's configured ``teachers:`` experts are counted for it too.
+is not, and the table's header says so.
 
 * **Parameters**: the unique parameters of every torch module the components hold.
 * **FLOPs**: :class:`torch.utils.flop_counter.FlopCounterMode` over one sample (batch 1) of
@@ -462,6 +464,12 @@ def dataset_efficiency(
             **combine(costs),
             "fusion": asdict(fc),
             "components": [c.name for c in costs],
+            # teachers it runs at inference (AdaCoMed, <modality>-large), counted above
+            "teachers": [
+                c.name
+                for (m, e), c in measured.items()
+                if e == TEACHER_EXPERT and (m, e) in lm.spec.flat_experts
+            ],
         }
     out["experts"] = [asdict(c) for c in measured.values()]
     return out

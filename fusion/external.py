@@ -275,7 +275,7 @@ def evaluate_saved_runs(
 
     from fusion.ablations import register_variants
     from fusion.metrics import evaluate_split
-    from fusion.protocols import apply_protocol, is_test_only, write_masks
+    from fusion.protocols import apply_protocol, is_test_only, protocol_severity, write_masks
     from fusion.registry import load_model
     from fusion.train import compute_metrics, predictions_frame
 
@@ -305,6 +305,7 @@ def evaluate_saved_runs(
             raise ValueError(f"{setting}: corrupts training data, cannot reuse a trained model")
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
+        severity = protocol_severity(cfg, target, data, setting)
         tmp = fresh_tmp_dir(out)
         per_seed: dict[str, dict[str, float]] = {}
         try:
@@ -312,7 +313,7 @@ def evaluate_saved_runs(
                 if seed_dir not in models:
                     models[seed_dir] = first if seed_dir == seeds[0][1] else load_model(seed_dir)
                 lm = models[seed_dir]
-                masked = apply_protocol(data, setting, seed)
+                masked = apply_protocol(data, setting, seed, severity=severity)
                 pred = _predict(lm, masked)
                 if external:
                     src_metrics = json.loads((seed_dir / "metrics.json").read_text())
@@ -356,7 +357,7 @@ def evaluate_saved_runs(
                 }
                 (d / "metrics.json").write_text(_json({**info, **metrics}))
                 if setting != "full":
-                    write_masks(data, setting, seed, d)
+                    write_masks(data, setting, seed, d, severity=severity)
                 per_seed[str(seed)] = dict(metrics["splits"].get(split, {}).get("macro", {}))
             keys = sorted(set.intersection(*(set(v) for v in per_seed.values())))
             vals = {k: [v[k] for v in per_seed.values()] for k in keys}

@@ -47,9 +47,11 @@ so the mean rate is p and the sickest samples lose modalities most often. Scores
 
 * ``label``: the fraction of positive labels (a single binary task: the label itself;
   multiclass: class index / (K − 1)); labels named like ``normal`` / ``no_finding`` are left out;
-* ``severity``: the rarity-weighted burden ``Σ_j y_ij · (−log π_j)`` (π_j: the label's
-  training prevalence; multiclass: −log π of the class), or a score given by the caller
-  (``severity=``, e.g. a manifest column such as an acuity score).
+* ``severity``: a manifest column named by ``datasets.<name>.severity_column`` (e.g. an
+  acuity score; :func:`protocol_severity` reads it, the trainer and the test-time evaluation
+  pass it as ``severity=``), or, when none is named, the rarity-weighted label burden
+  ``Σ_j y_ij · (−log π_j)`` (π_j: the label's training prevalence; multiclass: −log π of the
+  class).
 
 Replay (``replay-p``): donors are the cohort's own incomplete samples (the observed
 availability before any protocol, at least one modality present; train/val samples draw from
@@ -329,6 +331,60 @@ def severity_score(data: FusionData) -> np.ndarray:
     return (np.where(known, sub, 0.0) * w).sum(axis=1)
 
 
+def manifest_severity(
+    cfg: dict[str, Any], dataset: str, sample_ids: Sequence[str]
+) -> np.ndarray | None:
+    """The manifest column ``datasets.<dataset>.severity_column`` (e.g. an acuity score) as
+    floats aligned to ``sample_ids``; None when the dataset names no column.
+
+    A missing value counts as the least severe (with a warning naming the samples); a column
+    that is absent, not numeric, or a sample the manifest lacks is an error.
+    """
+    from cohorts.manifest import read_manifest
+    from medmix.config import dataset_paths
+
+    column = cfg["datasets"][dataset].get("severity_column")
+    if not column:
+        return None
+    path = dataset_paths(cfg, dataset).manifest
+    df, _ = read_manifest(path)
+    if column not in df.columns:
+        raise ProtocolError(
+            f"{path}: no column {column!r} (datasets.{dataset}.severity_column); "
+            f"the manifest has {list(df.columns)}"
+        )
+    import pandas as pd
+
+    raw = df.set_index(df["sample_id"].astype(str))[column]
+    ids = [str(s) for s in sample_ids]
+    absent = [s for s in ids if s not in raw.index]
+    if absent:
+        raise ProtocolError(f"{path}: samples {absent[:5]} have no row (severity {column!r})")
+    raw = raw.loc[ids]
+    values = pd.to_numeric(raw, errors="coerce")
+    bad = raw.notna() & values.isna()
+    if bad.any():
+        shown = [f"{s}={raw[s]!r}" for s in raw.index[bad][:5]]
+        raise ProtocolError(f"{path}: column {column!r} is not numeric for samples {shown}")
+    if values.isna().any():
+        log.warning(
+            "%s: %d sample(s) have no %s (e.g. %s): counted as the least severe",
+            dataset, int(values.isna().sum()), column, list(raw.index[values.isna()][:3]),
+        )  # fmt: skip
+    return values.to_numpy(dtype=np.float64)
+
+
+def protocol_severity(
+    cfg: dict[str, Any], dataset: str, data: FusionData, protocol: str
+) -> np.ndarray | None:
+    """The ``severity=`` a setting needs on ``data``: the configured manifest column for an
+    ``mnar-severity`` setting, else None (the label-derived score is the fallback)."""
+    spec = parse_protocol(protocol)
+    if spec.kind != "mnar" or spec.score != "severity":
+        return None
+    return manifest_severity(cfg, dataset, data.sample_ids)
+
+
 def label_strata(data: FusionData) -> np.ndarray:
     """Replay strata: the class (multiclass) or whether any abnormal label is positive."""
     y = _label_matrix(data)
@@ -482,6 +538,8 @@ def protocol_masks(
         for mi, m in enumerate(mods):
             drop[:, mi] = _uniforms(ids, *key, m) < prob
         stats["mnar_score"] = spec.score
+        if spec.score == "severity":
+            stats["severity_source"] = "given" if severity is not None else "label burden"
 
     elif spec.kind == "replay":
         complete = before.all(axis=1)
@@ -597,6 +655,15 @@ def read_masks(path: str | os.PathLike) -> tuple[pd.DataFrame, dict[str, Any]]:
     table = pq.read_table(path)
     meta = json.loads((table.schema.metadata or {}).get(b"medmix_masks", b"{}"))
     return table.to_pandas(), meta
+
+
+def read_masks_report(path: str | os.PathLike) -> dict[str, Any]:
+    """The report of a ``masks.parquet`` (achieved rates, all-dropped counts per split),
+    read from its metadata without loading the masks."""
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta.get(b"medmix_masks", b"{}"))
 
 
 # -- test-time protocols on trained models ---------------------------------------------------

@@ -74,6 +74,28 @@ FAMILY_TITLES = {
     "test_random": "Table E5 — random multi-modality drop at test time",
 }
 MEDMIX_RED = "#c0392b"
+# Every other method's colour: tab10 without its red, then tab20's light shades without its
+# reds, so that MedMIX's red is never reused (and a method is never red-ish next to it).
+OTHER_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94",
+                "#dbdb8d", "#9edae5")  # fmt: skip
+OTHER_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
+
+
+def method_colors(methods: Sequence[str]) -> dict[str, str]:
+    """One colour per method: MedMIX red, the others from :data:`OTHER_COLORS` in order."""
+    others = [m for m in dict.fromkeys(methods) if m != "medmix"]
+    out = {m: OTHER_COLORS[k % len(OTHER_COLORS)] for k, m in enumerate(others)}
+    return out | {"medmix": MEDMIX_RED}
+
+
+def method_markers(methods: Sequence[str]) -> dict[str, str]:
+    """One marker per method (MedMIX a star): with the colours, every method's pair is unique
+    even past the palette's length."""
+    others = [m for m in dict.fromkeys(methods) if m != "medmix"]
+    out = {m: OTHER_MARKERS[(k // len(OTHER_COLORS)) % len(OTHER_MARKERS)]
+           for k, m in enumerate(others)}  # fmt: skip
+    return out | {"medmix": "*"}
 
 
 def method_label(method: str) -> str:
@@ -620,7 +642,9 @@ def run_header(cfg: dict[str, Any], datasets: Sequence[str] | None = None) -> st
     from medmix.config import expert_closure
 
     used: dict[str, dict[str, Any]] = {}
-    for d in cfg["datasets"].values():
+    for ds, d in cfg["datasets"].items():
+        if datasets is not None and ds not in datasets:  # only the experts of these data
+            continue
         for names in d["modalities"].values():
             for e in names:
                 if e in cfg["experts"]:
@@ -715,7 +739,39 @@ def build_protocol_table(cfg: dict[str, Any], cells: Cells, family: str) -> Pape
         f"Modalities dropped in the {where} split(s), masks seeded and shared by all methods; "
         f"test split, {_seeds_text(cfg)}. {run_header(cfg, training_datasets(cfg))}"
     )
-    return PaperTable(family, FAMILY_TITLES[family], header, ids, metric_columns(), rows, group)
+    columns, notes = metric_columns(), []
+    if scope == "test":  # Tables E3, E5: how many test samples the masks left with nothing
+        results = Path(cfg.get("results", "results"))
+        sizes = set()
+        for r in rows:
+            got = _all_dropped(results, r["dataset"], r["_protocol"], methods)
+            r["all_dropped"] = got[0] if got else None
+            if got:
+                sizes.add((r["dataset"], got[1]))
+        columns.append(ValueColumn("all_dropped", "No modality left", None, 1))
+        n_text = ", ".join(f"{ds}: {n}" for ds, n in sorted(sizes)) or "no masks found yet"
+        notes.append(
+            "No modality left: test samples from which the masks removed every available "
+            "modality (mean over seeds; identical for all methods). They get the model's prior "
+            f"prediction and stay in the metrics. Test samples: {n_text}."
+        )
+    return PaperTable(family, FAMILY_TITLES[family], header, ids, columns, rows, group, notes)
+
+
+def _all_dropped(
+    results: Path, ds: str, protocol: str, methods: Sequence[str]
+) -> tuple[float, int] | None:
+    """(mean over seeds of the test samples left with no modality, test size) from the masks
+    saved with the run of the first method that has them (the masks are shared)."""
+    from fusion.protocols import read_masks_report
+
+    for method in methods:
+        files = sorted((results / ds / "runs" / protocol / method).glob("seed*/masks.parquet"))
+        tests = [read_masks_report(f).get("splits", {}).get("test") for f in files]
+        tests = [t for t in tests if t]
+        if tests:
+            return float(np.mean([t["n_all_dropped"] for t in tests])), int(tests[0]["n"])
+    return None
 
 
 def protocol_label(name: str) -> str:
@@ -854,6 +910,23 @@ def build_per_task_table(
     )  # fmt: skip
 
 
+def _unavailable_external(
+    cfg: dict[str, Any], results: Path, source: str, protocol: str, have: Sequence[str]
+) -> dict[str, tuple[str, str]]:
+    """method -> (short form, reason) for the methods of the comparison without an external
+    evaluation because their run could not happen (its ``full`` run on the source, or the
+    external run itself, marked unavailable: OneLLM without weights, AdaCoMed without a
+    teacher)."""
+    from fusion.run_status import unavailable_runs
+
+    wanted = set(external_methods(cfg))
+    out: dict[str, tuple[str, str]] = {}
+    for e in unavailable_runs(results / source / "runs"):
+        if e["protocol"] in ("full", protocol) and e["method"] in wanted - set(have):
+            out.setdefault(e["method"], (e["kind"], e["reason"]))
+    return out
+
+
 def build_external_table(cfg: dict[str, Any], cells: Cells, results: Path) -> PaperTable:
     """Table 2: train on the source cohort, evaluate on the target (split ``external``)."""
     from fusion.external import external_protocol
@@ -866,7 +939,14 @@ def build_external_table(cfg: dict[str, Any], cells: Cells, results: Path) -> Pa
             cells.agg.loc[(cells.agg["dataset"] == src) & (cells.agg["protocol"] == p), "method"]
         )
         methods = [m for m in methods if not m.startswith("medmix-only-")]
-        for method in methods:
+        missing = _unavailable_external(cfg, results, src, p, methods)
+        for method in method_order([*methods, *missing]):
+            if method in missing:  # as Table 1 marks it: a row of n/a cells and a note
+                kind, why = missing[method]
+                rows.append({"pair": f"{src} → {tgt}", "method": f"{method_label(method)} ({kind})",
+                             **dict.fromkeys(METRIC_COLUMNS), "_unavailable": why})  # fmt: skip
+                notes.append(f"Not run: {method_label(method)} on {src} → {tgt}: {why}")
+                continue
             rows.append({"pair": f"{src} → {tgt}", "method": method_label(method),
                          **cells.metric_row(src, p, method, split="external")})  # fmt: skip
         flagged, absent = set(), set()
@@ -928,6 +1008,23 @@ def efficiency_data(
     return efficiency_rows(costs, perfs)
 
 
+def _deployed_text(costs: dict[str, dict[str, Any]]) -> str:
+    """What the cost columns count: the experts each checkpoint reads, the fusion model and,
+    for a method that runs its teachers at inference, those teachers (named)."""
+    with_teachers: dict[str, set[str]] = {}
+    for res in costs.values():
+        for method, c in res.get("methods", {}).items():
+            names = {t.split("/", 1)[-1] for t in c.get("teachers") or []}
+            if names:
+                with_teachers.setdefault(method, set()).update(names)
+    text = "the experts the method reads + its fusion model"
+    if with_teachers:
+        runs = "; ".join(f"{method_label(m)}: {', '.join(sorted(t))}"
+                         for m, t in sorted(with_teachers.items()))  # fmt: skip
+        text += f", plus the teachers a method runs at inference ({runs})"
+    return text + "; distillation-only teachers and the retrieval index are not counted"
+
+
 def build_efficiency_table(
     cfg: dict[str, Any], cells: Cells, costs: dict[str, dict[str, Any]]
 ) -> PaperTable:
@@ -963,9 +1060,8 @@ def build_efficiency_table(
         notes.append(f"Experts that are not torch models (0 params / FLOPs counted): "
                      f"{', '.join(uncounted)}.")  # fmt: skip
     header = (
-        "Deployed path per sample (configured experts + fusion model; teachers and the "
-        f"retrieval index excluded), FLOPs by torch's FlopCounterMode, memory on "
-        f"{', '.join(devices)}. {run_header(cfg, list(costs))}"
+        f"Deployed path per sample: {_deployed_text(costs)}. FLOPs by torch's "
+        f"FlopCounterMode, memory on {', '.join(devices)}. {run_header(cfg, list(costs))}"
     )
     return PaperTable(
         "efficiency", "Table E6 — efficiency", header,
@@ -1114,7 +1210,10 @@ def plot_drop_one(cfg: dict[str, Any], cells: Cells, ds: str, out_dir: Path) -> 
     scopes = [s for s in ("train", "test") if section.get(f"{s}_drop_one")]
     mods = list(cfg["datasets"][ds]["modalities"])
     methods = medmix_first(protocol_methods(cfg))
-    cmap = plt.get_cmap("tab10")
+
+    def cmap(j: int) -> str:  # modality colours; red is MedMIX's in every other figure
+        return OTHER_COLORS[j % len(OTHER_COLORS)]
+
     fig, axes = plt.subplots(len(scopes), len(SWEEP_METRICS), figsize=(9.5, 3.3 * len(scopes)),
                              squeeze=False)  # fmt: skip
     for row, scope in enumerate(scopes):
@@ -1161,8 +1260,7 @@ def plot_random_drop(cfg: dict[str, Any], cells: Cells, ds: str, out_dir: Path) 
     section = cfg.get("protocols") or {}
     scopes = [s for s in ("train", "test") if section.get(f"{s}_random")]
     methods = medmix_first(protocol_methods(cfg))
-    cmap = plt.get_cmap("tab10")
-    colors = {m: (MEDMIX_RED if m == "medmix" else cmap(k % 10)) for k, m in enumerate(methods)}
+    colors = method_colors(methods)
     fig, axes = plt.subplots(len(scopes), len(SWEEP_METRICS), figsize=(9.5, 3.3 * len(scopes)),
                              squeeze=False)  # fmt: skip
     for row, scope in enumerate(scopes):
@@ -1266,9 +1364,8 @@ def plot_pareto(
     erows = [r for r in efficiency_data(cfg, cells, costs) if r.dataset != "Average"]
     datasets = list(costs) or ["(none)"]
     fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.9), squeeze=False)
-    cmap = plt.get_cmap("tab10")
-    others = [m for m in method_order([r.method for r in erows]) if m != "medmix"]
-    colors = {m: cmap(k % 10) for k, m in enumerate(others)} | {"medmix": MEDMIX_RED}
+    ordered = method_order([r.method for r in erows])
+    colors, markers = method_colors(ordered), method_markers(ordered)
     for ax, ds in zip(axes[0], datasets, strict=True):
         rows = [r for r in erows if r.dataset == ds and math.isfinite(r.perf)]
         ref = next((r for r in rows if r.method == "medmix"), None)
@@ -1285,8 +1382,9 @@ def plot_pareto(
         ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-", color="#999999",
                 lw=1, zorder=1, label="Pareto front")  # fmt: skip
         for r, (x, y) in zip(rows, pts, strict=True):
-            ax.scatter([x], [y], s=60 if r.method == "medmix" else 30, color=colors[r.method],
-                       zorder=3, label=method_label(r.method), edgecolor="black", lw=0.5)  # fmt: skip
+            ax.scatter([x], [y], s=140 if r.method == "medmix" else 36, color=colors[r.method],
+                       marker=markers[r.method], zorder=4 if r.method == "medmix" else 3,
+                       label=method_label(r.method), edgecolor="black", lw=0.5)  # fmt: skip
         ax.margins(x=0.15, y=0.15)
         xs = [p[0] for p in pts]
         if max(xs) / min(xs) > 10:

@@ -88,6 +88,10 @@ def test_shipped_config_is_valid_and_defaults_filled() -> None:
             r"ablations\.variants\.0: 'no_router' is not one of",
         ),
         (
+            lambda c: c["datasets"]["demo-openi"].update(severity_column="acuity score"),
+            r"datasets\.demo-openi\.severity_column: 'acuity score' does not match",
+        ),
+        (
             lambda c: c["datasets"]["demo-openi"].update(teachers={"ct": "radiomics"}),
             r"teachers: 'ct' is not one of the dataset's modalities",
         ),
@@ -146,3 +150,81 @@ def test_table1_methods_expand_large_per_teacher(cfg: dict) -> None:
     ]
     no_single = {**full, "single_modality": False}
     assert not any(m.startswith("medmix-only-") for m in table1_methods(no_single, "demo-mimic"))
+
+
+# Every table and figure of the paper (§4, appendices E/F) -> the output file that holds it
+# under config/paper.yaml (a drop-one / random-drop figure has a train-time and a test-time
+# row: Figure 2 is MIMIC-IV-MM's, F1 + F3 OpenI's, F2 + F4 MMIST-ccRCC's).
+PAPER_FILES = {
+    "Table 1": "tables/main.md",
+    "Table 2": "tables/external.md",
+    "Table E1": "tables/experts.md",
+    "Table E2": "tables/train_drop_one.md",
+    "Table E3": "tables/test_drop_one.md",
+    "Table E4": "tables/train_random.md",
+    "Table E5": "tables/test_random.md",
+    "Table E6": "tables/efficiency.md",
+    "Table E7": "tables/ablation.md",
+    "Table E8": "tables/per_task.md",
+    "Figure 2": "figures/drop_one_mimic4.png",
+    "Figure 3": "figures/random_drop_mimic4.png",
+    "Figure 4": "figures/ablation.png",
+    "Figure 5": "figures/pareto.png",
+    "Figure F1": "figures/drop_one_openi.png",
+    "Figure F2": "figures/drop_one_mmist-ccrcc.png",
+    "Figure F3": "figures/drop_one_openi.png",
+    "Figure F4": "figures/drop_one_mmist-ccrcc.png",
+    "Figure F5": "figures/random_drop_openi.png",
+    "Figure F6": "figures/random_drop_mmist-ccrcc.png",
+    "Figure F7": "figures/random_drop_openi.png",
+    "Figure F8": "figures/random_drop_mmist-ccrcc.png",
+    "alpha/beta OpenI": "figures/weights_openi.png",
+    "alpha/beta MIMIC-IV-MM": "figures/weights_mimic4.png",
+    "alpha/beta MMIST-ccRCC": "figures/weights_mmist-ccrcc.png",
+    "structured missingness": "tables/structured.md",
+}
+
+
+def test_paper_config_asks_for_every_paper_table_and_figure(tmp_path: Path) -> None:
+    """config/paper.yaml at the paper's rates, and the workflow's default target lists every
+    table and figure of the paper (a dry run: nothing is executed)."""
+    import subprocess
+    import sys
+
+    from fusion.protocols import (
+        PAPER_DROP_ONE_RATES,
+        PAPER_TEST_RANDOM_RATES,
+        PAPER_TRAIN_RANDOM_RATES,
+    )
+    from fusion.render import paper_outputs
+
+    cfg = load_config(REPO / "config" / "paper.yaml")
+    p = cfg["protocols"]
+    assert tuple(p["train_drop_one"]) == tuple(p["test_drop_one"]) == PAPER_DROP_ONE_RATES
+    assert tuple(p["train_random"]) == PAPER_TRAIN_RANDOM_RATES
+    assert tuple(p["test_random"]) == PAPER_TEST_RANDOM_RATES
+    assert {"medmix", "adacomed"} <= set(p["methods"])  # the paper's comparison
+    assert cfg["efficiency"]["device"].startswith("cuda") and cfg["ablations"]["enabled"]
+    # every expert of the committee is in exactly one family (Table E1 / E7)
+    fams = cfg["ablations"]["families"]
+    named = [e for names in fams.values() for e in names]
+    used = {e for d in cfg["datasets"].values() for names in d["modalities"].values()
+            for e in names}  # fmt: skip
+    assert len(named) == len(set(named)) and used == set(named)
+    plan = paper_outputs(cfg)
+    stems = {f"tables/{t}.md" for t in plan["tables"]} | {
+        f"figures/{f}.png" for f in plan["figures"]
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", "config/paper.yaml",
+         "--config", f"results={tmp_path}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rule_all = proc.stdout.split("rule all:")[1].split("\n")[1]
+    targets = {
+        t.strip().removeprefix(f"{tmp_path}/") for t in rule_all.split("input:")[1].split(",")
+    }
+    missing = {k: v for k, v in PAPER_FILES.items() if v not in targets}
+    assert not missing, missing
+    assert {v for v in PAPER_FILES.values() if v not in ("tables/main.md",)} <= stems

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -118,3 +121,114 @@ def test_efficiency_rows_and_average_rows() -> None:
 def test_pareto_front() -> None:
     pts = [(1.0, 0.8), (1.0, 0.7), (2.0, 0.9), (3.0, 0.85), (0.5, 0.5)]
     assert pareto_front(pts) == [4, 0, 2]
+
+
+# -- the roll-up over a dataset's deployed paths ---------------------------------------------
+
+TINY_BERT_EXPERT = {"type": "gatortron", "random_init": True, "max_length": 24,
+                    "config": {"hidden_size": 32, "num_hidden_layers": 2,
+                               "num_attention_heads": 2, "intermediate_size": 64}}  # fmt: skip
+TINY_QWEN2_EXPERT = {"type": "qwen2", "random_init": True, "max_length": 24,
+                     "config": {"hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 2,
+                                "num_key_value_heads": 1, "intermediate_size": 96}}  # fmt: skip
+TINY_RAG = {
+    "query_encoder": {"random_init": True, "max_length": 32,
+                      "config": {"hidden_size": 32, "num_hidden_layers": 1,
+                                 "num_attention_heads": 2, "intermediate_size": 64}},
+    "llm": {"model_class": "Qwen2Model", "random_init": True, "max_length": 32,
+            "config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "num_key_value_heads": 1, "intermediate_size": 64}},
+    "device": "cpu",
+}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def deployed(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """A two-modality text cohort: a torch expert (tiny GatorTron), a non-torch one
+    (TF-IDF+SVD) and the RAG expert per modality; tiny Qwen2 teachers; MedMIX and AdaCoMed
+    trained on it (their checkpoints are what the roll-up reads)."""
+    from cohorts.manifest import read_manifest, write_manifest
+    from extractors.cache import CacheMeta, CacheRecords, write_cache
+    from fusion.train import run_training
+    from medmix.config import dataset_paths
+    from tests.test_fusion_train import DATASET, FUSION, make_config, write_synthetic
+
+    cfg = make_config(tmp_path_factory.mktemp("results"), FUSION | {"max_epochs": 2, "d": 8,
+                                                                    "adapter_bottleneck": 4})  # fmt: skip
+    write_synthetic(cfg, n=120, teacher_dim=8)
+    paths = dataset_paths(cfg, DATASET)
+    df, meta = read_manifest(paths.manifest)
+    words = ["effusion", "edema", "normal", "atelectasis", "opacity", "stable", "small", "left"]
+    for m in ("a", "b"):  # varied texts: TF-IDF+SVD needs a vocabulary to fit
+        texts = [
+            " ".join(words[(i * k) % 8] for k in range(1, 7)) + f" {m} {i}" for i in range(len(df))
+        ]
+        df[m] = df[m].where(df[m].isna(), pd.Series(texts, index=df.index))
+    write_manifest(df, paths.manifest, meta)
+    ids = df["sample_id"].tolist()
+    for m in ("a", "b"):
+        status = ["ok"] * len(ids)
+        emb = np.random.default_rng(0).normal(size=(len(ids), 6)).astype(np.float32)
+        write_cache(paths.cache(m, "rag"), CacheRecords(ids, emb, status, [None] * len(ids)),
+                    CacheMeta(expert="rag", model_id="offline:rag", dim=6, pooling="none",
+                              preprocess_hash="x"))  # fmt: skip
+    cfg["datasets"][DATASET]["modalities"] = {"a": ["a1", "a2", "rag"], "b": ["b1", "b2", "rag"]}
+    cfg["experts"].update({
+        "a1": TINY_BERT_EXPERT, "b1": TINY_BERT_EXPERT,
+        "a2": {"type": "tfidf-svd", "n_components": 4}, "b2": {"type": "tfidf-svd", "n_components": 4},
+        "rag": {"type": "rag"}, "big-a": TINY_QWEN2_EXPERT, "big-b": TINY_QWEN2_EXPERT,
+    })  # fmt: skip
+    cfg["rag"] = TINY_RAG
+    for method in ("medmix", "adacomed"):
+        run_training(cfg, DATASET, method, "full", paths.run_dir("full", method), seeds=[0])
+    return cfg
+
+
+def test_dataset_efficiency_rolls_up_experts_teachers_and_rag(deployed: dict) -> None:
+    from extractors.registry import create_expert, register_preset
+    from fusion.efficiency import dataset_efficiency, expert_cost, rag_cost
+    from fusion.registry import load_model
+    from medmix.config import dataset_paths
+    from tests.test_fusion_train import DATASET
+
+    res = dataset_efficiency(deployed, DATASET, ["medmix", "adacomed", "concat"])
+    assert set(res["methods"]) == {"medmix", "adacomed"}  # concat has no checkpoint: skipped
+    experts = {e["name"]: e for e in res["experts"]}
+    # the torch expert: every parameter of its model, FLOPs of one sample, resident bytes
+    a1 = experts["a/a1"]
+    register_preset("a1", deployed["experts"]["a1"])
+    ex = create_expert("a1")
+    ex.embed([ex.load("effusion small left", Path("."))])
+    modules = find_modules(ex)
+    assert a1["torch"] and a1["params"] == count_params(modules) > 10_000
+    assert a1["flops"] > 2 * a1["params"] // 4  # at least a few matmuls over the sequence
+    # the non-torch expert: measured, 0 parameters and 0 FLOPs, and said so
+    a2 = experts["a/a2"]
+    assert not a2["torch"] and a2["params"] == a2["flops"] == 0 and "not a torch" in a2["note"]
+    b2 = expert_cost(deployed, DATASET, "b", "b2")  # fitted on the manifest's texts first
+    assert (b2.name, b2.torch, b2.params, b2.flops) == ("b/b2", False, 0, 0)
+    # RAG: the query encoder + the LLM, once for both modalities
+    rag = rag_cost(deployed, DATASET, "a")
+    assert experts["a/rag"]["params"] == experts["b/rag"]["params"] == rag.params > 0
+    assert "retrieval index" in rag.note
+    # MedMIX: its committee + its fusion model; RAG and each expert model counted once
+    fusion = load_model(dataset_paths(deployed, DATASET).run_dir("full", "medmix") / "seed0")
+    med = res["methods"]["medmix"]
+    assert med["components"] == ["a/a1", "a/a2", "a/rag", "b/b1", "b/b2", "b/rag", "fusion/medmix"]
+    n_fusion = sum(p.numel() for p in fusion.model.parameters())
+    assert med["fusion"]["params"] == n_fusion
+    assert med["params"] == a1["params"] + experts["b/b1"]["params"] + rag.params + n_fusion
+    assert med["flops"] == sum(experts[c]["flops"] for c in med["components"][:-1]) + med[
+        "fusion"]["flops"]  # fmt: skip
+    assert med["teachers"] == []
+    # AdaCoMed runs its large branch at inference: the teachers are on its deployed path
+    ada = res["methods"]["adacomed"]
+    assert ada["teachers"] == ["a/big-a", "b/big-b"]
+    assert {"a/big-a", "b/big-b"} <= set(ada["components"])
+    assert set(med["components"][:-1]) < set(ada["components"])
+    big = experts["a/big-a"]
+    assert big["torch"] and big["params"] == experts["b/big-b"]["params"] > 0  # one preset
+    assert ada["params"] == med["params"] - n_fusion + 2 * big["params"] + ada["fusion"]["params"]
+    assert ada["flops"] == sum(experts[c]["flops"] for c in ada["components"][:-1]) + ada[
+        "fusion"]["flops"]  # fmt: skip
+    assert ada["flops"] > med["flops"] - med["fusion"]["flops"] + 2 * big["flops"] - 1

@@ -238,3 +238,102 @@ def test_train_time_run_saves_its_masks(cohort: dict) -> None:
     pd.testing.assert_frame_equal(a, b)
     assert not a.filter(like="drop_")[a["split"] == "test"].any().any()
     assert meta["splits"]["train"]["modalities"]["a"]["rate"] == pytest.approx(0.5, abs=0.01)
+
+
+def _add_manifest_column(cfg: dict, name: str, values: dict[str, object]) -> None:
+    """Add a column to the written manifest, keeping its metadata (adapters may carry extra
+    per-sample columns such as an acuity score)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = dataset_paths(cfg, "syn").manifest
+    table = pq.read_table(path)
+    col = [values[s] for s in table.column("sample_id").to_pylist()]
+    table = table.append_column(name, pa.array(col)).replace_schema_metadata(table.schema.metadata)
+    pq.write_table(table, path)
+
+
+@pytest.fixture(scope="module")
+def acuity_cohort(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    cfg = make_config(tmp_path_factory.mktemp("results"), seeds=[0])
+    cfg["fusion"]["max_epochs"] = 2
+    write_cohort(cfg, n=600)
+    ids = [f"p{i:04d}" for i in range(600)]
+    rng = np.random.default_rng(7)  # independent of the labels: only the column can explain
+    _add_manifest_column(
+        cfg, "acuity", {s: float(v) for s, v in zip(ids, rng.random(600), strict=True)}
+    )
+    cfg["datasets"]["syn"]["severity_column"] = "acuity"
+    return cfg
+
+
+def _acuity(cfg: dict, ids) -> np.ndarray:
+    from cohorts.manifest import read_manifest
+
+    df, _ = read_manifest(dataset_paths(cfg, "syn").manifest)
+    return df.set_index("sample_id").loc[list(ids), "acuity"].to_numpy()
+
+
+def test_mnar_severity_follows_the_configured_manifest_column(acuity_cohort: dict) -> None:
+    from fusion.protocols import manifest_severity, protocol_severity
+    from medmix.config import validate_config
+
+    cfg = acuity_cohort
+    schema_ok = json.loads(json.dumps(cfg))
+    schema_ok["datasets"]["syn"]["demo"] = {"kind": "openi"}  # the helper's cohort is no demo
+    assert validate_config(schema_ok)["datasets"]["syn"]["severity_column"] == "acuity"
+    runs = dataset_paths(cfg, "syn").root / "runs"
+    # train-time: the trainer reads the column and saves the masks it used
+    run_training(cfg, "syn", "medmix", "train_mnar-severity-0.5",
+                 runs / "train_mnar-severity-0.5" / "medmix", threads=1)  # fmt: skip
+    masks, meta = read_masks(
+        runs / "train_mnar-severity-0.5" / "medmix" / "seed0" / "masks.parquet"
+    )
+    assert meta["severity_source"] == "given"
+    acuity = _acuity(cfg, masks["sample_id"])
+    dropped = masks.filter(like="drop_").to_numpy().mean(axis=1)
+    train = masks["split"].isin(["train", "val"]).to_numpy()
+    hi, lo = train & (acuity > 0.75), train & (acuity < 0.25)
+    assert dropped[hi].mean() > dropped[lo].mean() + 0.4  # drops rise with the acuity
+    assert np.corrcoef(acuity[train], dropped[train])[0, 1] > 0.4
+    assert abs(dropped[train].mean() - 0.5) < 0.08 and not dropped[~train].any()
+    # test-time: the full run's checkpoints under the same column
+    run_training(cfg, "syn", "medmix", "full", runs / "full" / "medmix", threads=1)
+    run_test_protocols(cfg, "syn", "medmix", ["test_mnar-severity-0.7"])
+    masks, meta = read_masks(runs / "test_mnar-severity-0.7" / "medmix" / "seed0" / "masks.parquet")
+    test = (masks["split"] == "test").to_numpy()
+    acuity = _acuity(cfg, masks["sample_id"])
+    dropped = masks.filter(like="drop_").to_numpy().mean(axis=1)
+    assert np.corrcoef(acuity[test], dropped[test])[0, 1] > 0.3
+    # without the key the label-derived score is used: unrelated to the acuity
+    data = load(cfg)
+    plain = {**cfg, "datasets": {"syn": {k: v for k, v in cfg["datasets"]["syn"].items()
+                                         if k != "severity_column"}}}  # fmt: skip
+    assert protocol_severity(plain, "syn", data, "mnar-severity-0.5") is None
+    assert protocol_severity(cfg, "syn", data, "mnar-label-0.5") is None
+    m = protocol_masks(data, "mnar-severity-0.5", 0)
+    assert m.stats["severity_source"] == "label burden"
+    a = _acuity(cfg, data.sample_ids)
+    assert abs(np.corrcoef(a, m.drop.mean(axis=1))[0, 1]) < 0.15
+    np.testing.assert_allclose(manifest_severity(cfg, "syn", data.sample_ids), a)
+
+
+def test_severity_column_errors_name_the_file_column_and_sample(acuity_cohort: dict) -> None:
+    from fusion.protocols import manifest_severity
+
+    cfg = json.loads(json.dumps(acuity_cohort))
+    ids = [f"p{i:04d}" for i in range(600)]
+    cfg["datasets"]["syn"]["severity_column"] = "triage"
+    with pytest.raises(
+        ProtocolError, match=r"manifest\.parquet: no column 'triage' .*severity_column"
+    ):
+        manifest_severity(cfg, "syn", ids)
+    cfg["datasets"]["syn"]["severity_column"] = "acuity"
+    with pytest.raises(ProtocolError, match=r"samples \['ghost'\] have no row"):
+        manifest_severity(cfg, "syn", ["p0001", "ghost"])
+    _add_manifest_column(cfg, "esi", {s: ("high" if s == "p0003" else "2") for s in ids})
+    cfg["datasets"]["syn"]["severity_column"] = "esi"
+    with pytest.raises(
+        ProtocolError, match=r"'esi' is not numeric for samples \[\"p0003='high'\"\]"
+    ):
+        manifest_severity(cfg, "syn", ids)

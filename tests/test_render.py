@@ -225,7 +225,12 @@ def write_costs(cfg: dict) -> dict:
         methods = {
             "medmix": {"params": 3e6, "flops": 2e8 * (k + 1), "memory_bytes": 5e7},
             "meanavg": {"params": 2.9e6, "flops": 2e8 * (k + 1), "memory_bytes": 5e7},
-            "adacomed": {"params": 9e6, "flops": 5e8, "memory_bytes": 2e8},
+            "adacomed": {
+                "params": 9e6,
+                "flops": 5e8,
+                "memory_bytes": 2e8,
+                "teachers": ["note/qwen2-7b"] if ds == "demo-mimic" else [],
+            },
         }
         costs[ds] = {"dataset": ds, "device": "cpu", "methods": methods,
                      "experts": [{"name": "frontal/radiomics", "torch": False}]}  # fmt: skip
@@ -248,6 +253,10 @@ def test_efficiency_table(setup) -> None:
     meanavg = [i for i, r in enumerate(t.rows) if r["method"] == "MeanAvg"]
     assert bold_rows(t, "params") == meanavg  # cost columns: the smallest is best
     assert "radiomics" in " ".join(t.notes)
+    # what the cost columns count: AdaCoMed's teacher runs at inference, MedMIX's do not
+    assert "plus the teachers a method runs at inference (AdaCoMed: qwen2-7b)" in t.header
+    assert "distillation-only teachers and the retrieval index are not counted" in t.header
+    assert "excluded" not in t.header
 
 
 def test_render_paper_writes_every_declared_output(setup, tmp_path: Path) -> None:
@@ -269,3 +278,80 @@ def test_render_paper_writes_every_declared_output(setup, tmp_path: Path) -> Non
         assert f.stat().st_size > (5000 if f.suffix == ".png" else 50), f
     none = paper_outputs({"datasets": cfg["datasets"], "experts": cfg["experts"]})
     assert none == {"tables": ["experts", "per_task"], "figures": []}
+
+
+def _masks_file(path: Path, n_test: int, n_all: int) -> None:
+    """A masks.parquet as fusion.protocols.write_masks saves it (report in the metadata)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = {"splits": {"test": {"n": n_test, "n_all_dropped": n_all, "modalities": {}}}}
+    table = pa.table({"sample_id": ["s0"], "all_dropped": [True]})
+    pq.write_table(table.replace_schema_metadata({b"medmix_masks": json.dumps(report)}), path)
+
+
+def test_test_time_tables_count_the_samples_left_with_nothing(setup) -> None:
+    cfg, cells, _ = setup
+    runs = Path(cfg["results"]) / "demo-openi" / "runs"
+    _masks_file(runs / "test_random-0.5" / "medmix" / "seed0" / "masks.parquet", 80, 9)
+    _masks_file(runs / "test_random-0.5" / "medmix" / "seed1" / "masks.parquet", 80, 12)
+    t = build_protocol_table(cfg, cells, "test_random")
+    assert [c.label for c in t.value_columns][-1] == "No modality left"
+    got = {(r["dataset"], r["method"], r["rate"]): r["all_dropped"] for r in t.rows}
+    assert got[("demo-openi", "MedMIX", "0.5")] == pytest.approx(10.5)
+    assert got[("demo-openi", "AdaCoMed", "0.5")] == pytest.approx(10.5)  # the shared masks
+    assert got[("demo-openi", "MedMIX", "0.1")] is None  # no masks saved: n/a
+    md = table_markdown(t)
+    assert "| No modality left |" in md and "| 10.5 |" in md
+    assert any("Test samples: demo-openi: 80" in n for n in t.notes)
+    assert not {k for _, k in t.best()} & {"all_dropped"}  # a count, never bold
+    # train-time tables corrupt the training data: no such column
+    assert "No modality left" not in table_markdown(
+        build_protocol_table(cfg, cells, "train_random")
+    )
+
+
+def test_external_table_marks_methods_that_could_not_run(setup) -> None:
+    cfg, cells, _ = setup
+    cfg = {**cfg, "methods": [*cfg["methods"], "onellm"]}
+    run = Path(cfg["results"]) / "demo-mimic" / "runs" / "full" / "onellm"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "summary.json").write_text(json.dumps({
+        "status": "unavailable", "reason": "no OneLLM weights configured",
+        "unavailable_kind": "weights absent"}))  # fmt: skip
+    ext = build_external_table(cfg, cells, Path(cfg["results"]))
+    assert [r["method"] for r in ext.rows] == [
+        "MeanAvg", "AdaCoMed", "OneLLM (weights absent)", "MedMIX"]  # fmt: skip
+    md = table_markdown(ext)
+    assert "| OneLLM (weights absent) | n/a | n/a | n/a | n/a |" in md
+    assert any(n.startswith("Not run: OneLLM on demo-mimic → demo-mimic-shift: no OneLLM")
+               for n in ext.notes)  # fmt: skip
+    assert bold_rows(ext, "auroc") == [3]
+    csv = pd.read_csv(pd.io.common.StringIO(table_csv(ext)), keep_default_na=False)
+    assert csv.loc[2, "unavailable"] == "no OneLLM weights configured"
+
+
+def test_pareto_palette_keeps_medmix_red_unique() -> None:
+    from fusion.render import MEDMIX_RED, method_colors, method_markers
+
+    methods = ["medmix", *[f"m{i}" for i in range(40)]]
+    colors, markers = method_colors(methods), method_markers(methods)
+    assert colors["medmix"] == MEDMIX_RED
+    assert MEDMIX_RED not in [colors[m] for m in methods[1:]]
+    assert "#d62728" not in colors.values()  # tab10's red is not used either
+    assert len({(colors[m], markers[m]) for m in methods}) == len(methods)
+    # the first others have distinct colours
+    assert len({colors[m] for m in methods[1:10]}) == 9
+
+
+def test_run_header_names_only_the_experts_of_its_datasets(setup) -> None:
+    from fusion.render import run_header
+
+    cfg, _, _ = setup
+    cfg = {**cfg, "datasets": {**cfg["datasets"],
+                               "plain": {"adapter": "demo", "modalities": {"ehr": ["catch22"]}}}}  # fmt: skip
+    one = run_header(cfg, ["plain"])
+    assert "plain (synthetic demo cohort; experts: catch22)" in one
+    assert one.endswith("Experts: offline experts (established features).")
+    assert "RAG branch" in run_header(cfg)

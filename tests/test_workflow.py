@@ -6,6 +6,8 @@ does nothing, and deleting one cache rebuilds only it and what depends on it.
 
 from __future__ import annotations
 
+import html
+import json
 import re
 import subprocess
 import sys
@@ -86,6 +88,52 @@ def test_demo_produces_tables_and_figures(smoke_run: Path) -> None:
         assert (smoke_run / ds / "runs" / "test_random-0.5" / "medmix" / "summary.json").exists()
     for table in ("train_random", "test_random", "experts", "per_task"):
         assert "| " in (smoke_run / "tables" / f"{table}.md").read_text()
+    assert "| No modality left |" in (smoke_run / "tables" / "test_random.md").read_text()
+    # one ablation variant, its table and figure
+    ablation = pd.read_csv(smoke_run / "tables" / "ablation.csv")
+    assert set(ablation["Setting"]) >= {"MedMIX", "w/o intra-modality fusion (uniform mean)"}
+    assert ablation["auroc_mean"].between(0, 1).all()
+    assert (smoke_run / "figures" / "ablation.png").stat().st_size > 5000
+
+
+def _caption_file(output: str) -> str:
+    """The caption (workflow/report/*.rst) the rules attach to a report output."""
+    stem = Path(output).stem
+    if output.startswith("figures/"):
+        for prefix in ("random_drop_", "drop_one_", "weights_"):
+            if stem.startswith(prefix):
+                return prefix.rstrip("_")
+        return {"ablation": "ablation_figure"}.get(stem, stem)
+    return {"main": "main_table", "ablation": "ablation_table"}.get(stem, stem)
+
+
+def _report_captions(html_text: str, results: Path) -> dict[str, str]:
+    """output (relative to results) -> its caption as text, from a Snakemake HTML report."""
+    out = {}
+    key = re.compile('"' + re.escape(str(results)) + r'/([^"]+)": \{')
+    for m in key.finditer(html_text):
+        cap = re.search(r'"caption": ("(?:[^"\\]|\\.)*")', html_text[m.end() : m.end() + 3000])
+        if cap:
+            text = html.unescape(re.sub(r"<[^>]+>", "", json.loads(cap.group(1))))
+            out[m.group(1)] = " ".join(text.split())
+    return out
+
+
+def test_report_gathers_every_table_and_figure_with_its_caption(smoke_run: Path) -> None:
+    report = smoke_run.parent / "report.html"
+    proc = _smk(smoke_run, "--report", str(report))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    captions = _report_captions(report.read_text(), smoke_run)
+    produced = [str(p.relative_to(smoke_run)) for p in (*sorted(smoke_run.glob("tables/*.md")),
+                                                        *sorted(smoke_run.glob("figures/*.png")))]  # fmt: skip
+    expected = {"tables/main.md", "tables/test_random.md", "tables/ablation.md",
+                "tables/experts.md", "figures/main_auroc.png", "figures/ablation.png",
+                "figures/weights_demo-mimic.png", "figures/random_drop_demo-openi.png"}  # fmt: skip
+    assert expected <= set(produced), produced
+    for output in produced:
+        rst = REPO / "workflow" / "report" / f"{_caption_file(output)}.rst"
+        want = " ".join(rst.read_text().replace("``", "").split())
+        assert captions.get(output) == want, (output, captions.get(output))
 
 
 def test_rerun_does_nothing(smoke_run: Path) -> None:
@@ -113,6 +161,8 @@ def test_deleting_one_cache_rebuilds_only_its_dependents(smoke_run: Path) -> Non
     assert counts.get("train") == 6, counts
     assert counts.get("test_protocols") == 1, counts
     assert counts.get("evaluate") == 1, counts
+    # the demo-mimic ablation reads every cache of the dataset
+    assert counts.get("ablation") == 1, counts
     assert "extract" not in counts and "demo_cohort" not in counts, counts
     assert _smk(smoke_run).returncode == 0
     again = _smk(smoke_run, "-n")
