@@ -129,8 +129,11 @@ def run_epoch(data: FusionData, hp: FusionHParams, seeds: list[int], max_steps: 
     train_idx = data.split_index("train")
     n_train = len(train_idx)
     bs = min(hp.batch_size, n_train)
-    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    # the trainer's own rule: every seed its own order, or all seeds the first seed's
+    order = seeds[:1] if hp.batch_order == "shared" else seeds
+    gens = [torch.Generator().manual_seed(s) for s in order]
     perms = torch.stack([train_idx[torch.randperm(n_train, generator=g)] for g in gens])
+    perms = perms.expand(len(seeds), -1)
     flops = step_flops(trainer, perms[:, :bs])
     steps = (
         math.ceil(n_train / bs) if max_steps is None else min(max_steps, math.ceil(n_train / bs))
@@ -166,6 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, default=REPO / "config.yaml",
                    help="hyper-parameters from this config's fusion: section (default: the demo's)")  # fmt: skip
     p.add_argument("--batch-size", type=int, help="override the config's fusion.batch_size")
+    p.add_argument("--batch-order", choices=["per_seed", "shared"],
+                   help="override the config's fusion.batch_order")  # fmt: skip
     p.add_argument("--max-steps", type=int, help="stop the epoch after this many steps")
     p.add_argument("--sequential", action="store_true", help="also train the seeds one by one")
     args = p.parse_args(argv)
@@ -173,9 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     section = dict(yaml.safe_load(args.config.read_text()).get("fusion") or {})
     if args.batch_size is not None:
         section["batch_size"] = args.batch_size
+    if args.batch_order is not None:
+        section["batch_order"] = args.batch_order
     hp = FusionHParams.from_config(section)
     print(f"torch {torch.__version__}, {args.threads} thread(s), {os.cpu_count()} CPU(s); "
           f"MedMIX d={hp.d}, bottleneck={hp.adapter_bottleneck}, batch={hp.batch_size}, "
+          f"batch order {hp.batch_order}, "
           f"seeds={args.seeds}; 4 modalities x 3 experts x {DIM}-d")  # fmt: skip
     for n in args.n:
         t = time.perf_counter()

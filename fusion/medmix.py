@@ -163,6 +163,9 @@ class _InputProduct(torch.autograd.Function):
     def vmap(info, in_dims, h, w_in, mu, bn):
         hd, wd, md, _ = in_dims
         n = info.batch_size
+        if hd is None and md is None and wd is not None and torch.is_grad_enabled():
+            # training on one minibatch shared by every stacked model (``batch_order: shared``)
+            return _SharedInputProduct.apply(h, w_in.movedim(wd, 0), mu, bn), (0, 0)
         if hd is None:  # one input shared by every stacked model (evaluation)
             w = w_in.movedim(wd, 0) if wd is not None else w_in.expand(n, *w_in.shape)
             both = torch.einsum("kbd,skod->skbo", h, w)
@@ -176,6 +179,46 @@ class _InputProduct(torch.autograd.Function):
 
         zc, ph = _InputProduct.apply(fold(h, hd), fold(w_in, wd), fold(mu, md), bn)
         return (zc.view(n, -1, *zc.shape[1:]), ph.view(n, -1, *ph.shape[1:])), (0, 0)
+
+
+class _SharedInputProduct(torch.autograd.Function):
+    """:class:`_InputProduct` for S stacked models reading the *same* input rows.
+
+    ``h (K, B, D)`` (no seed axis), ``w_in (S, K, bn + d, D)``, ``mu (K, B, 1)`` →
+    ``(S, K, B, bn)``, ``(S, K, B, d)``. The seeds' weights are folded into the output axis,
+    so forward and the weight gradient are one batched product over K each, S times wider
+    than a seed's own (``fusion.batch_order: shared``: every seed follows one minibatch order).
+    """
+
+    @staticmethod
+    def forward(h: torch.Tensor, w_in: torch.Tensor, mu: torch.Tensor, bn: int):
+        s, k, o, dim = w_in.shape
+        # a view when the stack keeps this weight seed-inner in memory (SeedStack seed_inner)
+        wk = w_in.transpose(0, 1).reshape(k, s * o, dim)  # (K, S·O, D)
+        both = torch.bmm(h, wk.transpose(1, 2)).view(k, -1, s, o).permute(2, 0, 1, 3)
+        row_sum = w_in[..., :bn, :].sum(dim=3)  # (S, K, bn): W₁1 per seed
+        return both[..., :bn] - mu * row_sum.unsqueeze(2), both[..., bn:]
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        h, _, mu, bn = inputs
+        ctx.save_for_backward(h, mu)
+        ctx.bn = bn
+
+    @staticmethod
+    def backward(ctx, dz: torch.Tensor, dp: torch.Tensor):
+        h, mu = ctx.saved_tensors
+        s, k, b, bn = dz.shape
+        o = bn + dp.shape[-1]
+        # the output gradient laid out (K, B, S, O), so that per k it is one (B, S·O) matrix
+        g = dz.new_empty(k, b, s, o)
+        gs = g.permute(2, 0, 1, 3)  # (S, K, B, O) view
+        gs[..., :bn].copy_(dz)
+        gs[..., bn:].copy_(dp)
+        dw = torch.bmm(g.view(k, b, s * o).transpose(1, 2), h)  # (K, S·O, D)
+        dw = dw.view(k, s, o, -1).transpose(0, 1)  # (S, K, O, D), seed-inner
+        dw[:, :, : ctx.bn] -= (mu * dz).sum(dim=2).unsqueeze(3)
+        return None, dw, None, None
 
 
 def row_stats(h: torch.Tensor) -> torch.Tensor:

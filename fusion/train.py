@@ -49,12 +49,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from fusion.data import FusionData, apply_protocol, load_fusion_data_cached
+from fusion.data import FusionData, load_fusion_data_cached
 from fusion.distill import DistillHeads, teacher_batch
 from fusion.losses import kd_lambda, task_loss
 from fusion.medmix import FusionModel, row_stats
 from fusion.metrics import LABEL_METRICS, METRICS, bootstrap_ci, choose_thresholds, evaluate_split
 from fusion.predict import predict_data
+from fusion.protocols import apply_protocol, protocol_severity
 from fusion.registry import (
     MethodError,
     MethodPlan,
@@ -103,6 +104,10 @@ class FusionHParams:
     pos_weight: float | str | list[float] | dict[str, float] | None = None
     amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | fp16 | none
     vectorize_seeds: bool = True
+    # per_seed: each seed its own minibatch order (default); shared: every seed follows the
+    # first seed's order — one gather and S-times wider products per step (faster), seeds then
+    # differ only by initialisation and dropout
+    batch_order: str = "per_seed"
     bootstrap: int = 1000  # bootstrap replicates for the test-set CIs (0: none)
     m3care_bank: int = 256
     adacomed_align: float = 0.1
@@ -118,6 +123,8 @@ class FusionHParams:
         hp = cls(**section)
         if hp.amp not in ("auto", "bf16", "fp16", "none"):
             raise ValueError(f"fusion.amp: {hp.amp!r} is not one of auto, bf16, fp16, none")
+        if hp.batch_order not in ("per_seed", "shared"):
+            raise ValueError(f"fusion.batch_order: {hp.batch_order!r} is not per_seed or shared")
         if len(hp.betas) != 2:
             raise ValueError(f"fusion.betas: two numbers, got {hp.betas}")
         return hp
@@ -288,9 +295,10 @@ class AdamW:
             if not params:
                 continue
             states = [self._state(p) for p in params]
-            grads = [p.grad for p in params]
-            m = [s["exp_avg"] for s in states]
-            v = [s["exp_avg_sq"] for s in states]
+            grads = [_dense(p.grad) for p in params]
+            m = [_dense(s["exp_avg"]) for s in states]
+            v = [_dense(s["exp_avg_sq"]) for s in states]
+            params = [_dense(p) for p in params]
             steps = [s["step"] for s in states]
             lr, wd = float(g["lr"]), float(g["weight_decay"])
             if self.fused:
@@ -314,6 +322,15 @@ class AdamW:
                 eas.mul_(b2).addcmul_(grad, grad, value=1 - b2)
                 denom = (eas.sqrt() / math.sqrt(1 - b2**k)).add_(self.eps)
                 p.addcdiv_(ea, denom, value=-lr / (1 - b1**k))
+
+
+def _dense(t: torch.Tensor) -> torch.Tensor:
+    """``t`` as a contiguous view where one exists (a seed-inner stacked weight is the
+    transpose of its memory layout): the fused kernel would copy a strided tensor."""
+    if t.is_contiguous() or t.ndim < 2:
+        return t
+    tt = t.transpose(0, 1)
+    return tt if tt.is_contiguous() else t
 
 
 def make_optimizer(model: FusionModel, hp: FusionHParams) -> AdamW:
@@ -384,7 +401,11 @@ class SeedStack:
     """
 
     def __init__(
-        self, modules: list[nn.Module], groups: dict[str, list[str]], device: torch.device
+        self,
+        modules: list[nn.Module],
+        groups: dict[str, list[str]],
+        device: torch.device,
+        seed_inner: frozenset[str] = frozenset(),
     ) -> None:
         template = modules[0]
         named = [dict(m.named_parameters()) for m in modules]
@@ -392,7 +413,13 @@ class SeedStack:
         self.params: dict[str, torch.Tensor] = {}
         for names in groups.values():
             for n in names:
-                t = torch.stack([nm[n].detach() for nm in named]).to(device).contiguous()
+                ts = [nm[n].detach() for nm in named]
+                if (
+                    n in seed_inner
+                ):  # (S, K, ...) whose memory is (K, S, ...): see _SharedInputProduct
+                    t = torch.stack(ts, dim=1).to(device).contiguous().transpose(0, 1).detach()
+                else:
+                    t = torch.stack(ts).to(device).contiguous()
                 self.params[n] = t.requires_grad_(True)
         non_persistent = {
             f"{mod_name}.{b}" if mod_name else b
@@ -420,6 +447,10 @@ class SeedStack:
         grads = self.grads()
         norms = [
             torch.linalg.vector_norm(g.reshape(g.shape[0], -1), dim=1, dtype=torch.float32)
+            if g.is_contiguous()
+            else torch.linalg.vector_norm(_dense(g), dim=tuple(range(2, g.ndim)) or None).norm(
+                dim=0
+            )
             for g in grads
         ]
         norm = torch.linalg.vector_norm(torch.stack(norms, dim=1), dim=1)
@@ -486,10 +517,7 @@ class _Inputs:
     def __init__(self, datas: list[FusionData], members: list[list[int]]) -> None:
         self.datas = datas
         self.members = members
-        first = datas[0]
-        self.shared = all(
-            d.x is first.x or all(a is b for a, b in zip(d.x, first.x, strict=True)) for d in datas
-        ) and all(d.delta is first.delta for d in datas)
+        self.shared = self.same_data(datas)
         self._bufs: dict[tuple[int, bool], list[torch.Tensor]] = {}
         self._stats: dict[int, list[torch.Tensor]] = {}
         for data in datas:  # each row's mean and 1/σ, once per data object (rows are data)
@@ -497,6 +525,14 @@ class _Inputs:
                 self._stats[id(data)] = [
                     torch.stack([row_stats(data.x[k]) for k in ks]) for ks in members
                 ]  # per group (K_g, N, 2)
+
+    @staticmethod
+    def same_data(datas: list[FusionData]) -> bool:
+        """Every seed reads the same embeddings and availability (no per-seed protocol mask)."""
+        first = datas[0]
+        return all(
+            d.x is first.x or all(a is b for a, b in zip(d.x, first.x, strict=True)) for d in datas
+        ) and all(d.delta is first.delta for d in datas)
 
     def _buffers(self, b: int, per_seed: bool) -> list[torch.Tensor]:
         key = (b, per_seed)
@@ -538,6 +574,11 @@ class _Inputs:
                 torch.index_select(self.datas[0].x[k], 0, idx, out=buf[0, j])
         return [b[0] for b in bufs]
 
+    def shared_stats(self, idx: torch.Tensor) -> list[torch.Tensor]:
+        """Row statistics of :meth:`shared_groups`' rows: per group ``(K_g, b, 2)``."""
+        st = self._stats[id(self.datas[0])]
+        return [st[g].index_select(1, idx) for g in range(len(self.members))]
+
     def delta(self, idx: torch.Tensor) -> torch.Tensor:
         return torch.stack(
             [d.delta.index_select(0, i) for d, i in zip(self.datas, idx, strict=True)]
@@ -568,8 +609,11 @@ class SeedTrainer:
         hp: FusionHParams,
         seeds: list[int],
         device: torch.device,
+        order_seed: int | None = None,
     ) -> None:
         self.datas, self.plan, self.hp, self.seeds, self.device = datas, plan, hp, seeds, device
+        # the seed whose generator orders every seed's minibatches (batch_order: shared)
+        self.order_seed = order_seed if order_seed is not None else seeds[0]
         data = datas[0]
         self.spec = build_spec(data, plan, hp)
         cls = method_class(plan.base)
@@ -600,11 +644,22 @@ class SeedTrainer:
             modules.append(TrainModule(model, heads, data.task_type, self.pos_weight, hp.rkd_gamma))
         router_ids = {id(p) for p in modules[0].model.router_parameters()}
         groups = param_group_names(modules[0], router_ids)
-        self.stack = SeedStack(modules, groups, device)
+        self.vectorized = len(seeds) > 1
+        # the same rows for every seed and the same data behind them: gather once, and let the
+        # input products read one minibatch for all seeds
+        self.shared_batches = (
+            hp.batch_order == "shared"
+            and self.vectorized
+            and _Inputs.same_data(datas)
+            and all(d.y is datas[0].y and d.teacher is datas[0].teacher for d in datas)
+        )
+        inner = frozenset(
+            n for names in groups.values() for n in names if n.endswith(".w_in")
+        ) if self.shared_batches else frozenset()  # fmt: skip
+        self.stack = SeedStack(modules, groups, device, seed_inner=inner)
         self.skeleton = modules[0].to(device)
         self.opt = StackAdamW(self.stack, hp)
         self.base_lrs = [g["lr"] for g in self.opt.param_groups]
-        self.vectorized = len(seeds) > 1
         if self.vectorized:  # one dropout stream for the whole stack, from the seed list
             seed_everything(int(np.random.SeedSequence(seeds).generate_state(1)[0]) % 2**31)
         self.inputs = _Inputs(datas, self.skeleton.model.encoder.group_members)
@@ -682,11 +737,28 @@ class SeedTrainer:
 
     def _step(self, idx: torch.Tensor, lam: float) -> tuple[torch.Tensor, ...]:
         inp = self.inputs
-        groups, delta, y = inp.groups(idx), inp.delta(idx), inp.y(idx)
-        teacher = inp.teacher(idx) if self.distill else None
-        t, t_ok = teacher if teacher is not None else (None, None)
-        args = (groups, delta, y, t, t_ok, inp.stats(idx))
-        total, task, kd = self._call("train", True, *args, lam=lam)
+        if self.shared_batches:  # one minibatch for every seed: gathered once, no seed axis
+            i0 = idx[0]
+            d0 = self.datas[0]
+            teacher = inp.teacher(i0.unsqueeze(0)) if self.distill else None
+            t, t_ok = (
+                ([x[0] for x in teacher[0]], teacher[1][0]) if teacher is not None else (None, None)
+            )
+            args = (
+                inp.shared_groups(i0),
+                d0.delta.index_select(0, i0),
+                d0.y.index_select(0, i0),
+                t,
+                t_ok,
+                inp.shared_stats(i0),
+            )
+            total, task, kd = self._call("train", False, *args, lam=lam)
+        else:
+            groups, delta, y = inp.groups(idx), inp.delta(idx), inp.y(idx)
+            teacher = inp.teacher(idx) if self.distill else None
+            t, t_ok = teacher if teacher is not None else (None, None)
+            args = (groups, delta, y, t, t_ok, inp.stats(idx))
+            total, task, kd = self._call("train", True, *args, lam=lam)
         self.stack.zero_grad()
         (total.float().sum() * self.scale).backward()
         if self.amp == torch.float16:  # dynamic loss scaling
@@ -720,7 +792,10 @@ class SeedTrainer:
         bs = max(1, min(hp.batch_size, n_train))
         steps_per_epoch = math.ceil(n_train / bs)
         warmup_steps = hp.warmup_epochs * steps_per_epoch
-        gens = [torch.Generator().manual_seed(seed) for seed in self.seeds]
+        if hp.batch_order == "shared":  # every seed follows the order seed's permutation
+            gens = [torch.Generator().manual_seed(self.order_seed)]
+        else:
+            gens = [torch.Generator().manual_seed(seed) for seed in self.seeds]
         history: list[list[dict[str, float]]] = [[] for _ in range(s)]
         best_loss = [math.inf] * s
         best_epoch = [-1] * s
@@ -733,7 +808,7 @@ class SeedTrainer:
             lam = kd_lambda(epoch, hp.warmup_epochs, hp.lambda_kd) if self.distill else 0.0
             perms = torch.stack(
                 [train_idx[torch.randperm(n_train, generator=g).to(train_idx.device)] for g in gens]
-            )
+            ).expand(s, -1)
             sums = torch.zeros(3, s, dtype=torch.float64, device=device)
             factor = 1.0
             for start in range(0, n_train, bs):
@@ -895,6 +970,7 @@ def train_seeds(
     hp: FusionHParams,
     seeds: list[int],
     device: str | torch.device = "cpu",
+    order_seed: int | None = None,
 ) -> list[SeedResult]:
     """Train ``seeds`` (``datas[k]``: the data of seed k, already masked by its protocol) and
     evaluate them; vectorised over the seeds unless ``hp.vectorize_seeds`` is false."""
@@ -902,14 +978,15 @@ def train_seeds(
     if len(datas) != len(seeds):
         raise ValueError("one data object per seed")
     if not hp.vectorize_seeds and len(seeds) > 1:
+        first = order_seed if order_seed is not None else seeds[0]
         return [
             r
             for d, s in zip(datas, seeds, strict=True)
-            for r in train_seeds([d], plan, hp, [s], device)
+            for r in train_seeds([d], plan, hp, [s], device, order_seed=first)
         ]
     t0 = time.perf_counter()
     datas = [d.to(device) for d in datas]
-    trainer = SeedTrainer(datas, plan, hp, seeds, device)
+    trainer = SeedTrainer(datas, plan, hp, seeds, device, order_seed=order_seed)
     outcomes = trainer.train()
     per_seed_seconds = (time.perf_counter() - t0) / len(seeds)
     results = []
@@ -972,14 +1049,16 @@ def write_seed(result: SeedResult, data: FusionData, directory: Path, info: dict
     save_model(directory, result.model, data.standardization, info={**info, "seed": result.seed})
 
 
-def _write_masks(data: FusionData, protocol: str, seed: int, directory: Path) -> None:
+def _write_masks(
+    data: FusionData, protocol: str, seed: int, directory: Path, severity: Any = None
+) -> None:
     if protocol == "full":
         return
     try:
         from fusion.protocols import write_masks
     except ImportError:  # pragma: no cover - protocols without mask files
         return
-    write_masks(data, protocol, seed, directory)
+    write_masks(data, protocol, seed, directory, severity=severity)
 
 
 def _unavailable(
@@ -1047,12 +1126,13 @@ def run_training(
     per_seed: dict[int, dict[str, float]] = {}
     extra: dict[int, dict[str, Any]] = {}
     try:
-        sdatas = [apply_protocol(data, protocol, seed) for seed in seeds]
+        severity = protocol_severity(cfg, dataset, data, protocol)  # mnar-severity: a column
+        sdatas = [apply_protocol(data, protocol, seed, severity=severity) for seed in seeds]
         results = train_seeds(sdatas, plan, hp, seeds, device=device)
         for res, sdata in zip(results, sdatas, strict=True):
             seed = res.seed
             write_seed(res, sdata, tmp / f"seed{seed}", info)
-            _write_masks(data, protocol, seed, tmp / f"seed{seed}")
+            _write_masks(data, protocol, seed, tmp / f"seed{seed}", severity)
             test = res.metrics["splits"].get("test", {})
             per_seed[seed] = dict(test.get("macro", {}))
             extra[seed] = {

@@ -341,3 +341,127 @@ def test_every_method_masks_missing_inputs_and_falls_back_to_prior(method: str) 
     total.backward()
     for name, p in model.named_parameters():
         assert p.grad is None or torch.isfinite(p.grad).all(), name
+
+
+def test_shared_input_product_equals_per_seed_products_and_gradients() -> None:
+    """One input for S stacked weights: the same outputs and weight gradients as S separate
+    products, whether the stacked weight is stored seed-outer or seed-inner in memory."""
+    from fusion.medmix import _InputProduct, _SharedInputProduct
+
+    torch.manual_seed(0)
+    s, k, b, d, bn, o = 3, 4, 6, 10, 2, 5
+    h = torch.randn(k, b, d, dtype=torch.float64) + 0.3
+    mu = h.mean(dim=-1, keepdim=True)
+    base = torch.randn(s, k, bn + o, d, dtype=torch.float64)
+    for layout in ("seed-outer", "seed-inner"):
+        if layout == "seed-outer":
+            w = base.clone().requires_grad_(True)
+        else:
+            w = base.transpose(0, 1).contiguous().transpose(0, 1).detach().requires_grad_(True)
+            assert not w.is_contiguous()
+        zc, ph = _SharedInputProduct.apply(h, w, mu, bn)
+        (zc.square().sum() + (ph * 0.5).sin().sum()).backward()
+        for i in range(s):
+            wi = base[i].clone().requires_grad_(True)
+            zc_i, ph_i = _InputProduct.apply(h, wi, mu, bn)
+            torch.testing.assert_close(zc[i], zc_i)
+            torch.testing.assert_close(ph[i], ph_i)
+            (zc_i.square().sum() + (ph_i * 0.5).sin().sum()).backward()
+            torch.testing.assert_close(w.grad[i], wi.grad)
+        assert w.grad.stride() == w.stride()  # stored as computed: no layout copy
+
+
+def _trainer_data(n: int = 240, seed: int = 0):
+    import numpy as np
+
+    from fusion.data import FusionData, Standardization
+
+    g = torch.Generator().manual_seed(seed)
+    dims = {"a": {"a1": 12, "a2": 12}, "b": {"b1": 8}}
+    latent = torch.randn(n, 2, generator=g)
+    xs, delta = [], torch.zeros(n, 2, 2)
+    for mi, ex in enumerate(dims.values()):
+        for ei, dim in enumerate(ex.values()):
+            w = torch.randn(2, dim, generator=g)
+            xs.append((latent @ w + 0.5 * torch.randn(n, dim, generator=g)).contiguous())
+            delta[:, mi, ei] = (torch.rand(n, generator=g) > 0.2).float()
+    y = (latent[:, :1] + 0.3 * torch.randn(n, 1, generator=g) > 0).float()
+    split = np.array(["train"] * (n // 2) + ["val"] * (n // 4) + ["test"] * (n - n // 2 - n // 4))
+    return FusionData(
+        dataset="tiny",
+        task_type="binary",
+        label_names=["y"],
+        class_names=None,
+        modalities=list(dims),
+        experts={m: list(ex) for m, ex in dims.items()},
+        dims=dims,
+        sample_ids=np.array([f"s{i}" for i in range(n)], dtype=object),
+        split=split.astype(object),
+        x=xs,
+        delta=delta,
+        y=y,
+        standardization=Standardization(
+            {m: {e: np.zeros(d, np.float32) for e, d in ex.items()} for m, ex in dims.items()},
+            {m: {e: np.ones(d, np.float32) for e, d in ex.items()} for m, ex in dims.items()},
+        ),
+    )
+
+
+def test_shared_batch_order_steps_equal_per_seed_steps_on_the_same_rows() -> None:
+    """``batch_order: shared`` gathers one minibatch for every seed: on the same rows (no
+    dropout) its steps give each seed exactly the losses and parameters of the per-seed path."""
+    from fusion.registry import MethodPlan
+    from fusion.train import SeedTrainer
+
+    data = _trainer_data()
+    seeds = [0, 1, 2]
+    plan = MethodPlan("medmix", "medmix", data.modalities)
+    train = data.split_index("train")
+    trainers = {}
+    for order in ("per_seed", "shared"):
+        hp = FusionHParams(d=8, adapter_bottleneck=4, dropout=0.0, batch_order=order)
+        tr = SeedTrainer([data] * 3, plan, hp, seeds, torch.device("cpu"))
+        tr.skeleton.train()
+        trainers[order] = tr
+    assert trainers["shared"].shared_batches and not trainers["per_seed"].shared_batches
+    for step in range(3):
+        idx = train[step * 32 : (step + 1) * 32].unsqueeze(0).expand(3, -1)
+        losses = {o: tr._step(idx, 0.0)[0] for o, tr in trainers.items()}
+        torch.testing.assert_close(losses["shared"], losses["per_seed"])
+    for name, p in trainers["per_seed"].stack.params.items():
+        torch.testing.assert_close(trainers["shared"].stack.params[name], p, msg=name)
+
+
+def test_shared_batch_order_vectorised_equals_sequential_and_differs_from_per_seed() -> None:
+    """Every seed follows the first seed's minibatch order, vectorised or one seed at a time."""
+    from fusion.registry import MethodPlan
+    from fusion.train import train_seeds
+
+    data = _trainer_data()
+    plan = MethodPlan("medmix", "medmix", data.modalities)
+    kw = dict(d=8, adapter_bottleneck=4, dropout=0.0, max_epochs=4, batch_size=32, bootstrap=0)
+    runs = {
+        (order, vec): train_seeds(
+            [data, data],
+            plan,
+            FusionHParams(**kw, batch_order=order, vectorize_seeds=vec),
+            [3, 7],
+        )
+        for order in ("shared", "per_seed")
+        for vec in (True, False)
+    }
+
+    def probs(order: str, vec: bool, k: int) -> torch.Tensor:
+        return torch.from_numpy(runs[(order, vec)][k].predictions.probs)
+
+    for k in range(2):
+        torch.testing.assert_close(probs("shared", True, k), probs("shared", False, k))
+    # seed 7 (not the first) trains on another order than under per_seed
+    assert (probs("shared", False, 1) - probs("per_seed", False, 1)).abs().max() > 1e-4
+    # seed 3 (the first) trains on its own order either way
+    torch.testing.assert_close(probs("shared", False, 0), probs("per_seed", False, 0))
+
+
+def test_batch_order_is_validated() -> None:
+    with pytest.raises(ValueError, match="batch_order"):
+        FusionHParams.from_config({"batch_order": "random"})
