@@ -199,11 +199,7 @@ class _SharedInputProduct(torch.autograd.Function):
         row_sum = w_in[..., :bn, :].sum(dim=3)  # (S, K, bn): W₁1 per seed
         return both[..., :bn] - mu * row_sum.unsqueeze(2), both[..., bn:]
 
-    @staticmethod
-    def setup_context(ctx, inputs, output) -> None:
-        h, _, mu, bn = inputs
-        ctx.save_for_backward(h, mu)
-        ctx.bn = bn
+    setup_context = staticmethod(_InputProduct.setup_context)  # saves h, μ and bn
 
     @staticmethod
     def backward(ctx, dz: torch.Tensor, dp: torch.Tensor):
