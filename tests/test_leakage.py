@@ -104,6 +104,17 @@ LEAK_FUSION = FUSION | {"max_epochs": 10, "patience": 3, "d": 16, "adapter_bottl
                         "pos_weight": "auto", "lambda_kd": 0.5}  # fmt: skip
 
 
+def _scramble_rows(caches: list[Path], rows: np.ndarray, rng: np.random.Generator) -> None:
+    """Overwrite the ok embeddings of ``rows`` in every cache with large random vectors."""
+    for path in caches:
+        data = read_cache(path)
+        emb = data.embeddings.copy()
+        hit = rows & data.ok
+        emb[hit] = rng.normal(size=(hit.sum(), emb.shape[1])) * 50
+        rec = CacheRecords(list(data.sample_ids), emb, list(data.status), list(data.reason))
+        write_cache(path, rec, data.meta)
+
+
 @pytest.fixture(scope="module")
 def cohorts(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """The synthetic cohort (two modalities, teachers for distillation) and a copy whose test
@@ -120,18 +131,11 @@ def cohorts(tmp_path_factory: pytest.TempPathFactory) -> dict:
     for col in meta.label_columns():
         df.loc[test, col] = 1 - df.loc[test, col]
     write_manifest(df, pb.manifest, meta)
-    rng = np.random.default_rng(123)
     caches = sorted(pb.root.glob("embeddings/*/*.parquet")) + sorted(
         pb.root.glob("teachers/*.parquet")
     )
     assert len(caches) == 6
-    for path in caches:
-        data = read_cache(path)
-        emb = data.embeddings.copy()
-        rows = test & data.ok
-        emb[rows] = rng.normal(size=(rows.sum(), emb.shape[1])) * 50
-        rec = CacheRecords(list(data.sample_ids), emb, list(data.status), list(data.reason))
-        write_cache(path, rec, data.meta)
+    _scramble_rows(caches, test, np.random.default_rng(123))
     return {"a": cfg_a, "b": cfg_b}
 
 
@@ -212,13 +216,6 @@ def test_teacher_perturbation_of_training_rows_does_change_training(
     src, dst = dataset_paths(cohorts["a"], DATASET), dataset_paths(cfg, DATASET)
     shutil.copytree(src.root, dst.root, ignore=shutil.ignore_patterns("runs"))
     train = (read_manifest(dst.manifest)[0]["split"] == "train").to_numpy()
-    rng = np.random.default_rng(7)
-    for path in sorted(dst.root.glob("teachers/*.parquet")):
-        data = read_cache(path)
-        emb = data.embeddings.copy()
-        rows = train & data.ok
-        emb[rows] = rng.normal(size=(rows.sum(), emb.shape[1])) * 50
-        rec = CacheRecords(list(data.sample_ids), emb, list(data.status), list(data.reason))
-        write_cache(path, rec, data.meta)
+    _scramble_rows(sorted(dst.root.glob("teachers/*.parquet")), train, np.random.default_rng(7))
     base, changed = _train(cohorts["a"], method, "full"), _train(cfg, method, "full")
     assert base["seed0"]["weights"] != changed["seed0"]["weights"]

@@ -203,6 +203,17 @@ def _fields(line: str) -> dict[str, str]:
     return dict(m.groups() for m in re.finditer(r"(\w+)=(\S*)", line))
 
 
+def _record(f: dict[str, str], tres_key: str, source: str) -> dict[str, str]:
+    """A job record from ``key=value`` fields (scontrol / jobcomp spell the TRES key apart)."""
+    mem = re.search(r"\bmem=(\w+)", f.get(tres_key, ""))
+    return {
+        "state": f["JobState"],
+        "mem": mem.group(1) if mem else "?",
+        "workdir": f.get("WorkDir", "?"),
+        "source": source,
+    }
+
+
 def job_record(jobid: str, env: dict[str, str]) -> dict[str, str]:
     """state, mem (memory SLURM allocated, e.g. ``2000M``), workdir and source of one job, from
     scontrol (recent jobs), the test cluster's jobcomp file or sacct (accounting)."""
@@ -215,25 +226,12 @@ def job_record(jobid: str, env: dict[str, str]) -> dict[str, str]:
     )
     f = _fields(proc.stdout)
     if "JobState" in f:
-        mem = re.search(r"\bmem=(\w+)", f.get("TRES", ""))
-        return {
-            "state": f["JobState"],
-            "mem": mem.group(1) if mem else "?",
-            "workdir": f.get("WorkDir", "?"),
-            "source": "scontrol",
-        }
+        return _record(f, "TRES", "scontrol")
     jobcomp = STATE / "jobcomp.log"
     if jobcomp.exists():
         for line in jobcomp.read_text().splitlines():
             if line.startswith(f"JobId={jobid} "):
-                f = _fields(line)
-                mem = re.search(r"\bmem=(\w+)", f.get("Tres", ""))
-                return {
-                    "state": f["JobState"],
-                    "mem": mem.group(1) if mem else "?",
-                    "workdir": f.get("WorkDir", "?"),
-                    "source": "jobcomp",
-                }
+                return _record(_fields(line), "Tres", "jobcomp")
     if shutil.which("sacct"):
         proc = subprocess.run(
             ["sacct", "-X", "-n", "-P", "-j", jobid, "-o", "State,ReqMem,WorkDir"],
