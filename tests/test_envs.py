@@ -31,8 +31,8 @@ RULES = REPO / "workflow" / "rules"
 FIRST_PARTY = ("medmix", "cohorts", "extractors", "fusion")
 ALLOWED_CHANNELS = {"conda-forge", "pytorch", "nvidia", "nodefaults"}
 # Runtime requirements of pyproject.toml that no rule env needs: the workflow driver itself.
-DRIVER_ONLY = {"snakemake"}
-TOOLING_EXTRAS = {"test"}
+DRIVER_ONLY = {"snakemake", "snakemake-executor-plugin-slurm"}
+TOOLING_EXTRAS = {"test", "cluster"}
 # conda-forge package name -> PyPI distribution name, where they differ.
 CONDA_TO_PYPI = {
     "matplotlib-base": "matplotlib",
@@ -654,3 +654,67 @@ def test_import_scan_sees_function_level_and_relative_imports(tmp_path: Path) ->
         "lazy `import extractors.experts` not followed"
     )
     assert "numpy" in third
+
+
+# --- envs/constraints.txt: the one source of pinned versions ---------------------------------
+
+sys.path.insert(0, str(ENVS))
+import lock  # noqa: E402  (envs/lock.py: a script, not a package module)
+
+PIP_INSTALL = re.compile(r"\bpip install\b[^&\n`]*")
+
+
+def test_installed_environment_equals_the_constraints() -> None:
+    """Everything installed here is pinned in envs/constraints.txt at the installed version:
+    the README's test command installed with the constraints and nothing drifted in."""
+    problems = lock.differences(lock.read_constraints(), lock.installed())
+    assert not problems, (
+        "envs/constraints.txt does not describe this environment (install with the README's"
+        " test command, or run `python envs/lock.py` after a deliberate upgrade):\n"
+        + "\n".join(problems)
+    )
+
+
+@pytest.mark.parametrize("path", env_files(), ids=lambda p: p.name)
+def test_env_pins_equal_the_constraints(path: Path) -> None:
+    if expert_of_env(path) is not None:
+        pytest.skip(f"{path.name} is one expert's isolated env: its own pins by design")
+    pins = lock.read_constraints()
+    problems = []
+    for _, name, version in pinned(path):
+        want = pins.get(norm(CONDA_TO_PYPI.get(name, name)))
+        if want != version:
+            problems.append(f"{name}: env pins {version}, envs/constraints.txt {want}")
+    assert not problems, f"{path.name}:\n" + "\n".join(problems)
+
+
+def _install_commands() -> list[tuple[str, str]]:
+    found = []
+    for path in [REPO / "README.md", REPO / ".ci" / "run", *sorted((REPO / "docs").glob("*.md"))]:
+        for cmd in PIP_INSTALL.findall(path.read_text()):
+            found.append((path.relative_to(REPO).as_posix(), cmd.strip()))
+    return found
+
+
+def test_every_documented_install_uses_the_constraints() -> None:
+    """Every `pip install` the README, the docs and CI give goes through the constraints, so
+    a user gets the versions the tests ran with on any day."""
+    cmds = _install_commands()
+    assert len(cmds) >= 3
+    loose = [f"{where}: {cmd}" for where, cmd in cmds if "-c envs/constraints.txt" not in cmd]
+    assert not loose, "installs without `-c envs/constraints.txt`:\n" + "\n".join(loose)
+
+
+def test_lock_reports_drift_and_unpinned(tmp_path: Path) -> None:
+    path = tmp_path / "c.txt"
+    path.write_text("# header\nfoo==1.0\nBar_baz==2.0  # why\n")
+    pins = lock.read_constraints(path)
+    assert pins == {"foo": "1.0", "bar-baz": "2.0"}
+    have = {"foo": ("foo", "1.1"), "bar-baz": ("Bar_baz", "2.0+cpu"), "qux": ("qux", "3")}
+    assert lock.differences(pins, have) == [
+        "foo: pinned 1.0, installed 1.1",
+        "qux 3 is installed but not pinned",
+    ]
+    path.write_text("foo>=1.0\n")
+    with pytest.raises(ValueError, match="c.txt:1"):
+        lock.read_constraints(path)

@@ -27,6 +27,7 @@ import importlib.util
 import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -158,6 +159,29 @@ def cancel_leftovers(
     )  # fmt: skip
 
 
+def readme_cluster_command() -> list[str]:
+    """The README's "try it on a local SLURM" command, split into words."""
+    lines = [
+        line
+        for line in (REPO / "README.md").read_text().splitlines()
+        if line.startswith(f"snakemake {TARGET} ")
+    ]
+    assert len(lines) == 1, f"the README should show the cluster slice once: {lines}"
+    return shlex.split(lines[0])
+
+
+def test_readme_cluster_command_is_the_tested_one() -> None:
+    """The README's command is the one the fixture runs: profile and config as tested, and
+    the README installs the executor plugin through the pinned `cluster` extra."""
+    words = readme_cluster_command()
+    assert words[:2] == ["snakemake", TARGET]
+    assert words[2:] == [
+        "--workflow-profile", "profiles/slurm", "--configfile", "config/slurm-smoke.yaml"
+    ]  # fmt: skip
+    readme = (REPO / "README.md").read_text()
+    assert 'pip install -c envs/constraints.txt -e ".[cluster]"' in readme
+
+
 @pytest.fixture(scope="module")
 def runs(cluster_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
     base = tmp_path_factory.mktemp("slurm-slice")
@@ -165,8 +189,14 @@ def runs(cluster_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
     local.mkdir()
     cluster.mkdir()
 
-    # Both at once: the SLURM run mostly waits (job start-up, status polling).
-    slurm_run = Run(cluster, ["--workflow-profile", "profiles/slurm"], cluster_env, SLURM_TIMEOUT)
+    # Both at once: the SLURM run mostly waits (job start-up, status polling). The SLURM run
+    # is the README's cluster command, word for word (plus the scratch directory).
+    readme_args = readme_cluster_command()[1:]
+    assert readme_args[0] == TARGET and readme_args[-2:] == [
+        "--configfile",
+        "config/slurm-smoke.yaml",
+    ]
+    slurm_run = Run(cluster, readme_args[1:-2], cluster_env, SLURM_TIMEOUT)
     local_run = Run(local, ["--cores", "1"], cluster_env, LOCAL_TIMEOUT)
     rc_local, out_local, local_wall = local_run.finish()
     rc, out, slurm_wall = slurm_run.finish()
