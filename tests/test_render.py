@@ -271,11 +271,16 @@ def test_render_paper_writes_every_declared_output(setup, tmp_path: Path) -> Non
         "random_drop_demo-mimic", "weights_demo-openi", "weights_demo-mimic", "pareto",
         "ablation"]  # fmt: skip
     written = render_paper(cfg, tmp_path / "tables", tmp_path / "figures", metrics=metrics)
-    want = {tmp_path / "tables" / f"{t}.{e}" for t in plan["tables"] for e in ("md", "csv", "tex")}
-    want |= {tmp_path / "figures" / f"{f}.{e}" for f in plan["figures"] for e in ("png", "svg")}
+    want = {tmp_path / "tables" / f"{t}.{e}" for t in plan["tables"]
+            for e in ("md", "csv", "tex", "html")}  # fmt: skip
+    want |= {tmp_path / "figures" / f"{f}.{e}" for f in plan["figures"]
+             for e in ("png", "svg", "pdf", "txt")}  # fmt: skip
     assert set(written) == want
     for f in want:
-        assert f.stat().st_size > (5000 if f.suffix == ".png" else 50), f
+        assert f.stat().st_size > (5000 if f.suffix in (".png", ".pdf") else 50), f
+    assert (tmp_path / "figures" / "ablation.pdf").read_bytes().startswith(b"%PDF")
+    # the provenance is in the sidecar, not drawn on the figure
+    assert "synthetic demo cohort" in (tmp_path / "figures" / "ablation.txt").read_text()
     none = paper_outputs({"datasets": cfg["datasets"], "experts": cfg["experts"]})
     assert none == {"tables": ["experts", "per_task"], "figures": []}
 
@@ -355,3 +360,96 @@ def test_run_header_names_only_the_experts_of_its_datasets(setup) -> None:
     assert "plain (synthetic demo cohort; experts: catch22)" in one
     assert one.endswith("Experts: offline experts (established features).")
     assert "RAG branch" in run_header(cfg)
+
+
+def _md_cells(md: str) -> list[str]:
+    cells = []
+    for line in md.splitlines():
+        if line.startswith("| ") and not line.startswith("| Dataset |"):
+            cells += [c.strip().strip("*") for c in line.strip("|").split("|")]
+    return [c for c in cells if "±" in c]
+
+
+def test_html_tables_print_the_markdown_numbers(setup) -> None:
+    """The HTML page (what the report shows) holds the same cells as the Markdown, bold alike."""
+    from fusion.render import table_html
+
+    cfg, cells, _ = setup
+    for t in (build_protocol_table(cfg, cells, "train_drop_one"), build_ablation_table(
+            cfg, cells, Path(cfg["results"]))):  # fmt: skip
+        md, page = table_markdown(t), table_html(t)
+        nums = _md_cells(md)
+        assert nums and all(f"{n}<" in page for n in nums)
+        assert all(len(n.split(" ± ")[0].split(".")[1]) == 3 for n in nums)  # three decimals
+        assert page.count("<strong>") == md.count("**") // 2 - 1  # the Markdown title is bold
+        assert f'<caption><span class="title">{t.title}</span>' in page
+        assert "<thead><tr><th" in page and page.count("<tbody") >= 2  # a rule per dataset
+
+
+def test_per_task_teacher_rows_are_references(setup) -> None:
+    cfg, cells, metrics = setup
+    extra = metrics[(metrics["method"] == "medmix") & (metrics["protocol"] == "full")
+                    & (metrics["dataset"] == "demo-mimic")].copy()  # fmt: skip
+    extra["method"], extra["value"] = "note-large", extra["value"] + 0.1
+    both = Cells(pd.concat([metrics, extra], ignore_index=True))
+    pt = build_per_task_table(cfg, both, Path(cfg["results"]), {"demo-mimic": "binary",
+                                                                 "demo-openi": "multilabel"})  # fmt: skip
+    refs = [i for i, r in enumerate(pt.rows) if r.get("_reference")]
+    assert refs and all(pt.rows[i]["method"] == "Note-Large (teacher reference)" for i in refs)
+    assert not {i for i, _ in pt.best()} & set(refs)
+    assert bold_rows(pt, "auroc") == [i for i, r in enumerate(pt.rows) if r["method"] == "MedMIX"]
+
+
+@pytest.fixture()
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every figure as it is saved: (stem, figure, texts under 8 pt, legend labels)."""
+    from fusion import figure_style
+
+    got = []
+    save = figure_style.save_figure
+
+    def spy(fig, out_dir, stem, about=None):
+        fig.canvas.draw()
+        labels = [t.get_text() for leg in fig.legends + [a.get_legend() for a in fig.axes]
+                  if leg is not None for t in leg.get_texts()]  # fmt: skip
+        got.append((stem, tuple(fig.get_size_inches()), figure_style.small_texts(fig), labels,
+                    [t.get_text() for t in fig.findobj(lambda o: hasattr(o, "get_text"))],
+                    [(ax.get_ylim(), [ln.get_ydata() for ln in ax.get_lines()])
+                     for ax in fig.axes], about))  # fmt: skip
+        return save(fig, out_dir, stem, about)
+
+    monkeypatch.setattr(figure_style, "save_figure", spy)
+    return got
+
+
+def test_figures_fit_a_journal_column(setup, drawn, tmp_path: Path) -> None:
+    """Every figure is drawn at most a double column (7 in) wide with no text under 8 pt, and
+    carries no provenance paragraph (that is in the sidecar)."""
+    cfg, _, metrics = setup
+    write_costs(cfg)
+    render_paper(cfg, tmp_path / "t", tmp_path / "f", metrics=metrics)
+    assert {d[0] for d in drawn} == set(paper_outputs(cfg)["figures"])
+    for stem, size, small, _, texts, _, about in drawn:
+        assert size[0] <= 7.0 + 1e-6, (stem, size)
+        assert not small, (stem, small)
+        assert not any("Experts:" in t or "synthetic demo" in t for t in texts), stem
+        assert about and "synthetic demo cohort" in about
+
+
+def test_main_auroc_has_a_chance_line_and_teacher_references(setup, drawn, tmp_path: Path) -> None:
+    from fusion.render import plot_main_auroc
+
+    _, _, metrics = setup
+    full = metrics[metrics["protocol"] == "full"]
+    extra = full[(full["method"] == "medmix") & (full["dataset"] == "demo-mimic")].copy()
+    extra["method"], extra["value"] = "ehr-large", extra["value"] + 0.05
+    written = plot_main_auroc(pd.concat([full, extra]), tmp_path, "Data: header line.")
+    assert {p.suffix for p in written} == {".png", ".svg", ".pdf", ".txt"}
+    stem, size, small, labels, texts, axes, about = drawn[-1]
+    assert stem == "main_auroc" and size[0] <= 7.0 and not small
+    assert "teacher reference" in labels and "chance (AUROC 0.5)" in labels
+    for ylim, lines in axes:
+        assert ylim[0] < 0.5 < ylim[1]  # the axis shows the chance level, with room below
+        assert any(len(y) == 2 and np.allclose(y, 0.5) for y in lines)  # the chance line
+    assert "Data: header line." in about and not any("header line" in t for t in texts)
+    assert "Data: header line." in (tmp_path / "main_auroc.txt").read_text()

@@ -53,8 +53,8 @@ def test_main_table_marks_runs_that_could_not_happen(tmp_path: Path) -> None:
     assert "| Max (not run) | n/a |" in md  # the cell reads the kind, never the reason text
     # one note per reason, naming every dataset it applies to
     assert md.count("- Not run: OneLLM on demo-a, demo-b: no OneLLM weights configured") == 1
-    assert "**0.8500 ± 0.0707**" in md  # demo-a MedMIX AUROC is the best, in bold
-    assert "**0.7000 ± 0.0707**" in md  # demo-b Concat
+    assert "**0.850 ± 0.071**" in md  # demo-a MedMIX AUROC is the best, in bold, 3 decimals
+    assert "**0.700 ± 0.071**" in md  # demo-b Concat
     csv = pd.read_csv(out / "main.csv", keep_default_na=False)
     row = csv[(csv["dataset"] == "demo-a") & (csv["method"] == "onellm")].iloc[0]
     assert row["seeds"] == 0 and row["auroc_mean"] == "" and "OneLLM" in row["unavailable"]
@@ -63,3 +63,35 @@ def test_main_table_marks_runs_that_could_not_happen(tmp_path: Path) -> None:
     assert csv["dataset"].tolist() == ["demo-a"] * 3 + ["demo-b"] * 5
     tex = (out / "main.tex").read_text()
     assert "OneLLM (weights absent)" in tex
+    page = (out / "main.html").read_text()
+    assert "<strong>0.850 ± 0.071</strong>" in page and "OneLLM (weights absent)" in page
+
+
+def test_teacher_references_are_set_apart_and_never_bold(tmp_path: Path) -> None:
+    """An ``*-Large`` row beating every fusion method is shown in its own block, not bold."""
+    root = tmp_path / "demo-a"
+    root.mkdir()
+    vals = {"medmix": [0.8, 0.82], "concat": [0.7, 0.72], "ehr-large": [0.9, 0.92],
+            "medmix-only-ehr": [0.6, 0.62]}  # fmt: skip
+    _metrics("demo-a", vals).to_parquet(root / "metrics.parquet")
+    out = tmp_path / "tables"
+    written = write_tables([root / "metrics.parquet"], out, "header line")
+    assert {p.suffix for p in written} == {".md", ".tex", ".csv", ".html"}
+    md = (out / "main.md").read_text()
+    rows = [r for r in md.splitlines() if r.startswith("| ")][1:]
+    labels = [r.split("|")[2].strip() for r in rows]
+    # compared methods first (MedMIX last of them), then a labelled reference block
+    assert labels == ["MedMIX (EHR only)", "Concat", "MedMIX",
+                      "_Teacher references (not ranked)_", "EHR-Large"]  # fmt: skip
+    assert "| EHR-Large | 0.910 ± 0.014 |" in md  # never bold, though the highest
+    assert "**0.810 ± 0.014**" in md  # MedMIX is the best compared method
+    tex = (out / "main.tex").read_text()
+    assert "\\textit{Teacher references (not ranked)}" in tex and "\\cmidrule" in tex
+    assert "\\textbf{0.910" not in tex and "\\textbf{0.810 $\\pm$ 0.014}" in tex
+    csv = pd.read_csv(out / "main.csv", keep_default_na=False)
+    ref = csv.set_index("method")
+    assert bool(ref.loc["ehr-large", "reference"]) and not bool(ref.loc["medmix", "reference"])
+    assert bool(ref.loc["medmix", "auroc_best"]) and not bool(ref.loc["ehr-large", "auroc_best"])
+    page = (out / "main.html").read_text()
+    assert '<tbody class="reference">' in page
+    assert "<strong>0.810 ± 0.014</strong>" in page and "<strong>0.910" not in page

@@ -1,4 +1,4 @@
-"""Shared machinery of the foundation-model (FM) experts (DESIGN §5, issue "FM experts").
+"""Shared machinery of the foundation-model (FM) experts.
 
 Every FM expert takes the same source keys, which go straight into
 :class:`extractors.loading.ModelSpec` (the one loading policy):
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,86 @@ class MissingPackage(ImportError):
     """An optional package an FM expert needs is not installed; the message says what to install."""
 
 
+def _norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+# Packages that no extra installs: uni2ts pins torch < 2.5, so it goes in without its deps
+# (the `moirai` extra brings its imports; envs/moirai.yaml is its own pinned env).
+_SPECIAL_INSTALL = {"uni2ts": "pip install --no-deps uni2ts==2.0.0"}
+CONSTRAINTS = "envs/constraints.txt"
+
+
+def project_extras() -> dict[str, str]:
+    """pip name (normalised) -> the project's optional-dependency extra that installs it
+    (``""`` for a core dependency), from the installed ``medmix`` metadata, else pyproject.toml."""
+    import importlib.metadata as md
+
+    reqs: list[str] = []
+    with contextlib.suppress(md.PackageNotFoundError):
+        reqs = list(md.requires("medmix") or [])
+    out: dict[str, str] = {}
+    if reqs:
+        for req in reqs:
+            name = re.split(r"[\s\[<>=!~;]", req.strip(), maxsplit=1)[0]
+            m = re.search(r"extra\s*==\s*[\"']([^\"']+)[\"']", req)
+            extra = m.group(1) if m else ""
+            if not extra:
+                out[_norm(name)] = ""  # a core dependency
+            elif extra != "test":
+                out.setdefault(_norm(name), extra)
+        return out
+    pyproject = Path(__file__).resolve().parents[2] / "pyproject.toml"
+    try:
+        import tomllib
+
+        data = tomllib.loads(pyproject.read_text())
+    except (ImportError, OSError, ValueError):
+        return out
+    project = data.get("project", {})
+    for extra, deps in (project.get("optional-dependencies") or {}).items():
+        if extra == "test":
+            continue
+        for dep in deps:
+            out.setdefault(_norm(re.split(r"[\s\[<>=!~;]", dep, maxsplit=1)[0]), extra)
+    for dep in project.get("dependencies") or []:
+        out[_norm(re.split(r"[\s\[<>=!~;]", dep, maxsplit=1)[0])] = ""
+    return out
+
+
+def install_hint(pip_names: list[str] | tuple[str, ...]) -> str:
+    """The command(s) that install ``pip_names`` the project's way: its extras, under the
+    constraints (``pip install -c envs/constraints.txt -e ".[vision]"``), rather than bare
+    packages; one command per route."""
+    extras = project_extras()
+    groups: list[str] = []
+    core, bare, special = False, [], []
+    for name in dict.fromkeys(pip_names):
+        key = _norm(name)
+        if key in _SPECIAL_INSTALL:
+            special.append(_SPECIAL_INSTALL[key])
+        elif key in extras:
+            if extras[key]:
+                groups.append(extras[key])
+            else:
+                core = True
+        else:
+            bare.append(name)
+    pip = f"pip install -c {CONSTRAINTS}"  # the versions the tests ran with
+    cmds = []
+    if groups or core:
+        sel = ",".join(dict.fromkeys(groups))
+        cmds.append(f'{pip} -e ".[{sel}]"' if sel else f"{pip} -e .")
+    cmds += [c.replace("pip install", pip, 1) for c in special]
+    if bare:
+        cmds.append(f"{pip} {' '.join(bare)}")
+    return " and ".join(f"`{c}`" for c in cmds)
+
+
 def missing_package(expert: str, module: str, pip_name: str, extra: str = "") -> MissingPackage:
     return MissingPackage(
         f"expert {expert!r} needs the Python package {pip_name!r} (import {module!r}), which is not "
-        f"installed. Install it with `pip install {pip_name}`{extra}."
+        f"installed. Install it with {install_hint([pip_name])}{extra}."
     )
 
 

@@ -1,4 +1,11 @@
-"""Image experts: radiomics-style intensity/texture features and DINOv2 (CLS token).
+"""Image experts: hand-crafted intensity + GLCM/LBP texture features and DINOv2 (CLS token).
+
+The texture expert is ``texture-glcm-lbp``: this project's own numpy implementation of
+first-order statistics, GLCM and LBP texture and gradient features. It is *not* an IBSI-compliant
+radiomics implementation (not pyradiomics; no IBSI discretisation, no shape features, no
+validation against the IBSI reference values). Its former registry name ``image-radiomics``
+still works as a deprecated alias with the identical computation (same features, same cache
+hash), and warns.
 
 Both implement :class:`ImageExpert`, whose :meth:`ImageExpert.prepare_array` takes an in-memory
 float image in [0, 1] — (H, W) or (H, W, 3) — and returns the expert's loaded item. ``load`` is
@@ -8,7 +15,9 @@ float image in [0, 1] — (H, W) or (H, W, 3) — and returns the expert's loade
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -26,6 +35,8 @@ from extractors.readers.images import (
     to_rgb,
 )
 from extractors.registry import create_expert, register_expert
+
+log = logging.getLogger("medmix.extract")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -314,9 +325,13 @@ class RadiomicsInput(NamedTuple):
     log_aspect: float  # log(H / W) of the image before resizing
 
 
-@register_expert("image-radiomics")
-class RadiomicsExpert(ImageExpert):
-    """Radiomics-style intensity + texture features (fixed dim, deterministic, no fit).
+TEXTURE_LABEL = "GLCM/LBP texture (not IBSI)"
+
+
+@register_expert("texture-glcm-lbp")
+class TextureGlcmLbpExpert(ImageExpert):
+    """Hand-crafted intensity + GLCM/LBP texture features (fixed dim, deterministic, no fit);
+    labelled "GLCM/LBP texture (not IBSI)": not IBSI-compliant radiomics.
 
     Every image is converted to grayscale (BT.601) and bicubic-resized to ``image_size``
     (default 128) square; GLCM features use a ``glcm_size`` (64) block-mean downsample with
@@ -324,6 +339,10 @@ class RadiomicsExpert(ImageExpert):
     """
 
     packages = ("numpy", "pillow")
+    label = TEXTURE_LABEL
+    # The preprocessing hash keeps the expert's former registry name: the computation did not
+    # change with the rename, so caches written as ``image-radiomics`` stay valid.
+    hash_type = "image-radiomics"
 
     def __init__(
         self,
@@ -338,10 +357,10 @@ class RadiomicsExpert(ImageExpert):
         seed: int = 0,
     ) -> None:
         if high_bit not in HIGH_BIT_MODES:
-            raise ValueError(f"image-radiomics: high_bit must be one of {HIGH_BIT_MODES}")
+            raise ValueError(f"texture-glcm-lbp: high_bit must be one of {HIGH_BIT_MODES}")
         if image_size % grid or image_size < glcm_size or image_size < 16:
             raise ValueError(
-                f"image-radiomics: image_size {image_size} must be >= glcm_size and divisible by grid"
+                f"texture-glcm-lbp: image_size {image_size} must be >= glcm_size and divisible by grid"
             )
         super().__init__(
             batch_size=batch_size,
@@ -370,6 +389,13 @@ class RadiomicsExpert(ImageExpert):
     def pooling(self) -> str:
         return "global"
 
+    @property
+    def model_id(self) -> str:
+        return "offline:texture-glcm-lbp"  # the alias too: one computation, one provenance
+
+    def preprocess_config(self) -> dict[str, Any]:
+        return {**super().preprocess_config(), "type": self.hash_type}
+
     def prepare_array(self, arr: np.ndarray) -> RadiomicsInput:
         arr = as_unit_array(arr)
         h, w = arr.shape[:2]
@@ -391,6 +417,25 @@ class RadiomicsExpert(ImageExpert):
             distances=tuple(p["distances"]),
             grid=p["grid"],
         )
+
+
+@register_expert("image-radiomics")
+class RadiomicsExpert(TextureGlcmLbpExpert):
+    """Deprecated alias of :class:`TextureGlcmLbpExpert` (``texture-glcm-lbp``): the same
+    features, cache hash and provenance. The name overstated what it computes (this is not
+    IBSI radiomics); use ``type: texture-glcm-lbp``."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        warnings.warn(
+            "expert type 'image-radiomics' is deprecated: it is the GLCM/LBP texture expert "
+            "'texture-glcm-lbp' (not IBSI radiomics); use `type: texture-glcm-lbp`",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        log.warning(
+            "expert type 'image-radiomics' is deprecated; use 'texture-glcm-lbp' (same features)"
+        )
+        super().__init__(*args, **kwargs)
 
 
 # ----------------------------------------------------------------------------------------

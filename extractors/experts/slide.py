@@ -54,7 +54,7 @@ class SlideTilesExpert(Expert):
 
     def __init__(
         self,
-        tile_expert: str | dict[str, Any] = "image-radiomics",
+        tile_expert: str | dict[str, Any] = "texture-glcm-lbp",
         target_mpp: float = 0.5,
         tile_px: int = 224,
         min_tissue: float = 0.5,

