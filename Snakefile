@@ -13,7 +13,6 @@ if not workflow.config_settings.configfiles:
     configfile: "config.yaml"
 
 
-
 report: "workflow/report/workflow.rst"
 
 
@@ -35,6 +34,6 @@ include: "workflow/rules/report.smk"
 # Table 1 and its figures, plus every paper table and figure the config's protocols /
 # ablations / external / efficiency sections ask for (the rule paper_tables).
 rule all:
+    default_target: True
     input:
         paper_targets() + SAMPLE_STATUS,
-    default_target: True

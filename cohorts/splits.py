@@ -1,6 +1,7 @@
 """Seeded patient-level splits, shared by the demo generator and the real-cohort adapters.
 
-Every sample of a patient lands in the same split (DESIGN §3.1: no patient in two splits).
+Every sample of a patient lands in the same split (no patient in two splits, which the
+manifest validator checks).
 Patients are ordered by id before shuffling, so the assignment depends only on the set of
 patient ids, the fractions and the seed, never on the row order of the input.
 """

@@ -40,12 +40,19 @@ def test_fixture_chart_notes_and_leakage(tmp_path: Path) -> None:
     assert meta.task_type == "binary" and meta.labels == ["mortality", "long_stay", "readmission"]
     assert meta.modalities == {"note": "text", "ehr": "timeseries"}
     assert sorted(df.index) == ["240001", "240003"]  # 240002: 12 h ICU stay
+    assert meta.extra["long_stay_basis"] == "icu" and meta.extra["min_icu_hours"] == 48
+    # long_stay by default: ICU length of stay (4 d and 5 d) > 7 d
     assert df.loc[
         "240001", ["label_mortality", "label_long_stay", "label_readmission"]
-    ].tolist() == [0, 1, 1]
+    ].tolist() == [0, 0, 1]
     assert df.loc[
         "240003", ["label_mortality", "label_long_stay", "label_readmission"]
-    ].tolist() == [1, 1, 0]
+    ].tolist() == [1, 0, 0]
+    # hospital length of stay (9 d 2 h and 8 d 14 h) > 7 d with long_stay_basis="hospital"
+    hosp, _ = read_manifest(
+        mimic3.run(FIX, tmp_path / "hospital", seed=1, long_stay_basis="hospital")
+    )
+    assert hosp.set_index("sample_id")["label_long_stay"].to_dict() == {"240001": 1, "240003": 1}
 
     # the radiology report before the cut-off; not the nearer nursing note, the ISERROR one or a later one
     note = df.loc["240001", "note"]
@@ -152,7 +159,7 @@ def test_bad_input_names_file_and_column(tmp_path: Path) -> None:
         AdapterError, match=r"MIMIC-III: table 'ICUSTAYS' not found; looked for .*ICUSTAYS\.csv\.gz"
     ):
         mimic3.run(root, tmp_path / "out")
-    with pytest.raises(AdapterError, match=r"MIMIC-III: folder .*nowhere not found"):
+    with pytest.raises(AdapterError, match=r"MIMIC-III: --mimic .*nowhere: folder not found"):
         mimic3.run(tmp_path / "nowhere", tmp_path / "out")
 
 
@@ -181,8 +188,8 @@ def test_real_demo(realdata: Path, tmp_path: Path) -> None:
     rows = rows.loc[df["sample_id"]]
     assert int(df["label_mortality"].sum()) == int(rows["HOSPITAL_EXPIRE_FLAG"].sum())
     assert (df["label_mortality"].to_numpy() == rows["HOSPITAL_EXPIRE_FLAG"].to_numpy()).all()
-    los = (rows["DISCHTIME"] - rows["ADMITTIME"]).dt.total_seconds() / 86400
-    assert (df["label_long_stay"].to_numpy() == (los > 7).to_numpy()).all()
+    # long_stay (default basis icu): the ICU stay's LOS column (days) > 7
+    assert (df["label_long_stay"].to_numpy() == (rows["LOS"] > 7).to_numpy()).all()
     # readmission: any later admission of the patient starting <= 30 days after this discharge
     by_subject = dict(list(adm.groupby("SUBJECT_ID")))
 
@@ -208,3 +215,90 @@ def test_real_demo(realdata: Path, tmp_path: Path) -> None:
     assert s.shape == (48, 46) and s.notna().to_numpy().any()
     summary = pd.read_csv(out / "summary.csv")
     assert "ICU stay shorter than 48 h" in set(summary.loc[summary["section"] == "dropped", "item"])
+
+
+def _demo_counts(df: pd.DataFrame) -> dict[str, int]:
+    return {k: int(df[f"label_{k}"].sum()) for k in ("mortality", "long_stay", "readmission")}
+
+
+def test_real_demo_prevalence_by_long_stay_basis(realdata: Path, tmp_path: Path) -> None:
+    """The MIMIC-III demo's outcome prevalence, ICU and hospital length of stay (docs/adapters.md)."""
+    demo = realdata / "mimic3_demo"
+    icu, meta = read_manifest(mimic3.run(demo, tmp_path / "icu"))
+    hosp, hmeta = read_manifest(mimic3.run(demo, tmp_path / "hosp", long_stay_basis="hospital"))
+    assert meta.extra["long_stay_basis"] == "icu" and hmeta.extra["long_stay_basis"] == "hospital"
+    assert len(icu) == len(hosp) == 71
+    assert _demo_counts(icu) == {"mortality": 26, "long_stay": 24, "readmission": 6}
+    assert _demo_counts(hosp) == {"mortality": 26, "long_stay": 47, "readmission": 6}
+    # both against the raw tables: ICUSTAYS.LOS (days) and DISCHTIME - ADMITTIME
+    adm = pd.read_csv(demo / "ADMISSIONS.csv.gz", parse_dates=["ADMITTIME", "DISCHTIME"])
+    stays = pd.read_csv(demo / "ICUSTAYS.csv.gz", parse_dates=["INTIME", "OUTTIME"])
+    rows = stays.merge(adm, on=["SUBJECT_ID", "HADM_ID"]).set_index(stays["ICUSTAY_ID"].astype(str))
+    rows = rows.loc[icu["sample_id"]]
+    icu_days = (rows["OUTTIME"] - rows["INTIME"]).dt.total_seconds() / 86400
+    assert ((icu_days > 7) == (rows["LOS"] > 7)).all()
+    assert (icu["label_long_stay"].to_numpy() == (rows["LOS"] > 7).to_numpy()).all()
+    hosp_days = (rows["DISCHTIME"] - rows["ADMITTIME"]).dt.total_seconds() / 86400
+    hosp = hosp.set_index("sample_id").loc[icu["sample_id"]]
+    assert (hosp["label_long_stay"].to_numpy() == (hosp_days > 7).to_numpy()).all()
+
+
+@pytest.mark.parametrize(
+    ("min_icu_hours", "excluded", "kept"),
+    [(0, 0, 121), (24, 22, 108), (None, 63, 71), (72, 91, 44)],
+)
+def test_real_demo_icu_stay_exclusion(
+    realdata: Path, tmp_path: Path, min_icu_hours: float | None, excluded: int, kept: int
+) -> None:
+    """ICU stays shorter than min_icu_hours (default 48 h, the observation window) are dropped;
+    the count follows the setting and the raw ICUSTAYS table."""
+    demo = realdata / "mimic3_demo"
+    df, meta, drops = mimic3.build(demo, tmp_path / "out", min_icu_hours=min_icu_hours)
+    hours = 48 if min_icu_hours is None else min_icu_hours
+    assert meta.extra["min_icu_hours"] == hours and len(df) == kept
+    reason = f"ICU stay shorter than {hours:g} h"
+    assert drops.counts.get(reason, 0) == excluded
+    # independently: adult stays of known admissions with outtime - intime < the setting
+    stays = pd.read_csv(demo / "ICUSTAYS.csv.gz", parse_dates=["INTIME", "OUTTIME"])
+    pat = pd.read_csv(demo / "PATIENTS.csv.gz", parse_dates=["DOB"])
+    st = stays.merge(pat[["SUBJECT_ID", "DOB"]], on="SUBJECT_ID")
+    age = st["INTIME"].dt.year - st["DOB"].dt.year
+    adult = st[age >= 18]
+    short = (adult["OUTTIME"] - adult["INTIME"]) < pd.Timedelta(hours=hours)
+    assert int(short.sum()) == excluded
+
+
+@pytest.mark.parametrize("option", ["--mimic", "--split-file"])
+def test_every_named_path_must_exist(
+    tmp_path: Path, option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cohorts.__main__ import main
+
+    wrong = tmp_path / "no-such-place"
+    given = {"--mimic": str(FIX), option: str(wrong)}
+    out = tmp_path / "out"
+    argv = ["mimic3", *[x for kv in given.items() for x in kv], "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("python -m cohorts mimic3: error: ") and f"{option} {wrong}" in err
+    assert not (out / "manifest.parquet").exists()
+    api = {k.lstrip("-").replace("-", "_"): v for k, v in given.items()}
+    with pytest.raises(AdapterError, match=rf"{option} .*no-such-place: (file|folder) not found"):
+        mimic3.run(api.pop("mimic"), out, **api)
+
+
+def test_cli_options_and_help(tmp_path: Path) -> None:
+    from cohorts.__main__ import build_parser, main
+
+    help_text = build_parser()._subparsers._group_actions[0].choices["mimic3"].format_help()
+    for flag in ("--long-stay-basis", "--min-icu-hours", "--split-file", "--split-missing"):
+        assert flag in help_text
+    out = tmp_path / "out"
+    argv = ["mimic3", "--mimic", str(FIX), "--out", str(out), "--long-stay-basis", "hospital"]
+    assert main([*argv, "--min-icu-hours", "0"]) == 0
+    df, meta = read_manifest(out / "manifest.parquet")
+    assert meta.extra["long_stay_basis"] == "hospital" and meta.extra["min_icu_hours"] == 0
+    assert sorted(df["sample_id"]) == ["240001", "240002", "240003"]  # the 12 h stay kept
+    with pytest.raises(AdapterError, match=r"min_icu_hours .* must be a number >= 0"):
+        mimic3.run(FIX, out, min_icu_hours=-1)

@@ -60,9 +60,15 @@ def test_outcomes_modalities_and_drops(physionet: Path, tmp_path: Path) -> None:
     }
     assert sorted(df.index) == ["30000001", "30000002", "30000007"]
     labels = df[["label_mortality", "label_long_stay", "label_readmission"]]
-    assert labels.loc["30000001"].tolist() == [0, 1, 1]  # LOS 9.8 d, readmitted after 16 d
+    # long_stay by default: ICU length of stay (3.5 d, 3 d, 2 d) > 7 d
+    assert labels.loc["30000001"].tolist() == [0, 0, 1]  # readmitted after 16 d
     assert labels.loc["30000002"].tolist() == [1, 0, 0]  # died after the cut-off
     assert labels.loc["30000007"].tolist() == [0, 0, 0]  # next admission after 57 d
+    assert meta.extra["long_stay_basis"] == "icu"
+    hosp, hmeta = _run(physionet, tmp_path / "hospital", long_stay_basis="hospital")
+    # hospital length of stay: 9.8 d, 5 d, 3 d
+    assert hosp["label_long_stay"].to_dict() == {"30000001": 1, "30000002": 0, "30000007": 0}
+    assert hmeta.extra["long_stay_basis"] == "hospital"
     assert df.loc["30000002", ["frontal", "lateral", "note"]].isna().all()
     assert pd.isna(df.loc["30000007", "ehr"])  # no event inside its window
     assert (df.groupby("patient_id")["split"].nunique() == 1).all()
@@ -213,3 +219,52 @@ def test_cli_registers_subcommand() -> None:
     assert (
         args.cxr == "c" and args.note is None and not args.no_check_images and callable(args.func)
     )
+
+
+@pytest.mark.parametrize("option", ["--mimic", "--note", "--cxr", "--split-file"])
+def test_every_named_path_must_exist(
+    physionet: Path, tmp_path: Path, option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --note (or --cxr, --mimic, --split-file) that does not exist is an error naming the
+    option and the path (exit code 2), not a remark with every note silently missing."""
+    from cohorts.__main__ import main
+
+    wrong = tmp_path / "no-such-place"
+    given = {
+        "--mimic": str(physionet / "mimic-iv"),
+        "--note": str(physionet / "mimic-iv-note"),
+        "--cxr": str(physionet / "mimic-cxr-jpg"),
+        option: str(wrong),
+    }
+    out = tmp_path / "out"
+    argv = ["mimic4", *[x for kv in given.items() for x in kv], "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("python -m cohorts mimic4: error: ") and f"{option} {wrong}" in err
+    assert not (out / "manifest.parquet").exists()
+    api = {k.lstrip("-").replace("-", "_"): v for k, v in given.items()}
+    mimic = api.pop("mimic")
+    with pytest.raises(AdapterError, match=rf"{option} .*no-such-place: (file|folder) not found"):
+        mimic4.run(mimic, out, **api)
+
+
+def test_cli_long_stay_basis_and_min_icu_hours(
+    physionet: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cohorts.__main__ import build_parser, main
+
+    help_text = build_parser()._subparsers._group_actions[0].choices["mimic4"].format_help()
+    for flag in ("--long-stay-basis", "--min-icu-hours", "--split-file", "--split-missing"):
+        assert flag in help_text
+    out = tmp_path / "out"
+    argv = ["mimic4", "--mimic", str(physionet / "mimic-iv"), "--out", str(out)]
+    assert main([*argv, "--long-stay-basis", "hospital", "--min-icu-hours", "24"]) == 0
+    df, meta = read_manifest(out / "manifest.parquet")
+    assert meta.extra["long_stay_basis"] == "hospital" and meta.extra["min_icu_hours"] == 24
+    # the 24 h stay (30000003) is now kept
+    assert "30000003" in set(df["sample_id"])
+    with pytest.raises(SystemExit):  # argparse: not a choice
+        main([*argv, "--long-stay-basis", "ward"])
+    with pytest.raises(AdapterError, match=r"long_stay_basis .* must be one of"):
+        mimic4.run(physionet / "mimic-iv", out, long_stay_basis="ward")

@@ -262,3 +262,37 @@ def test_real_iu_reports(realdata: Path, tmp_path: Path) -> None:
     assert int(df["label_normal"].sum()) == int((raw["Problems"] == "normal").sum())
     prevalence = df[[f"label_{k}" for k in LABELS]].mean()
     assert (prevalence > 0.02).all()  # every finding is common enough to evaluate
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["--reports", "--xml", "--projections", "--root", "--images", "--split-file"],
+)
+def test_every_named_path_must_exist(
+    tmp_path: Path, option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A path named on the command line that does not exist: one line naming the option and
+    the path, exit code 2 (AdapterError from the Python API); nothing is written."""
+    from cohorts.__main__ import main
+
+    root = _kaggle_copy(tmp_path, [])
+    wrong = tmp_path / "no-such-place"
+    source = "--xml" if option == "--xml" else "--reports"
+    given = {source: str(root / "indiana_reports.csv"), option: str(wrong)}
+    argv = ["openi", *[x for kv in given.items() for x in kv], "--out", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("python -m cohorts openi: error: ") and f"{option} {wrong}" in err
+    assert not (tmp_path / "out" / "manifest.parquet").exists()
+    kw = {
+        "--reports": "reports",
+        "--xml": "xml",
+        "--projections": "projections",
+        "--root": "root",
+        "--images": "images",
+        "--split-file": "split_file",
+    }
+    api = {kw[k]: v for k, v in given.items()}
+    with pytest.raises(AdapterError, match=rf"{option} .*no-such-place: (file|folder) not found"):
+        openi.run(tmp_path / "out", **api)

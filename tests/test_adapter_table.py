@@ -320,7 +320,7 @@ def test_csv_table_and_missing_mapping(tmp_path: Path) -> None:
     pd.read_parquet(root / "visits.parquet").to_csv(root / "visits.csv.gz", index=False)
     df, _, _ = table.build(_mapping(root, table="visits.csv.gz"))
     assert len(df) == 24
-    with pytest.raises(AdapterError, match=r"nope\.yaml: mapping file not found"):
+    with pytest.raises(AdapterError, match=r"table: --mapping .*nope\.yaml: file not found"):
         table.load_mapping(tmp_path / "nope.yaml")
 
 
@@ -331,3 +331,36 @@ def test_cli_registers_subcommand() -> None:
         ["table", "--mapping", "config/cohorts/mmist_ccrcc.yaml", "--out", "o"]
     )
     assert args.mapping.endswith(".yaml") and args.seed is None and callable(args.func)
+
+
+@pytest.mark.parametrize("option", ["--mapping", "--root"])
+def test_every_named_path_must_exist(
+    tmp_path: Path, option: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--mapping or --root that does not exist: one line naming the option and the path,
+    exit code 2 (AdapterError from the Python API)."""
+    from cohorts.__main__ import main
+
+    root = _cohort(tmp_path)
+    mapping = tmp_path / "mapping.yaml"
+    mapping.write_text(yaml.safe_dump(_mapping(root)))
+    wrong = tmp_path / "no-such-place"
+    given = {"--mapping": str(mapping), "--root": str(root), option: str(wrong)}
+    out = tmp_path / "out"
+    argv = ["table", *[x for kv in given.items() for x in kv], "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith("python -m cohorts table: error: ") and f"{option} {wrong}" in err
+    assert not (out / "manifest.parquet").exists()
+    with pytest.raises(AdapterError, match=rf"{option} .*no-such-place: (file|folder) not found"):
+        table.run(given["--mapping"], out, root=given["--root"])
+    assert main([*argv[:1], "--mapping", str(mapping), "--out", str(out)]) == 0
+
+
+def test_mapping_root_must_exist(tmp_path: Path) -> None:
+    mapping = {**_mapping(_cohort(tmp_path)), "root": str(tmp_path / "elsewhere")}
+    with pytest.raises(
+        AdapterError, match=r"root .*elsewhere: folder not found \(or give --root\)"
+    ):
+        table.build(mapping)

@@ -81,6 +81,8 @@ def test_demo_produces_tables_and_figures(smoke_run: Path) -> None:
     for fig in ("main_auroc", "fusion_weights"):
         assert (smoke_run / "figures" / f"{fig}.png").stat().st_size > 5000
         assert (smoke_run / "figures" / f"{fig}.svg").exists()
+        assert (smoke_run / "figures" / f"{fig}.pdf").read_bytes().startswith(b"%PDF")
+    assert "<table>" in (smoke_run / "tables" / "main.html").read_text()
     # the paper grid: teacher cache, a train-time and a test-time protocol, their tables
     assert (smoke_run / "demo-mimic" / "teachers" / "ehr.parquet").exists()
     for ds in ("demo-openi", "demo-mimic", "demo-ccrcc"):
@@ -124,10 +126,11 @@ def test_report_gathers_every_table_and_figure_with_its_caption(smoke_run: Path)
     proc = _smk(smoke_run, "--report", str(report))
     assert proc.returncode == 0, proc.stderr[-3000:]
     captions = _report_captions(report.read_text(), smoke_run)
-    produced = [str(p.relative_to(smoke_run)) for p in (*sorted(smoke_run.glob("tables/*.md")),
+    # tables go into the report as HTML (shown inline), figures as PNG
+    produced = [str(p.relative_to(smoke_run)) for p in (*sorted(smoke_run.glob("tables/*.html")),
                                                         *sorted(smoke_run.glob("figures/*.png")))]  # fmt: skip
-    expected = {"tables/main.md", "tables/test_random.md", "tables/ablation.md",
-                "tables/experts.md", "figures/main_auroc.png", "figures/ablation.png",
+    expected = {"tables/main.html", "tables/test_random.html", "tables/ablation.html",
+                "tables/experts.html", "figures/main_auroc.png", "figures/ablation.png",
                 "figures/weights_demo-mimic.png", "figures/random_drop_demo-openi.png"}  # fmt: skip
     assert expected <= set(produced), produced
     for output in produced:

@@ -8,12 +8,19 @@ X-ray and the radiology report nearest before the cut-off, both within this hosp
 (from ED registration, or admission when there was none). A report also needs
 ``storetime < cut-off`` when a store time is published — its text did not exist before.
 
-Outcomes (per hospital admission): ``mortality`` = ``hospital_expire_flag``; ``long_stay`` =
-hospital length of stay (dischtime − admittime) > 7 days; ``readmission`` = another
-admission of the same patient starting within 30 days after this discharge (0 after an
-in-hospital death). Stays are dropped, with the reason in the summary, when the admission
-is unknown, times are missing, the patient is under 18, the ICU stay is shorter than the
-observation window, or the patient died before the prediction time.
+Outcomes: ``mortality`` = the admission's ``hospital_expire_flag``; ``long_stay`` = length
+of stay > 7 days, by default of the ICU stay (``outtime − intime``, the ``los`` column of
+``icustays``; ``long_stay_basis="icu"``) or, with ``long_stay_basis="hospital"``, of the
+hospital admission (``dischtime − admittime``); ``readmission`` = another admission of the
+same patient starting within 30 days after this discharge (0 after an in-hospital death).
+Stays are dropped, with the reason in the summary, when the admission is unknown, times
+are missing, the patient is under 18, the ICU stay is shorter than ``min_icu_hours``
+(default: the observation window, 48 h), or the patient died before the prediction time.
+
+Split: seeded by patient (0.72 / 0.13 / 0.15, stratified by mortality), or exactly that of
+a published ``id,split`` CSV (``split_file``, :mod:`.published_split`): column ``id`` /
+``stay_id`` / ``icustay_id`` / ``sample_id`` keys ICU stays, ``subject_id`` / ``patient_id``
+keys patients.
 """
 
 from __future__ import annotations
@@ -28,8 +35,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from cohorts.adapters import AdapterError
 from cohorts.adapters.ehr import HourlyAccumulator, write_series
 from cohorts.adapters.ehr_variables import N_HOURS, NAMES
+from cohorts.adapters.published_split import apply_split, read_split_file
 from cohorts.adapters.readers import TIMESTAMP, read_header
 from cohorts.adapters.summary import Drops, redecoded_remarks
 from cohorts.manifest import ManifestMeta
@@ -40,7 +49,28 @@ log = logging.getLogger("medmix.cohorts.icu")
 FRACTIONS = {"train": 0.72, "val": 0.13, "test": 0.15}
 LABELS = ["mortality", "long_stay", "readmission"]
 LONG_STAY_DAYS = 7
+LONG_STAY_BASES = ("icu", "hospital")  # length of stay of the ICU stay, or of the admission
 READMISSION_DAYS = 30
+# a published split CSV's id column -> what it keys
+SPLIT_ID_COLUMNS = {
+    "id": "sample",
+    "sample_id": "sample",
+    "stay_id": "sample",
+    "icustay_id": "sample",
+    "subject_id": "patient",
+    "patient_id": "patient",
+}
+
+
+def _int_id(value: str) -> str:
+    """``"240001"``, ``" 240001 "`` or ``"240001.0"`` -> ``"240001"`` (others unchanged)."""
+    v = str(value).strip()
+    try:
+        f = float(v)
+    except ValueError:
+        return v
+    return str(int(f)) if f.is_integer() else v
+
 
 Batches = Callable[[], Iterator[pd.DataFrame]]
 
@@ -109,8 +139,15 @@ def select_stays(
     hours: int = N_HOURS,
     min_age: float = 18,
     min_icu_hours: float | None = None,
+    long_stay_basis: str = "icu",
 ) -> pd.DataFrame:
-    """Stays joined to admissions and outcomes, with exclusions recorded in ``drops``."""
+    """Stays joined to admissions and outcomes, with exclusions recorded in ``drops``.
+
+    ``long_stay``: ICU length of stay > 7 d (``long_stay_basis="icu"``) or hospital length
+    of stay > 7 d (``"hospital"``). ``min_icu_hours`` (default ``hours``): shorter ICU stays
+    are dropped.
+    """
+    check_settings(hours, min_icu_hours, long_stay_basis)
     min_icu_hours = hours if min_icu_hours is None else min_icu_hours
     st = src.stays.copy()
     st["sample_id"] = st["stay_id"].astype("int64").astype(str)
@@ -126,6 +163,9 @@ def select_stays(
     drop(st["_merge"] != "both", "admission not in the admissions table")
     drop(st["intime"].isna() | st["outtime"].isna(), "ICU intime or outtime missing")
     drop(st["admittime"].isna() | st["dischtime"].isna(), "admission or discharge time missing")
+    if long_stay_basis == "icu":  # else: the admission's, from outcomes()
+        icu_los = st["outtime"] - st["intime"]
+        st["long_stay"] = (icu_los > pd.Timedelta(days=LONG_STAY_DAYS)).astype("int8")
     drop(st["age"].notna() & (st["age"] < min_age), f"age under {min_age:g}")
     st = st.assign(cutoff=st["intime"] + pd.Timedelta(hours=hours))
     drop(
@@ -141,6 +181,23 @@ def select_stays(
         start = st[["edregtime", "admittime"]].min(axis=1)
     st = st.assign(start=start, patient_id=st["subject_id"].astype("int64").astype(str))
     return st.drop(columns=["_merge"]).sort_values("sample_id").reset_index(drop=True)
+
+
+def check_settings(hours: int, min_icu_hours: float | None, long_stay_basis: str) -> None:
+    """The cohort settings, checked before any table is read."""
+    if long_stay_basis not in LONG_STAY_BASES:
+        raise AdapterError(
+            f"long_stay_basis (--long-stay-basis) must be one of {LONG_STAY_BASES}, "
+            f"got {long_stay_basis!r}"
+        )
+    if not isinstance(hours, int) or hours < 1:
+        raise AdapterError(f"hours (--hours) must be an integer >= 1, got {hours!r}")
+    if min_icu_hours is not None and not (
+        isinstance(min_icu_hours, int | float) and 0 <= min_icu_hours < float("inf")
+    ):
+        raise AdapterError(
+            f"min_icu_hours (--min-icu-hours) must be a number >= 0, got {min_icu_hours!r}"
+        )
 
 
 def latest_notes(notes: Iterable[pd.DataFrame], windows: pd.DataFrame) -> pd.Series:
@@ -242,10 +299,35 @@ def build_icu(
     hours: int = N_HOURS,
     min_age: float = 18,
     min_icu_hours: float | None = None,
+    long_stay_basis: str = "icu",
+    split_file: str | Path | None = None,
+    split_missing: str = "drop",
 ) -> tuple[pd.DataFrame, ManifestMeta, Drops]:
-    """Sources -> (manifest frame, meta, drops); writes the per-sample EHR Parquet files."""
+    """Sources -> (manifest frame, meta, drops); writes the per-sample EHR Parquet files.
+
+    ``split_file``: a published ``id,split`` CSV used instead of the seeded split (stays it
+    does not list are dropped, ``split_missing="drop"``, or refused).
+    """
     drops = Drops()
-    st = select_stays(src, drops, hours, min_age, min_icu_hours)
+    published = (
+        read_split_file(split_file, SPLIT_ID_COLUMNS, _int_id) if split_file is not None else None
+    )
+    st = select_stays(src, drops, hours, min_age, min_icu_hours, long_stay_basis)
+    split_remarks: list[str] = []
+    if published is not None:
+        stays_all = src.stays
+        known_col = "stay_id" if published.key == "sample" else "subject_id"
+        known = set(stays_all[known_col].dropna().astype("int64").astype(str))
+        kept, split_remarks = apply_split(
+            st[["sample_id", "patient_id"]],
+            published,
+            known=known,
+            drops=drops,
+            missing=split_missing,
+            what="ICU stay",
+        )
+        split_of = kept.set_index("sample_id")["split"]
+        st = st[st["sample_id"].isin(split_of.index)].reset_index(drop=True)
     df = st[["sample_id", "patient_id"]].copy()
 
     if "ehr" in modalities:
@@ -263,11 +345,14 @@ def build_icu(
             df[view] = _or_none(df["sample_id"].map(images[view]))
     for k in LABELS:
         df[f"label_{k}"] = st[k].astype("int8").to_numpy()
-    df["split"] = (
-        patient_split(df["patient_id"], FRACTIONS, seed, stratify=df["label_mortality"])
-        if len(df)
-        else np.array([], dtype=object)
-    )
+    if published is not None:
+        df["split"] = df["sample_id"].map(split_of).to_numpy(dtype=object)
+    else:
+        df["split"] = (
+            patient_split(df["patient_id"], FRACTIONS, seed, stratify=df["label_mortality"])
+            if len(df)
+            else np.array([], dtype=object)
+        )
     meta = ManifestMeta(
         dataset=dataset,
         task_type="binary",
@@ -280,11 +365,21 @@ def build_icu(
             "seed": seed,
             "fractions": FRACTIONS,
             "prediction_hours": hours,
+            "min_icu_hours": hours if min_icu_hours is None else min_icu_hours,
+            "long_stay_basis": long_stay_basis,
             "ehr_variables": list(NAMES),
-            "remarks": list(src.remarks) + redecoded_remarks(src.redecoded),
+            "remarks": list(src.remarks) + split_remarks + redecoded_remarks(src.redecoded),
             "redecoded": dict(src.redecoded),
         },
     )
+    if published is not None:
+        del meta.extra["fractions"], meta.extra["seed"]
+        meta.extra["split_file"] = {
+            "path": str(published.path.resolve()),
+            "format": published.format,
+            "key": published.key,
+            "missing": split_missing,
+        }
     return df, meta, drops
 
 

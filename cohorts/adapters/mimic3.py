@@ -7,6 +7,8 @@ that is absent (the demo has no CHARTEVENTS; its NOTEEVENTS is empty) leaves tha
 and is listed under Remarks in the summary. Samples, outcomes and the 48 h leakage rule are
 those of :mod:`.icu`; EHR variables and itemids are :mod:`.ehr_variables`. Modalities:
 ``note`` (text) and ``ehr`` (per-stay Parquet under ``{out}/ehr``, the dataset root).
+``--mimic`` and ``--split-file`` must exist when named: otherwise an :class:`AdapterError`
+names the option and the path (exit code 2 on the command line).
 """
 
 from __future__ import annotations
@@ -19,12 +21,20 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from cohorts.adapters import AdapterError, add_common_args
+from cohorts.adapters import (
+    AdapterError,
+    add_common_args,
+    add_split_file_args,
+    cli_errors,
+    require_path,
+)
 from cohorts.adapters.ehr_variables import itemid_map
 from cohorts.adapters.icu import (
+    LONG_STAY_BASES,
     IcuSources,
     build_icu,
     check_itemids,
+    check_settings,
     dataset_root,
     event_columns,
 )
@@ -47,9 +57,7 @@ def age_years(birth: pd.Series, at: pd.Series) -> pd.Series:
 
 
 def load_sources(root: str | Path) -> IcuSources:
-    root = Path(root)
-    if not root.is_dir():
-        raise AdapterError(f"{DATASET}: folder {root} not found")
+    root = require_path(root, "--mimic", "folder", DATASET)
     redecoded: dict[str, int] = {}
     adm = read_csv(
         find_table(root, "ADMISSIONS", DATASET),
@@ -164,8 +172,21 @@ def build(
     hours: int = 48,
     min_icu_hours: float | None = None,
     external: bool = False,
+    long_stay_basis: str = "icu",
+    split_file: str | Path | None = None,
+    split_missing: str = "drop",
 ) -> tuple[pd.DataFrame, ManifestMeta, Drops]:
-    """MIMIC-III folder -> (manifest frame, meta, drops); EHR files go to ``ehr_dir`` (default ``{out}/ehr``)."""
+    """MIMIC-III folder -> (manifest frame, meta, drops); EHR files go to ``ehr_dir`` (default ``{out}/ehr``).
+
+    ``root`` and ``split_file`` must exist: an :class:`AdapterError` names the option and the path.
+    """
+    require_path(root, "--mimic", "folder", DATASET)
+    require_path(split_file, "--split-file", "file", DATASET)
+    if external and split_file is not None:
+        raise AdapterError(
+            f"{DATASET}: --external (every sample split=external) and --split-file exclude each other"
+        )
+    check_settings(hours, min_icu_hours, long_stay_basis)
     out = Path(out)
     ehr_dir = Path(ehr_dir) if ehr_dir else out / "ehr"
     src = load_sources(root)
@@ -180,6 +201,9 @@ def build(
         seed=seed,
         hours=hours,
         min_icu_hours=min_icu_hours,
+        long_stay_basis=long_stay_basis,
+        split_file=split_file,
+        split_missing=split_missing,
     )
     if external:  # validation of models trained elsewhere: no train/val/test here
         df["split"] = "external"
@@ -210,7 +234,25 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         default=48,
         help="observation window / prediction time after ICU intime (h)",
     )
-    p.add_argument("--min-icu-hours", type=float, help="drop shorter ICU stays (default: --hours)")
+    p.add_argument(
+        "--min-icu-hours",
+        type=float,
+        help="drop ICU stays shorter than this many hours (default: --hours, i.e. 48: a stay"
+        " must cover the whole observation window; 0 keeps every stay)",
+    )
+    p.add_argument(
+        "--long-stay-basis",
+        choices=LONG_STAY_BASES,
+        default="icu",
+        help="long_stay = length of stay > 7 days of the ICU stay (icu: outtime - intime, the"
+        " 'los' column; default) or of the hospital admission (hospital: dischtime - admittime)",
+    )
+    add_split_file_args(
+        p,
+        "a CSV with a 'split' column (train/val/test) and one id column: id, stay_id,"
+        " icustay_id or sample_id (ICU stay ids = the manifest's sample_id) or subject_id /"
+        " patient_id (patients)",
+    )
     p.add_argument(
         "--external",
         action="store_true",
@@ -220,6 +262,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_main)
 
 
+@cli_errors("mimic3")
 def _main(args: argparse.Namespace) -> int:
     run(
         args.mimic,
@@ -229,6 +272,9 @@ def _main(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         hours=args.hours,
         min_icu_hours=args.min_icu_hours,
+        long_stay_basis=args.long_stay_basis,
+        split_file=args.split_file,
+        split_missing=args.split_missing,
         external=args.external,
     )
     return 0

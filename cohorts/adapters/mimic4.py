@@ -11,6 +11,10 @@ Inputs, as PhysioNet publishes them (``.csv.gz`` or ``.csv``):
 * ``--note``: MIMIC-IV-Note root with ``note/radiology.csv.gz`` (note_id, subject_id,
   hadm_id, note_type, note_seq, charttime, storetime, text).
 
+``--note`` and ``--cxr`` are optional, but a folder that is named must exist (as must
+``--mimic`` and ``--split-file``): otherwise an :class:`AdapterError` names the option and
+the path (exit code 2 on the command line).
+
 Samples, outcomes and the 48 h leakage rule are those of :mod:`.icu`. Image times are
 ``StudyDate`` + ``StudyTime``; frontal = ViewPosition PA or AP, lateral = LATERAL or LL; an
 image must exist under ``--cxr`` (unless ``--no-check-images``). The dataset root is the
@@ -27,12 +31,20 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 
-from cohorts.adapters import AdapterError, add_common_args
+from cohorts.adapters import (
+    AdapterError,
+    add_common_args,
+    add_split_file_args,
+    cli_errors,
+    require_path,
+)
 from cohorts.adapters.ehr_variables import itemid_map
 from cohorts.adapters.icu import (
+    LONG_STAY_BASES,
     IcuSources,
     build_icu,
     check_itemids,
+    check_settings,
     dataset_root,
     event_columns,
 )
@@ -102,9 +114,7 @@ def load_sources(
     cxr: str | Path | None = None,
     check_images: bool = True,
 ) -> IcuSources:
-    mimic = Path(mimic)
-    if not mimic.is_dir():
-        raise AdapterError(f"{DATASET}: folder {mimic} not found")
+    mimic = require_path(mimic, "--mimic", "folder", DATASET)
     redecoded: dict[str, int] = {}
     adm = read_csv(
         find_table(mimic, "hosp/admissions", DATASET),
@@ -193,7 +203,7 @@ def load_sources(
     if note is None:
         remarks.append("no --note folder (MIMIC-IV-Note): radiology reports missing")
     else:
-        note = Path(note)
+        note = require_path(note, "--note", "folder", "MIMIC-IV-Note")
         try:
             path = find_table(note, "note/radiology", "MIMIC-IV-Note")
         except AdapterError:
@@ -210,9 +220,7 @@ def load_sources(
     if cxr is None:
         remarks.append("no --cxr folder (MIMIC-CXR-JPG): chest X-rays missing")
     else:
-        cxr = Path(cxr)
-        if not cxr.is_dir():
-            raise AdapterError(f"MIMIC-CXR-JPG: folder {cxr} not found")
+        cxr = require_path(cxr, "--cxr", "folder", "MIMIC-CXR-JPG")
         src.images = load_images(cxr, subjects, root, redecoded=redecoded)
         if check_images:
             src.image_exists = lambda rel: (root / rel).is_file()
@@ -230,8 +238,20 @@ def build(
     hours: int = 48,
     min_icu_hours: float | None = None,
     check_images: bool = True,
+    long_stay_basis: str = "icu",
+    split_file: str | Path | None = None,
+    split_missing: str = "drop",
 ) -> tuple[pd.DataFrame, ManifestMeta, Drops]:
-    """The sources -> (manifest frame, meta, drops); EHR files go to ``ehr_dir`` (default ``{out}/ehr``)."""
+    """The sources -> (manifest frame, meta, drops); EHR files go to ``ehr_dir`` (default ``{out}/ehr``).
+
+    Every input path given (``mimic``, ``note``, ``cxr``, ``split_file``) must exist: an
+    :class:`AdapterError` names the option and the path.
+    """
+    require_path(mimic, "--mimic", "folder", DATASET)
+    require_path(note, "--note", "folder", "MIMIC-IV-Note")
+    require_path(cxr, "--cxr", "folder", "MIMIC-CXR-JPG")
+    require_path(split_file, "--split-file", "file", DATASET)
+    check_settings(hours, min_icu_hours, long_stay_basis)
     out = Path(out)
     ehr_dir = Path(ehr_dir) if ehr_dir else out / "ehr"
     root = dataset_root(out, ehr_dir, cxr)
@@ -247,6 +267,9 @@ def build(
         seed=seed,
         hours=hours,
         min_icu_hours=min_icu_hours,
+        long_stay_basis=long_stay_basis,
+        split_file=split_file,
+        split_missing=split_missing,
     )
     meta.extra["source"] = {
         "mimic": str(Path(mimic).resolve()),
@@ -279,7 +302,25 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         default=48,
         help="observation window / prediction time after ICU intime (h)",
     )
-    p.add_argument("--min-icu-hours", type=float, help="drop shorter ICU stays (default: --hours)")
+    p.add_argument(
+        "--min-icu-hours",
+        type=float,
+        help="drop ICU stays shorter than this many hours (default: --hours, i.e. 48: a stay"
+        " must cover the whole observation window; 0 keeps every stay)",
+    )
+    p.add_argument(
+        "--long-stay-basis",
+        choices=LONG_STAY_BASES,
+        default="icu",
+        help="long_stay = length of stay > 7 days of the ICU stay (icu: outtime - intime, the"
+        " 'los' column; default) or of the hospital admission (hospital: dischtime - admittime)",
+    )
+    add_split_file_args(
+        p,
+        "a CSV with a 'split' column (train/val/test) and one id column: id, stay_id,"
+        " icustay_id or sample_id (ICU stay ids = the manifest's sample_id) or subject_id /"
+        " patient_id (patients)",
+    )
     p.add_argument(
         "--no-check-images", action="store_true", help="do not check that the JPGs exist"
     )
@@ -287,6 +328,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_main)
 
 
+@cli_errors("mimic4")
 def _main(args: argparse.Namespace) -> int:
     run(
         args.mimic,
@@ -298,6 +340,9 @@ def _main(args: argparse.Namespace) -> int:
         dataset=args.dataset,
         hours=args.hours,
         min_icu_hours=args.min_icu_hours,
+        long_stay_basis=args.long_stay_basis,
+        split_file=args.split_file,
+        split_missing=args.split_missing,
         check_images=not args.no_check_images,
     )
     return 0

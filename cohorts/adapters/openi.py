@@ -18,6 +18,11 @@ That guess agrees with the Kaggle table for only 85 % of images, so it is a warn
 remark in the summary and ``views: inferred from image names`` in the manifest metadata.
 Labels: the 15 findings of :mod:`.openi_labels`. Report tables that are not valid UTF-8
 are read with the cp1252 fallback of :mod:`.readers` (rows counted in the summary).
+
+Split: seeded by patient (0.65 / 0.15 / 0.20, stratified by ``normal``), or taken exactly
+from a published split file (``--split-file``: the R2Gen ``annotation.json`` or an
+``id,split`` CSV; ids ``CXR2384_IM-0942``, ``CXR2384`` or ``2384`` all name study 2384), see
+:mod:`.published_split`.
 """
 
 from __future__ import annotations
@@ -32,8 +37,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cohorts.adapters import AdapterError, add_common_args
+from cohorts.adapters import (
+    AdapterError,
+    add_common_args,
+    add_split_file_args,
+    cli_errors,
+    require_path,
+)
 from cohorts.adapters.openi_labels import LABELS, findings
+from cohorts.adapters.published_split import apply_split, read_split_file
 from cohorts.adapters.readers import read_csv_text, require_columns
 from cohorts.adapters.summary import Drops, redecoded_remarks, write_cohort
 from cohorts.manifest import ManifestMeta
@@ -62,6 +74,21 @@ def image_key(name: str) -> tuple[str, str] | None:
             break
     m = _KEY.match(stem)
     return (str(int(m["uid"])), m["im"].upper()) if m else None
+
+
+SPLIT_ID_COLUMNS = {"id": "sample", "sample_id": "sample", "uid": "sample"}
+_STUDY = re.compile(r"^(?:CXR)?(?P<uid>\d+)$", re.IGNORECASE)
+
+
+def study_id(name: str) -> str:
+    """A published split's id -> the manifest's ``CXR{uid}``: R2Gen ``CXR2384_IM-0942`` (or
+    ``CXR2372_IM-0933-0001``), ``CXR2384`` and ``2384`` all give ``CXR2384``; others unchanged."""
+    name = str(name).strip()
+    key = image_key(name)
+    if key is not None:
+        return f"CXR{key[0]}"
+    m = _STUDY.match(name)
+    return f"CXR{int(m['uid'])}" if m else name
 
 
 def index_images(root: Path, images_dir: Path) -> dict[tuple[str, str], str]:
@@ -190,16 +217,26 @@ def build(
     images_dir: str | Path | None = None,
     seed: int = 0,
     dataset: str = "openi",
+    split_file: str | Path | None = None,
+    split_missing: str = "drop",
 ) -> tuple[pd.DataFrame, ManifestMeta, Drops]:
-    """Studies + views + the images on disk -> (manifest frame, meta, drops)."""
+    """Studies + views + the images on disk -> (manifest frame, meta, drops).
+
+    ``split_file``: a published split (R2Gen JSON or ``id,split`` CSV) used instead of the
+    seeded one; studies it does not list are dropped (``split_missing="drop"``) or refused.
+    """
+    require_path(root, "--root", "folder", "openi")
+    require_path(images_dir, "--images", "folder", "openi")
+    published = (
+        read_split_file(split_file, SPLIT_ID_COLUMNS, study_id) if split_file is not None else None
+    )
     root = Path(root).resolve()
     images_dir = Path(images_dir).resolve() if images_dir else root
-    if not root.is_dir():
-        raise AdapterError(f"{root}: dataset root not found")
     if root != images_dir and root not in images_dir.parents:
         raise AdapterError(f"{images_dir}: image folder is not inside the dataset root {root}")
     on_disk = index_images(root, images_dir)
     drops = Drops()
+    studies_all = studies
     dup = studies["uid"].duplicated()
     drops.add("duplicate study uid", "CXR" + studies.loc[dup, "uid"])
     studies = studies.loc[~dup]
@@ -237,11 +274,18 @@ def build(
     df = pd.DataFrame(rows, columns=cols)
     for k in LABELS:
         df[f"label_{k}"] = df[f"label_{k}"].astype("int8")
-    df["split"] = (
-        patient_split(df["patient_id"], FRACTIONS, seed, stratify=df["label_normal"])
-        if len(df)
-        else []
-    )
+    if published is not None:
+        known = set("CXR" + studies_all["uid"].astype(str))
+        df, split_remarks = apply_split(
+            df, published, known=known, drops=drops, missing=split_missing, what="study"
+        )
+        remarks += split_remarks
+    else:
+        df["split"] = (
+            patient_split(df["patient_id"], FRACTIONS, seed, stratify=df["label_normal"])
+            if len(df)
+            else []
+        )
     meta = ManifestMeta(
         dataset=dataset,
         task_type="multilabel",
@@ -257,6 +301,13 @@ def build(
             "remarks": remarks,
         },
     )
+    if published is not None:
+        del meta.extra["fractions"], meta.extra["seed"]
+        meta.extra["split_file"] = {
+            "path": str(published.path.resolve()),
+            "format": published.format,
+            "missing": split_missing,
+        }
     return df, meta, drops
 
 
@@ -269,12 +320,23 @@ def run(
     images: str | Path | None = None,
     seed: int = 0,
     dataset: str = "openi",
+    split_file: str | Path | None = None,
+    split_missing: str = "drop",
 ) -> Path:
-    """Read either layout, build, write manifest + summary into ``out``; returns the manifest path."""
+    """Read either layout, build, write manifest + summary into ``out``; returns the manifest path.
+
+    Every path given must exist (an :class:`AdapterError` names the option and the path).
+    """
     if (reports is None) == (xml is None):
         raise AdapterError(
             "openi: give exactly one of --reports (Kaggle CSV) or --xml (ecgen-radiology folder)"
         )
+    require_path(reports, "--reports", "file", "openi")
+    require_path(xml, "--xml", "folder", "openi")
+    require_path(projections, "--projections", "file", "openi")
+    require_path(root, "--root", "folder", "openi")
+    require_path(images, "--images", "folder", "openi")
+    require_path(split_file, "--split-file", "file", "openi")
     redecoded: dict[str, int] = {}
     if reports is not None:
         studies = load_kaggle(reports, redecoded)
@@ -292,7 +354,9 @@ def run(
     else:
         views = views_from_names(studies)
         log.warning("openi: %s", INFERRED_VIEWS)
-    df, meta, drops = build(studies, views, root or default_root, images, seed, dataset)
+    df, meta, drops = build(
+        studies, views, root or default_root, images, seed, dataset, split_file, split_missing
+    )
     meta.extra["views"] = (
         "projections table" if projections is not None else "inferred from image names"
     )
@@ -326,10 +390,16 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--images", help="folder searched for images, inside the root (default: the root)"
     )
+    add_split_file_args(
+        p,
+        "the R2Gen annotation.json (train/val/test lists of {'id': 'CXR2384_IM-0942', …}) or a"
+        " CSV with columns id,split (id CXR2384_IM-0942, CXR2384 or 2384; split train/val/test)",
+    )
     add_common_args(p, "openi")
     p.set_defaults(func=_main)
 
 
+@cli_errors("openi")
 def _main(args: argparse.Namespace) -> int:
     run(
         args.out,
@@ -340,5 +410,7 @@ def _main(args: argparse.Namespace) -> int:
         args.images,
         args.seed,
         args.dataset,
+        args.split_file,
+        args.split_missing,
     )
     return 0

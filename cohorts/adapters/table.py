@@ -26,6 +26,9 @@ This is how a user brings their own cohort. The mapping (YAML file or dict)::
     duplicate_ids: error            # or "first": keep the first row of a repeated id (a table
                                     # with one row per file of a case), the others dropped
 
+``--mapping`` and ``--root`` must exist when named (an :class:`AdapterError` names the option
+and the path; exit code 2 on the command line), as must the mapping's ``root``.
+
 Survival labels: 1 if the event happened by the horizon, 0 if followed past it, unknown if
 censored before it. Every problem (absent file, absent column, unmapped value) is reported
 with the file and the column. A CSV/TSV that is not valid UTF-8 is still read (see
@@ -45,7 +48,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from cohorts.adapters import AdapterError
+from cohorts.adapters import AdapterError, cli_errors, require_path
 from cohorts.adapters.readers import read_csv_text
 from cohorts.adapters.summary import Drops, redecoded_remarks, write_cohort
 from cohorts.manifest import MODALITY_KINDS, PATH_KINDS, SPLITS, TASK_TYPES, ManifestMeta
@@ -63,9 +66,7 @@ SPLIT_KEYS = {"column", "values", "val_fraction", "ratios", "seed", "stratify"}
 
 def load_mapping(path: str | os.PathLike) -> dict[str, Any]:
     """Read a mapping YAML; ``root`` (and ``table``) are resolved against the YAML's folder."""
-    path = Path(path)
-    if not path.is_file():
-        raise AdapterError(f"{path}: mapping file not found")
+    path = require_path(path, "--mapping", "file", "table")
     try:
         mapping = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -273,7 +274,13 @@ def build(
     task_type = mapping["task_type"]
     if task_type not in TASK_TYPES:
         raise AdapterError(f"{where_map}: task_type {task_type!r} not in {TASK_TYPES}")
-    root = Path(root or mapping.get("root", ".")).resolve()
+    if root is not None:
+        require_path(root, "--root", "folder", "table")
+    else:
+        root = mapping.get("root", ".")
+        if not Path(root).is_dir():
+            raise AdapterError(f"{where_map}: root {root}: folder not found (or give --root)")
+    root = Path(root).resolve()
     table_path = Path(os.path.expanduser(str(mapping["table"])))
     table_path = table_path if table_path.is_absolute() else root / table_path
     redecoded: dict[str, int] = {}
@@ -401,6 +408,7 @@ def run(
     dataset: str | None = None,
 ) -> Path:
     mp = load_mapping(mapping) if not isinstance(mapping, dict) else mapping
+    require_path(root, "--root", "folder", "table")
     if dataset:
         mp = {**mp, "dataset": dataset}
     df, meta, drops = build(mp, root, seed)
@@ -428,6 +436,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_main)
 
 
+@cli_errors("table")
 def _main(args: argparse.Namespace) -> int:
     run(args.mapping, args.out, args.root, args.seed, args.dataset)
     return 0

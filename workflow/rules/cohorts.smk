@@ -1,24 +1,24 @@
-# Raw cohort -> manifest (DESIGN §3.1). The demo adapter generates a synthetic cohort.
+# Raw cohort -> manifest. The demo adapter generates a synthetic cohort.
 
 
 rule demo_cohort:
-    wildcard_constraints:
-        dataset=one_of(DEMO_DATASETS),
     output:
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
-    params:
-        spec=lambda wc: config["datasets"][wc.dataset]["demo"],
-        out=lambda wc, output: os.path.dirname(output.manifest),
     log:
         f"{LOGS}/{{dataset}}/demo_cohort.log",
     benchmark:
         f"{BENCH}/{{dataset}}/demo_cohort.tsv"
+    wildcard_constraints:
+        dataset=one_of(DEMO_DATASETS),
     conda:
         "../../envs/cohorts.yaml"
     threads: 1
     resources:
         mem_mb=2000,
         runtime=30,
+    params:
+        spec=lambda wc: config["datasets"][wc.dataset]["demo"],
+        out=lambda wc, output: os.path.dirname(output.manifest),
     shell:
         "python -m cohorts demo --kind {params.spec[kind]} --dataset {wildcards.dataset}"
         " --n-patients {params.spec[n_patients]} --seed {params.spec[seed]}"
@@ -26,8 +26,8 @@ rule demo_cohort:
 
 
 rule adapter_cohort:
-    wildcard_constraints:
-        dataset=one_of(ADAPTER_DATASETS),
+    input:
+        unpack(adapter_files),
     output:
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
         summary=report(
@@ -37,20 +37,22 @@ rule adapter_cohort:
             labels={"dataset": "{dataset}"},
         ),
         summary_csv=f"{RESULTS}/{{dataset}}/summary.csv",
-    params:
-        adapter=lambda wc: config["datasets"][wc.dataset]["adapter"],
-        args=lambda wc: adapter_args(wc.dataset),
-        out=lambda wc, output: os.path.dirname(output.manifest),
     log:
         f"{LOGS}/{{dataset}}/adapter_cohort.log",
     benchmark:
         f"{BENCH}/{{dataset}}/adapter_cohort.tsv"
+    wildcard_constraints:
+        dataset=one_of(ADAPTER_DATASETS),
     conda:
         "../../envs/cohorts.yaml"
     threads: 1
     resources:
         mem_mb=16000,
         runtime=240,
+    params:
+        adapter=lambda wc: config["datasets"][wc.dataset]["adapter"],
+        args=lambda wc: adapter_args(wc.dataset),
+        out=lambda wc, output: os.path.dirname(output.manifest),
     shell:
         "python -m cohorts {params.adapter} --dataset {wildcards.dataset} {params.args}"
         " --out {params.out} > {log} 2>&1"

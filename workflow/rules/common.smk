@@ -1,9 +1,13 @@
 # Shared helpers for the rules: the paths and the per-rule config slices come from the
 # medmix package, so the workflow and the Python entry points agree on one layout.
 
+import hashlib
 import json
 import re
 import shlex
+import tempfile
+
+import yaml
 
 from fusion.registry import method_inputs
 from medmix.config import (
@@ -40,6 +44,18 @@ def adapter_args(dataset):
         elif value is not False and value is not None:  # 0 is a value
             out += [flag, shlex.quote(str(value))]
     return " ".join(out)
+
+
+# Adapter options naming a small file whose content defines the cohort: inputs of the adapter
+# job, so editing the file reruns it (data folders are not tracked: too large to hash).
+ADAPTER_FILE_ARGS = ("split_file", "mapping")
+
+
+def adapter_files(wildcards):
+    args = config["datasets"][wildcards.dataset].get("args", {})
+    return {k: str(args[k]) for k in ADAPTER_FILE_ARGS if args.get(k)}
+
+
 LOGS = f"{RESULTS}/logs"
 BENCH = f"{RESULTS}/benchmarks"
 
@@ -52,19 +68,74 @@ wildcard_constraints:
     protocol="[a-z0-9][a-z0-9_.-]*",
 
 
+# -- config slices and long argument lists: files, so the printed commands stay short --
+#
+# The part of the config a job depends on (its slice) reaches its command as a file, so the
+# console shows `--config results/.medmix/config/<hash>.yaml`, not the JSON. Two params:
+#   config_slice=lambda wc: inline_json(SLICE)   the slice itself: Snakemake records it and
+#                                                reruns the job when it changes
+#   cfg=lambda wc, output: slice_file(SLICE)     the file's path, which the command reads; the
+#                                                function takes `output`, so Snakemake counts
+#                                                the param as derived and does not record it
+# The recorded value is the shell-quoted JSON the commands received inline before, so outputs
+# of earlier versions of the workflow still match it and are not rerun.
+# A long list of arguments (file names, settings) goes the same way through args_file, read
+# by the command as `$(cat FILE)`; a long text (a table header) through text_file, read as
+# `"$(cat FILE)"`.
+
+GENERATED = f"{RESULTS}/.medmix"
+
+
 def inline_json(obj):
-    """A config slice as one shell-quoted JSON argument (params changes trigger reruns)."""
+    """A config slice as canonical (sorted), shell-quoted JSON: the tracked ``config_slice``."""
     return shlex.quote(json.dumps(obj, sort_keys=True))
 
 
-def modalities_of_method(dataset, method):
-    mods = list(config["datasets"][dataset]["modalities"])
-    if method.startswith("medmix-only-"):
-        only = method.removeprefix("medmix-only-")
-        if only not in mods:
-            raise ValueError(f"method {method}: dataset {dataset} has no modality {only!r}")
-        return [only]
-    return mods
+def _content_file(kind, key, suffix, write):
+    """``GENERATED/kind/<hash of key><suffix>``, written by ``write(file object)`` the first
+    time (atomically: concurrent writers write the same bytes). A dry run writes nothing.
+    """
+    directory = f"{GENERATED}/{kind}"
+    path = f"{directory}/{hashlib.sha256(key.encode()).hexdigest()[:16]}{suffix}"
+    if not workflow.dryrun and not os.path.exists(path):
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".", suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            write(fh)
+        os.replace(tmp, path)
+    return path
+
+
+def slice_file(obj):
+    """The file holding the config slice ``obj`` for a command's ``--config``. YAML, because the
+    entry points read config files with yaml.safe_load, which takes JSON's 1e-08 for a string;
+    named by the content's hash, so a changed slice is a new file."""
+    text = json.dumps(obj, sort_keys=True)
+    return _content_file(
+        "config",
+        text,
+        ".yaml",
+        lambda fh: yaml.safe_dump(json.loads(text), fh, sort_keys=True),
+    )
+
+
+def args_file(values):
+    """The file holding ``values``, one per line, for a command's ``$(cat FILE)`` (the shell
+    splits it into one argument per value, so no value may contain whitespace)."""
+    values = [str(v) for v in values]
+    bad = [v for v in values if not v or re.search(r"\s", v)]
+    if bad:
+        raise ValueError(
+            f"arguments passed through a file cannot be empty or hold spaces: {bad}"
+        )
+    text = "".join(f"{v}\n" for v in values)
+    return _content_file("args", text, ".txt", lambda fh: fh.write(text))
+
+
+def text_file(text):
+    """The file holding ``text``, for a command's ``"$(cat FILE)"`` (one argument, spaces and
+    all: a table header)."""
+    return _content_file("args", text, ".txt", lambda fh: fh.write(text))
 
 
 # Experts whose pins clash with the shared extract env run in their own env (rule extract).
@@ -82,42 +153,29 @@ def extract_env(wildcards):
 def expert_needs_gpu(expert):
     """1 when the expert (or an expert it wraps) is configured for a CUDA device."""
     specs = expert_closure(config, expert).values()
-    return int(any(str(s.get("device", "cpu")).startswith(("cuda", "auto")) for s in specs))
+    return int(
+        any(str(s.get("device", "cpu")).startswith(("cuda", "auto")) for s in specs)
+    )
 
 
 def run_summaries(dataset):
     paths = dataset_paths(config, dataset)
-    return [str(paths.run_dir("full", m) / "summary.json") for m in table1_methods(config, dataset)]
+    return [
+        str(paths.run_dir("full", m) / "summary.json")
+        for m in table1_methods(config, dataset)
+    ]
 
 
 def final_outputs():
-    out = [f"{RESULTS}/tables/main.{ext}" for ext in ("md", "csv", "tex")]
-    out += [f"{RESULTS}/figures/main_auroc.{ext}" for ext in ("png", "svg")]
-    out += [f"{RESULTS}/figures/fusion_weights.{ext}" for ext in ("png", "svg")]
+    out = [f"{RESULTS}/tables/main.{ext}" for ext in ("md", "csv", "tex", "html")]
+    out += [
+        f"{RESULTS}/figures/main_auroc.{ext}" for ext in ("png", "svg", "pdf", "txt")
+    ]
+    out += [
+        f"{RESULTS}/figures/fusion_weights.{ext}"
+        for ext in ("png", "svg", "pdf", "txt")
+    ]
     return out
-
-
-def medmix_predictions():
-    files = []
-    for ds in DATASETS:
-        run = dataset_paths(config, ds).run_dir("full", "medmix")
-        files += [str(run / f"seed{s}" / "predictions.parquet") for s in config["seeds"]]
-    return files
-
-
-def run_header(cfg):
-    """One line saying which data and experts produced a table (demo/offline or real weights)."""
-    parts = []
-    for ds, dcfg in cfg["datasets"].items():
-        kind = "synthetic demo cohort" if dcfg["adapter"] == "demo" else f"{dcfg['adapter']} adapter"
-        experts = sorted({e for names in dcfg["modalities"].values() for e in names})
-        parts.append(f"{ds} ({kind}; experts: {', '.join(experts)})")
-    offline = all(
-        spec.get("random_init", False) or not any(k in spec for k in ("model_id", "local_dir"))
-        for spec in cfg["experts"].values()
-    )
-    source = "offline experts (established features, packaged MiniLM, randomly initialised FM architectures)" if offline else "foundation-model experts"
-    return f"Test split, mean ± std over {len(cfg['seeds'])} seeds. Data: " + "; ".join(parts) + f". Experts: {source}."
 
 
 def train_inputs(wildcards):
@@ -156,7 +214,11 @@ def teacher_slice(dataset, modality):
     dcfg["modalities"] = {modality: [name]}
     dcfg["teachers"] = {modality: name}
     keep = {k: config[k] for k in ("results", "extraction") if k in config}
-    return {**keep, "datasets": {dataset: dcfg}, "experts": expert_closure(config, name)}
+    return {
+        **keep,
+        "datasets": {dataset: dcfg},
+        "experts": expert_closure(config, name),
+    }
 
 
 def teacher_env(wildcards):
@@ -174,7 +236,9 @@ def teacher_env(wildcards):
 def fit_source(dataset):
     """The source dataset an external-validation target is embedded for (experts that learn
     from data fit on the source's training split), or None."""
-    sources = [e["source"] for e in config.get("external") or [] if e["target"] == dataset]
+    sources = [
+        e["source"] for e in config.get("external") or [] if e["target"] == dataset
+    ]
     return sources[0] if sources else None
 
 

@@ -10,8 +10,6 @@ rule evaluate:
         summaries=lambda wc: all_run_inputs(wc.dataset),
     output:
         metrics=f"{RESULTS}/{{dataset}}/metrics.parquet",
-    params:
-        cfg=lambda wc: inline_json(dataset_slice(config, wc.dataset)),
     log:
         f"{LOGS}/{{dataset}}/evaluate.log",
     benchmark:
@@ -22,6 +20,9 @@ rule evaluate:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        config_slice=lambda wc: inline_json(dataset_slice(config, wc.dataset)),
+        cfg=lambda wc, output: slice_file(dataset_slice(config, wc.dataset)),
     shell:
         "python -m fusion evaluate --config {params.cfg} --dataset {wildcards.dataset}"
         " --out {output.metrics} > {log} 2>&1"

@@ -1,4 +1,4 @@
-# Manifest -> one embedding cache per (dataset, modality, expert) (DESIGN §3.2).
+# Manifest -> one embedding cache per (dataset, modality, expert).
 # Rerun one expert: snakemake results/demo-openi/embeddings/frontal/dinov2-tiny.parquet -f
 
 
@@ -8,9 +8,6 @@ rule extract:
         fit=fit_manifest_input,  # external-validation target: its source's manifest
     output:
         cache=f"{RESULTS}/{{dataset}}/embeddings/{{modality}}/{{expert}}.parquet",
-    params:
-        cfg=lambda wc: inline_json(extract_slice(config, wc.dataset, wc.modality)),
-        fit=fit_manifest_arg,
     log:
         f"{LOGS}/{{dataset}}/extract/{{modality}}/{{expert}}.log",
     benchmark:
@@ -22,6 +19,14 @@ rule extract:
         mem_mb=4000,
         runtime=120,
         gpu=lambda wc: expert_needs_gpu(wc.expert),
+    params:
+        config_slice=lambda wc: inline_json(
+            extract_slice(config, wc.dataset, wc.modality)
+        ),
+        cfg=lambda wc, output: slice_file(
+            extract_slice(config, wc.dataset, wc.modality)
+        ),
+        fit=fit_manifest_arg,
     shell:
         "python -m extractors extract --config {params.cfg} --dataset {wildcards.dataset}"
         " --modality {wildcards.modality} --expert {wildcards.expert}"
@@ -29,7 +34,7 @@ rule extract:
 
 
 # Expert and teacher caches -> one table of ok / missing / failed samples per cache, one
-# section per dataset (issue 9: failures are counted in the run's summary table). The caches
+# section per dataset (failures are counted in the run's summary table). The caches
 # are those the configured runs read (extractors.status.run_caches).
 
 from extractors.status import run_caches
@@ -58,6 +63,10 @@ rule sample_status:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        caches=lambda wc, input: args_file(input.caches),
+        teachers=lambda wc, input: args_file(input.teachers),
     shell:
-        "python -m extractors.status --caches {input.caches} --teachers {input.teachers}"
+        "python -m extractors.status --caches $(cat {params.caches})"
+        " --teachers $(cat {params.teachers})"
         " --md {output.md} --csv {output.csv} > {log} 2>&1"

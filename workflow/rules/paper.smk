@@ -21,9 +21,10 @@ EXTERNAL = external_pairs(config)
 
 
 def paper_slice(dataset, *keep, datasets=()):
-    """The config a paper-grid job depends on, as inline JSON: the dataset's slice without the
+    """The config a paper-grid job depends on: the dataset's slice without the
     paper sections it does not read (so editing the protocol grid does not rerun it), plus the
-    other ``datasets`` it reads (an external target) and the teachers' expert presets."""
+    other ``datasets`` it reads (an external target) and the teachers' expert presets.
+    """
     cfg = dataset_slice(config, dataset)  # drops every PAPER_SECTIONS key
     cfg.update({k: config[k] for k in keep if k in config})
     for ds in datasets:
@@ -33,7 +34,7 @@ def paper_slice(dataset, *keep, datasets=()):
     for name in (config["datasets"][dataset].get("teachers") or {}).values():
         if name in config["experts"]:
             cfg["experts"] = {**cfg["experts"], **expert_closure(config, name)}
-    return inline_json(cfg)
+    return cfg
 
 
 def table_header():
@@ -45,7 +46,9 @@ def table_header():
 
 def protocol_settings(dataset):
     """Every protocol setting of the config's protocols: section for this dataset."""
-    return expand_settings(config.get("protocols"), list(config["datasets"][dataset]["modalities"]))
+    return expand_settings(
+        config.get("protocols"), list(config["datasets"][dataset]["modalities"])
+    )
 
 
 def train_protocol_settings(dataset):
@@ -59,12 +62,18 @@ def test_protocol_settings(dataset):
 
 
 def _summary(dataset, protocol, method):
-    return str(dataset_paths(config, dataset).run_dir(protocol, method) / "summary.json")
+    return str(
+        dataset_paths(config, dataset).run_dir(protocol, method) / "summary.json"
+    )
 
 
 def protocol_runs(dataset):
     methods = runnable(dataset, protocol_methods(config))
-    out = [_summary(dataset, s, m) for s in train_protocol_settings(dataset) for m in methods]
+    out = [
+        _summary(dataset, s, m)
+        for s in train_protocol_settings(dataset)
+        for m in methods
+    ]
     if test_protocol_settings(dataset):
         out += [f"{RESULTS}/{dataset}/test_time/{m}.json" for m in methods]
     return out
@@ -73,7 +82,10 @@ def protocol_runs(dataset):
 def ablation_runs(dataset):
     if not (config.get("ablations") or {}).get("enabled"):
         return []
-    return [_summary(dataset, v.protocol, v.method) for v in ablation_variants(config, dataset)]
+    return [
+        _summary(dataset, v.protocol, v.method)
+        for v in ablation_variants(config, dataset)
+    ]
 
 
 def external_runs(dataset):
@@ -94,21 +106,11 @@ def all_run_inputs(dataset):
 
 def runnable(dataset, methods):
     """``methods`` minus the ones that cannot run here (e.g. OneLLM without its weights)."""
-    try:
-        from fusion.registry import method_inputs
-    except ImportError:
-        return list(methods)
     return [m for m in methods if not method_inputs(config, dataset, m).unavailable]
 
 
 def run_input_files(dataset, method):
     """The caches (and teacher caches) a run of ``method`` on ``dataset`` reads."""
-    try:
-        from fusion.registry import method_inputs
-    except ImportError:  # a registry without method_inputs: the expert caches only
-        paths = cache_paths(config, dataset)
-        mods = modalities_of_method(dataset, method)
-        return [str(p) for m in mods for p in paths[m].values()]
     got = method_inputs(config, dataset, method)
     files = [str(p) for experts in got.caches.values() for p in experts.values()]
     return files + [str(p) for p in got.teachers.values()]
@@ -145,7 +147,9 @@ def train_medmix_predictions():
     files = []
     for ds in TRAIN_DATASETS:
         run = dataset_paths(config, ds).run_dir("full", "medmix")
-        files += [str(run / f"seed{s}" / "predictions.parquet") for s in config["seeds"]]
+        files += [
+            str(run / f"seed{s}" / "predictions.parquet") for s in config["seeds"]
+        ]
     return files
 
 
@@ -171,24 +175,45 @@ def _figure_caption(stem):
 
 
 def paper_table_files():
-    return [f"{RESULTS}/tables/{t}.{ext}" for t in PAPER["tables"] for ext in ("md", "csv", "tex")]
+    return [
+        f"{RESULTS}/tables/{t}.{ext}"
+        for t in PAPER["tables"]
+        for ext in ("md", "csv", "tex", "html")
+    ]
 
 
 def paper_figure_files():
-    return [f"{RESULTS}/figures/{f}.{ext}" for f in PAPER["figures"] for ext in ("png", "svg")]
+    return [
+        f"{RESULTS}/figures/{f}.{ext}"
+        for f in PAPER["figures"]
+        for ext in ("png", "svg", "pdf", "txt")
+    ]
 
 
 def paper_outputs_flagged():
-    """The paper rule's outputs: Markdown tables and PNG figures go into the report."""
+    """The paper rule's outputs: HTML tables (the report shows them inline; Markdown would
+    only be offered as a download) and PNG figures go into the report."""
     out = []
     for t in PAPER["tables"]:
         cap = f"../report/{PAPER_TABLE_CAPTIONS[t]}"
-        out.append(report(f"{RESULTS}/tables/{t}.md", caption=cap, category="Tables", subcategory="Paper"))
-        out += [f"{RESULTS}/tables/{t}.{ext}" for ext in ("csv", "tex")]
+        page = report(
+            f"{RESULTS}/tables/{t}.html",
+            caption=cap,
+            category="Tables",
+            subcategory="Paper",
+        )
+        out.append(page)
+        out += [f"{RESULTS}/tables/{t}.{ext}" for ext in ("md", "csv", "tex")]
     for f in PAPER["figures"]:
         cap = f"../report/{_figure_caption(f)}"
-        out.append(report(f"{RESULTS}/figures/{f}.png", caption=cap, category="Figures", subcategory="Paper"))
-        out.append(f"{RESULTS}/figures/{f}.svg")
+        png = report(
+            f"{RESULTS}/figures/{f}.png",
+            caption=cap,
+            category="Figures",
+            subcategory="Paper",
+        )
+        out.append(png)
+        out += [f"{RESULTS}/figures/{f}.{ext}" for ext in ("svg", "pdf", "txt")]
     return out
 
 

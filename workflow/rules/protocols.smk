@@ -1,4 +1,4 @@
-# The paper grid beyond Table 1 (DESIGN §7): missing-modality protocols, ablations, external
+# The paper grid beyond Table 1: missing-modality protocols, ablations, external
 # validation, efficiency, and the `paper_tables` target. Needs paper.smk (helpers).
 #
 # Train-time protocol settings (train_drop_one-*, train_random-*, mnar-*, ...) are ordinary
@@ -6,6 +6,7 @@
 # (dataset, method, setting) running all seeds. Test-only settings leave the trained model
 # unchanged, so one `test_protocols` job per (dataset, method) evaluates the full run's
 # checkpoints under all of them.
+
 
 include: "paper.smk"  # helpers (a second include of it is ignored)
 
@@ -22,9 +23,6 @@ rule test_protocols:
         caches=train_inputs,
     output:
         done=f"{RESULTS}/{{dataset}}/test_time/{{method}}.json",
-    params:
-        cfg=lambda wc: paper_slice(wc.dataset),
-        settings=lambda wc: " ".join(test_protocol_settings(wc.dataset)),
     log:
         f"{LOGS}/{{dataset}}/test_protocols/{{method}}.log",
     benchmark:
@@ -35,9 +33,15 @@ rule test_protocols:
     resources:
         mem_mb=4000,
         runtime=60,
+    params:
+        config_slice=lambda wc: inline_json(paper_slice(wc.dataset)),
+        cfg=lambda wc, output: slice_file(paper_slice(wc.dataset)),
+        settings=lambda wc: " ".join(test_protocol_settings(wc.dataset)),
+        settings_file=lambda wc, output: args_file(test_protocol_settings(wc.dataset)),
     shell:
         "python -m fusion.protocols test --config {params.cfg} --dataset {wildcards.dataset}"
-        " --method {wildcards.method} --settings {params.settings} --done {output.done}"
+        " --method {wildcards.method} --settings $(cat {params.settings_file})"
+        " --done {output.done}"
         " --threads {threads} > {log} 2>&1"
 
 
@@ -47,21 +51,22 @@ rule ablation:
         caches=dataset_caches,
     output:
         summary=f"{RESULTS}/{{dataset}}/runs/ablation/{{variant}}/summary.json",
-    wildcard_constraints:
-        variant="[a-z0-9_]+",
-    params:
-        cfg=lambda wc: paper_slice(wc.dataset, "ablations"),
-        out=lambda wc, output: os.path.dirname(output.summary),
     log:
         f"{LOGS}/{{dataset}}/ablation/{{variant}}.log",
     benchmark:
         f"{BENCH}/{{dataset}}/ablation/{{variant}}.tsv"
+    wildcard_constraints:
+        variant="[a-z0-9_]+",
     conda:
         "../../envs/fusion.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=120,
+    params:
+        config_slice=lambda wc: inline_json(paper_slice(wc.dataset, "ablations")),
+        cfg=lambda wc, output: slice_file(paper_slice(wc.dataset, "ablations")),
+        out=lambda wc, output: os.path.dirname(output.summary),
     shell:
         "python -m fusion.ablations train --config {params.cfg} --dataset {wildcards.dataset}"
         " --variant {wildcards.variant} --out {params.out} --threads {threads} > {log} 2>&1"
@@ -74,21 +79,26 @@ rule external_eval:
         caches=external_target_caches,
     output:
         summary=f"{RESULTS}/{{dataset}}/runs/external-{{target}}/{{method}}/summary.json",
-    wildcard_constraints:
-        target="[a-z0-9][a-z0-9_-]*",
-    params:
-        cfg=lambda wc: paper_slice(wc.dataset, datasets=(wc.target,)),
-        out=lambda wc, output: os.path.dirname(output.summary),
     log:
         f"{LOGS}/{{dataset}}/external/{{target}}/{{method}}.log",
     benchmark:
         f"{BENCH}/{{dataset}}/external/{{target}}/{{method}}.tsv"
+    wildcard_constraints:
+        target="[a-z0-9][a-z0-9_-]*",
     conda:
         "../../envs/fusion.yaml"
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        config_slice=lambda wc: inline_json(
+            paper_slice(wc.dataset, datasets=(wc.target,))
+        ),
+        cfg=lambda wc, output: slice_file(
+            paper_slice(wc.dataset, datasets=(wc.target,))
+        ),
+        out=lambda wc, output: os.path.dirname(output.summary),
     shell:
         "python -m fusion.external --config {params.cfg} --source {wildcards.dataset}"
         " --target {wildcards.target} --method {wildcards.method} --out {params.out}"
@@ -102,10 +112,6 @@ rule efficiency:
         caches=dataset_caches,
     output:
         json=f"{RESULTS}/{{dataset}}/efficiency.json",
-    params:
-        cfg=lambda wc: paper_slice(wc.dataset),
-        methods=lambda wc: " ".join(runnable(wc.dataset, efficiency_methods(config))),
-        device=efficiency_device(),
     log:
         f"{LOGS}/{{dataset}}/efficiency.log",
     benchmark:
@@ -117,6 +123,11 @@ rule efficiency:
         mem_mb=8000,
         runtime=60,
         gpu=int(efficiency_device().startswith("cuda")),
+    params:
+        config_slice=lambda wc: inline_json(paper_slice(wc.dataset)),
+        cfg=lambda wc, output: slice_file(paper_slice(wc.dataset)),
+        methods=lambda wc: " ".join(runnable(wc.dataset, efficiency_methods(config))),
+        device=efficiency_device(),
     shell:
         "python -m fusion.efficiency --config {params.cfg} --dataset {wildcards.dataset}"
         " --methods {params.methods} --device {params.device} --out {output.json}"
@@ -130,10 +141,6 @@ rule paper_tables:
         main=final_outputs(),
     output:
         paper_outputs_flagged(),
-    params:
-        cfg=inline_json(config),
-        tables=lambda wc, output: os.path.dirname(output[0]),
-        figures=lambda wc, output: os.path.join(os.path.dirname(os.path.dirname(output[0])), "figures"),
     log:
         f"{LOGS}/paper_tables.log",
     benchmark:
@@ -144,6 +151,13 @@ rule paper_tables:
     resources:
         mem_mb=4000,
         runtime=30,
+    params:
+        config_slice=inline_json(config),
+        cfg=lambda wc, output: slice_file(config),
+        tables=lambda wc, output: os.path.dirname(output[0]),
+        figures=lambda wc, output: os.path.join(
+            os.path.dirname(os.path.dirname(output[0])), "figures"
+        ),
     shell:
         "python -m fusion.render paper --config {params.cfg} --tables-dir {params.tables}"
         " --figures-dir {params.figures} > {log} 2>&1"

@@ -1,4 +1,4 @@
-# The RAG expert (paper App. B, DESIGN §4): knowledge index and projection (once, shared by all
+# The RAG expert (paper App. B): knowledge index and projection (once, shared by all
 # datasets) -> bridge (dataset, modality) -> rag embedding (dataset, modality) + provenance.
 # Rerun one: snakemake results/demo-openi/embeddings/report/rag.parquet -f
 
@@ -9,14 +9,13 @@ ruleorder: rag > extract
 
 rule knowledge_index:
     input:
-        [RAG["knowledge"]["source"]] if os.path.isfile(RAG["knowledge"]["source"]) else [],
+        [RAG["knowledge"]["source"]]
+        if os.path.isfile(RAG["knowledge"]["source"])
+        else [],
     output:
         index=f"{KB_DIR}/index.faiss",
         docs=f"{KB_DIR}/docs.parquet",
         meta=f"{KB_DIR}/index.json",
-    params:
-        cfg=rag_slice("knowledge", "article_encoder", "index", "device"),
-        out=lambda wc, output: os.path.dirname(output.index),
     log:
         f"{LOGS}/knowledge/{KB}/index.log",
     benchmark:
@@ -28,6 +27,14 @@ rule knowledge_index:
         mem_mb=8000,
         runtime=120,
         gpu=rag_gpu(),
+    params:
+        config_slice=inline_json(
+            rag_slice("knowledge", "article_encoder", "index", "device")
+        ),
+        cfg=lambda wc, output: slice_file(
+            rag_slice("knowledge", "article_encoder", "index", "device")
+        ),
+        out=lambda wc, output: os.path.dirname(output.index),
     shell:
         "python -m extractors.rag index --config {params.cfg} --out-dir {params.out}"
         " --threads {threads} > {log} 2>&1"
@@ -40,9 +47,6 @@ rule rag_projection:
         meta=f"{KB_DIR}/index.json",
     output:
         projection=f"{KB_DIR}/projection.safetensors",
-    params:
-        cfg=rag_slice("knowledge", "llm", "projection", "device"),
-        index_dir=lambda wc, input: os.path.dirname(input.index),
     log:
         f"{LOGS}/knowledge/{KB}/projection.log",
     benchmark:
@@ -54,6 +58,12 @@ rule rag_projection:
         mem_mb=8000,
         runtime=60,
         gpu=rag_gpu(),
+    params:
+        config_slice=inline_json(rag_slice("knowledge", "llm", "projection", "device")),
+        cfg=lambda wc, output: slice_file(
+            rag_slice("knowledge", "llm", "projection", "device")
+        ),
+        index_dir=lambda wc, input: os.path.dirname(input.index),
     shell:
         "python -m extractors.rag project --config {params.cfg} --index-dir {params.index_dir}"
         " --out {output.projection} > {log} 2>&1"
@@ -64,9 +74,6 @@ rule bridge:
         unpack(rag_bridge_inputs),
     output:
         bridge=f"{RESULTS}/{{dataset}}/bridge/{{modality}}.parquet",
-    params:
-        cfg=lambda wc: rag_slice("bridges", "device", dataset=wc.dataset),
-        image_cache=rag_bridge_image_args,
     log:
         f"{LOGS}/{{dataset}}/bridge/{{modality}}.log",
     benchmark:
@@ -78,6 +85,14 @@ rule bridge:
         mem_mb=4000,
         runtime=120,
         gpu=rag_bridge_gpu,
+    params:
+        config_slice=lambda wc: inline_json(
+            rag_slice("bridges", "device", dataset=wc.dataset)
+        ),
+        cfg=lambda wc, output: slice_file(
+            rag_slice("bridges", "device", dataset=wc.dataset)
+        ),
+        image_cache=rag_bridge_image_args,
     shell:
         "python -m extractors.rag bridge --config {params.cfg} --dataset {wildcards.dataset}"
         " --modality {wildcards.modality} --manifest {input.manifest} {params.image_cache}"
@@ -94,9 +109,6 @@ rule rag:
     output:
         cache=f"{RESULTS}/{{dataset}}/embeddings/{{modality}}/rag.parquet",
         provenance=f"{RESULTS}/{{dataset}}/embeddings/{{modality}}/rag.provenance.parquet",
-    params:
-        cfg=lambda wc: rag_slice("knowledge", "k", "query_encoder", "llm", "device", "batch_size", "shard_size", dataset=wc.dataset),
-        index_dir=lambda wc, input: os.path.dirname(input.index),
     log:
         f"{LOGS}/{{dataset}}/rag/{{modality}}.log",
     benchmark:
@@ -108,6 +120,10 @@ rule rag:
         mem_mb=6000,
         runtime=120,
         gpu=rag_gpu,
+    params:
+        config_slice=lambda wc: inline_json(rag_embed_slice(wc.dataset)),
+        cfg=lambda wc, output: slice_file(rag_embed_slice(wc.dataset)),
+        index_dir=lambda wc, input: os.path.dirname(input.index),
     shell:
         "python -m extractors.rag embed --config {params.cfg} --dataset {wildcards.dataset}"
         " --modality {wildcards.modality} --bridge {input.bridge} --index-dir {params.index_dir}"

@@ -2,27 +2,43 @@
 from extractors.rag.expert import rag_config
 
 RAG = rag_config({k: v for k, v in config.get("rag", {}).items() if k != "device"})
-RAG_DEVICE = str(config.get("rag", {}).get("device", "cpu"))  # "auto" is resolved on the node
+RAG_DEVICE = str(
+    config.get("rag", {}).get("device", "cpu")
+)  # "auto" is resolved on the node
 KB = RAG["knowledge"]["name"]
 KB_DIR = f"{RESULTS}/knowledge/{KB}"
 GENERATIVE_BRIDGES = ("maira2", "merlin", "histgen")
 
 
-
 def rag_slice(*keys, dataset=None):
-    """The rag settings a rule depends on, as inline JSON (edits elsewhere do not rerun it)."""
+    """The rag settings a rule depends on (edits elsewhere do not rerun it)."""
     rag = config.get("rag", {})
     out = {"results": RESULTS, "rag": {k: rag[k] for k in keys if k in rag}}
     if dataset is not None:
         dcfg = config["datasets"][dataset]  # teachers are not the rag branch's business
         out["datasets"] = {dataset: {k: v for k, v in dcfg.items() if k != "teachers"}}
         out["extraction"] = config.get("extraction", {})
-    return inline_json(out)
+    return out
+
+
+def rag_embed_slice(dataset):
+    """The settings of one rag embedding job (rule rag)."""
+    keys = (
+        "knowledge",
+        "k",
+        "query_encoder",
+        "llm",
+        "device",
+        "batch_size",
+        "shard_size",
+    )
+    return rag_slice(*keys, dataset=dataset)
 
 
 def rag_bridge_spec(dataset, modality):
     """The bridge pinned by name (rag.bridges.<modality>), else the nearest-report bridge whose
-    image_expert is configured for this modality, else None (decided from the manifest's kind)."""
+    image_expert is configured for this modality, else None (decided from the manifest's kind).
+    """
     bridges = RAG["bridges"]
     if modality in bridges:
         return bridges[modality]
@@ -39,12 +55,18 @@ def rag_bridge_inputs(wc):
     if spec is not None and spec.get("type") == "nearest-report":
         expert = spec.get("image_expert")
         if not expert:
-            raise ValueError(f"rag.bridges.{wc.modality}: nearest-report needs image_expert")
-        inputs["image_cache"] = f"{RESULTS}/{wc.dataset}/embeddings/{wc.modality}/{expert}.parquet"
+            raise ValueError(
+                f"rag.bridges.{wc.modality}: nearest-report needs image_expert"
+            )
+        inputs["image_cache"] = (
+            f"{RESULTS}/{wc.dataset}/embeddings/{wc.modality}/{expert}.parquet"
+        )
         src = fit_source(wc.dataset)
         if src:  # an external target takes its reports from the source's training split
             inputs["fit_manifest"] = f"{RESULTS}/{src}/manifest.parquet"
-            inputs["fit_image_cache"] = f"{RESULTS}/{src}/embeddings/{wc.modality}/{expert}.parquet"
+            inputs["fit_image_cache"] = (
+                f"{RESULTS}/{src}/embeddings/{wc.modality}/{expert}.parquet"
+            )
     return inputs
 
 
@@ -65,7 +87,9 @@ def rag_bridge_gpu(wc):
     spec = rag_bridge_spec(wc.dataset, wc.modality)
     if spec is not None:
         return int(spec.get("type") in GENERATIVE_BRIDGES)
-    return int(any(s.get("type") in GENERATIVE_BRIDGES for s in RAG["bridges"].values()))
+    return int(
+        any(s.get("type") in GENERATIVE_BRIDGES for s in RAG["bridges"].values())
+    )
 
 
 def rag_gpu(wc=None):

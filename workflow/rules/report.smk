@@ -21,9 +21,6 @@ rule tables:
         md=f"{RESULTS}/tables/main.md",
         csv=f"{RESULTS}/tables/main.csv",
         tex=f"{RESULTS}/tables/main.tex",
-    params:
-        header=shlex.quote(table_header()),
-        out_dir=lambda wc, output: os.path.dirname(output.html),
     log:
         f"{LOGS}/tables.log",
     benchmark:
@@ -34,9 +31,13 @@ rule tables:
     resources:
         mem_mb=1000,
         runtime=10,
+    params:
+        header=shlex.quote(table_header()),
+        header_file=lambda wc, output: text_file(table_header()),
+        out_dir=lambda wc, output: os.path.dirname(output.html),
     shell:
         "python -m fusion.render tables --metrics {input.metrics} --out-dir {params.out_dir}"
-        " --header {params.header} > {log} 2>&1"
+        ' --header "$(cat {params.header_file})" > {log} 2>&1'
 
 
 rule figures:
@@ -59,10 +60,6 @@ rule figures:
         weights_svg=f"{RESULTS}/figures/fusion_weights.svg",
         weights_pdf=f"{RESULTS}/figures/fusion_weights.pdf",
         weights_about=f"{RESULTS}/figures/fusion_weights.txt",
-    params:
-        header=shlex.quote(table_header()),
-        predictions=lambda wc: train_medmix_predictions(),
-        out_dir=lambda wc, output: os.path.dirname(output.auroc),
     log:
         f"{LOGS}/figures.log",
     benchmark:
@@ -73,6 +70,13 @@ rule figures:
     resources:
         mem_mb=2000,
         runtime=10,
+    params:
+        header=shlex.quote(table_header()),
+        header_file=lambda wc, output: text_file(table_header()),
+        predictions=lambda wc: train_medmix_predictions(),
+        predictions_file=lambda wc, output: args_file(train_medmix_predictions()),
+        out_dir=lambda wc, output: os.path.dirname(output.auroc),
     shell:
         "python -m fusion.render figures --metrics {input.metrics} --out-dir {params.out_dir}"
-        " --predictions {params.predictions} --header {params.header} > {log} 2>&1"
+        " --predictions $(cat {params.predictions_file})"
+        ' --header "$(cat {params.header_file})" > {log} 2>&1'

@@ -1,4 +1,4 @@
-# Manifest -> one teacher cache per (dataset, modality) (DESIGN §3.2, §4): the large model of
+# Manifest -> one teacher cache per (dataset, modality): the large model of
 # the modality, named by the dataset's `teachers: {modality: expert}`. MedMIX distils from it
 # (training only); AdaCoMed and the <modality>-large references read it as an input.
 # Same entry point and cache format as the experts (rule extract).
@@ -11,10 +11,6 @@ rule extract_teacher:
         fit=fit_manifest_input,  # external-validation target: its source's manifest
     output:
         cache=f"{RESULTS}/{{dataset}}/teachers/{{modality}}.parquet",
-    params:
-        cfg=lambda wc: inline_json(teacher_slice(wc.dataset, wc.modality)),
-        expert=lambda wc: teacher_expert(wc.dataset, wc.modality),
-        fit=fit_manifest_arg,
     log:
         f"{LOGS}/{{dataset}}/extract_teacher/{{modality}}.log",
     benchmark:
@@ -26,6 +22,11 @@ rule extract_teacher:
         mem_mb=16000,
         runtime=240,
         gpu=lambda wc: expert_needs_gpu(teacher_expert(wc.dataset, wc.modality)),
+    params:
+        config_slice=lambda wc: inline_json(teacher_slice(wc.dataset, wc.modality)),
+        cfg=lambda wc, output: slice_file(teacher_slice(wc.dataset, wc.modality)),
+        expert=lambda wc: teacher_expert(wc.dataset, wc.modality),
+        fit=fit_manifest_arg,
     shell:
         "python -m extractors extract --config {params.cfg} --dataset {wildcards.dataset}"
         " --modality {wildcards.modality} --expert {params.expert}"

@@ -4,15 +4,13 @@
 # (adacomed, <modality>-large). OneLLM without its weights reads nothing and is marked
 # unavailable in its summary.json.
 
+
 rule train:
     input:
         manifest=f"{RESULTS}/{{dataset}}/manifest.parquet",
         caches=train_inputs,
     output:
         summary=f"{RESULTS}/{{dataset}}/runs/{{protocol}}/{{method}}/summary.json",
-    params:
-        cfg=lambda wc: inline_json(train_slice(wc.dataset)),
-        out=lambda wc, output: os.path.dirname(output.summary),
     log:
         f"{LOGS}/{{dataset}}/train/{{protocol}}/{{method}}.log",
     benchmark:
@@ -23,6 +21,10 @@ rule train:
     resources:
         mem_mb=4000,
         runtime=120,
+    params:
+        config_slice=lambda wc: inline_json(train_slice(wc.dataset)),
+        cfg=lambda wc, output: slice_file(train_slice(wc.dataset)),
+        out=lambda wc, output: os.path.dirname(output.summary),
     shell:
         "python -m fusion train --config {params.cfg} --dataset {wildcards.dataset}"
         " --method {wildcards.method} --protocol {wildcards.protocol}"
