@@ -1,7 +1,10 @@
 """Cohort command line: ``python -m cohorts <adapter> ...`` (one subcommand per adapter).
 
     python -m cohorts demo --kind openi --dataset demo-openi --n-patients 400 --seed 11 \\
-        [--shift 0.0] --out results/demo-openi
+        [--shift 0.0] --out results/demo-openi [--no-progress | --quiet]
+
+``--no-progress`` hides the progress bar; ``--quiet`` also lowers logging to warnings. Bars
+are drawn only when stderr is a terminal (never into a Snakemake job's log).
 """
 
 from __future__ import annotations
@@ -11,6 +14,13 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from medmix.cli import (
+    add_output_options,
+    add_version_argument,
+    setup_cli_logging,
+    show_progress,
+)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -25,7 +35,7 @@ def _demo(args: argparse.Namespace) -> int:
         args.seed,
         args.dataset,
         args.shift,
-        progress=not args.quiet,
+        progress=show_progress(args),
     )
     df, meta = read_manifest(path)
     missing = meta.extra.get("missing_fraction", {})
@@ -46,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m cohorts", description="Build a cohort manifest."
     )
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="adapter", required=True, metavar="ADAPTER")
     demo = sub.add_parser("demo", help="generate a synthetic demo cohort (raw files + manifest)")
     demo.add_argument(
@@ -62,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--out", required=True, help="output folder: raw/ and manifest.parquet go here"
     )
-    demo.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_output_options(demo)
     demo.set_defaults(func=_demo)
 
     from cohorts.adapters import add_cli as add_adapter_cli
@@ -73,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    setup_cli_logging(args)
     return args.func(args)
 
 

@@ -1,4 +1,8 @@
-"""Command line: ``python -m extractors extract|list|doctor``."""
+"""Command line: ``python -m extractors extract|list|doctor``.
+
+``extract --no-progress`` hides the progress bar; ``--quiet`` also lowers logging to
+warnings. Bars are drawn only when stderr is a terminal (never into a Snakemake job's log).
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,13 @@ import argparse
 import logging
 import sys
 
+from medmix.cli import (
+    add_output_options,
+    add_version_argument,
+    setup_cli_logging,
+    show_progress,
+)
 from medmix.config import dataset_paths, load_config_arg
-from medmix.logs import setup_logging
 
 
 def _register_presets(cfg: dict) -> None:
@@ -36,7 +45,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
             shard_size=ext["shard_size"],
             max_failed_fraction=ext["max_failed_fraction"],
             dtype=ext["dtype"],
-            progress=not args.no_progress,
+            progress=show_progress(args),
             fit_manifest=args.fit_manifest,
         )
     except TooManyFailures as exc:
@@ -65,19 +74,24 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m extractors", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m extractors",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("extract", help="run one expert over one modality of a dataset")
     p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--modality", required=True)
+    p.add_argument("--dataset", required=True, help="dataset name from the config's datasets:")
+    p.add_argument("--modality", required=True, help="modality of the dataset's manifest")
     p.add_argument("--expert", required=True, help="expert name from the config's experts: section")
     p.add_argument(
         "--out",
         help="cache path (default: results/{dataset}/embeddings/{modality}/{expert}.parquet)",
     )
     p.add_argument("--device", help="override the expert's device (cpu, cuda, cuda:1)")
-    p.add_argument("--no-progress", action="store_true")
+    add_output_options(p)
     p.add_argument(
         "--fit-manifest",
         help="experts that learn from data fit on this manifest's training split (external "
@@ -85,7 +99,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.set_defaults(func=cmd_extract)
     p = sub.add_parser("list", help="list registered experts")
-    p.add_argument("--kind")
+    p.add_argument(
+        "--kind",
+        help="list only experts of this input kind: image, text, timeseries, volume, slide",
+    )
     p.set_defaults(func=cmd_list)
     p = sub.add_parser(
         "doctor", help="check every configured expert's packages, weights and device (no downloads)"
@@ -97,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_doctor)
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_cli_logging(args)
     return args.func(args)
 
 

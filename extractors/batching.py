@@ -23,7 +23,8 @@
   reason is a :class:`SampleError`'s own message, else only the exception type and a size
   (:func:`safe_reason`): other messages can quote the note. A ``LoadingError`` (the model is
   refused or missing) is no sample's fault and stops the run.
-* **Progress.** A tqdm bar in samples, with samples/s.
+* **Progress.** A tqdm bar in samples, with samples/s, drawn only on a terminal
+  (:mod:`medmix.progress`: never into a Snakemake job's log).
 
 Experts may implement, besides ``load``/``embed``: ``collate(items)`` (in the worker) +
 ``forward(collated)`` (in the main process), and ``item_info(item) -> dict`` — small per-sample
@@ -54,7 +55,7 @@ MISSING_REASON = "modality not recorded"
 
 
 def safe_reason(exc: BaseException, where: str, subject: str | None = None) -> str:
-    """The cache's ``reason`` for a sample that raised ``exc``; never patient content (issue 9).
+    """The cache's ``reason`` for a sample that raised ``exc``; never patient content.
 
     Our own :class:`SampleError` messages are written to name no sample content and are kept.
     Any other exception's message is withheld: a tokenizer's, a model's or a library's text

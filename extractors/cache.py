@@ -1,12 +1,18 @@
-"""The embedding cache contract (DESIGN §3.2).
+"""The embedding cache contract.
 
 ``results/{dataset}/embeddings/{modality}/{expert}.parquet``: one row per manifest sample with
 ``sample_id``, ``embedding`` (``fixed_size_list<float32|float16>[D]``, null unless ok),
 ``status`` (ok / missing / failed) and ``reason`` (null when ok). The schema metadata
 (key ``medmix.cache``) records the expert, model id and revision, dim, pooling, a hash of the
-preprocessing config, package versions and the creation time. Experts that report per-sample
-facts (a note's chunk count, a series' window count) add an optional ``extra`` column of JSON
-strings (null unless ok); caches without it are read as before (``CacheData.extra`` is None).
+preprocessing config, package versions and the creation time; the MedMIX version and git
+commit that wrote it (``medmix_version``, ``medmix_commit``: empty outside a git checkout);
+and, for caches written by :func:`extractors.extract.extract`, a fingerprint of the manifest
+rows it covers (``manifest_sha256``) and the device and compute precision the forward passes
+actually ran on (``device``, ``device_name``, ``precision``; next to the configured
+``device_requested`` / ``precision_requested``). Caches written before these keys existed
+read back with them empty. Experts that report per-sample facts (a note's chunk count, a
+series' window count) add an optional ``extra`` column of JSON strings (null unless ok); caches
+without it are read as before (``CacheData.extra`` is None).
 
 Extraction writes shards into a hidden folder beside the target (``.{name}.shards/``), each
 shard atomically. A crashed run resumes from the finished shards; the final file is assembled
@@ -79,6 +85,15 @@ class CacheMeta:
     packages: dict[str, str] = field(default_factory=dict)
     created_at: str = ""
     extra: dict = field(default_factory=dict)
+    # provenance (empty in caches written before these keys existed)
+    medmix_version: str = ""
+    medmix_commit: str = ""  # git commit of the checkout (``-dirty`` when modified), or ""
+    manifest_sha256: str = ""  # extract.manifest_fingerprint of the rows the cache covers
+    device: str = ""  # where the forward passes ran (``cpu``, ``cuda:0``)
+    device_name: str = ""  # the GPU's name on CUDA
+    precision: str = ""  # the compute precision they ran in (``fp32``, ``bf16``, ``fp16``)
+    device_requested: str = ""  # as configured (``auto``, ``cuda``, ...)
+    precision_requested: str = ""
 
 
 @dataclass
@@ -137,6 +152,16 @@ class CacheData:
         return self.status == "ok"
 
 
+def stamp_version(meta: CacheMeta) -> CacheMeta:
+    """Fill ``medmix_version`` / ``medmix_commit`` with the running pipeline's (once)."""
+    from medmix.version import git_commit, medmix_version
+
+    if not meta.medmix_version:
+        meta.medmix_version = medmix_version()
+        meta.medmix_commit = git_commit() or ""
+    return meta
+
+
 def _table(records: CacheRecords, meta: CacheMeta) -> pa.Table:
     pa_type, np_type = _DTYPES[meta.dtype]
     emb = np.asarray(records.embeddings, dtype=np.float32)
@@ -169,8 +194,8 @@ def _table(records: CacheRecords, meta: CacheMeta) -> pa.Table:
 def write_cache(
     path: str | os.PathLike, records: CacheRecords, meta: CacheMeta, row_group_size: int = 4096
 ) -> Path:
-    """Write a whole cache atomically."""
-    table = _table(records, meta)
+    """Write a whole cache atomically (``meta`` is stamped with the pipeline's version)."""
+    table = _table(records, stamp_version(meta))
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, row_group_size=row_group_size)
     return Path(path)
@@ -269,6 +294,7 @@ class ShardedCacheWriter:
         missing = [i for i in range(n_shards) if not self.done(i)]
         if missing:
             raise CacheError(f"{self.path}: cannot finalize, shards {missing[:5]} not written")
+        stamp_version(self.meta)
         tables = [pq.read_table(self.shard_path(i)) for i in range(n_shards)]
         if tables:
             table = pa.concat_tables(tables)

@@ -11,20 +11,21 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from cohorts.manifest import PATH_KINDS, ManifestError, read_manifest, validate_manifest
 from extractors.base import Expert, SampleError
 from extractors.batching import (
     embed_safe,
+    expert_device,
     is_missing,
     load_one,
+    precision_of,
     reason_of,
     run_shards,
     summarise_info,
 )
-from extractors.cache import ShardedCacheWriter
+from extractors.cache import CacheMeta, ShardedCacheWriter
 from extractors.status import count_reasons
+from medmix.progress import progress as progress_bar
 
 log = logging.getLogger("medmix.extract")
 
@@ -151,19 +152,22 @@ def extract(
     bounds = [(i, i * shard_size, min(len(ids), (i + 1) * shard_size)) for i in range(n_shards)]
     pending = [b for b in bounds if not writer.done(b[0])]
     done_samples = sum(hi - lo for i, lo, hi in bounds if writer.done(i))
+    device_requested = str(getattr(expert, "device", "cpu"))
     _resolve_auto_device(expert)
-    bar = tqdm(
+    bar = progress_bar(
         total=len(ids),
         initial=done_samples,
         desc=f"{mmeta.dataset}/{modality}/{expert.name}",
         unit="sample",
         dynamic_ncols=True,
-        disable=not progress,
+        enabled=progress,
     )
     stats = run_shards(expert, ids, values, data_root, pending, writer.write_shard, progress=bar)
     bar.close()
     if hasattr(expert, "item_info"):
         writer.meta.extra["item_info"] = summarise_info(_shard_extras(writer, n_shards))
+    writer.meta.manifest_sha256 = manifest_fingerprint(ids, splits, values)
+    _record_run_device(writer.meta, expert, device_requested)
     log.info(
         "%s/%s/%s: %d samples in %d batches, %d workers; model %.1fs, waiting for data %.1fs, writing %.1fs",
         mmeta.dataset,
@@ -237,6 +241,49 @@ def samples_hash(ids: list[str], values: list, root: Path) -> str:
             data = b"\xff" if part is None else part.encode("utf-8", "surrogatepass")
             h.update(len(data).to_bytes(8, "little") + data)
     return h.hexdigest()[:16]
+
+
+def manifest_fingerprint(ids: list[str], splits: list[str], values: list) -> str:
+    """sha256 of the manifest rows a cache covers: each row's sample id, split and value of
+    the modality (a path relative to the dataset root, or a note's text), in manifest order.
+    Unlike :func:`samples_hash` it leaves out the data root, so the same manifest gives the
+    same fingerprint wherever the dataset lives."""
+    h = hashlib.sha256(b"medmix-manifest-rows-v1\x00")
+    for sid, split, value in zip(ids, splits, values, strict=True):
+        for part in (sid, split, None if is_missing(value) else str(value)):
+            data = b"\xff" if part is None else part.encode("utf-8", "surrogatepass")
+            h.update(len(data).to_bytes(8, "little") + data)
+    return h.hexdigest()
+
+
+def _record_run_device(meta: CacheMeta, expert: Expert, requested: str) -> None:
+    """The device and compute precision this run used, not just those configured: the
+    resolved device (``auto`` -> cuda or cpu; ``cuda`` -> ``cuda:0`` with the GPU's name) and
+    the autocast dtype of the forward passes (``fp32`` off the GPU or with ``precision:
+    fp32``). A resumed run records its own device."""
+    from extractors.experts.fm_common import autocast_dtype
+
+    meta.device_requested = requested
+    meta.precision_requested = precision_of(expert)
+    device = expert_device(expert)
+    meta.device, meta.device_name = device, ""
+    if device.startswith("cuda"):
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                index = torch.device(device).index
+                index = torch.cuda.current_device() if index is None else index
+                meta.device = f"cuda:{index}"
+                meta.device_name = torch.cuda.get_device_name(index)
+        except Exception:  # noqa: BLE001 - the name is a nicety; the device string stands
+            pass
+    try:
+        dtype = autocast_dtype(device, meta.precision_requested)
+    except ValueError:
+        dtype = None
+    names = {"torch.bfloat16": "bf16", "torch.float16": "fp16"}
+    meta.precision = "fp32" if dtype is None else names.get(str(dtype), str(dtype))
 
 
 def _resolve_auto_device(expert: Expert) -> None:

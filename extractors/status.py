@@ -1,15 +1,16 @@
 """Sample status table: how many samples each expert cache holds as ok / missing / failed, and
-why they failed (issue 9: failures are counted in the run's summary table).
+why they failed (failures are counted in the run's summary table).
 
 The counts come from the caches themselves (every cache row has ``status`` and ``reason``,
-DESIGN §3.2), so the table is always in step with what the fusion stage reads. Command line
-(rule ``sample_status``)::
+docs/design.md §3.2), so the table is always in step with what the fusion stage reads. Command
+line (rule ``sample_status``)::
 
     python -m extractors.status --caches results/*/embeddings/*/*.parquet \\
-        --teachers results/*/teachers/*.parquet --md sample_status.md --csv sample_status.csv
+        --teachers results/*/teachers/*.parquet --md sample_status.md --csv sample_status.csv \\
+        --html sample_status.html
 
-Markdown: one table per dataset, rows ``modality / expert``; CSV: one long table with a
-``dataset`` column. Only ids-free reason summaries are shown (reasons never hold note text).
+Markdown: one table per dataset, rows ``modality / expert``; HTML (the report shows it
+inline): the same, one block per dataset; CSV: one long table with a ``dataset`` column. Only ids-free reason summaries are shown (reasons never hold note text).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import pyarrow.parquet as pq
 
 from extractors.cache import STATUSES, CacheError, read_meta
 from medmix.io import write_text_atomic
+from medmix.table_html import Block, Cell, render_html_table
 
 TOP_REASONS = 3
 COLUMNS = ["dataset", "modality", "expert", "role", "n", "ok", "missing", "failed", "top_reasons"]
@@ -163,16 +165,47 @@ def to_markdown(frame: pd.DataFrame) -> str:
     return "\n".join(out)
 
 
+HTML_TITLE = "Sample status per expert cache"
+HTML_LABELS = ["dataset", "modality / expert", "ok", "missing", "failed", "top failure reasons"]
+
+
+def to_html(frame: pd.DataFrame) -> str:
+    """The table as one HTML page: a block per dataset (the Snakemake report shows it inline)."""
+    blocks = []
+    for dataset, part in frame.groupby("dataset", sort=False):
+        rows = [
+            [
+                Cell(str(dataset)),
+                Cell(f"{r.modality} / {r.expert}"),
+                *(Cell(str(v), numeric=True) for v in (r.ok, r.missing, r.failed)),
+                Cell(str(r.top_reasons) or "–"),
+            ]
+            for r in part.itertuples(index=False)
+        ]
+        blocks.append(Block(rows=rows))
+    notes = [
+        "Teachers: training-only distillation or the large branch.",
+        "A failed sample is treated as a missing expert downstream.",
+    ]
+    if frame.empty:
+        notes.insert(0, "no caches")
+    numeric = [False, False, True, True, True, False]
+    return render_html_table(HTML_TITLE, "", HTML_LABELS, numeric, blocks, notes)
+
+
 def write_status(
     caches: Sequence[str | Path],
     teachers: Sequence[str | Path],
     md: str | Path,
     csv: str | Path,
+    html: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Write the Markdown and CSV tables (each atomically)."""
+    """Write the Markdown, CSV and (optionally) HTML tables, each atomically."""
     frame = status_table(caches, teachers)
     write_text_atomic(csv, frame.to_csv(index=False))
     write_text_atomic(md, to_markdown(frame))
+    if html is not None:
+        write_text_atomic(html, to_html(frame))
     return frame
 
 
@@ -182,8 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--teachers", nargs="*", default=[], help="teacher caches")
     parser.add_argument("--md", required=True, help="Markdown output")
     parser.add_argument("--csv", required=True, help="CSV output")
+    parser.add_argument("--html", help="HTML output (the report's inline view)")
     args = parser.parse_args(argv)
-    frame = write_status(args.caches, args.teachers, args.md, args.csv)
+    frame = write_status(args.caches, args.teachers, args.md, args.csv, args.html)
     failed = int(frame["failed"].sum()) if not frame.empty else 0
     print(f"{args.md}: {len(frame)} caches, {failed} failed samples in all")
     return 0

@@ -17,8 +17,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from medmix.cli import add_output_options, add_version_argument, setup_cli_logging
 from medmix.config import dataset_paths, load_config_arg
-from medmix.logs import setup_logging
 
 log = logging.getLogger("medmix.fusion")
 
@@ -84,37 +84,46 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("train", help="train all seeds of one (dataset, method, protocol)")
     p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, help="dataset name from the config's datasets:")
     p.add_argument(
         "--method",
         required=True,
-        help="medmix, meanavg, concat, max, attention, m3care, adacomed, onellm, "
+        help="medmix, meanavg, concat, linear-probe, max, attention, m3care, adacomed, onellm, "
         "<base>-only-<modality>, <modality>-large",
     )
-    p.add_argument("--protocol", default="full")
+    p.add_argument(
+        "--protocol",
+        default="full",
+        help="missing-modality protocol setting: full, train_drop_one-{modality}-{r}, "
+        "test_random-{p}, mnar-label-{p}, replay-{p}, ... (default: full)",
+    )
     p.add_argument("--out", help="run folder (default: results/{dataset}/runs/{protocol}/{method})")
     p.add_argument("--seeds", type=int, nargs="+", help="default: the config's seeds")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (bf16 autocast on cuda)")
+    add_output_options(p, progress=False)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("evaluate", help="collect every run's metrics.json into one long table")
     p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
-    p.add_argument("--dataset", required=True)
+    p.add_argument("--dataset", required=True, help="dataset name from the config's datasets:")
     p.add_argument("--out", help="default: results/{dataset}/metrics.parquet")
+    add_output_options(p, progress=False)
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("predict", help="score caches with a saved model (any subset of experts)")
     p.add_argument("--model", required=True, help="a seed folder: model.safetensors + config.json")
     p.add_argument("--input", action="append", required=True, help="MODALITY/EXPERT=CACHE.parquet")
     p.add_argument("--out", required=True, help="predictions (Parquet): prob_*, alpha_*, beta_*")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (default: cpu)")
+    add_output_options(p, progress=False)
     p.set_defaults(func=cmd_predict)
     p = sub.add_parser("methods", help="list registered fusion methods")
     p.set_defaults(func=cmd_methods)
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_cli_logging(args)
     return args.func(args)
 
 

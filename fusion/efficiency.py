@@ -18,9 +18,9 @@ is not, and the table's header says so.
   catch22) count 0 parameters and 0 FLOPs and are named in the table's header.
 * **Peak memory**: the components are held resident together, so the peak is the bytes of all
   their parameters and buffers plus the largest activation peak of one component's forward.
-  On CUDA the activation peak is ``torch.cuda.max_memory_allocated``; on CPU it is the peak
-  of the bytes of live tensors created during the forward (tracked per storage with a
-  dispatch mode).
+  On CUDA the activation peak is ``torch.cuda.max_memory_allocated`` (after
+  ``reset_peak_memory_stats``); on CPU it is the peak of the bytes of live tensors created
+  during the forward, from ``torch.profiler``'s memory events (``profile_memory=True``).
 
 EffScore (paper App. E; checked against its Table E6): ``Perf`` is the mean of AUROC, AUPRC,
 mF1 and Acc (test split, ``full`` protocol, mean over seeds) and::
@@ -129,66 +129,37 @@ def resident_bytes(modules: Iterable[nn.Module]) -> int:
     return int(sum(storages.values()))
 
 
-class _LiveTensorBytes:
-    """Peak bytes of tensors created while active (CPU), per storage, freed ones subtracted."""
+def _cpu_peak(fn: Callable[[], Any]) -> int:
+    """Peak bytes of CPU tensors allocated by ``fn()`` and still alive, from the public
+    ``torch.profiler`` memory events (``profile_memory=True``): every op's own allocations net
+    of its frees (``self_cpu_memory_usage``) and the frees between ops, summed in time order.
+    Tensors that existed before ``fn()`` (the resident weights) are never allocated inside it,
+    so they are not counted; the resolution is one op (a temporary allocated and freed inside
+    one kernel is not seen)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
 
-    def __init__(self, ignore: Iterable[Any] = ()) -> None:
-        from torch.utils._python_dispatch import TorchDispatchMode
-
-        self.ignore = {t.untyped_storage().data_ptr() for t in ignore}
-        self.live: dict[int, tuple[Any, int]] = {}
-        self.current = 0
-        self.peak = 0
-        tracker = self
-
-        class Mode(TorchDispatchMode):
-            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-                out = func(*args, **(kwargs or {}))
-                tracker._seen(out)
-                return out
-
-        self.mode = Mode()
-
-    def _sweep(self) -> None:
-        dead = [k for k, (ref, _) in self.live.items() if ref.expired()]
-        for k in dead:
-            self.current -= self.live.pop(k)[1]
-
-    def _seen(self, out: Any) -> None:
-        import torch
-        from torch.multiprocessing.reductions import StorageWeakRef
-        from torch.utils._pytree import tree_flatten
-
-        self._sweep()
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor):
-                continue
-            try:
-                st = t.untyped_storage()
-            except (RuntimeError, NotImplementedError):
-                continue
-            key = st.data_ptr()
-            if key in self.ignore or key in self.live or st.nbytes() == 0:
-                continue
-            self.live[key] = (StorageWeakRef(st), st.nbytes())
-            self.current += st.nbytes()
-        self.peak = max(self.peak, self.current)
-
-    def __enter__(self) -> _LiveTensorBytes:
-        self.mode.__enter__()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.mode.__exit__(*exc)
+    with (
+        torch.inference_mode(),
+        profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof,
+    ):
+        fn()
+    current = peak = 0
+    for ev in sorted(prof.events(), key=lambda e: e.time_range.start):
+        current += int(ev.self_cpu_memory_usage)
+        peak = max(peak, current)
+    return peak
 
 
 def activation_peak(
     fn: Callable[[], Any], modules: Iterable[nn.Module] = (), device: str = "cpu"
 ) -> int:
-    """Peak bytes allocated by ``fn()`` beyond what was resident before."""
+    """Peak bytes allocated by ``fn()`` beyond what was resident before (public torch APIs:
+    ``torch.cuda.reset_peak_memory_stats`` / ``max_memory_allocated`` on CUDA, the profiler's
+    memory events on CPU). ``modules`` is kept for callers; resident tensors are not counted
+    on either device."""
     import torch
 
-    modules = list(modules)
     if str(device).startswith("cuda") and torch.cuda.is_available():
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -197,9 +168,7 @@ def activation_peak(
             fn()
         torch.cuda.synchronize()
         return int(torch.cuda.max_memory_allocated() - base)
-    with _LiveTensorBytes(ignore=_tensors(modules)) as tracker, torch.inference_mode():
-        fn()
-    return int(tracker.peak)
+    return _cpu_peak(fn)
 
 
 @dataclass
@@ -447,7 +416,9 @@ def dataset_efficiency(
         "dataset": dataset,
         "device": device,
         "memory": (
-            "cuda max_memory_allocated" if device.startswith("cuda") else "live tensor bytes (CPU)"
+            "cuda max_memory_allocated"
+            if device.startswith("cuda")
+            else "live tensor bytes (CPU, torch.profiler)"
         ),
         "methods": {},
     }
@@ -551,19 +522,24 @@ def efficiency_rows(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from medmix.cli import add_output_options, add_version_argument, setup_cli_logging
     from medmix.config import load_config_arg
-    from medmix.logs import setup_logging
 
     parser = argparse.ArgumentParser(prog="python -m fusion.efficiency", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    add_version_argument(parser)
     parser.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--methods", nargs="+", required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dataset", required=True, help="dataset name from the config's datasets:")
+    parser.add_argument("--methods", nargs="+", required=True,
+                        help="fusion methods to cost (their full-protocol runs must exist)")  # fmt: skip
+    parser.add_argument(
+        "--out", required=True, help="output JSON, e.g. results/{dataset}/efficiency.json"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (default: cpu)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    add_output_options(parser, progress=False)
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_cli_logging(args)
     import torch
 
     torch.set_num_threads(args.threads)

@@ -11,13 +11,16 @@ Method strings used by the workflow are resolved by :func:`resolve_method`:
 * ``<base>-only-<modality>``: the base method restricted to one modality's experts
   (e.g. ``medmix-only-frontal``);
 * ``<modality>-large``: the single-modality teacher reference (paper Table 1, ``*-Large``):
-  a head on that modality's teacher cache (``teachers/{modality}.parquet``).
+  a head on that modality's teacher cache (``teachers/{modality}.parquet``);
+* ``linear-probe``: a scikit-learn logistic regression on the concatenated expert embeddings
+  (:mod:`fusion.probe`); no torch model class, trained by :func:`fusion.probe.run_probe`.
 
 :func:`method_inputs` says, without importing torch, which caches and teacher caches a method
 reads (the workflow's ``train`` rule uses it for its inputs).
 
 A checkpoint is ``model.safetensors`` (the state dict) plus ``config.json`` (the spec and the
-standardisation statistics); :func:`load_model` rebuilds the model from these two files alone.
+standardisation statistics); :func:`load_model` rebuilds the model from these two files alone
+(a linear probe's, format ``medmix-linear-probe/1``, through :func:`fusion.probe.load_probe`).
 Distillation heads are training-only: they are never part of a checkpoint.
 """
 
@@ -45,6 +48,8 @@ ONELLM = "onellm"
 ONELLM_WEIGHTS_ENV = "MEDMIX_ONELLM_WEIGHTS"
 # Bases that read the teacher caches as inputs (train and inference), by name (no torch here).
 TEACHER_INPUT_BASES = ("adacomed",)
+# A method fitted by scikit-learn (fusion.probe), not a registered FusionModel.
+PROBE = "linear-probe"
 
 _METHODS: dict[str, type] = {}
 
@@ -82,10 +87,20 @@ def _load_builtin() -> None:
 
 def list_methods() -> list[str]:
     _load_builtin()
-    return sorted(_METHODS)
+    return sorted([*_METHODS, PROBE])
+
+
+def is_probe(method: str) -> bool:
+    """``linear-probe`` or ``linear-probe-only-<modality>`` (fitted by :mod:`fusion.probe`)."""
+    return _base_of(method)[0] == PROBE
 
 
 def method_class(name: str) -> type[FusionModel]:
+    if name == PROBE:
+        raise MethodError(
+            f"{PROBE!r} is a scikit-learn logistic regression, not a torch fusion model "
+            "(fusion.probe.run_probe trains it; fusion.probe.load_probe loads it)"
+        )
     _load_builtin()
     if name not in _METHODS:
         try:  # ablation variants (e.g. medmix-uniform) register on demand
@@ -125,7 +140,7 @@ def resolve_method(
     """``medmix`` -> all modalities; ``medmix-only-frontal`` -> MedMIX on ``frontal`` alone;
     ``report-large`` -> a head on the ``report`` teacher cache (``teachers`` must name one)."""
     base, only = _base_of(method)
-    cls = method_class(base)
+    cls = None if base == PROBE else method_class(base)
     teacher_input = bool(getattr(cls, "uses_teacher_input", False))
     if only is not None:
         if only not in modalities:
@@ -328,6 +343,10 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
 
     directory = Path(directory)
     cfg = json.loads((directory / "config.json").read_text())
+    if str(cfg.get("format", "")).startswith("medmix-linear-probe/"):
+        from fusion.probe import load_probe
+
+        return load_probe(directory, device)
     if cfg.get("format") != CHECKPOINT_FORMAT:
         raise MethodError(
             f"{directory}: checkpoint format {cfg.get('format')!r}, this code reads "

@@ -34,6 +34,13 @@ The ``*-Large`` teacher references (a foundation model alone) sit in a block of 
 are never ranked. Each table is written as ``.md``, ``.tex``, ``.csv`` (separate mean / std
 columns, no blanking) and ``.html`` (the form the Snakemake report shows inline).
 
+Table 1 also has a "Δ AUROC vs MedMIX [95 % CI]" column (and "vs probe" where the
+``linear-probe`` baseline ran): each row's seed-averaged test macro AUROC minus the
+reference's, with a paired test-bootstrap percentile interval (:mod:`fusion.paired`, read
+from the run folders' ``predictions.parquet`` and the dataset's ``manifest.parquet``); † marks
+an interval that excludes 0. The CSV has ``delta_auroc_vs_{medmix,probe}`` with ``_lo``,
+``_hi``, ``_significant``, ``_skipped_draws`` and ``_note``.
+
 Figures follow :mod:`fusion.figure_style`: drawn at journal column width, text ≥ 8 pt, a
 chance line on AUROC axes, teacher references hatched grey, written as PNG, SVG and PDF, and
 the provenance in a sidecar ``<stem>.txt`` instead of on the figure.
@@ -57,8 +64,8 @@ import pandas as pd
 from fusion import figure_style
 from fusion.figure_style import is_teacher
 from fusion.protocols import modality_label
-from fusion.table_html import Block, Cell, render_html_table
 from medmix.io import write_text_atomic
+from medmix.table_html import Block, Cell, render_html_table
 
 log = logging.getLogger("medmix.fusion.render")
 
@@ -72,10 +79,14 @@ METHOD_LABELS = {
     "m3care": "M3Care",
     "adacomed": "AdaCoMed",
     "onellm": "OneLLM",
+    "linear-probe": "Linear probe (LR)",
     "medmix-uniform": "MedMIX (uniform mean)",
 }
 # The paper's row order (Table 1): references, simple fusion, missing-modality methods, MedMIX.
-METHOD_ORDER = ("meanavg", "concat", "max", "attention", "m3care", "adacomed", "onellm")
+# The linear probe (logistic regression on the same features) leads the baselines.
+METHOD_ORDER = (
+    "linear-probe", "meanavg", "concat", "max", "attention", "m3care", "adacomed", "onellm",
+)  # fmt: skip
 FAMILY_TITLES = {
     "train_drop_one": "Table E2 — single-modality drop at training time",
     "test_drop_one": "Table E3 — single-modality drop at test time",
@@ -156,6 +167,11 @@ class MainTable:
     unavailable: dict[tuple[str, str], str] = field(default_factory=dict)
     # (dataset, method) -> the short form printed in the cell ("weights absent", "no teacher")
     markers: dict[tuple[str, str], str] = field(default_factory=dict)
+    # (dataset, method, reference) -> fusion.paired.PairedDelta, or why it is n/a (a string);
+    # one "Δ AUROC vs <reference>" column per entry of delta_refs (add_paired_deltas)
+    deltas: dict[tuple[str, str, str], Any] = field(default_factory=dict)
+    delta_refs: list[str] = field(default_factory=list)
+    delta_about: str = ""
 
     def marker(self, dataset: str, method: str) -> str:
         return self.markers.get((dataset, method), "not run")
@@ -244,6 +260,90 @@ def add_unavailable(table: MainTable, runs: dict[str, list[dict[str, Any]]]) -> 
     return MainTable(pd.DataFrame(ordered).reset_index(drop=True), table.header, why, markers)
 
 
+# -- paired test-bootstrap differences (fusion.paired) ------------------------------------
+
+DELTA_KEYS = {"medmix": "medmix", "linear-probe": "probe"}  # reference -> csv / header name
+DELTA_MARK = "†"  # the 95 % interval excludes 0
+
+
+def _ref_name(ref: str) -> str:
+    return "MedMIX" if ref == "medmix" else DELTA_KEYS.get(ref, ref)
+
+
+def delta_label(ref: str, style: str = "md") -> str:
+    name = _ref_name(ref)
+    if style == "tex":
+        return f"$\\Delta$ AUROC vs {_tex(name)} [95\\,\\% CI]"
+    return f"Δ AUROC vs {name} [95 % CI]"
+
+
+def add_paired_deltas(
+    table: MainTable, roots: dict[str, Path], n_boot: int | None = None, seed: int | None = None
+) -> MainTable:
+    """Paired test-bootstrap intervals of each row's macro AUROC difference to MedMIX (and to
+    the linear probe, where it ran), from ``roots[dataset]/runs/full/*/seed*/predictions.parquet``
+    and ``roots[dataset]/manifest.parquet`` (:func:`fusion.paired.dataset_deltas`). A reference
+    gets a column only where some dataset has an interval against it."""
+    import time
+
+    from fusion import paired
+
+    n_boot = paired.N_BOOT if n_boot is None else int(n_boot)
+    seed = paired.SEED if seed is None else int(seed)
+    deltas: dict[tuple[str, str, str], Any] = {}
+    t0 = time.perf_counter()
+    for ds in dict.fromkeys(table.frame["dataset"]) if len(table.frame) else []:
+        methods = table.frame.loc[table.frame["dataset"] == ds, "method"].tolist()
+        root = roots.get(ds)
+        if root is None:
+            continue
+        try:
+            got = paired.dataset_deltas(root, methods, n_boot=n_boot, seed=seed)
+        except (OSError, ValueError, KeyError) as e:  # unreadable predictions or manifest
+            log.warning("%s: paired bootstrap skipped: %s", ds, e)
+            got = {(m, r): "unreadable predictions" for r in paired.REFERENCES for m in methods
+                   if (Path(root) / "runs" / "full" / r).exists()}  # fmt: skip
+        for (m, ref), v in got.items():
+            deltas[(ds, m, ref)] = v
+            if not isinstance(v, str):
+                log.info("%s %s vs %s: ΔAUROC %+.4f [%+.4f, %+.4f], %.2fs", ds, m, ref,
+                         v.delta, v.lo, v.hi, v.seconds)  # fmt: skip
+    refs = [r for r in paired.REFERENCES
+            if any(k[2] == r and not isinstance(v, str) for k, v in deltas.items())]  # fmt: skip
+    log.info("paired bootstrap (%d resamples): %.2fs", n_boot, time.perf_counter() - t0)
+    about = (
+        "Δ AUROC: the row's test macro AUROC (averaged over its seeds) minus the reference's, "
+        f"with the 95 % percentile interval of {n_boot:,} paired bootstrap resamples of the "
+        f"test samples (seed {seed}; both methods scored on the same resamples); "
+        f"{DELTA_MARK}: the interval excludes 0. A label with one class in a resample is left "
+        "out of that resample (counted in the CSV). The interval measures test-sample "
+        "uncertainty with the trained models fixed; the ± is the spread over training seeds."
+    )
+    return MainTable(table.frame, table.header, table.unavailable, table.markers, deltas, refs,
+                     about if refs else "")  # fmt: skip
+
+
+def _delta_cell(table: MainTable, ds: str, method: str, ref: str, style: str) -> str:
+    if method == ref:
+        return "---" if style == "tex" else "—"
+    v = table.deltas.get((ds, method, ref))
+    if v is None:
+        return f"n/a (no {_ref_name(ref)} run)"
+    if isinstance(v, str):
+        return f"n/a ({v})"
+    if not np.isfinite(v.lo):
+        return "n/a"
+    text = f"{v.delta:+.{DECIMALS}f} [{v.lo:+.{DECIMALS}f}, {v.hi:+.{DECIMALS}f}]"
+    if v.significant:
+        text += "$^{\\dagger}$" if style == "tex" else DELTA_MARK
+    return text
+
+
+def _value_labels(table: MainTable, style: str = "md") -> list[str]:
+    """Table 1's value columns: the metrics, then one Δ AUROC column per reference."""
+    return [*METRIC_COLUMNS.values(), *(delta_label(r, style) for r in table.delta_refs)]
+
+
 def _best_mask(frame: pd.DataFrame, metric: str) -> pd.Series:
     """The best mean per dataset among the compared methods (teacher references excluded)."""
     col = f"{metric}_mean"
@@ -272,13 +372,15 @@ def _main_rows(table: MainTable, style: str):
             mean, bold = row[f"{m}_mean"], bool(best[m][i])
             values.append(("n/a", False) if pd.isna(mean)
                           else (_fmt(mean, row[f"{m}_std"], bold, style), bold))  # fmt: skip
+        for ref in table.delta_refs:
+            values.append((_delta_cell(table, row["dataset"], row["method"], ref, style), False))
         ds = row["dataset"] if new_ds else ""
         yield ds, opens_ref, ref, f"{label} ({mark})" if why else label, values
 
 
 def render_markdown(table: MainTable) -> str:
     lines = [f"<!-- {table.header} -->", "", f"_{table.header}_", ""]
-    cols = ["Dataset", "Method", *METRIC_COLUMNS.values()]
+    cols = ["Dataset", "Method", *_value_labels(table)]
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for ds, opens_ref, _, label, values in _main_rows(table, "md"):
         if opens_ref:  # a Markdown table has no inner rule: a labelled row opens the block
@@ -288,16 +390,20 @@ def render_markdown(table: MainTable) -> str:
     notes = _notes(table)
     if notes:
         lines += ["", *[f"- Not run: {n}" for n in notes]]
+    if table.delta_about:
+        lines += ["", f"- {table.delta_about}"]
     return "\n".join(lines) + "\n"
 
 
 def render_latex(table: MainTable) -> str:
-    n_cols = 2 + len(METRIC_COLUMNS)
+    labels = _value_labels(table, "tex")
+    n_cols = 2 + len(labels)
     out = [
         f"% {table.header}",
-        "\\begin{tabular}{ll" + "c" * len(METRIC_COLUMNS) + "}",
+        *([f"% {table.delta_about}"] if table.delta_about else []),
+        "\\begin{tabular}{ll" + "c" * len(labels) + "}",
         "\\toprule",
-        "Dataset & Method & " + " & ".join(METRIC_COLUMNS.values()) + " \\\\",
+        "Dataset & Method & " + " & ".join(labels) + " \\\\",
         "\\midrule",
     ]
     first = True
@@ -318,7 +424,7 @@ def render_latex(table: MainTable) -> str:
 
 def render_main_html(table: MainTable) -> str:
     """Table 1 as an HTML page: one block per dataset, its teacher references apart."""
-    labels = ["Dataset", "Method", *METRIC_COLUMNS.values()]
+    labels = ["Dataset", "Method", *_value_labels(table)]
     blocks: list[Block] = []
     for ds, opens_ref, ref, label, values in _main_rows(table, "html"):
         if ds or opens_ref:
@@ -326,8 +432,9 @@ def render_main_html(table: MainTable) -> str:
         row = [Cell(ds), Cell(label)] + [Cell(text, bold, True) for text, bold in values]
         blocks[-1].rows.append(row)
     notes = [f"Not run: {n}" for n in _notes(table)]
+    notes += [table.delta_about] if table.delta_about else []
     return render_html_table("Table 1 — main comparison", table.header, labels,
-                             [False, False] + [True] * len(METRIC_COLUMNS), blocks, notes)  # fmt: skip
+                             [False, False] + [True] * (len(labels) - 2), blocks, notes)  # fmt: skip
 
 
 def render_csv(table: MainTable) -> str:
@@ -339,6 +446,21 @@ def render_csv(table: MainTable) -> str:
     f["unavailable"] = [
         table.unavailable.get((d, m), "") for d, m in zip(f["dataset"], f["method"], strict=True)
     ]
+    for ref in table.delta_refs:  # numeric: point difference, interval, significance, skips
+        col = f"delta_auroc_vs_{DELTA_KEYS.get(ref, ref)}"
+        keys = zip(f["dataset"], f["method"], strict=True)
+        got = [table.deltas.get((d, m, ref)) for d, m in keys]
+        num = [v if v is not None and not isinstance(v, str) else None for v in got]
+        f[col] = [np.nan if v is None else v.delta for v in num]
+        f[f"{col}_lo"] = [np.nan if v is None else v.lo for v in num]
+        f[f"{col}_hi"] = [np.nan if v is None else v.hi for v in num]
+        f[f"{col}_significant"] = [v is not None and v.significant for v in num]
+        f[f"{col}_skipped_draws"] = [0 if v is None else v.skipped_label_draws for v in num]
+        f[f"{col}_note"] = [
+            "reference" if m == ref else (v if isinstance(v, str) else "" if v is not None
+                                          else f"no {_ref_name(ref)} run")
+            for m, v in zip(f["method"], got, strict=True)
+        ]  # fmt: skip
     return f.to_csv(index=False, float_format="%.6f")
 
 
@@ -350,7 +472,12 @@ def load_metrics(paths: Sequence[str | Path]) -> pd.DataFrame:
 
 
 def write_tables(
-    metrics_paths: Sequence[str | Path], out_dir: str | Path, header: str, stem: str = "main"
+    metrics_paths: Sequence[str | Path],
+    out_dir: str | Path,
+    header: str,
+    stem: str = "main",
+    n_boot: int | None = None,
+    boot_seed: int | None = None,
 ) -> list[Path]:
     from fusion.run_status import unavailable_runs
 
@@ -360,6 +487,8 @@ def write_tables(
         root = Path(path).parent
         runs[root.name] = unavailable_runs(root / "runs")
     table = add_unavailable(table, runs)
+    roots = {Path(p).parent.name: Path(p).parent for p in metrics_paths}
+    table = add_paired_deltas(table, roots, n_boot=n_boot, seed=boot_seed)
     out_dir = Path(out_dir)
     written = []
     for ext, text in (
@@ -1774,23 +1903,33 @@ def render_paper(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from medmix.cli import add_version_argument
+
     parser = argparse.ArgumentParser(prog="python -m fusion.render")
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name in ("tables", "figures"):
-        p = sub.add_parser(name)
-        p.add_argument("--metrics", nargs="+", required=True)
-        p.add_argument("--out-dir", required=True)
-        p.add_argument("--header", default="")
+    for name, what in (
+        ("tables", "Table 1 (main)"),
+        ("figures", "the main AUROC and fusion-weight figures"),
+    ):
+        p = sub.add_parser(name, help=f"render {what} from metrics tables")
+        p.add_argument(
+            "--metrics", nargs="+", required=True, help="metrics.parquet file(s) of the datasets"
+        )
+        p.add_argument("--out-dir", required=True, help="folder to write into")
+        p.add_argument(
+            "--header", default="", help="header line describing the runs (default: none)"
+        )
         if name == "figures":
             p.add_argument(
                 "--predictions", nargs="*", default=[], help="MedMIX predictions.parquet files"
             )
     p = sub.add_parser("paper", help="every configured paper table and figure beyond Table 1")
     p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
-    p.add_argument("--tables-dir", required=True)
-    p.add_argument("--figures-dir", required=True)
+    p.add_argument("--tables-dir", required=True, help="folder for the tables")
+    p.add_argument("--figures-dir", required=True, help="folder for the figures")
     p = sub.add_parser("outputs", help="list the stems `paper` writes for a config")
-    p.add_argument("--config", default="config.yaml")
+    p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
     args = parser.parse_args(argv)
     if args.cmd in ("paper", "outputs"):
         from medmix.config import load_config_arg

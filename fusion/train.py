@@ -63,6 +63,7 @@ from fusion.registry import (
     ModelSpec,
     Predictions,
     build_model,
+    is_probe,
     method_class,
     method_inputs,
     resolve_method,
@@ -1096,6 +1097,10 @@ def run_training(
     device: str = "cpu",
 ) -> RunSummary:
     """Train every seed of (dataset, method, protocol) and write the run folder ``out``."""
+    if is_probe(method):  # scikit-learn logistic regression, same run layout (fusion.probe)
+        from fusion.probe import run_probe
+
+        return run_probe(cfg, dataset, method, protocol, out, seeds, threads, device)
     t0 = time.perf_counter()
     if threads:
         torch.set_num_threads(int(threads))

@@ -11,7 +11,27 @@ from typing import Any
 import jsonschema
 import yaml
 
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "workflow" / "schemas" / "config.schema.yaml"
+SCHEMA_NAME = "config.schema.yaml"
+
+
+def find_schema() -> Path:
+    """The config schema: the source tree's ``workflow/schemas/`` (the file the Snakefile
+    validates with) when the package runs from a checkout, else the copy shipped inside the
+    package (``medmix/schemas/``, package data of a regular install), else the current
+    folder's ``workflow/schemas/`` (a run from the checkout with another install)."""
+    here = Path(__file__).resolve().parent
+    candidates = [
+        here.parent / "workflow" / "schemas" / SCHEMA_NAME,
+        here / "schemas" / SCHEMA_NAME,
+        Path.cwd() / "workflow" / "schemas" / SCHEMA_NAME,
+    ]
+    for path in candidates:
+        if path.is_file():
+            return path
+    return candidates[1]
+
+
+SCHEMA_PATH = find_schema()
 
 
 class ConfigError(ValueError):
@@ -26,7 +46,12 @@ def validate_config(
     cfg: dict[str, Any], schema_path: str | os.PathLike = SCHEMA_PATH
 ) -> dict[str, Any]:
     """Validate against the JSON schema (filling defaults) and cross-check names."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    try:
+        schema = yaml.safe_load(Path(schema_path).read_text())
+    except OSError as exc:
+        raise ConfigError(f"config schema {schema_path} cannot be read: {exc}") from exc
+    if not isinstance(schema, dict):
+        raise ConfigError(f"config schema {schema_path} is not a YAML mapping")
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
@@ -104,7 +129,7 @@ def load_config(path: str | os.PathLike = "config.yaml") -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class DatasetPaths:
-    """Where one dataset's artefacts live (DESIGN §3)."""
+    """Where one dataset's artefacts live under the results folder."""
 
     root: Path  # results/{dataset}
 

@@ -7,8 +7,13 @@ import os
 
 
 def setup_logging(level: str | None = None) -> None:
+    """Log to stderr at ``level`` (default ``MEDMIX_LOG_LEVEL``, else INFO). An explicit
+    ``level`` (``--quiet``) also applies when logging was configured before."""
+    resolved = (level or os.environ.get("MEDMIX_LOG_LEVEL", "INFO")).upper()
     logging.basicConfig(
-        level=(level or os.environ.get("MEDMIX_LOG_LEVEL", "INFO")).upper(),
+        level=resolved,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if level is not None:
+        logging.getLogger().setLevel(resolved)

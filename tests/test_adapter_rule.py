@@ -49,3 +49,14 @@ def test_without_file_options_the_adapter_job_has_no_inputs(tmp_path: Path) -> N
     )
     assert "rule adapter_cohort" in out
     assert not [x for x in out.splitlines() if x.strip().startswith("input:")]
+
+
+def test_a_missing_split_file_is_left_to_the_adapter(tmp_path: Path) -> None:
+    """Not a dry-run MissingInputException: the adapter itself refuses it in one line."""
+    out = _dry_run(
+        tmp_path,
+        {"reports": str(tmp_path / "r.csv"), "projections": str(tmp_path / "p.csv"),
+         "split_file": str(tmp_path / "absent.csv")},
+    )  # fmt: skip
+    assert "rule adapter_cohort" in out
+    assert not [x for x in out.splitlines() if x.strip().startswith("input:")]

@@ -4,7 +4,9 @@ never a NaN embedding, never an input to the standardisation statistics."""
 
 from __future__ import annotations
 
+import html as htmllib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -145,9 +147,22 @@ def test_reason_key_collapses_sample_details() -> None:
 
 def test_status_table_counts_failed_rows(cohort: dict, tmp_path: Path) -> None:
     md, csv = tmp_path / "sample_status.md", tmp_path / "sample_status.csv"
+    html = tmp_path / "sample_status.html"
     args = ["--caches", str(cohort["cc"]), str(cohort["raw"]), "--teachers", str(cohort["teacher"])]
-    assert main([*args, "--md", str(md), "--csv", str(csv)]) == 0
+    assert main([*args, "--md", str(md), "--csv", str(csv), "--html", str(html)]) == 0
     table = pd.read_csv(csv, keep_default_na=False)
+    # the HTML page (the report's inline view) holds the same rows and counts as the CSV
+    rows = [
+        [htmllib.unescape(c) for c in re.findall(r"<td[^>]*>(.*?)</td>", tr)]
+        for tr in re.findall(r"<tr>(.*?)</tr>", html.read_text())
+        if "<td" in tr
+    ]
+    assert [r[1] for r in rows] == [
+        f"{m} / {e}" for m, e in zip(table.modality, table.expert, strict=True)
+    ]
+    assert [[int(v) for v in r[2:5]] for r in rows] == table[
+        ["ok", "missing", "failed"]
+    ].values.tolist()
     assert table[["dataset", "modality", "expert", "role"]].values.tolist() == [
         ["tiny", "note", "cc", "expert"],
         ["tiny", "note", "raw", "expert"],

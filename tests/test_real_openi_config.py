@@ -43,7 +43,7 @@ def test_config_validates() -> None:
     assert ds["adapter"] == "openi"
     assert list(ds["modalities"]) == ["report"]  # no images in the real data at hand
     assert ds["modalities"]["report"] == ["minilm", "tfidf-svd"]
-    assert cfg["methods"] == ["medmix"] and cfg["single_modality"] is False
+    assert cfg["methods"] == ["medmix", "linear-probe"] and cfg["single_modality"] is False
     assert cfg["seeds"] == [0, 1, 2, 3, 4]
     assert cfg["results"] != "results"  # never writes into the demo's results/
     assert "rag" not in cfg  # no RAG expert: nothing to build

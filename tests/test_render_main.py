@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from fusion.render import write_tables
@@ -95,3 +96,80 @@ def test_teacher_references_are_set_apart_and_never_bold(tmp_path: Path) -> None
     page = (out / "main.html").read_text()
     assert '<tbody class="reference">' in page
     assert "<strong>0.810 ± 0.014</strong>" in page and "<strong>0.910" not in page
+
+
+def _paired_dataset(root: Path, runs: dict, seed: int) -> Path:
+    """A dataset with a manifest, run folders with predictions, and the metrics table the
+    trainer would collect from them (macro test AUROC per seed, as Table 1 reads it)."""
+    from fusion.metrics import evaluate_split
+    from tests.test_fusion_paired import synthetic, write_runs
+
+    y, good, bad = synthetic(n=70, strength=(3.0, 0.0), seeds=(3, 3), rng_seed=seed)
+    probs = {m: {"good": good, "bad": bad}.get(v) for m, v in runs.items()}
+    write_runs(root, y, probs)
+    rows = []
+    for method, p in probs.items():
+        for s, ps in enumerate(p if p is not None else []):
+            sm = evaluate_split(y, ps.astype(np.float32), "multilabel", ["y0", "y1", "y2"])
+            for metric in ("auroc", "auprc", "macro_f1", "accuracy"):
+                rows.append({"dataset": root.name, "method": method, "protocol": "full",
+                             "seed": s, "split": "test", "task": "macro", "metric": metric,
+                             "value": sm.macro.get(metric, sm.macro["auroc"])})  # fmt: skip
+    pd.DataFrame(rows).to_parquet(root / "metrics.parquet")
+    return root / "metrics.parquet"
+
+
+def test_main_table_shows_paired_bootstrap_differences(tmp_path: Path) -> None:
+    paths = [
+        _paired_dataset(tmp_path / "demo-a", {"medmix": "good", "concat": "bad",
+                                              "linear-probe": "good", "onellm": None}, 0),
+        _paired_dataset(tmp_path / "demo-b", {"medmix": "good", "concat": "bad"}, 1),
+    ]  # fmt: skip
+    out = tmp_path / "tables"
+    write_tables(paths, out, "header line")
+    md = (out / "main.md").read_text()
+    head = next(r for r in md.splitlines() if r.startswith("| Dataset"))
+    assert head.endswith("| Acc | Δ AUROC vs MedMIX [95 % CI] | Δ AUROC vs probe [95 % CI] |")
+    cells = {}
+    ds = None
+    for r in md.splitlines()[md.splitlines().index(head) + 2 :]:
+        if not r.startswith("| "):
+            continue
+        parts = [c.strip() for c in r.split("|")[1:-1]]
+        ds = parts[0] or ds
+        cells[(ds, parts[1])] = parts[-2:]
+    # MedMIX is the reference of its own column; Concat is clearly worse, marked significant
+    assert cells[("demo-a", "MedMIX")][0] == "—"
+    vs_medmix, vs_probe = cells[("demo-a", "Concat")]
+    assert vs_medmix.startswith("-0.") and vs_medmix.endswith("†")
+    assert vs_probe.startswith("-0.") and vs_probe.endswith("†")
+    # the probe predicts exactly what MedMIX does: 0 difference, not significant
+    assert cells[("demo-a", "Linear probe (LR)")] == ["+0.000 [+0.000, +0.000]", "—"]
+    assert cells[("demo-a", "MedMIX")][1] == "+0.000 [+0.000, +0.000]"
+    assert cells[("demo-a", "OneLLM (weights absent)")][-2:] == ["n/a (weights absent)"] * 2
+    assert cells[("demo-b", "Concat")][1] == "n/a (no probe run)"  # no probe on demo-b
+    assert "paired bootstrap resamples" in md and "2,000" in md
+    csv = pd.read_csv(out / "main.csv")
+    row = csv[(csv["dataset"] == "demo-a") & (csv["method"] == "concat")].iloc[0]
+    ref = csv[(csv["dataset"] == "demo-a") & (csv["method"] == "medmix")].iloc[0]
+    # the point difference is the difference of Table 1's AUROC means
+    assert abs(row["delta_auroc_vs_medmix"] - (row["auroc_mean"] - ref["auroc_mean"])) < 1e-6
+    assert row["delta_auroc_vs_medmix_lo"] <= row["delta_auroc_vs_medmix"]
+    assert row["delta_auroc_vs_medmix_hi"] < 0 and bool(row["delta_auroc_vs_medmix_significant"])
+    assert ref["delta_auroc_vs_medmix_note"] == "reference"
+    onellm = csv[csv["method"] == "onellm"].iloc[0]
+    assert np.isnan(onellm["delta_auroc_vs_medmix"]) and onellm["delta_auroc_vs_medmix_note"] == (
+        "weights absent")  # fmt: skip
+    tex = (out / "main.tex").read_text()
+    assert "$\\Delta$ AUROC vs MedMIX [95\\,\\% CI]" in tex and "$^{\\dagger}$" in tex
+    assert "\\begin{tabular}{ll" + "c" * 6 + "}" in tex
+    page = (out / "main.html").read_text()
+    assert "Δ AUROC vs MedMIX [95 % CI]</th>" in page and "]†</td>" in page
+
+
+def test_main_table_without_a_probe_has_no_probe_column(tmp_path: Path) -> None:
+    path = _paired_dataset(tmp_path / "demo-a", {"medmix": "good", "concat": "bad"}, 2)
+    write_tables([path], tmp_path / "tables", "header line", n_boot=200, boot_seed=3)
+    md = (tmp_path / "tables" / "main.md").read_text()
+    assert "Δ AUROC vs MedMIX [95 % CI]" in md and "vs probe" not in md
+    assert "200 paired bootstrap resamples of the test samples (seed 3" in md

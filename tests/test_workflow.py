@@ -157,11 +157,11 @@ def test_deleting_one_cache_rebuilds_only_its_dependents(smoke_run: Path) -> Non
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert cache.exists()
     counts = _job_counts(_smk(smoke_run, "-n").stdout)
-    # training of every method that reads the ehr expert caches (medmix, meanavg, concat,
+    # training of every method that reads the ehr expert caches (medmix, meanavg, concat, linear-probe,
     # adacomed, medmix-only-ehr, and medmix under train_random-0.5; not Ehr-Large, which reads
     # the teacher cache only), MedMIX's test-time protocols, one evaluate, the tables and
     # figures; no cohort, no other extraction
-    assert counts.get("train") == 6, counts
+    assert counts.get("train") == 7, counts
     assert counts.get("test_protocols") == 1, counts
     assert counts.get("evaluate") == 1, counts
     # the demo-mimic ablation reads every cache of the dataset

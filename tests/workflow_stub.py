@@ -48,7 +48,7 @@ for out in values("--out-dir"):
     if module == "extractors.rag":  # the knowledge index
         for name in ("index.faiss", "docs.parquet", "index.json"):
             touch(Path(out) / name)
-for flag in ("--provenance", "--done", "--md", "--csv"):
+for flag in ("--provenance", "--done", "--md", "--csv", "--html"):
     for out in values(flag):
         touch(Path(out))
 time.sleep({sleep})

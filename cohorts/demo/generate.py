@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
 from cohorts.demo.base import CohortKind
 from cohorts.demo.ccrcc import KIND as CCRCC
 from cohorts.demo.mimic import KIND as MIMIC
 from cohorts.demo.openi import KIND as OPENI
 from cohorts.manifest import ManifestMeta, write_manifest
+from medmix.progress import progress as progress_bar
 
 KINDS: dict[str, CohortKind] = {k.name: k for k in (OPENI, MIMIC, CCRCC)}
 ADAPTER = "demo"
@@ -56,11 +56,11 @@ def generate_cohort(
             if mkind != "text":
                 (tmp / mod).mkdir()
         values: dict[str, list[str | None]] = {m: [] for m in spec.modalities}
-        bar = tqdm(
+        bar = progress_bar(
             range(len(df)),
             desc=f"{dataset} ({kind})",
             unit="sample",
-            disable=not progress,
+            enabled=progress,
             mininterval=1.0,
         )
         for i in bar:

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from medmix.logs import setup_logging
+from medmix.cli import add_output_options, add_version_argument, setup_cli_logging
 
 log = logging.getLogger("medmix.rag")
 
@@ -199,38 +199,45 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_version_argument(parser)
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("kb", help="parse MedlinePlus XML into docs.parquet")
     p.add_argument(
         "--source", required=True, help="mplus_topics_*.xml, a MedQuAD XML, or a folder of them"
     )
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="the knowledge base to write (docs.parquet)")
     p.add_argument("--topics", help="file with one topic id per line (a subset, in that order)")
-    p.add_argument("--max-words", type=int, default=150)
+    p.add_argument(
+        "--max-words", type=int, default=150, help="words per document chunk (default 150)"
+    )
+    add_output_options(p, progress=False)
     p.set_defaults(func=cmd_kb)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
         p.add_argument("--device", help="override rag.device (cpu, cuda, cuda:1)")
+        add_output_options(p, progress=False)
 
     p = sub.add_parser("index", help="build the knowledge index (once, shared by all datasets)")
     common(p)
     p.add_argument("--out-dir", help="default: {results}/knowledge/{kb}")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--threads", type=int, help="CPU threads for encoding and faiss")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("project", help="fit the label-free projection on the knowledge base")
     common(p)
-    p.add_argument("--index-dir")
-    p.add_argument("--out")
+    p.add_argument(
+        "--index-dir", help="the knowledge index folder (default: {results}/knowledge/{kb})"
+    )
+    p.add_argument("--out", help="default: {index-dir}/projection.safetensors")
     p.set_defaults(func=cmd_project)
 
     p = sub.add_parser("bridge", help="bridge one modality of a dataset to text")
     common(p)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--modality", required=True)
-    p.add_argument("--manifest")
+    p.add_argument("--dataset", required=True, help="dataset name from the config's datasets:")
+    p.add_argument("--modality", required=True, help="modality of the dataset to bridge")
+    p.add_argument("--manifest", help="default: {results}/{dataset}/manifest.parquet")
     p.add_argument("--image-cache", help="the image expert's cache (nearest-report bridge)")
     p.add_argument("--fit-manifest",
                    help="nearest-report: hand out the training reports of this (source) cohort "
@@ -238,27 +245,31 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--fit-image-cache", help="the source cohort's image-expert cache (with --fit-manifest)"
     )
-    p.add_argument("--out")
+    p.add_argument("--out", help="default: {results}/{dataset}/bridge/{modality}.parquet")
     p.set_defaults(func=cmd_bridge)
 
     p = sub.add_parser("embed", help="retrieve + encode one bridged modality into the rag cache")
     common(p)
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--modality", required=True)
-    p.add_argument("--bridge")
-    p.add_argument("--index-dir")
-    p.add_argument("--projection")
-    p.add_argument("--out")
-    p.add_argument("--provenance")
+    p.add_argument("--dataset", required=True, help="dataset name from the config's datasets:")
+    p.add_argument("--modality", required=True, help="the bridged modality to embed")
+    p.add_argument("--bridge", help="default: {results}/{dataset}/bridge/{modality}.parquet")
+    p.add_argument(
+        "--index-dir", help="the knowledge index folder (default: {results}/knowledge/{kb})"
+    )
+    p.add_argument("--projection", help="default: {index-dir}/projection.safetensors")
+    p.add_argument("--out", help="default: {results}/{dataset}/embeddings/{modality}/rag.parquet")
+    p.add_argument(
+        "--provenance", help="retrieval provenance (default: beside --out, .provenance.parquet)"
+    )
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("show", help="what was retrieved for one sample")
-    p.add_argument("--provenance", required=True)
-    p.add_argument("--sample-id", required=True)
+    p.add_argument("--provenance", required=True, help="a rag cache's .provenance.parquet")
+    p.add_argument("--sample-id", required=True, help="the sample to show")
     p.set_defaults(func=cmd_show)
 
     args = parser.parse_args(argv)
-    setup_logging()
+    setup_cli_logging(args)
     from extractors.loading import LoadingError
     from extractors.rag.bridge import BridgeError
     from extractors.rag.index import IndexError_

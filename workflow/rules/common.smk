@@ -47,13 +47,15 @@ def adapter_args(dataset):
 
 
 # Adapter options naming a small file whose content defines the cohort: inputs of the adapter
-# job, so editing the file reruns it (data folders are not tracked: too large to hash).
+# job, so editing the file reruns it (data folders are not tracked: too large to hash). A
+# named file that does not exist is left to the adapter, which stops with a one-line error.
 ADAPTER_FILE_ARGS = ("split_file", "mapping")
 
 
 def adapter_files(wildcards):
     args = config["datasets"][wildcards.dataset].get("args", {})
-    return {k: str(args[k]) for k in ADAPTER_FILE_ARGS if args.get(k)}
+    named = {k: str(args[k]) for k in ADAPTER_FILE_ARGS if args.get(k)}
+    return {k: v for k, v in named.items() if os.path.isfile(v)}
 
 
 LOGS = f"{RESULTS}/logs"

@@ -39,7 +39,7 @@ rule extract:
 
 from extractors.status import run_caches
 
-SAMPLE_STATUS = [f"{RESULTS}/tables/sample_status.{ext}" for ext in ("md", "csv")]
+SAMPLE_STATUS = [f"{RESULTS}/tables/sample_status.{ext}" for ext in ("md", "csv", "html")]
 
 
 rule sample_status:
@@ -47,12 +47,13 @@ rule sample_status:
         caches=lambda wc: run_caches(config, "expert"),
         teachers=lambda wc: run_caches(config, "teacher"),
     output:
-        md=report(
-            SAMPLE_STATUS[0],
+        md=SAMPLE_STATUS[0],
+        csv=SAMPLE_STATUS[1],
+        html=report(
+            SAMPLE_STATUS[2],
             caption="../report/sample_status.rst",
             category="Tables",
         ),
-        csv=SAMPLE_STATUS[1],
     log:
         f"{LOGS}/sample_status.log",
     benchmark:
@@ -69,4 +70,4 @@ rule sample_status:
     shell:
         "python -m extractors.status --caches $(cat {params.caches})"
         " --teachers $(cat {params.teachers})"
-        " --md {output.md} --csv {output.csv} > {log} 2>&1"
+        " --md {output.md} --csv {output.csv} --html {output.html} > {log} 2>&1"
