@@ -2,7 +2,7 @@
 
 For an image expert (DINOv2 ViT-S/14 or ViT-B/14, random init, 224 px) on chest X-ray PNGs and a
 text expert (BERT-base, random init, ``hf-text`` with [CLS] pooling, 512-token window) on
-radiology reports, both from ../shared/realdata (IU X-ray), it measures on this machine:
+radiology reports, both from a real-data folder (IU X-ray; $MEDMIX_REALDATA), it measures on this machine:
 
 * **model**: the forward passes alone, on batches decoded and preprocessed beforehand
   (``expert.embed`` on the loaded items, same batch size);

@@ -1,4 +1,4 @@
-"""The manifest contract (DESIGN §3.1): one row per sample, written by every adapter.
+"""The manifest contract (docs/design.md §3.1): one row per sample, written by every adapter.
 
 Columns: ``sample_id`` (unique), ``patient_id``, ``split`` (train/val/test/external), one
 column per modality (a path relative to the dataset root, or the text itself for text

@@ -1,4 +1,4 @@
-"""Expert registry, embedding cache and extraction (DESIGN §3.2, §5)."""
+"""Expert registry, embedding cache and extraction (docs/design.md §3.2, §5)."""
 
 from extractors.base import Expert, SampleError
 from extractors.cache import CacheData, CacheMeta, CacheRecords, read_cache, write_cache

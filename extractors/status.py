@@ -66,7 +66,7 @@ class StatusRow:
 
 
 def _names(path: Path, role: str) -> tuple[str, str, str]:
-    """(dataset, modality, expert) from the cache layout (DESIGN §3.2), else from its metadata:
+    """(dataset, modality, expert) from the cache layout (docs/design.md §3.2), else from its metadata:
     ``{dataset}/embeddings/{modality}/{expert}.parquet`` or ``{dataset}/teachers/{modality}.parquet``."""
     meta = read_meta(path)
     stem = path.name.removesuffix(".parquet")

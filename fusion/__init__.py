@@ -1,4 +1,4 @@
-"""Fusion stage: data loading, MedMIX, baselines, training, metrics (DESIGN §6, §7).
+"""Fusion stage: data loading, MedMIX, baselines, training, metrics (docs/design.md §6, §7).
 
 Entry points: ``python -m fusion train …`` and ``python -m fusion evaluate …``.
 """

@@ -1,7 +1,7 @@
 """Fusion inputs: the manifest plus every (modality, expert) cache, loaded once into tensors.
 
 :func:`load_fusion_data` reads the manifest (labels, splits, ids) and the embedding caches
-(DESIGN §3.2), aligns every cache to the manifest's sample order by ``sample_id``, and builds
+(docs/design.md §3.2), aligns every cache to the manifest's sample order by ``sample_id``, and builds
 
 * ``x``: one float32 tensor ``(N, D_e)`` per expert, in flat (modality, expert) order,
   standardised with statistics fitted on the TRAIN split's available rows only; rows of

@@ -1,4 +1,4 @@
-"""Teacher–student distillation (DESIGN §6 item 6, paper §3.5) — training only.
+"""Teacher–student distillation (docs/design.md §6 item 6, paper §3.5) — training only.
 
 For each modality m with a teacher cache (``results/{dataset}/teachers/{m}.parquet``, the
 cache format), a frozen large teacher gives ``t_m ∈ R^{D_T}`` per sample and a learned head

@@ -1,4 +1,4 @@
-"""Training objective (DESIGN §6 item 7): ``L = L_task + λ(t) · L_KD`` (+ a method's own term).
+"""Training objective (docs/design.md §6 item 7): ``L = L_task + λ(t) · L_KD`` (+ a method's own term).
 
 ``L_task`` is BCE-with-logits per label / task (multilabel, binary — several binary tasks at
 once are one output each; optional ``pos_weight``; unknown labels, stored as NaN, are left

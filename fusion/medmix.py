@@ -1,4 +1,4 @@
-"""MedMIX (DESIGN §6) and the building blocks every fusion method shares.
+"""MedMIX (docs/design.md §6) and the building blocks every fusion method shares.
 
 Inputs of every model: ``xs``, one tensor ``(B, D_e)`` per expert in flat (modality, expert)
 order, and ``delta`` ``(B, M, E_max)``, the expert availability mask δ. Rows of unavailable
@@ -243,7 +243,7 @@ class ExpertGroup(nn.Module):
 
     ``P h̃ = P (h + W₂a) = P h + (P W₂) a``: every pair (P, W₂) gives a Q and, P having full
     row rank (d ≤ D), every Q comes from some W₂ — the functions computed are exactly those of
-    the adapter + projection of DESIGN §6, the D-wide h̃ is never formed, and the adapter's
+    the adapter + projection of docs/design.md §6, the D-wide h̃ is never formed, and the adapter's
     output side costs bn × d instead of bn × D weights (the gradient dynamics differ from a
     literal W₂ parametrisation).
     """

@@ -1,4 +1,4 @@
-"""Evaluation metrics (DESIGN §7): AUROC, AUPRC, F1, macro-F1, accuracy, Brier score, ECE —
+"""Evaluation metrics (docs/design.md §7): AUROC, AUPRC, F1, macro-F1, accuracy, Brier score, ECE —
 per label and macro — and 95 % bootstrap confidence intervals.
 
 Binary / multilabel (one output per label or task): the decision threshold of each label is

@@ -214,7 +214,7 @@ def predict(
     """Score samples with a saved model.
 
     ``inputs``: ``{modality: {expert: source}}`` for any subset of the model's modalities and
-    experts. A source is a cache path (Parquet, DESIGN §3.2), an ``(N, D)`` array or tensor
+    experts. A source is a cache path (Parquet, docs/design.md §3.2), an ``(N, D)`` array or tensor
     (non-finite rows = missing), ``(array, ok_mask)`` or ``(ids, array, ok_mask)``. Samples
     are ``sample_ids`` in that order when given, else the union of the caches' ids in
     first-seen order, else ``0..N-1`` for arrays.

@@ -1,4 +1,4 @@
-"""Missing-modality protocols (DESIGN §7, paper §4.3): seeded availability masks on top of δ.
+"""Missing-modality protocols (docs/design.md §7, paper §4.3): seeded availability masks on top of δ.
 
 A protocol *setting* is one string, usable as the Snakemake ``{protocol}`` wildcard and as the
 run folder name (``results/{dataset}/runs/{setting}/{method}/``)::

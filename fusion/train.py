@@ -20,7 +20,7 @@ gives identical results; ``vectorize_seeds: false`` trains seeds one after anoth
 independent of the others). The optimiser (fused multi-tensor AdamW) and the per-seed
 gradient clipping work on the stacked tensors directly.
 
-Outputs (DESIGN §3.3), built in a temp folder beside ``out`` and renamed into place at the
+Outputs (docs/design.md §3.3), built in a temp folder beside ``out`` and renamed into place at the
 end, so a killed job leaves nothing that looks finished::
 
     {out}/seed{k}/predictions.parquet  metrics.json  history.csv  model.safetensors  config.json

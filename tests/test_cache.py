@@ -1,4 +1,4 @@
-"""The embedding cache contract (DESIGN §3.2): schema, metadata, atomicity, crash + resume."""
+"""The embedding cache contract (docs/design.md §3.2): schema, metadata, atomicity, crash + resume."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Crashes and resume (issue 9): SIGKILL at random points, then rerun.
+"""Crashes and resume: SIGKILL at random points, then rerun.
 
 Extraction: ``python -m extractors extract`` (the real CLI once as a subprocess, then its
 ``main`` in forked children so that each kill costs milliseconds, not an interpreter start) is

@@ -1,4 +1,4 @@
-"""Failed samples (issue 9): counted in the run's summary table (``extractors.status``, rule
+"""Failed samples: counted in the run's summary table (``extractors.status``, rule
 ``sample_status``) and treated as a missing expert downstream (δ = 0 in ``fusion.data``) —
 never a NaN embedding, never an input to the standardisation statistics."""
 

@@ -1,4 +1,4 @@
-"""Teacher–student distillation (DESIGN §6 item 6): losses by hand, masking, the λ ramp,
+"""Teacher–student distillation (docs/design.md §6 item 6): losses by hand, masking, the λ ramp,
 training-only heads."""
 
 from __future__ import annotations

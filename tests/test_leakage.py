@@ -1,4 +1,4 @@
-"""Leakage guards (issue 9): the test split never reaches fitting, training, early stopping,
+"""Leakage guards: the test split never reaches fitting, training, early stopping,
 thresholds or normalisation statistics.
 
 Each test perturbs only the test split — its labels, its features (embeddings, teacher

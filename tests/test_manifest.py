@@ -1,4 +1,4 @@
-"""The manifest validator (DESIGN §3.1): every fatal problem names file, column and ids."""
+"""The manifest validator (docs/design.md §3.1): every fatal problem names file, column and ids."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Untrusted content (issue 9): pickled checkpoints are refused before any of their code runs,
+"""Untrusted content: pickled checkpoints are refused before any of their code runs,
 and logs of a real command-line extraction never carry note text.
 
 (The Hugging Face ``local_dir`` path, which checks every ``*.bin`` with the same

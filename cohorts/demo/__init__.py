@@ -1,7 +1,7 @@
 """Synthetic demo cohorts that imitate the paper's three benchmarks, in real file formats.
 
 ``generate_cohort(kind, out_dir, n_patients, seed, dataset, shift=0.0)`` writes raw files under
-``out_dir/raw/`` and the manifest (DESIGN §3.1) at ``out_dir/manifest.parquet`` with
+``out_dir/raw/`` and the manifest (docs/design.md §3.1) at ``out_dir/manifest.parquet`` with
 ``meta.root = str(out_dir / "raw")``; ``python -m cohorts demo ...`` is its command line.
 Output is byte-identical for equal arguments (per-sample random streams keyed by seed,
 sample index and modality; PNG, TIFF, gzip and Parquet writers carry no timestamps).

@@ -1,4 +1,4 @@
-"""Volume expert: the 2.5D CT slicer (DESIGN §5, paper App. A).
+"""Volume expert: the 2.5D CT slicer (docs/design.md §5, paper App. A).
 
 K axial slice indices are sampled uniformly over the full depth (``np.linspace(0, D-1, K)``
 rounded; a volume with fewer than K slices repeats some), each slice is clipped to the HU

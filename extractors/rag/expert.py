@@ -3,7 +3,7 @@
 The RAG expert is produced by its own entry point (``python -m extractors.rag``), not by the
 generic ``extract`` driver, because it reads the bridged text of a whole modality (the offline
 nearest-report bridge needs the training split's embeddings) and two shared artefacts (the
-knowledge index and the projection). Its output follows the cache contract (DESIGN §3.2):
+knowledge index and the projection). Its output follows the cache contract (docs/design.md §3.2):
 ``results/{dataset}/embeddings/{modality}/rag.parquet``, written shard by shard and resumable,
 plus ``rag.provenance.parquet`` beside it (sample_id, doc_ids, titles, scores, bridge source).
 

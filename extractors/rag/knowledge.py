@@ -17,7 +17,7 @@ topic's title. Columns of ``docs.parquet``:
 ``title``, ``synonyms`` (list of strings), ``url``, ``text``.
 
 The base contains public encyclopedia text only: nothing in it depends on a cohort, a split or
-a label (DESIGN §4: built once, shared by every dataset).
+a label (docs/design.md §4: built once, shared by every dataset).
 """
 
 from __future__ import annotations

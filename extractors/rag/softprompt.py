@@ -240,7 +240,7 @@ class SoftPromptEncoder:
 
 
 def fit_from_index(index: Any, encoder: SoftPromptEncoder, ridge: float = 1e-3) -> Projection:
-    """The label-free projection of DESIGN: article embeddings -> mean Qwen2 input embeddings."""
+    """The label-free projection (docs/design.md §4): article embeddings -> mean Qwen2 input embeddings."""
     y = encoder.doc_targets(index.docs["title"].tolist(), index.docs["text"].tolist())
     proj = fit_projection(index.embeddings, y, ridge=ridge)
     proj.meta.update(
