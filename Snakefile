@@ -1,9 +1,17 @@
 # MedMIX: raw cohorts -> expert embedding caches -> fusion models -> tables and figures.
 # Default target: the embedded demo (config.yaml). See README.md.
 
+import logging
+
 from snakemake.utils import min_version, validate
 
+from medmix.console import install as short_console_lines
+
 min_version("8.20")
+
+# Console lines of at most 300 characters: long file listings of a job are cut on screen
+# (the full log under .snakemake/log/ keeps them); shell commands are printed whole.
+short_console_lines(logging.getLogger("snakemake.logging"))
 
 
 # The embedded demo config, unless the user names their own (`--configfile config/paper.yaml`),

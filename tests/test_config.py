@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -219,6 +220,7 @@ def test_paper_config_asks_for_every_paper_table_and_figure(tmp_path: Path) -> N
         [sys.executable, "-m", "snakemake", "-n", "--configfile", "config/paper.yaml",
          "--config", f"results={tmp_path}"],
         cwd=REPO, capture_output=True, text=True, timeout=300,
+        env={**os.environ, "MEDMIX_CONSOLE_FULL": "1"},  # rule all's whole input listing
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rule_all = proc.stdout.split("rule all:")[1].split("\n")[1]

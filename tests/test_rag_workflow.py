@@ -45,6 +45,7 @@ def parse_jobs(log: str) -> list[dict]:
 def dry_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     results = tmp_path_factory.mktemp("ragdag") / "results"  # empty: every job is scheduled
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    env["MEDMIX_CONSOLE_FULL"] = "1"  # read every job's whole input listing
     cmd = [
         sys.executable,
         "-m",

@@ -39,7 +39,9 @@ rule extract:
 
 from extractors.status import run_caches
 
-SAMPLE_STATUS = [f"{RESULTS}/tables/sample_status.{ext}" for ext in ("md", "csv", "html")]
+SAMPLE_STATUS = [
+    f"{RESULTS}/tables/sample_status.{ext}" for ext in ("md", "csv", "html")
+]
 
 
 rule sample_status:
