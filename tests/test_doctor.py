@@ -226,3 +226,99 @@ def test_missing_package_suggests_the_project_extra(monkeypatch) -> None:
     check = doctor.check_packages(Fake())
     assert check.state == "FAIL" and f'`{pip} -e ".[vision]"`' in check.detail
     assert "pip install torchvision" not in check.detail
+
+
+# -- the paper systems section ------------------------------------------------------------------
+
+PAPER_SYSTEMS = {
+    "maira-2": (["rag/bridge/image"], "microsoft/maira-2"),
+    "merlin-ct-encoder": (["merlin"], "stanfordmimi/Merlin"),
+    "merlin-ct-report-bridge": (["rag/bridge/volume"], "stanfordmimi/Merlin"),
+    "histgen": (["rag/bridge/slide"], "repo_dir="),
+    "radfm": (["radfm"], "does not exist"),
+    "onellm": ([], "OneLLM weights"),
+    "dinov3-vit-l": (["dinov3-l", "wsi-dinov3-l"], "facebook/dinov3-vitl16-pretrain-lvd1689m"),
+    "qwen2-7b": (["qwen2-7b"], "Qwen/Qwen2-7B"),
+    "chronos-l": (["chronos-l"], "amazon/chronos-t5-large"),
+}
+
+
+def test_paper_systems_are_not_ready_without_weights(tmp_path: Path, monkeypatch, capsys) -> None:
+    """config/paper.yaml on a machine without weights: every system of the paper that is tested
+    here only on tiny models has a NOT READY line with the reason and its readiness section."""
+    _paper_with_cache(tmp_path, monkeypatch)
+    monkeypatch.delenv("MEDMIX_ONELLM_WEIGHTS", raising=False)
+    cfg = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    onellm = [n for n, s in cfg["experts"].items() if s.get("type") == "onellm"]
+    expected = {**PAPER_SYSTEMS, "onellm": (onellm, PAPER_SYSTEMS["onellm"][1])}
+    report = run_doctor(REPO / "config" / "paper.yaml")
+    systems = {s.system: s for s in report.paper_systems}
+    assert set(systems) == set(PAPER_SYSTEMS)
+    for e in report.experts:  # the bridges' imports are checked too (all installed here)
+        if e.name.startswith("rag/bridge/"):
+            assert "packages" in e.checks, e.name
+    readiness = (REPO / "docs" / "readiness.md").read_text()
+    headings = {
+        "-".join(ln[3:].strip().lower().split()) for ln in readiness.splitlines() if ln[:3] == "## "
+    }
+    for key, (components, reason) in expected.items():
+        s = systems[key]
+        assert s.state == "NOT READY" and s.components == components, (key, s)
+        assert any(reason in r for r in s.reasons), (key, s.reasons)
+        assert s.readiness == f"docs/readiness.md#{key}" and key in headings, key
+    # qwen2-05b and chronos-s are students of the same expert types, not the large teachers
+    assert "qwen2-05b" not in systems["qwen2-7b"].components
+    assert cli(["doctor", str(REPO / "config" / "paper.yaml")]) == 1
+    out = capsys.readouterr().out
+    section = out[out.index("Paper systems") :]
+    for title in ("MAIRA-2", "Merlin", "HistGen", "RadFM", "OneLLM", "DINOv3 ViT-L", "Qwen2-7B"):
+        assert f"[NOT READY] {title} (" in section, title
+    assert section.count("docs/readiness.md#") == len(PAPER_SYSTEMS)
+    assert "0/9 paper systems ready" in section
+    assert cli(["doctor", str(REPO / "config" / "paper.yaml"), "--json"]) == 1
+    data = json.loads(capsys.readouterr().out)
+    by = {s["system"]: s for s in data["paper_systems"]}
+    assert set(by) == set(PAPER_SYSTEMS) and {s["state"] for s in by.values()} == {"NOT READY"}
+    assert by["histgen"]["reasons"] and by["radfm"]["readiness"] == "docs/readiness.md#radfm"
+
+
+def test_paper_system_with_local_weights_is_ready(tmp_path: Path, monkeypatch, capsys) -> None:
+    """A local folder for the Qwen2-7B teacher and a checkpoint file for RadFM: those two lines
+    say READY (RadFM on a CPU with a warning: it wants a GPU); the others stay NOT READY."""
+    _paper_with_cache(tmp_path, monkeypatch)
+    monkeypatch.delenv("MEDMIX_ONELLM_WEIGHTS", raising=False)
+    local = tmp_path / "qwen2-7b"
+    local.mkdir()
+    (local / "config.json").write_text("{}")
+    (local / "model.safetensors").write_bytes(b"x")
+    ckpt = tmp_path / "radfm_vit3d.safetensors"
+    ckpt.write_bytes(b"x")
+    cfg = yaml.safe_load((REPO / "config" / "paper.yaml").read_text())
+    cfg["experts"]["qwen2-7b"] = {"type": "qwen2", "local_dir": str(local), "device": "cpu"}
+    cfg["experts"]["radfm"]["checkpoint"] = str(ckpt)
+    path = tmp_path / "paper.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    systems = {s.system: s for s in run_doctor(path).paper_systems}
+    assert systems["qwen2-7b"].state == "READY" and not systems["qwen2-7b"].reasons
+    assert systems["radfm"].state == "READY"
+    if not gpu_available():
+        assert any("GPU" in w for w in systems["radfm"].warnings)
+    assert {k for k, s in systems.items() if s.state == "READY"} == {"qwen2-7b", "radfm"}
+    cli(["doctor", str(path)])
+    out = capsys.readouterr().out
+    assert "[READY    ] Qwen2-7B (note teacher; qwen2-7b)" in out
+    assert "2/9 paper systems ready" in out
+
+
+def test_paper_systems_not_used_by_a_config_are_quiet(tmp_path: Path, capsys) -> None:
+    path = _config(
+        tmp_path, {"tiny": {"type": "gatortron", "random_init": True, "config": TINY_BERT}}
+    )
+    report = run_doctor(path)
+    assert {s.state for s in report.paper_systems} == {"not configured"}
+    assert report.ready
+    assert cli(["doctor", str(path)]) == 0
+    assert "Paper systems" not in capsys.readouterr().out
+    assert cli(["doctor", str(path), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert {s["state"] for s in data["paper_systems"]} == {"not configured"}

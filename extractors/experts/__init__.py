@@ -4,11 +4,13 @@ Offline experts: ``image``, ``text``, ``timeseries``, ``volume``, ``slide``. Fou
 experts (the paper's committee, ``config/paper.yaml``): ``fm_image`` (biomedclip, dinov3,
 hf-vision; DINOv2 is ``image.dinov2``), ``fm_text`` (gatortron, qwen2, medcpt-query,
 medcpt-article, hf-text; all-MiniLM is ``text.minilm``), ``fm_timeseries`` (chronos, moirai),
-``fm_volume`` (merlin, radfm). Their heavy packages are imported only when a model loads.
+``fm_volume`` (merlin, radfm), ``fm_onellm`` (onellm: OneLLM's universal encoder and projection,
+the ``onellm`` row of Table 1). Their heavy packages are imported only when a model loads.
 """
 
 from extractors.experts import (  # noqa: F401
     fm_image,
+    fm_onellm,
     fm_text,
     fm_timeseries,
     fm_volume,
