@@ -435,3 +435,15 @@ class _nan_mean_quiet:
 
     def __exit__(self, *exc: object) -> None:
         self._ctx.__exit__(*exc)
+
+
+def seed_mean_std(
+    per_seed: dict[int, dict[str, float]],
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and sample std (ddof 1; 0 for one seed) over seeds of every metric in
+    :data:`METRICS` that each seed has."""
+    keys = [m for m in METRICS if all(m in v for v in per_seed.values())]
+    values = {m: [v[m] for v in per_seed.values()] for m in keys}
+    mean = {m: float(np.mean(x)) for m, x in values.items()}
+    std = {m: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0 for m, x in values.items()}
+    return mean, std

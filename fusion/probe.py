@@ -505,7 +505,7 @@ def run_probe(
     (one fit shared by all seeds under ``full``). Returns a :class:`fusion.train.RunSummary`.
     """
     from fusion.data import load_fusion_data_cached
-    from fusion.metrics import METRICS
+    from fusion.metrics import METRICS, seed_mean_std
     from fusion.protocols import apply_protocol, protocol_severity
     from fusion.registry import method_inputs, resolve_method
     from fusion.train import (
@@ -600,12 +600,7 @@ def run_probe(
                 vloss,
                 f"{auroc:.3f}" if auroc is not None else "n/a",
             )
-        keys = [m for m in METRICS if all(m in v for v in per_seed.values())]
-        mean = {m: float(np.mean([v[m] for v in per_seed.values()])) for m in keys}
-        std = {
-            m: float(np.std([v[m] for v in per_seed.values()], ddof=1)) if len(seeds) > 1 else 0.0
-            for m in keys
-        }
+        mean, std = seed_mean_std(per_seed)
         seconds = time.perf_counter() - t0
         summary = {
             **short,

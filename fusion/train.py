@@ -53,7 +53,13 @@ from fusion.data import FusionData, load_fusion_data_cached
 from fusion.distill import DistillHeads, teacher_batch
 from fusion.losses import kd_lambda, task_loss
 from fusion.medmix import FusionModel, row_stats
-from fusion.metrics import LABEL_METRICS, METRICS, bootstrap_ci, choose_thresholds, evaluate_split
+from fusion.metrics import (
+    LABEL_METRICS,
+    bootstrap_ci,
+    choose_thresholds,
+    evaluate_split,
+    seed_mean_std,
+)
 from fusion.predict import predict_data
 from fusion.protocols import apply_protocol, protocol_severity
 from fusion.registry import (
@@ -1150,12 +1156,7 @@ def run_training(
                 seed, res.epochs_run, res.best_epoch, res.best_val_loss,
                 f"{per_seed[seed]['auroc']:.3f}" if "auroc" in per_seed[seed] else "n/a", res.seconds,
             )  # fmt: skip
-        keys = [m for m in METRICS if all(m in v for v in per_seed.values())]
-        mean = {m: float(np.mean([v[m] for v in per_seed.values()])) for m in keys}
-        std = {
-            m: float(np.std([v[m] for v in per_seed.values()], ddof=1)) if len(seeds) > 1 else 0.0
-            for m in keys
-        }
+        mean, std = seed_mean_std(per_seed)
         seconds = time.perf_counter() - t0
         summary = {
             **short,

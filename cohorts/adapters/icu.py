@@ -25,6 +25,7 @@ keys patients.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -35,7 +36,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from cohorts.adapters import AdapterError
+from cohorts.adapters import AdapterError, add_split_file_args
 from cohorts.adapters.ehr import HourlyAccumulator, write_series
 from cohorts.adapters.ehr_variables import N_HOURS, NAMES
 from cohorts.adapters.published_split import apply_split, read_split_file
@@ -181,6 +182,36 @@ def select_stays(
         start = st[["edregtime", "admittime"]].min(axis=1)
     st = st.assign(start=start, patient_id=st["subject_id"].astype("int64").astype(str))
     return st.drop(columns=["_merge"]).sort_values("sample_id").reset_index(drop=True)
+
+
+def add_icu_args(p: argparse.ArgumentParser) -> None:
+    """The options the ICU adapters (MIMIC-IV, MIMIC-III) share: observation window, short-stay
+    exclusion, long-stay basis and a published split file."""
+    p.add_argument(
+        "--hours",
+        type=int,
+        default=48,
+        help="observation window / prediction time after ICU intime (h)",
+    )
+    p.add_argument(
+        "--min-icu-hours",
+        type=float,
+        help="drop ICU stays shorter than this many hours (default: --hours, i.e. 48: a stay"
+        " must cover the whole observation window; 0 keeps every stay)",
+    )
+    p.add_argument(
+        "--long-stay-basis",
+        choices=LONG_STAY_BASES,
+        default="icu",
+        help="long_stay = length of stay > 7 days of the ICU stay (icu: outtime - intime, the"
+        " 'los' column; default) or of the hospital admission (hospital: dischtime - admittime)",
+    )
+    add_split_file_args(
+        p,
+        "a CSV with a 'split' column (train/val/test) and one id column: id, stay_id,"
+        " icustay_id or sample_id (ICU stay ids = the manifest's sample_id) or subject_id /"
+        " patient_id (patients)",
+    )
 
 
 def check_settings(hours: int, min_icu_hours: float | None, long_stay_basis: str) -> None:

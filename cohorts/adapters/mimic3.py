@@ -24,14 +24,13 @@ import pyarrow as pa
 from cohorts.adapters import (
     AdapterError,
     add_common_args,
-    add_split_file_args,
     cli_errors,
     require_path,
 )
 from cohorts.adapters.ehr_variables import itemid_map
 from cohorts.adapters.icu import (
-    LONG_STAY_BASES,
     IcuSources,
+    add_icu_args,
     build_icu,
     check_itemids,
     check_settings,
@@ -228,31 +227,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
         "--mimic", required=True, help="folder with ADMISSIONS.csv.gz, ICUSTAYS.csv.gz, …"
     )
     p.add_argument("--ehr-dir", help="where the per-stay EHR Parquet files go (default: {out}/ehr)")
-    p.add_argument(
-        "--hours",
-        type=int,
-        default=48,
-        help="observation window / prediction time after ICU intime (h)",
-    )
-    p.add_argument(
-        "--min-icu-hours",
-        type=float,
-        help="drop ICU stays shorter than this many hours (default: --hours, i.e. 48: a stay"
-        " must cover the whole observation window; 0 keeps every stay)",
-    )
-    p.add_argument(
-        "--long-stay-basis",
-        choices=LONG_STAY_BASES,
-        default="icu",
-        help="long_stay = length of stay > 7 days of the ICU stay (icu: outtime - intime, the"
-        " 'los' column; default) or of the hospital admission (hospital: dischtime - admittime)",
-    )
-    add_split_file_args(
-        p,
-        "a CSV with a 'split' column (train/val/test) and one id column: id, stay_id,"
-        " icustay_id or sample_id (ICU stay ids = the manifest's sample_id) or subject_id /"
-        " patient_id (patients)",
-    )
+    add_icu_args(p)
     p.add_argument(
         "--external",
         action="store_true",
