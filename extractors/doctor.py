@@ -593,14 +593,20 @@ def format_paper_systems(systems: list[SystemReport]) -> list[str]:
 
 
 def run_doctor(config: str | os.PathLike, only: list[str] | None = None) -> DoctorReport:
-    from extractors.registry import build_from_spec, expert_class, register_preset
+    from extractors.registry import config_presets
 
     path = Path(config)
     cfg = yaml.safe_load(path.read_text()) or {}
     experts = dict(cfg.get("experts") or {})
-    for name, spec in experts.items():
-        if isinstance(spec, dict) and "type" in spec:
-            register_preset(name, spec)
+    with config_presets(experts):  # wrapped experts resolve their inner presets
+        return _doctor_report(path, cfg, experts, only)
+
+
+def _doctor_report(
+    path: Path, cfg: dict[str, Any], experts: dict[str, Any], only: list[str] | None
+) -> DoctorReport:
+    from extractors.registry import build_from_spec, expert_class
+
     reports = []
     for name, spec in experts.items():
         if only and name not in only:

@@ -8,7 +8,8 @@ Config files may also define named *presets* (configs as data, as open_clip does
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from extractors.base import Expert
@@ -35,6 +36,25 @@ def register_preset(name: str, spec: dict[str, Any]) -> None:
     if "type" not in spec:
         raise ValueError(f"expert preset {name!r} needs a 'type' naming a registered expert")
     _PRESETS[name] = dict(spec)
+
+
+@contextmanager
+def config_presets(experts: Mapping[str, Any]) -> Iterator[None]:
+    """Register a config's ``experts:`` presets for the duration of a ``with`` block.
+
+    Library callers (the doctor, the efficiency table) run inside long-lived processes such as
+    a test session or a notebook; the presets they register must not leak into later
+    ``create_expert`` calls that mean the bare registered type.
+    """
+    saved = dict(_PRESETS)
+    try:
+        for name, spec in experts.items():
+            if isinstance(spec, dict) and "type" in spec:
+                register_preset(name, spec)
+        yield
+    finally:
+        _PRESETS.clear()
+        _PRESETS.update(saved)
 
 
 def _ensure_loaded() -> None:

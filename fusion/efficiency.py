@@ -274,13 +274,12 @@ def expert_cost(
     cfg: dict[str, Any], dataset: str, modality: str, expert: str, device: str = "cpu"
 ) -> Cost:
     """Cost of one configured expert on one sample of the dataset's manifest."""
-    from extractors.registry import create_expert, register_preset
+    from extractors.registry import config_presets, create_expert
 
     if cfg["experts"][expert].get("type") == "rag":
         return rag_cost(cfg, dataset, modality, device)
-    for name, spec in cfg["experts"].items():  # as the extract CLI does: wrapped experts resolve
-        register_preset(name, spec)
-    ex = create_expert(expert, **({"device": device} if device != "cpu" else {}))
+    with config_presets(cfg["experts"]):  # as the extract CLI does: wrapped experts resolve
+        ex = create_expert(expert, **({"device": device} if device != "cpu" else {}))
     values, root = _first_values(cfg, dataset, modality, k=256)
     if not values:
         return Cost(f"{modality}/{expert}", torch=False, note="no sample to measure on")

@@ -322,3 +322,19 @@ def test_paper_systems_not_used_by_a_config_are_quiet(tmp_path: Path, capsys) ->
     assert cli(["doctor", str(path), "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
     assert {s["state"] for s in data["paper_systems"]} == {"not configured"}
+
+
+def test_doctor_presets_do_not_outlive_the_run(tmp_path: Path) -> None:
+    """A config's presets shadow registered types only while the doctor runs: afterwards
+    ``create_expert("onellm")`` is the bare type again, not the config's preset of that name."""
+    from extractors.doctor import run_doctor
+    from extractors.registry import create_expert
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {"experts": {"onellm": {"type": "onellm", "tokenizer": "/nowhere/tokenizer.model"}}}
+        )
+    )
+    run_doctor(cfg)
+    assert create_expert("onellm", random_init=True).params["tokenizer"] is None
