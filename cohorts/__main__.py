@@ -1,7 +1,10 @@
 """Cohort command line: ``python -m cohorts <adapter> ...`` (one subcommand per adapter).
 
     python -m cohorts demo --kind openi --dataset demo-openi --n-patients 400 --seed 11 \\
-        [--shift 0.0] --out results/demo-openi [--no-progress | --quiet]
+        [--shift 0.0] [--evidence additive] --out results/demo-openi [--no-progress | --quiet]
+
+``--evidence`` picks how the modalities share the label signal (additive, redundant,
+dominant, informative-missingness; cohorts.demo's docstring, "Evidence settings").
 
 ``--no-progress`` hides the progress bar; ``--quiet`` also lowers logging to warnings. Bars
 are drawn only when stderr is a terminal (never into a Snakemake job's log).
@@ -36,6 +39,7 @@ def _demo(args: argparse.Namespace) -> int:
         args.dataset,
         args.shift,
         progress=show_progress(args),
+        evidence=args.evidence,
     )
     df, meta = read_manifest(path)
     missing = meta.extra.get("missing_fraction", {})
@@ -44,14 +48,15 @@ def _demo(args: argparse.Namespace) -> int:
     print(
         f"wrote {path}: {len(df)} samples, {df['patient_id'].nunique()} patients, "
         f"splits {df['split'].value_counts().to_dict()}, missing per modality {missing}, "
-        f"any missing {any_missing:.2f}, label prevalence {prevalence} "
+        f"any missing {any_missing:.2f}, label prevalence {prevalence}, "
+        f"evidence {args.evidence} "
         f"in {time.perf_counter() - t0:.1f}s"
     )
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cohorts.demo import KINDS
+    from cohorts.demo import DEFAULT_EVIDENCE, EVIDENCE, KINDS
 
     parser = argparse.ArgumentParser(
         prog="python -m cohorts", description="Build a cohort manifest."
@@ -69,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument(
         "--shift", type=float, default=0.0, help="cohort shift for external validation (0 = none)"
+    )
+    demo.add_argument(
+        "--evidence",
+        default=DEFAULT_EVIDENCE,
+        choices=EVIDENCE,
+        help=f"how the modalities share the label signal (default {DEFAULT_EVIDENCE})",
     )
     demo.add_argument(
         "--out", required=True, help="output folder: raw/ and manifest.parquet go here"

@@ -1,7 +1,10 @@
-"""Command line: ``python -m fusion train|evaluate|predict|methods``.
+"""Command line: ``python -m fusion train|select|evaluate|predict|methods``.
 
     python -m fusion train --config config.yaml --dataset demo-openi --method medmix \
-        --protocol full --out results/demo-openi/runs/full/medmix [--seeds 0 1 2] [--threads 1]
+        --protocol full --out results/demo-openi/runs/full/medmix [--seeds 0 1 2] [--threads 1] \
+        [--selection results/demo-openi/selection/medmix.json]
+    python -m fusion select --config config.yaml --dataset demo-openi --method medmix \
+        [--out results/demo-openi/selection/medmix.json]
     python -m fusion evaluate --config config.yaml --dataset demo-openi \
         --out results/demo-openi/metrics.parquet
     python -m fusion predict --model results/demo-openi/runs/full/medmix/seed0 \
@@ -10,15 +13,18 @@
 
 ``train`` of a method that cannot run here (OneLLM without its weights) writes a run marked
 ``"status": "unavailable"`` and exits 0, so the workflow goes on and the tables mark the row.
+``select`` trains the grid of the config's ``fusion.select`` on the train and val rows of the
+full data and writes the values chosen on val; ``train --selection`` uses them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 
 from medmix.cli import add_output_options, add_version_argument, setup_cli_logging
-from medmix.config import dataset_paths, load_config_arg
+from medmix.config import dataset_paths, load_config_arg, select_methods
 
 log = logging.getLogger("medmix.fusion")
 
@@ -28,6 +34,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config_arg(args.config)
     out = args.out or dataset_paths(cfg, args.dataset).run_dir(args.protocol, args.method)
+    if args.selection is None and args.method in select_methods(cfg, args.dataset):
+        log.warning(
+            "fusion.select is on for %s but no --selection is given: the config's fixed values "
+            "are used (run `python -m fusion select` and pass its JSON)",
+            args.method,
+        )
     run_training(
         cfg,
         args.dataset,
@@ -37,7 +49,25 @@ def cmd_train(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         threads=args.threads,
         device=args.device,
+        selection=args.selection,
     )
+    return 0
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from fusion.select import run_selection
+
+    cfg = load_config_arg(args.config)
+    record = run_selection(
+        cfg,
+        args.dataset,
+        args.method,
+        args.out,
+        seeds=args.seeds,
+        threads=args.threads,
+        device=args.device,
+    )
+    print(json.dumps({"chosen": record["chosen"], "seconds": record["seconds"]}, sort_keys=True))
     return 0
 
 
@@ -105,8 +135,28 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", help="default: the config's seeds")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (bf16 autocast on cuda)")
+    p.add_argument(
+        "--selection",
+        help="values chosen on val for this (dataset, method) by `select` (its JSON); "
+        "default: the config's fusion values",
+    )
     add_output_options(p, progress=False)
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser(
+        "select", help="choose the fusion.select grid's values on val for one (dataset, method)"
+    )
+    p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
+    p.add_argument("--dataset", required=True, help="dataset name from the config's datasets:")
+    p.add_argument("--method", required=True, help="a neural fusion method (see train)")
+    p.add_argument("--out", help="default: results/{dataset}/selection/{method}.json")
+    p.add_argument(
+        "--seeds", type=int, nargs="+", help="the run's seeds (default: the config's); the "
+        "first fusion.select.seeds of them are trained",
+    )  # fmt: skip
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (bf16 autocast on cuda)")
+    add_output_options(p, progress=False)
+    p.set_defaults(func=cmd_select)
     p = sub.add_parser("evaluate", help="collect every run's metrics.json into one long table")
     p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
     p.add_argument("--dataset", required=True, help="dataset name from the config's datasets:")

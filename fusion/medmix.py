@@ -50,6 +50,10 @@ from torch.nn import functional as F
 from fusion.registry import ModelSpec, register_method
 
 LN_EPS = 1e-5
+# Expert encoders (ModelSpec.projection): the paper's adapter + normalised projection, or a
+# plain linear projection (ours: on the demo cohorts it keeps the linear signal a logistic
+# regression finds; docs/fusion.md, "Why the fusion models trailed a linear probe").
+PROJECTIONS = ("paper", "linear")
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -248,16 +252,25 @@ class ExpertGroup(nn.Module):
     literal W₂ parametrisation).
     """
 
-    def __init__(self, k: int, dim: int, d: int, bottleneck: int, dropout: float) -> None:
+    def __init__(
+        self, k: int, dim: int, d: int, bottleneck: int, dropout: float, linear: bool = False
+    ) -> None:
         super().__init__()
+        self.linear = linear  # u = P h + p only (no adapter: bottleneck 0, no LN/GELU/dropout)
+        bottleneck = 0 if linear else bottleneck
         self.dim, self.d, self.bn = dim, d, bottleneck
+        self.p = float(dropout)
         self.w_in = nn.Parameter(torch.empty(k, bottleneck + d, dim))
+        if linear:  # P and p only
+            self.proj_bias = nn.Parameter(torch.empty(k, d))
+            for t in (self.w_in, self.proj_bias):
+                _uniform_(t, dim)
+            return
         self.down_bias = nn.Parameter(torch.empty(k, bottleneck))
         self.adapter_out = nn.Parameter(torch.zeros(k, bottleneck, d))
         self.proj_bias = nn.Parameter(torch.empty(k, d))
         self.norm_weight = nn.Parameter(torch.ones(k, d))
         self.norm_bias = nn.Parameter(torch.zeros(k, d))
-        self.p = float(dropout)
         for t in (self.w_in, self.down_bias, self.proj_bias):
             _uniform_(t, dim)
 
@@ -265,6 +278,8 @@ class ExpertGroup(nn.Module):
         """``h (K, B, D)``; ``stats (K, B, 2)``: the rows' mean and 1/σ if precomputed
         (:func:`row_stats`; h is data, so the trainer computes them once per dataset)."""
         bn = self.bn
+        if self.linear:  # (K, B, D) @ (K, D, d): autograd's own product, no row statistics
+            return torch.baddbmm(self.proj_bias.unsqueeze(1), h, self.w_in.transpose(1, 2))
         if stats is None:
             stats = row_stats(h)
         mu, rstd = stats[..., :1], stats[..., 1:]
@@ -301,8 +316,11 @@ class ExpertEncoder(nn.Module):
             members.setdefault(dim, []).append(k)
         self.group_members: list[list[int]] = list(members.values())
         self.group_dims: list[int] = list(members)
+        if spec.projection not in PROJECTIONS:
+            raise ValueError(f"projection {spec.projection!r} is not one of {PROJECTIONS}")
+        linear = spec.projection == "linear"
         self.groups = nn.ModuleList(
-            ExpertGroup(len(ks), dim, spec.d, spec.adapter_bottleneck, spec.dropout)
+            ExpertGroup(len(ks), dim, spec.d, spec.adapter_bottleneck, spec.dropout, linear)
             for dim, ks in members.items()
         )
         order = [k for ks in self.group_members for k in ks]

@@ -227,6 +227,28 @@ def evaluate_split(
     )
 
 
+def auroc_defined(y: np.ndarray, task_type: str) -> bool:
+    """Whether some label (class) of ``y`` has both a positive and a negative known value."""
+    y = np.asarray(y)
+    if task_type == "multiclass":
+        return len(np.unique(y[y >= 0])) >= 2
+    y = y.astype(np.float64).reshape(len(y), -1)
+    return bool(any(np.nanmax(c) > np.nanmin(c) for c in y.T if np.isfinite(c).any()))
+
+
+def macro_auroc(y: np.ndarray, logits: np.ndarray, task_type: str) -> float:
+    """Macro AUROC of raw logits (softmax for multiclass, sigmoid otherwise); NaN when no
+    label has both classes. The early-stopping score of ``fusion.early_stopping: auroc``."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if task_type == "multiclass":
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs = e / e.sum(axis=1, keepdims=True)
+    else:
+        probs = 1.0 / (1.0 + np.exp(-logits))
+    names = [str(j) for j in range(logits.shape[1])]
+    return float(evaluate_split(y, probs, task_type, names).macro.get("auroc", np.nan))
+
+
 # -- bootstrap confidence intervals ---------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ constructor takes a :class:`ModelSpec` (everything that fixes the architecture).
 
 Method strings used by the workflow are resolved by :func:`resolve_method`:
 
-* a registered name (``medmix``, ``meanavg``, ``concat``, ``max``, ``attention``, ``m3care``,
+* a registered name (``medmix``, ``medmix-sum``, ``meanavg``, ``concat``, ``max``, ``attention``, ``m3care``,
   ``adacomed``, ``onellm``) — on every modality;
 * ``<base>-only-<modality>``: the base method restricted to one modality's experts
   (e.g. ``medmix-only-frontal``);
@@ -83,6 +83,7 @@ def _load_builtin() -> None:
     # Importing the modules runs their @register_method decorators.
     import fusion.baselines  # noqa: F401
     import fusion.medmix  # noqa: F401
+    import fusion.medmix_sum  # noqa: F401
 
 
 def list_methods() -> list[str]:
@@ -256,6 +257,9 @@ class ModelSpec:
     d: int = 64
     adapter_bottleneck: int = 32
     dropout: float = 0.2
+    # the expert encoder: "paper" (residual adapter, then Dropout(GELU(LN(P h̃ + p)))) or
+    # "linear" (u = P h + p: no adapter, norm, activation or dropout; ours, docs/fusion.md)
+    projection: str = "paper"
     run_method: str = ""  # the method string the run was started with (e.g. medmix-only-ct)
     extra: dict[str, Any] = field(default_factory=dict)  # method-specific settings
 

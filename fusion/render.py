@@ -81,12 +81,15 @@ METHOD_LABELS = {
     "onellm": "OneLLM",
     "linear-probe": "Linear probe (LR)",
     "medmix-uniform": "MedMIX (uniform mean)",
+    "medmix-sum": "MedMIX-Σ (ours)",
 }
 # The paper's row order (Table 1): references, simple fusion, missing-modality methods, MedMIX.
 # The linear probe (logistic regression on the same features) leads the baselines.
 METHOD_ORDER = (
     "linear-probe", "meanavg", "concat", "max", "attention", "m3care", "adacomed", "onellm",
 )  # fmt: skip
+# Our variants beyond the paper: listed right after MedMIX, which they modify.
+BEYOND_PAPER = ("medmix-sum",)
 FAMILY_TITLES = {
     "train_drop_one": "Table E2 — single-modality drop at training time",
     "test_drop_one": "Table E3 — single-modality drop at test time",
@@ -134,6 +137,8 @@ def method_order(methods: Sequence[str]) -> list[str]:
             return (0, 0, m)
         if m == "medmix":
             return (2, 0, m)
+        if m in BEYOND_PAPER:
+            return (2, 1 + BEYOND_PAPER.index(m), m)
         return (1, METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
 
     return sorted(set(methods), key=key)

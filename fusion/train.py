@@ -52,12 +52,14 @@ from torch import nn
 from fusion.data import FusionData, load_fusion_data_cached
 from fusion.distill import DistillHeads, teacher_batch
 from fusion.losses import kd_lambda, task_loss
-from fusion.medmix import FusionModel, row_stats
+from fusion.medmix import PROJECTIONS, FusionModel, row_stats
 from fusion.metrics import (
     LABEL_METRICS,
+    auroc_defined,
     bootstrap_ci,
     choose_thresholds,
     evaluate_split,
+    macro_auroc,
     seed_mean_std,
 )
 from fusion.predict import predict_data
@@ -94,6 +96,7 @@ class FusionHParams:
     d: int = 64
     adapter_bottleneck: int = 32
     dropout: float = 0.2
+    projection: str = "paper"  # paper | linear: the expert encoder (ModelSpec.projection)
     lr: float = 1.0e-3
     router_lr: float = 5.0e-4
     weight_decay: float = 1.0e-2
@@ -103,6 +106,9 @@ class FusionHParams:
     warmup_epochs: int = 5
     max_epochs: int = 200
     patience: int = 10
+    # the validation score that picks the best epoch and stops training: "loss" (the task
+    # loss, as the paper) or "auroc" (macro AUROC, as the linear probe chooses C)
+    early_stopping: str = "loss"
     batch_size: int = 128
     lambda_kd: float = 0.0
     rkd_gamma: float = 1.0
@@ -122,7 +128,7 @@ class FusionHParams:
 
     @classmethod
     def from_config(cls, section: dict[str, Any] | None) -> FusionHParams:
-        section = dict(section or {})
+        section = {k: v for k, v in (section or {}).items() if k not in NON_HPARAM_KEYS}
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(section) - known)
         if unknown:
@@ -130,11 +136,34 @@ class FusionHParams:
         hp = cls(**section)
         if hp.amp not in ("auto", "bf16", "fp16", "none"):
             raise ValueError(f"fusion.amp: {hp.amp!r} is not one of auto, bf16, fp16, none")
+        if hp.projection not in PROJECTIONS:
+            raise ValueError(f"fusion.projection: {hp.projection!r} is not one of {PROJECTIONS}")
+        if hp.early_stopping not in ("loss", "auroc"):
+            raise ValueError(f"fusion.early_stopping: {hp.early_stopping!r} is not loss or auroc")
         if hp.batch_order not in ("per_seed", "shared"):
             raise ValueError(f"fusion.batch_order: {hp.batch_order!r} is not per_seed or shared")
         if len(hp.betas) != 2:
             raise ValueError(f"fusion.betas: two numbers, got {hp.betas}")
         return hp
+
+    def with_selection(
+        self, path: str | os.PathLike, dataset: str, method: str
+    ) -> tuple[FusionHParams, dict[str, Any]]:
+        """These values with those chosen on val for (dataset, method) (:mod:`fusion.select`'s
+        JSON at ``path``), and the run's ``selection`` entry (chosen values + path)."""
+        record = json.loads(Path(path).read_text())
+        if (record.get("dataset"), record.get("method")) != (dataset, method):
+            raise ValueError(
+                f"{path}: a selection for {record.get('dataset')} {record.get('method')}, "
+                f"not {dataset} {method}"
+            )
+        chosen = dict(record["chosen"])
+        hp = FusionHParams.from_config({**asdict(self), **chosen})
+        return hp, {"chosen": chosen, "path": str(path)}
+
+
+# keys of the config's fusion: section that are not hyper-parameters of one run
+NON_HPARAM_KEYS = ("select",)
 
 
 @dataclass
@@ -187,6 +216,7 @@ def build_spec(data: FusionData, plan: MethodPlan, hp: FusionHParams) -> ModelSp
         d=hp.d,
         adapter_bottleneck=hp.adapter_bottleneck,
         dropout=hp.dropout,
+        projection=hp.projection,
         run_method=plan.name,
         extra=extra,
     )
@@ -384,6 +414,8 @@ class TrainModule(nn.Module):
         if mode == "reference":
             return self.model.reference_buffers(groups, delta)
         out = self.model.forward_groups(groups, delta, stats)
+        if mode == "logits":
+            return out.logits.float()
         pw = self.pos_weight.to(out.logits.device) if self.pos_weight is not None else None
         lt = task_loss(out.logits.float(), y, self.task_type, pw)
         if mode == "eval":
@@ -742,6 +774,28 @@ class SeedTrainer:
             weight += w
         return (total / weight).float() if weight else torch.full((s,), float("nan"))
 
+    @torch.no_grad()
+    def val_auroc(self, idx: torch.Tensor) -> torch.Tensor:
+        """Per-seed macro AUROC over rows ``idx`` in eval mode (``early_stopping: auroc``)."""
+        s = len(self.seeds)
+        self.skeleton.eval()
+        data = self.datas[0]
+        width = sum(x.shape[1] for x in data.x)
+        chunk = max(64, min(8192, int(32e6 // max(1, width * (1 if self.inputs.shared else s)))))
+        parts = []
+        for start in range(0, len(idx), chunk):
+            b = idx[start : start + chunk]
+            if self.inputs.shared:
+                out = self._call("logits", False, self.inputs.shared_groups(b),
+                                 data.delta.index_select(0, b))  # fmt: skip
+            else:
+                bb = b.unsqueeze(0).expand(s, -1)
+                out = self._call("logits", True, self.inputs.groups(bb), self.inputs.delta(bb))
+            parts.append(out.float().cpu().view(s, len(b), -1))
+        logits = torch.cat(parts, dim=1).numpy()
+        y = data.y.index_select(0, idx).cpu().numpy()
+        return torch.tensor([macro_auroc(y, logits[k], data.task_type) for k in range(s)])
+
     def _step(self, idx: torch.Tensor, lam: float) -> tuple[torch.Tensor, ...]:
         inp = self.inputs
         if self.shared_batches:  # one minibatch for every seed: gathered once, no seed axis
@@ -805,6 +859,15 @@ class SeedTrainer:
             gens = [torch.Generator().manual_seed(seed) for seed in self.seeds]
         history: list[list[dict[str, float]]] = [[] for _ in range(s)]
         best_loss = [math.inf] * s
+        best_score = [math.inf] * s
+        by_auroc = hp.early_stopping == "auroc" and auroc_defined(
+            data.y[val_idx].cpu().numpy(), data.task_type
+        )
+        if hp.early_stopping == "auroc" and not by_auroc:
+            log.warning(
+                "%s: no validation label has both classes; early stopping on the val loss",
+                data.dataset,
+            )
         best_epoch = [-1] * s
         bad = [0] * s
         active = [True] * s
@@ -829,6 +892,8 @@ class SeedTrainer:
             train_loss, task_l, kd_l = (sums / n_train).cpu().tolist()
             self.refresh_reference()
             val = self.val_losses(val_idx) if len(val_idx) else torch.tensor(train_loss)
+            # the score to minimise: the loss, or minus the val AUROC (the loss without val)
+            score = -self.val_auroc(val_idx) if by_auroc else val
             for k in range(s):
                 if not active[k]:
                     continue
@@ -844,8 +909,9 @@ class SeedTrainer:
                         "lambda_kd": lam,
                     }  # fmt: skip
                 )
-                if math.isfinite(v) and v < best_loss[k]:
-                    best_loss[k], best_epoch[k], bad[k] = v, epoch, 0
+                sc = float(score[k])
+                if math.isfinite(sc) and sc < best_score[k]:
+                    best_score[k], best_loss[k], best_epoch[k], bad[k] = sc, v, epoch, 0
                     self.stack.save_best(k)
                 else:
                     bad[k] += 1
@@ -1101,9 +1167,17 @@ def run_training(
     seeds: list[int] | None = None,
     threads: int | None = 1,
     device: str = "cpu",
+    selection: str | os.PathLike | None = None,
 ) -> RunSummary:
-    """Train every seed of (dataset, method, protocol) and write the run folder ``out``."""
+    """Train every seed of (dataset, method, protocol) and write the run folder ``out``.
+
+    ``selection``: the JSON of :mod:`fusion.select` for (dataset, method); its chosen values
+    replace the config's, and the run records them (``selection`` in summary.json and
+    every seed's metrics.json).
+    """
     if is_probe(method):  # scikit-learn logistic regression, same run layout (fusion.probe)
+        if selection is not None:
+            raise ValueError(f"{method}: the linear probe selects its own settings on val")
         from fusion.probe import run_probe
 
         return run_probe(cfg, dataset, method, protocol, out, seeds, threads, device)
@@ -1113,8 +1187,13 @@ def run_training(
     hp = FusionHParams.from_config(cfg.get("fusion"))
     seeds = [int(s) for s in (seeds if seeds is not None else cfg.get("seeds", [0]))]
     out = Path(out)
-    info = {"dataset": dataset, "method": method, "protocol": protocol, "hparams": asdict(hp)}
-    short = {k: v for k, v in info.items() if k != "hparams"}
+    info: dict[str, Any] = {"dataset": dataset, "method": method, "protocol": protocol}
+    if selection is not None:
+        hp, info["selection"] = hp.with_selection(selection, dataset, method)
+        log.info("%s %s: hyper-parameters chosen on val %s", dataset, method, info["selection"])
+    info["hparams"] = asdict(hp)
+    # summary.json names the hyper-parameters only when they were chosen on val
+    short = {k: v for k, v in info.items() if k != "hparams" or selection is not None}
     inputs = method_inputs(cfg, dataset, method)
     if inputs.unavailable:
         return _unavailable(

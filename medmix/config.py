@@ -76,7 +76,18 @@ def validate_config(
                         f"  datasets.{ds}.modalities.{mod}: expert {name!r} is not defined under 'experts:'"
                     )
     _check_paper_sections(cfg, schema)
+    _check_select(cfg)
     return cfg
+
+
+def _check_select(cfg: dict[str, Any]) -> None:
+    """``fusion.select.methods`` names neural fusion methods only."""
+    for m in select_section(cfg).get("methods") or []:
+        if not is_neural_method(m):
+            raise ConfigError(
+                f"  fusion.select.methods: {m!r} is not a neural fusion method (the linear probe "
+                "selects its own settings on val; *-large rows are teacher references)"
+            )
 
 
 def _check_paper_sections(cfg: dict[str, Any], schema: dict[str, Any]) -> None:
@@ -146,6 +157,10 @@ class DatasetPaths:
     def run_dir(self, protocol: str, method: str) -> Path:
         return self.root / "runs" / protocol / method
 
+    def selection(self, method: str) -> Path:
+        """The values chosen on val for ``method`` (fusion.select)."""
+        return self.root / "selection" / f"{method}.json"
+
     @property
     def metrics(self) -> Path:
         return self.root / "metrics.parquet"
@@ -202,7 +217,46 @@ def dataset_slice(cfg: dict[str, Any], dataset: str) -> dict[str, Any]:
         used.update(expert_closure(cfg, n))
     skip = ("datasets", "experts", *PAPER_SECTIONS)
     keep = {k: v for k, v in cfg.items() if k not in skip}
+    if isinstance(keep.get("fusion"), dict) and SELECT_KEY in keep["fusion"]:
+        # a run reads the chosen values from the selection file (an input), not the grid
+        keep["fusion"] = {k: v for k, v in keep["fusion"].items() if k != SELECT_KEY}
     return {**keep, "datasets": {dataset: dcfg}, "experts": used}
+
+
+SELECT_KEY = "select"  # fusion.select: model selection on val (fusion.select)
+
+
+def select_section(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The config's ``fusion.select`` section ({} when absent)."""
+    return dict((cfg.get("fusion") or {}).get(SELECT_KEY) or {})
+
+
+def with_select(sliced: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
+    """A dataset slice with ``fusion.select`` of ``cfg`` put back (the selection job's slice)."""
+    section = (cfg.get("fusion") or {}).get(SELECT_KEY)
+    if section is None:
+        return sliced
+    return {**sliced, "fusion": {**(sliced.get("fusion") or {}), SELECT_KEY: section}}
+
+
+def is_neural_method(method: str) -> bool:
+    """A torch fusion model (not the linear probe, not a ``<modality>-large`` teacher row)."""
+    if method.split("-only-")[0] == "linear-probe":
+        return False
+    return not (method.endswith("-large") and "-only-" not in method)
+
+
+def select_methods(cfg: dict[str, Any], dataset: str) -> list[str]:
+    """The methods of ``dataset`` whose hyper-parameters are chosen on val (none when
+    ``fusion.select`` is off): ``fusion.select.methods``, else every neural Table 1 row.
+    Methods that cannot run here (OneLLM without weights) are the caller's to drop."""
+    section = select_section(cfg)
+    if not section.get("enabled"):
+        return []
+    names = section.get("methods")
+    if names is None:
+        names = table1_methods(cfg, dataset)
+    return [m for m in dict.fromkeys(names) if is_neural_method(m)]
 
 
 def table1_methods(cfg: dict[str, Any], dataset: str) -> list[str]:

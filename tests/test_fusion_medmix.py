@@ -96,7 +96,7 @@ def test_masked_softmax_all_missing_and_nonfinite_missing_scores() -> None:
     assert torch.isfinite(r.grad).all()
 
 
-@pytest.mark.parametrize("method", ["medmix", "meanavg", "concat"])
+@pytest.mark.parametrize("method", ["medmix", "medmix-sum", "meanavg", "concat"])
 def test_nothing_available_gives_exactly_the_prior(method: str) -> None:
     torch.manual_seed(0)
     spec = make_spec(method, "binary", 3)
@@ -112,7 +112,7 @@ def test_nothing_available_gives_exactly_the_prior(method: str) -> None:
     for name, p in model.named_parameters():
         assert p.grad is None or torch.isfinite(p.grad).all(), name
     assert torch.equal(model.prior.grad, torch.full((3,), 6.0))
-    if method == "medmix":
+    if method.startswith("medmix"):
         assert torch.equal(out.alpha, torch.zeros_like(out.alpha))
         assert torch.equal(out.beta, torch.zeros_like(out.beta))
 
@@ -317,7 +317,8 @@ def test_vmapped_seeds_equal_separate_models() -> None:
 
 
 @pytest.mark.parametrize(
-    "method", ["medmix", "meanavg", "concat", "max", "attention", "m3care", "adacomed"]
+    "method",
+    ["medmix", "medmix-sum", "meanavg", "concat", "max", "attention", "m3care", "adacomed"],
 )
 def test_every_method_masks_missing_inputs_and_falls_back_to_prior(method: str) -> None:
     torch.manual_seed(0)

@@ -152,9 +152,13 @@ def test_changed_fusion_setting_reruns_the_train_jobs(demo_run: dict) -> None:
     demo_run["config"].write_text(yaml.safe_dump(cfg, sort_keys=False))
     log = dry_run(demo_run)
     jobs = jobs_and_reasons(log)
-    assert set(jobs) == {"train", "test_protocols"}, jobs
+    # the val-split model selection (fusion.select) reads the same settings: it reruns too
+    assert set(jobs) == {"select_fusion", "train", "test_protocols"}, jobs
     assert len(jobs["train"]) == 2 and len(jobs["test_protocols"]) == 1
+    assert len(jobs["select_fusion"]) == 2
     for reason in jobs["train"]:
+        assert "Params have changed since last execution" in reason or "/selection/" in reason
+    for reason in jobs["select_fusion"]:
         assert "Params have changed since last execution" in reason, reason
     before = {SLICE.search(" ".join(c["argv"])).group(1) for c in demo_run["calls"]
               if c["argv"][1:3] == ["fusion", "train"]}  # fmt: skip

@@ -83,8 +83,33 @@ risks, more OpenI findings, lower ccRCC survival), radiograph exposure/gamma/noi
 CT calibration offset, noise and weaker enhancement, H&E stain vectors change, EHR device
 calibration and reference ranges move, and notes switch to alternative vocabulary
 (abbreviations, synonyms) with probability ``min(0.85, 0.6 * shift)``.
+
+Evidence settings (``evidence``, config ``demo: {evidence: ...}``, CLI ``--evidence``)
+-----------------------------------------------------------------------------------
+How the modalities share the label signal; each setting favours a different kind of fusion.
+``redundant`` and ``dominant`` rescale the logits so that their spread (hence the Bayes
+difficulty and the bias b[t]) is that of ``additive``; label prevalences are the same in all.
+
+``additive``  (default; the model above, output byte-identical to the generator without the
+           setting) independent private evidence u plus a shared part z, logits additive
+           over modalities: late fusion of per-modality logits is the right model.
+``redundant``  the modalities are views of one latent: a = 0.95 and every concept loads 0.9
+           on the global factor, so e[m,k] of any two modalities correlate ~0.9 and any
+           one good modality predicts about as well as all of them (fusion adds little).
+``dominant``  per sample one modality d, drawn uniformly, carries the labels:
+           L[t] = b[t] + sd_t * c[d,t] / sd(c[d,t]) (c[d,t] its additive share, sd_t the
+           additive logit spread); the other modalities are rendered as visibly poor copies
+           (quality q in (0, 0.35): mostly noise) and d is always present. A sample-specific
+           weight that reads the copies' quality should win; a fixed average dilutes d.
+``informative-missingness``  the additive signal, and on top of the kind's own missingness
+           every modality is dropped with probability logistic(-2 + 1.5 s), s the
+           standardised fraction of adverse outcomes of the sample (MIMIC: deaths, long stays,
+           readmissions; OpenI: findings; ccRCC: death): sicker samples lose modalities more
+           often, so the missingness pattern itself predicts the labels.
+
+A non-default setting is recorded in the manifest's ``meta.extra["evidence"]``.
 """
 
-from cohorts.demo.generate import KINDS, generate_cohort
+from cohorts.demo.generate import DEFAULT_EVIDENCE, EVIDENCE, KINDS, generate_cohort
 
-__all__ = ["KINDS", "generate_cohort"]
+__all__ = ["DEFAULT_EVIDENCE", "EVIDENCE", "KINDS", "generate_cohort"]

@@ -9,7 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cohorts.demo.signal import Signal
+from cohorts.demo.signal import DOMINANT, INFORMATIVE_MISSINGNESS, Signal
+
+# informative-missingness: P(modality dropped) = logistic(MNAR_BASE + MNAR_SLOPE * s), s the
+# standardised adverse-outcome burden of the sample (on top of the kind's own missingness)
+MNAR_BASE = -2.0
+MNAR_SLOPE = 1.5
 
 KIND_CODES = {"openi": 1, "mimic": 2, "ccrcc": 3}
 
@@ -34,7 +39,7 @@ class CohortKind:
     modalities: dict[str, str]  # modality -> manifest kind
     labels: tuple[str, ...]
     fractions: dict[str, float]
-    plan: Callable[[int, int, float], Plan]  # (n_patients, seed, shift) -> Plan
+    plan: Callable[..., Plan]  # (n_patients, seed, shift, evidence="additive") -> Plan
     render: Callable[[Plan, int, Path], dict[str, str | None]]  # -> modality values for row i
     description: str = ""
 
@@ -48,6 +53,31 @@ def severity(
 ) -> np.ndarray:
     """Soft-thresholded evidence: ~0 below the threshold, ~(evidence - threshold) above."""
     return np.logaddexp(0.0, sharpness * (np.asarray(evidence) - threshold)) / sharpness
+
+
+def evidence_missingness(
+    present: dict[str, np.ndarray],
+    sig: Signal,
+    weights: np.ndarray,
+    rng: np.random.Generator,
+) -> None:
+    """The evidence setting's part of missingness (in place; nothing for additive/redundant).
+
+    ``dominant``: the dominant modality is always present (else the sample has no signal).
+    ``informative-missingness``: each modality is also dropped with probability
+    ``logistic(MNAR_BASE + MNAR_SLOPE * s)``, ``s`` the standardised fraction of adverse
+    outcomes (``Signal.burden``): sicker samples lose modalities more often. ``rng`` is a
+    stream of its own, so the kind's other draws stay those of the additive setting.
+    """
+    mods = list(present)
+    if sig.evidence_setting == DOMINANT and sig.dominant is not None:
+        for j, m in enumerate(mods):
+            present[m] |= sig.dominant == j
+    elif sig.evidence_setting == INFORMATIVE_MISSINGNESS:
+        burden = sig.burden(weights)
+        s = (burden - burden.mean()) / max(float(burden.std()), 1e-9)
+        for m in mods:
+            present[m] &= rng.random(len(s)) >= logistic(MNAR_BASE + MNAR_SLOPE * s)
 
 
 def ensure_one_present(

@@ -13,11 +13,18 @@ from cohorts.demo.base import (
     CohortKind,
     Plan,
     ensure_one_present,
+    evidence_missingness,
     logistic,
     patient_sites,
     sample_ids,
 )
-from cohorts.demo.signal import Concept, SignalSpec, sample_rng, sample_signal
+from cohorts.demo.signal import (
+    DEFAULT_EVIDENCE,
+    Concept,
+    SignalSpec,
+    sample_rng,
+    sample_signal,
+)
 from cohorts.splits import patient_split
 
 NAME = "ccrcc"
@@ -50,10 +57,10 @@ SPEC = SignalSpec(
 NOTE_THRESHOLDS = dict.fromkeys(NAMES, 0.4)
 
 
-def plan(n_patients: int, seed: int, shift: float = 0.0) -> Plan:
+def plan(n_patients: int, seed: int, shift: float = 0.0, evidence: str = DEFAULT_EVIDENCE) -> Plan:
     rng = sample_rng(seed, KIND_CODES[NAME], 0)
     pidx = np.arange(n_patients)
-    sig = sample_signal(SPEC, pidx, rng, shift)
+    sig = sample_signal(SPEC, pidx, rng, shift, evidence)
     n = n_patients
     site = patient_sites(n_patients, rng, (0.5, 0.3, 0.2))
     z_met = sig.clean["note"][:, NAMES.index("metastasis")]
@@ -66,6 +73,7 @@ def plan(n_patients: int, seed: int, shift: float = 0.0) -> Plan:
         "wsi": surgical,
         "note": rng.random(n) > np.where(site == 1, 0.2, 0.05),
     }
+    evidence_missingness(present, sig, SPEC.weights, sample_rng(seed, KIND_CODES[NAME], 2))
     ensure_one_present(present, rng, "note")
     pids, sids = sample_ids(pidx)
     df = pd.DataFrame({"sample_id": sids, "patient_id": pids})

@@ -14,10 +14,12 @@ from cohorts.demo.base import CohortKind
 from cohorts.demo.ccrcc import KIND as CCRCC
 from cohorts.demo.mimic import KIND as MIMIC
 from cohorts.demo.openi import KIND as OPENI
+from cohorts.demo.signal import DEFAULT_EVIDENCE, EVIDENCE, check_evidence
 from cohorts.manifest import ManifestMeta, write_manifest
 from medmix.progress import progress as progress_bar
 
 KINDS: dict[str, CohortKind] = {k.name: k for k in (OPENI, MIMIC, CCRCC)}
+__all__ = ["DEFAULT_EVIDENCE", "EVIDENCE", "KINDS", "generate_cohort"]
 ADAPTER = "demo"
 ADAPTER_VERSION = "1"
 
@@ -30,10 +32,12 @@ def generate_cohort(
     dataset: str,
     shift: float = 0.0,
     progress: bool = True,
+    evidence: str = DEFAULT_EVIDENCE,
 ) -> Path:
     """Generate cohort ``kind`` under ``out_dir``: ``raw/`` files and ``manifest.parquet``.
 
-    Deterministic per (kind, n_patients, seed, shift). Crash-safe: any old manifest is removed
+    Deterministic per (kind, n_patients, seed, shift, evidence); ``evidence`` is one of
+    ``EVIDENCE`` (package docstring), the default writing what it always wrote. Crash-safe: any old manifest is removed
     first, raw files are written to a temp folder that replaces ``raw/`` only when complete,
     and the manifest (``meta.root = str(out_dir / "raw")``) is written atomically last.
     """
@@ -41,6 +45,7 @@ def generate_cohort(
         raise ValueError(f"unknown demo cohort kind {kind!r}; choose from {sorted(KINDS)}")
     if n_patients < 1:
         raise ValueError(f"n_patients must be >= 1, got {n_patients}")
+    check_evidence(evidence)
     spec = KINDS[kind]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -48,7 +53,7 @@ def generate_cohort(
     raw = out_dir / "raw"
     manifest_path.unlink(missing_ok=True)
 
-    plan = spec.plan(n_patients, seed, shift)
+    plan = spec.plan(n_patients, seed, shift, evidence)
     df = plan.samples.copy()
     tmp = Path(tempfile.mkdtemp(prefix=".raw.tmp-", dir=out_dir))
     try:
@@ -89,6 +94,8 @@ def generate_cohort(
             "n_patients": int(n_patients),
             "seed": int(seed),
             "shift": float(shift),
+            # only when not the default: the default manifest stays byte-identical to before
+            **({} if evidence == DEFAULT_EVIDENCE else {"evidence": evidence}),
             "fractions": spec.fractions,
             "missing_fraction": {
                 m: round(float(1 - plan.present[m].mean()), 4) for m in spec.modalities

@@ -13,12 +13,19 @@ from cohorts.demo.base import (
     CohortKind,
     Plan,
     ensure_one_present,
+    evidence_missingness,
     logistic,
     patient_sites,
     sample_ids,
     severity,
 )
-from cohorts.demo.signal import Concept, SignalSpec, sample_rng, sample_signal
+from cohorts.demo.signal import (
+    DEFAULT_EVIDENCE,
+    Concept,
+    SignalSpec,
+    sample_rng,
+    sample_signal,
+)
 from cohorts.splits import patient_split
 
 NAME = "mimic"
@@ -61,11 +68,11 @@ NOTE_CONCEPTS = ("resp", "cardiac", "renal", "infection", "chronic", "social")
 NOTE_THRESHOLDS = dict.fromkeys(NOTE_CONCEPTS, 0.4)
 
 
-def plan(n_patients: int, seed: int, shift: float = 0.0) -> Plan:
+def plan(n_patients: int, seed: int, shift: float = 0.0, evidence: str = DEFAULT_EVIDENCE) -> Plan:
     rng = sample_rng(seed, KIND_CODES[NAME], 0)
     n_adm = 1 + (rng.random(n_patients) < P_SECOND_ADMISSION)
     pidx = np.repeat(np.arange(n_patients), n_adm)
-    sig = sample_signal(SPEC, pidx, rng, shift)
+    sig = sample_signal(SPEC, pidx, rng, shift, evidence)
     n = len(pidx)
     # ICU length of stay (hours) follows the long-stay logit; short stays have no EHR extract
     long_stay = sum(sig.contributions.values())[:, 1]  # zero-mean share of the long-stay logit
@@ -78,6 +85,7 @@ def plan(n_patients: int, seed: int, shift: float = 0.0) -> Plan:
         "note": rng.random(n) > np.where(site == 3, 0.8, 0.04),  # one site's notes not linked
         "ehr": (stay_h >= 12) & (rng.random(n) > 0.03),
     }
+    evidence_missingness(present, sig, SPEC.weights, sample_rng(seed, KIND_CODES[NAME], 2))
     ensure_one_present(present, rng, "ehr")
     pids, sids = sample_ids(pidx, "A")
     df = pd.DataFrame({"sample_id": sids, "patient_id": pids})

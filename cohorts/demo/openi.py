@@ -14,12 +14,19 @@ from cohorts.demo.base import (
     CohortKind,
     Plan,
     ensure_one_present,
+    evidence_missingness,
     logistic,
     patient_sites,
     sample_ids,
     severity,
 )
-from cohorts.demo.signal import Concept, SignalSpec, sample_rng, sample_signal
+from cohorts.demo.signal import (
+    DEFAULT_EVIDENCE,
+    Concept,
+    SignalSpec,
+    sample_rng,
+    sample_signal,
+)
 from cohorts.splits import patient_split
 
 NAME = "openi"
@@ -67,11 +74,11 @@ IMAGE_THRESHOLDS = _thresholds(3.0)  # drawn (graded by severity)
 TEXT_THRESHOLDS = _thresholds(2.5)  # written as present
 
 
-def plan(n_patients: int, seed: int, shift: float = 0.0) -> Plan:
+def plan(n_patients: int, seed: int, shift: float = 0.0, evidence: str = DEFAULT_EVIDENCE) -> Plan:
     rng = sample_rng(seed, KIND_CODES[NAME], 0)
     n_studies = 1 + (rng.random(n_patients) < P_SECOND_STUDY)
     pidx = np.repeat(np.arange(n_patients), n_studies)
-    sig = sample_signal(SPEC, pidx, rng, shift)
+    sig = sample_signal(SPEC, pidx, rng, shift, evidence)
     findings = sig.labels
     labels = np.concatenate([(findings.sum(1) == 0)[:, None].astype(np.int8), findings], axis=1)
     n = len(pidx)
@@ -83,6 +90,7 @@ def plan(n_patients: int, seed: int, shift: float = 0.0) -> Plan:
         "lateral": rng.random(n) > logistic(-1.7 + 0.9 * sig.sickness),
         "report": rng.random(n) > np.where(site == 2, 0.55, 0.03),
     }
+    evidence_missingness(present, sig, SPEC.weights, sample_rng(seed, KIND_CODES[NAME], 2))
     ensure_one_present(present, rng, "frontal")
     pids, sids = sample_ids(pidx)
     df = pd.DataFrame({"sample_id": sids, "patient_id": pids})

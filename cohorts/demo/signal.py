@@ -3,17 +3,37 @@
 For concept ``k`` and modality ``m`` the evidence is ``e[m,k] = a*z[k] + sqrt(1-a^2)*u[m,k]``
 (``z`` shared by the modalities, ``u`` private to one). Label logits are additive over
 modalities: ``L[t] = b[t] + scale * sum_m sum_k W[t,k] * v[m,k] * e[m,k]``. Renderers see a
-quality-degraded copy ``q*e + sqrt(1-q^2)*noise``.
+quality-degraded copy ``q*e + sqrt(1-q^2)*noise``. ``evidence`` (one of ``EVIDENCE``) picks
+how the modalities share the signal; the package docstring says what each setting means.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 PATIENT_CORR = 0.8  # correlation of a latent between two samples (studies) of one patient
+
+# How the modalities share the label signal (package docstring, "Evidence settings").
+ADDITIVE, REDUNDANT, DOMINANT, INFORMATIVE_MISSINGNESS = (
+    "additive",
+    "redundant",
+    "dominant",
+    "informative-missingness",
+)
+EVIDENCE = (ADDITIVE, REDUNDANT, DOMINANT, INFORMATIVE_MISSINGNESS)
+DEFAULT_EVIDENCE = ADDITIVE
+REDUNDANT_SHARED = 0.95  # redundant: a, the shared latent's loading in every modality
+REDUNDANT_GLOBAL = 0.9  # redundant: every concept loads this much on the one global factor
+DOMINANT_POOR_QUALITY = (0.0, 0.35)  # dominant: q of the other modalities (visibly poor copies)
+
+
+def check_evidence(evidence: str) -> str:
+    if evidence not in EVIDENCE:
+        raise ValueError(f"unknown evidence setting {evidence!r}; choose from {list(EVIDENCE)}")
+    return evidence
 
 
 def sample_rng(seed: int, *keys: int) -> np.random.Generator:
@@ -49,6 +69,13 @@ class SignalSpec:
 
     def concept_names(self, modality: str) -> list[str]:
         return [c.name for c in self.concepts if c.views.get(modality, 0.0) > 0]
+
+    def contribution_std(self, modality: str) -> np.ndarray:
+        """Standard deviation of one modality's additive share of ``L[t]`` (per label t)."""
+        g2, a2 = self.global_corr**2, self.shared**2
+        w = self.weights * self.scale * self.view(modality)[None, :]  # (T, K)
+        var_z = a2 * (g2 * w.sum(1) ** 2 + (1 - g2) * (w**2).sum(1))
+        return np.sqrt(var_z + (1 - a2) * (w**2).sum(1))
 
     def logit_std(self) -> np.ndarray:
         """Standard deviation of ``L[t] - b[t]`` (the latents are unit Gaussians)."""
@@ -99,6 +126,13 @@ class Signal:
     labels: np.ndarray  # (n, T) int8
     sickness: np.ndarray  # (n,) the global factor (drives structured missingness)
     concepts: list[str]
+    evidence_setting: str = ADDITIVE
+    dominant: np.ndarray | None = None  # dominant: (n,) index into the modalities, else None
+
+    def burden(self, weights: np.ndarray) -> np.ndarray:
+        """(n,) fraction of adverse outcomes (``y`` where ``W[t]`` raises the logit, else 1-y)."""
+        up = weights.sum(1) >= 0
+        return np.where(up[None, :], self.labels, 1 - self.labels).mean(1)
 
 
 def _patient_mix(
@@ -116,8 +150,21 @@ def sample_signal(
     patient_index: Sequence[int] | np.ndarray,
     rng: np.random.Generator,
     shift: float = 0.0,
+    evidence: str = DEFAULT_EVIDENCE,
 ) -> Signal:
-    """Draw latents, evidence, quality and labels for samples of the given patients."""
+    """Draw latents, evidence, quality and labels for samples of the given patients.
+
+    ``evidence`` (``EVIDENCE``): ``additive`` draws exactly what it always drew; ``redundant``
+    and ``dominant`` rescale the logits so that their standard deviation (hence the Bayes
+    difficulty and the bias b[t]) equals the additive one; ``informative-missingness`` draws
+    the additive signal (the plan then drops modalities by label, base.evidence_missingness).
+    """
+    setting = check_evidence(evidence)
+    target_std = spec.logit_std()  # the additive setting's, kept by every setting
+    if setting == REDUNDANT:
+        spec = replace(
+            spec, shared=REDUNDANT_SHARED, global_corr=max(spec.global_corr, REDUNDANT_GLOBAL)
+        )
     pidx = np.asarray(patient_index, dtype=int)
     n, k_n, t_n = len(pidx), len(spec.concepts), len(spec.labels)
     g = _patient_mix(rng, pidx, ())
@@ -139,8 +186,15 @@ def sample_signal(
         noisy = q[:, None] * e + np.sqrt(1 - q[:, None] ** 2) * rng.standard_normal((n, k_n))
         clean[m], evidence[m], quality[m], contrib[m] = e, noisy * (v > 0), q, c
         logits += c
+    dominant = None
+    if setting == REDUNDANT:  # aligned views add up coherently: back to the additive spread
+        ratio = target_std / spec.logit_std()
+        contrib = {m: c * ratio[None, :] for m, c in contrib.items()}
+        logits = sum(contrib.values())
+    elif setting == DOMINANT:
+        dominant, logits = _dominant(spec, rng, clean, evidence, quality, contrib, target_std)
     dshift = np.array(spec.prevalence_shift or (0.6,) * t_n)
-    std = spec.logit_std()
+    std = target_std
     bias = np.array([solve_bias(p, sd) for p, sd in zip(spec.prevalence, std, strict=True)])
     logits += bias[None, :] + shift * dshift[None, :]
     # y = 1[L + logistic noise > 0] is y ~ Bernoulli(sigmoid(L)); the cut is then moved to
@@ -154,5 +208,46 @@ def sample_signal(
         order = np.argsort(-noisy_logits[:, t], kind="stable")
         labels[order[:k], t] = 1
     return Signal(
-        evidence, clean, quality, contrib, logits, labels, g, [c.name for c in spec.concepts]
+        evidence,
+        clean,
+        quality,
+        contrib,
+        logits,
+        labels,
+        g,
+        [c.name for c in spec.concepts],
+        evidence_setting=setting,
+        dominant=dominant,
     )
+
+
+def _dominant(
+    spec: SignalSpec,
+    rng: np.random.Generator,
+    clean: dict[str, np.ndarray],
+    evidence: dict[str, np.ndarray],
+    quality: dict[str, np.ndarray],
+    contrib: dict[str, np.ndarray],
+    target_std: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One modality per sample carries the labels; the others become visibly poor copies.
+
+    Rewrites ``evidence``, ``quality`` and ``contrib`` in place; returns the dominant modality
+    index per sample and the logits without bias, ``target_std * c[d,t] / sd(c[d,t])``.
+    """
+    n = len(next(iter(clean.values())))
+    dom = rng.integers(0, len(spec.modalities), n)
+    logits = np.zeros((n, len(spec.labels)))
+    for j, m in enumerate(spec.modalities):
+        on = dom == j
+        sd = spec.contribution_std(m)
+        # a modality that cannot see label t at all (sd 0) leaves it to the logistic noise
+        gain = np.divide(target_std, sd, out=np.zeros_like(sd), where=sd > 0)
+        contrib[m] = np.where(on[:, None], contrib[m] * gain[None, :], 0.0)
+        logits += contrib[m]
+        q = np.where(on, rng.uniform(*spec.good_quality, n), rng.uniform(*DOMINANT_POOR_QUALITY, n))
+        e, seen = clean[m], spec.view(m) > 0
+        noise = rng.standard_normal(e.shape)
+        evidence[m] = (q[:, None] * e + np.sqrt(1 - q[:, None] ** 2) * noise) * seen
+        quality[m] = q
+    return dom, logits

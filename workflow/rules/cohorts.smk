@@ -18,11 +18,14 @@ rule demo_cohort:
         runtime=30,
     params:
         spec=lambda wc: config["datasets"][wc.dataset]["demo"],
+        evidence=lambda wc: config["datasets"][wc.dataset]["demo"].get(
+            "evidence", "additive"
+        ),
         out=lambda wc, output: os.path.dirname(output.manifest),
     shell:
         "python -m cohorts demo --kind {params.spec[kind]} --dataset {wildcards.dataset}"
         " --n-patients {params.spec[n_patients]} --seed {params.spec[seed]}"
-        " --shift {params.spec[shift]} --out {params.out} > {log} 2>&1"
+        " --shift {params.spec[shift]} --evidence {params.evidence} --out {params.out} > {log} 2>&1"
 
 
 rule adapter_cohort:
