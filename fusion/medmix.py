@@ -457,12 +457,18 @@ class MedMIX(FusionModel):
             nn.init.zeros_(w)
             nn.init.zeros_(b)
 
-    def fuse(self, u: torch.Tensor, delta: torch.Tensor) -> FusionOutput:
+    def route(
+        self, u: torch.Tensor, delta: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The intra-modality step: availability (B, M, E), α, z_m and the heads' logits ℓ_m."""
         avail = delta > 0  # (B, M, E)
         scores = self.routers(u.transpose(1, 2)).squeeze(-1).transpose(1, 2)  # (B, M, E)
         alpha = masked_softmax(scores, avail, dim=-1)
         z = (alpha.unsqueeze(-1) * u).sum(dim=2)  # (B, M, d)
-        logits_m = self.heads(z)  # (B, M, C)
+        return avail, alpha, z, self.heads(z)  # ℓ_m: (B, M, C)
+
+    def fuse(self, u: torch.Tensor, delta: torch.Tensor) -> FusionOutput:
+        avail, alpha, z, logits_m = self.route(u, delta)
         r = self.fusion_scorer(z).squeeze(-1)  # (B, M)
         beta = masked_softmax(r, avail.any(dim=-1), dim=-1)
         logits = (beta.unsqueeze(-1) * logits_m).sum(dim=1)

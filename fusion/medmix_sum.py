@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fusion.medmix import FusionOutput, MedMIX, masked_softmax
+from fusion.medmix import FusionOutput, MedMIX
 from fusion.registry import ModelSpec, register_method
 
 SUM_METHOD = "medmix-sum"
@@ -51,11 +51,7 @@ class MedMIXSum(MedMIX):
             nn.init.zeros_(p)
 
     def fuse(self, u: torch.Tensor, delta: torch.Tensor) -> FusionOutput:
-        avail = delta > 0  # (B, M, E)
-        scores = self.routers(u.transpose(1, 2)).squeeze(-1).transpose(1, 2)  # (B, M, E)
-        alpha = masked_softmax(scores, avail, dim=-1)
-        z = (alpha.unsqueeze(-1) * u).sum(dim=2)  # (B, M, d)
-        logits_m = self.heads(z)  # (B, M, C)
+        avail, alpha, z, logits_m = self.route(u, delta)  # MedMIX's intra-modality step
         present = avail.any(dim=-1).to(u.dtype)  # π (B, M)
         r = self.fusion_scorer(z).squeeze(-1) + self.gate_availability(present)  # (B, M)
         w = 2.0 * torch.sigmoid(r) * present  # exactly 0 for a missing modality

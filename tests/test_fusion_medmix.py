@@ -57,6 +57,17 @@ def make_inputs(
     return xs, delta
 
 
+def assert_masks_missing_and_prior(model, spec: ModelSpec, xs: list, delta: torch.Tensor) -> None:
+    """Sample 0 (nothing available) gets the prior; inputs of missing experts change nothing."""
+    out = model(xs, delta)
+    torch.testing.assert_close(out.logits[0], model.prior)
+    noisy = [x.clone() for x in xs]
+    for k, (m, e) in enumerate(spec.flat_experts):
+        mi, ei = spec.modalities.index(m), spec.experts[m].index(e)
+        noisy[k][delta[:, mi, ei] == 0] = 1e6
+    torch.testing.assert_close(model(noisy, delta).logits, out.logits)
+
+
 def test_masked_softmax_random_subsets_no_nan() -> None:
     g = torch.Generator().manual_seed(0)
     for trial in range(20):
@@ -330,12 +341,7 @@ def test_every_method_masks_missing_inputs_and_falls_back_to_prior(method: str) 
     xs, delta = make_inputs(spec, 16)
     out = model(xs, delta)
     assert out.logits.shape == (16, 2) and torch.isfinite(out.logits).all()
-    torch.testing.assert_close(out.logits[0], model.prior)  # sample 0 has nothing
-    noisy = [x.clone() for x in xs]
-    for k, (m, e) in enumerate(spec.flat_experts):
-        mi, ei = spec.modalities.index(m), spec.experts[m].index(e)
-        noisy[k][delta[:, mi, ei] == 0] = 1e6
-    torch.testing.assert_close(model(noisy, delta).logits, out.logits)
+    assert_masks_missing_and_prior(model, spec, xs, delta)
     model.train()
     loss = model(xs, delta)
     total = loss.logits.sum() + (loss.aux_loss if loss.aux_loss is not None else 0)

@@ -15,7 +15,7 @@ from fusion.metrics import auroc_defined, macro_auroc
 from fusion.registry import build_model
 from fusion.train import FusionHParams, SeedTrainer, run_training
 from medmix.config import dataset_paths
-from tests.test_fusion_medmix import make_inputs, make_spec
+from tests.test_fusion_medmix import assert_masks_missing_and_prior, make_inputs, make_spec
 from tests.test_fusion_train import DATASET, make_config, write_synthetic
 
 
@@ -38,13 +38,7 @@ def test_linear_projection_masks_missing_and_falls_back_to_prior(method: str) ->
     spec.projection = "linear"
     model = build_model(spec).eval()
     xs, delta = make_inputs(spec, 16)
-    out = model(xs, delta)
-    torch.testing.assert_close(out.logits[0], model.prior)  # sample 0 has nothing
-    noisy = [x.clone() for x in xs]
-    for k, (m, e) in enumerate(spec.flat_experts):
-        mi, ei = spec.modalities.index(m), spec.experts[m].index(e)
-        noisy[k][delta[:, mi, ei] == 0] = 1e6
-    torch.testing.assert_close(model(noisy, delta).logits, out.logits)
+    assert_masks_missing_and_prior(model, spec, xs, delta)
 
 
 def test_options_are_validated() -> None:

@@ -42,8 +42,10 @@ def test_config_validates() -> None:
     ds = cfg["datasets"][DATASET]
     assert ds["adapter"] == "openi"
     assert list(ds["modalities"]) == ["report"]  # no images in the real data at hand
-    assert ds["modalities"]["report"] == ["minilm", "tfidf-svd"]
-    assert cfg["methods"] == ["medmix", "linear-probe"] and cfg["single_modality"] is False
+    assert ds["modalities"]["report"] == ["minilm", "tfidf-svd", "tfidf-svd-256"]
+    assert cfg["experts"]["tfidf-svd-256"] == {"type": "tfidf-svd", "n_components": 256}
+    assert cfg["methods"] == ["medmix", "medmix-sum", "concat", "linear-probe"]
+    assert cfg["single_modality"] is False
     assert cfg["seeds"] == [0, 1, 2, 3, 4]
     assert cfg["results"] != "results"  # never writes into the demo's results/
     assert "rag" not in cfg  # no RAG expert: nothing to build
