@@ -39,7 +39,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -746,30 +746,40 @@ class SeedTrainer:
             self.stack.buffers[f"model.{name}"].copy_(value.to(self.stack.buffers[f"model.{name}"]))
 
     @torch.no_grad()
+    def _eval_chunks(
+        self, idx: torch.Tensor, mode: str
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Eval-mode ``mode`` outputs ("eval": task loss, "logits") for every seed, over rows
+        ``idx`` in chunks sized to the input width: yields (chunk rows, per-seed output)."""
+        s = len(self.seeds)
+        self.skeleton.eval()
+        data = self.datas[0]
+        width = sum(x.shape[1] for x in data.x)
+        chunk = max(64, min(8192, int(32e6 // max(1, width * (1 if self.inputs.shared else s)))))
+        with_y = mode == "eval"
+        for start in range(0, len(idx), chunk):
+            b = idx[start : start + chunk]
+            if self.inputs.shared:
+                y = (data.y.index_select(0, b),) if with_y else ()
+                args = (self.inputs.shared_groups(b), data.delta.index_select(0, b), *y)
+                yield b, self._call(mode, False, *args)
+            else:
+                bb = b.unsqueeze(0).expand(s, -1)
+                y = (self.inputs.y(bb),) if with_y else ()
+                yield b, self._call(mode, True, self.inputs.groups(bb), self.inputs.delta(bb), *y)
+
+    @torch.no_grad()
     def val_losses(self, idx: torch.Tensor) -> torch.Tensor:
         """Per-seed task loss over rows ``idx`` in eval mode (weighted by known labels)."""
         s = len(self.seeds)
         if len(idx) == 0:
             return torch.full((s,), float("nan"))
-        self.skeleton.eval()
         data = self.datas[0]
-        width = sum(x.shape[1] for x in data.x)
-        chunk = max(64, min(8192, int(32e6 // max(1, width * (1 if self.inputs.shared else s)))))
         total = torch.zeros(s, dtype=torch.float64)
         weight = 0.0
-        for start in range(0, len(idx), chunk):
-            b = idx[start : start + chunk]
+        for b, loss in self._eval_chunks(idx, "eval"):
             y = data.y.index_select(0, b)
             w = float((y >= 0).sum() if data.task_type == "multiclass" else torch.isfinite(y).sum())
-            if self.inputs.shared:
-                loss = self._call(
-                    "eval", False, self.inputs.shared_groups(b), data.delta.index_select(0, b), y
-                )
-            else:
-                bb = b.unsqueeze(0).expand(s, -1)
-                loss = self._call(
-                    "eval", True, self.inputs.groups(bb), self.inputs.delta(bb), self.inputs.y(bb)
-                )
             total += loss.detach().double().cpu().view(s) * w
             weight += w
         return (total / weight).float() if weight else torch.full((s,), float("nan"))
@@ -778,20 +788,10 @@ class SeedTrainer:
     def val_auroc(self, idx: torch.Tensor) -> torch.Tensor:
         """Per-seed macro AUROC over rows ``idx`` in eval mode (``early_stopping: auroc``)."""
         s = len(self.seeds)
-        self.skeleton.eval()
         data = self.datas[0]
-        width = sum(x.shape[1] for x in data.x)
-        chunk = max(64, min(8192, int(32e6 // max(1, width * (1 if self.inputs.shared else s)))))
-        parts = []
-        for start in range(0, len(idx), chunk):
-            b = idx[start : start + chunk]
-            if self.inputs.shared:
-                out = self._call("logits", False, self.inputs.shared_groups(b),
-                                 data.delta.index_select(0, b))  # fmt: skip
-            else:
-                bb = b.unsqueeze(0).expand(s, -1)
-                out = self._call("logits", True, self.inputs.groups(bb), self.inputs.delta(bb))
-            parts.append(out.float().cpu().view(s, len(b), -1))
+        parts = [
+            out.float().cpu().view(s, len(b), -1) for b, out in self._eval_chunks(idx, "logits")
+        ]
         logits = torch.cat(parts, dim=1).numpy()
         y = data.y.index_select(0, idx).cpu().numpy()
         return torch.tensor([macro_auroc(y, logits[k], data.task_type) for k in range(s)])
