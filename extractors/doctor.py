@@ -502,7 +502,7 @@ def _method_check(system: PaperSystem, cfg: dict[str, Any]) -> list[str]:
     if system.method != "onellm":
         return []
     from extractors.registry import list_experts
-    from fusion.registry import onellm_unavailable
+    from medmix.plan import onellm_unavailable
 
     reasons = []
     if "onellm" not in list_experts():

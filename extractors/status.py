@@ -22,7 +22,6 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import pyarrow.parquet as pq
@@ -76,26 +75,6 @@ def _names(path: Path, role: str) -> tuple[str, str, str]:
         return path.parent.parent.parent.name, path.parent.name, stem
     expert = meta.expert if role == "expert" else f"teacher ({meta.expert})"
     return meta.dataset or "?", meta.modality or "?", expert
-
-
-def run_caches(cfg: dict[str, Any], role: str = "expert") -> list[str]:
-    """The caches the configured Table 1 runs of every dataset read (rule ``sample_status``):
-    expert caches (``role="expert"``) or teacher caches (``role="teacher"``: distillation
-    targets and the large branch of AdaCoMed / the *-large rows). No cache is listed that no
-    run needs, so the table never makes the workflow extract more."""
-    from fusion.registry import method_inputs
-    from medmix.config import table1_methods
-
-    if role not in ("expert", "teacher"):
-        raise ValueError(f"role must be 'expert' or 'teacher', got {role!r}")
-    files: list[str] = []
-    for ds in cfg["datasets"]:
-        for method in table1_methods(cfg, ds):
-            inputs = method_inputs(cfg, ds, method)
-            files += [str(p) for ev in inputs.caches.values() for p in ev.values()]
-            files += [str(p) for p in inputs.teachers.values()]
-    want_teacher = role == "teacher"
-    return [f for f in dict.fromkeys(files) if (Path(f).parent.name == "teachers") == want_teacher]
 
 
 def cache_status(path: str | Path, role: str = "expert") -> StatusRow:

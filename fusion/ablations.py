@@ -35,20 +35,20 @@ import copy
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from fusion.protocols import modality_label
+from medmix.ablation_plan import (
+    UNIFORM_METHOD,
+    Variant,
+    ablation_variants,
+    expert_families,
+    variant_by_name,
+)
 
 log = logging.getLogger("medmix.fusion.ablations")
-
-FAMILY_ORDER = ("biomedical", "general", "rag")
-FAMILY_LABELS = {"biomedical": "biomedical", "general": "general", "rag": "RAG"}
-VARIANT_KINDS = ("no_distill", "best_expert", "uniform_mean", "no_family", "single_modality")
-UNIFORM_METHOD = "medmix-uniform"
 
 
 def register_variants() -> None:
@@ -79,123 +79,6 @@ def register_variants() -> None:
         def __init__(self, spec: Any) -> None:
             super().__init__(spec)
             self.routers = _ZeroScorer()
-
-
-@dataclass(frozen=True)
-class Variant:
-    """One row of the ablation table."""
-
-    name: str  # ablation folder name (or the reused method)
-    label: str  # the paper's row label
-    protocol: str  # run folder's protocol: "full" (reused runs) or "ablation"
-    method: str  # run folder's method: medmix, medmix-only-<m>, or the variant name
-    kind: str  # reference | no_distill | best_expert | uniform_mean | no_family | single_modality
-
-    @property
-    def trained_here(self) -> bool:
-        return self.protocol == "ablation"
-
-
-def expert_families(cfg: dict[str, Any], dataset: str) -> dict[str, str]:
-    """expert name -> family for the dataset's experts."""
-    mods = cfg["datasets"][dataset]["modalities"]
-    given = (cfg.get("ablations") or {}).get("families") or {}
-    for fam, names in given.items():  # a misspelt name would silently fall back to the order
-        unknown = [e for e in names if e not in cfg.get("experts", {})]
-        if unknown:
-            raise ValueError(
-                f"ablations.families.{fam}: {unknown} are not defined under 'experts:'"
-            )
-    by_name = {e: fam for fam, names in given.items() for e in names}
-    out: dict[str, str] = {}
-    for experts in mods.values():
-        pos = 0
-        for e in experts:
-            if e in by_name:
-                out[e] = by_name[e]
-                continue
-            typ = cfg.get("experts", {}).get(e, {}).get("type", e)
-            if typ == "rag" or e == "rag":
-                out.setdefault(e, "rag")
-                continue
-            fam = FAMILY_ORDER[pos] if pos < 2 else f"other{pos}"
-            out.setdefault(e, fam)
-            pos += 1
-    return out
-
-
-def ablation_variants(cfg: dict[str, Any], dataset: str) -> list[Variant]:
-    """The rows of the ablation table for ``dataset`` (reference first, paper order)."""
-    section = cfg.get("ablations") or {}
-    kinds = section.get("variants") or list(VARIANT_KINDS)
-    mods = list(cfg["datasets"][dataset]["modalities"])
-    out = [Variant("medmix", "MedMIX", "full", "medmix", "reference")]
-    if "no_distill" in kinds:
-        if float((cfg.get("fusion") or {}).get("lambda_kd") or 0.0) == 0.0:
-            # distillation is off: MedMIX itself is the model without it (no second training)
-            out.append(Variant("medmix", "w/o distillation", "full", "medmix", "no_distill"))
-        else:
-            out.append(
-                Variant("no_distill", "w/o distillation", "ablation", "no_distill", "no_distill")
-            )
-    if "best_expert" in kinds:
-        out.append(
-            Variant(
-                "best_expert", "w/o intra-modality fusion", "ablation", "best_expert", "best_expert"
-            )
-        )
-    if "uniform_mean" in kinds:
-        out.append(
-            Variant(
-                "uniform_mean",
-                "w/o intra-modality fusion (uniform mean)",
-                "ablation",
-                "uniform_mean",
-                "uniform_mean",
-            )
-        )
-    if "no_family" in kinds:
-        fams = expert_families(cfg, dataset)
-        present = [f for f in FAMILY_ORDER if f in fams.values()]
-        present += sorted({f for f in fams.values() if f not in FAMILY_ORDER})
-        for fam in present:
-            remaining = {
-                m: [e for e in cfg["datasets"][dataset]["modalities"][m] if fams[e] != fam]
-                for m in mods
-            }
-            if not any(remaining.values()):
-                continue
-            name = f"no_{fam}"
-            out.append(
-                Variant(
-                    name,
-                    f"w/o {FAMILY_LABELS.get(fam, fam)} experts",
-                    "ablation",
-                    name,
-                    "no_family",
-                )
-            )
-    if "single_modality" in kinds and len(mods) > 1:
-        for m in mods:
-            out.append(
-                Variant(
-                    f"medmix-only-{m}",
-                    f"w/o inter-modality fusion (keep {modality_label(m)})",
-                    "full",
-                    f"medmix-only-{m}",
-                    "single_modality",
-                )
-            )
-    return out
-
-
-def variant_by_name(cfg: dict[str, Any], dataset: str, name: str) -> Variant:
-    for v in ablation_variants(cfg, dataset):
-        if v.name == name and v.trained_here:
-            return v
-    if name == "no_distill":  # asked for explicitly although distillation is off
-        return Variant("no_distill", "w/o distillation", "ablation", "no_distill", "no_distill")
-    raise ValueError(f"{dataset}: no ablation variant {name!r}")
 
 
 # -- best single expert ---------------------------------------------------------------------

@@ -30,7 +30,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from fusion.medmix import FusionModel, FusionOutput, GroupedMLP, masked_softmax, mlp
-from fusion.registry import TEACHER_EXPERT, ModelSpec, register_method
+from fusion.registry import ModelSpec, register_method
+from medmix.methods import TEACHER_EXPERT
 
 
 def _masked_mean(u: torch.Tensor, mask: torch.Tensor, dim: int) -> torch.Tensor:
@@ -383,7 +384,7 @@ class OneLLM(MeanAvg):
 
     Differences from the original: the LLM is not fine-tuned end to end; modalities are
     pooled after encoding instead of being interleaved in one LLM context. The method needs
-    the OneLLM 7B+ weights: without them (:func:`fusion.registry.onellm_unavailable`) the
+    the OneLLM 7B+ weights: without them (:func:`medmix.plan.onellm_unavailable`) the
     training job writes a run marked ``"status": "unavailable"`` with the reason, and the
     tables show the row as "weights absent".
     """

@@ -15,7 +15,7 @@
   format), standardised on the train split like the experts, and its availability.
 
 A teacher cache used as a model *input* (AdaCoMed, ``<modality>-large``) is loaded as an
-ordinary expert named ``teacher`` instead (see :func:`fusion.registry.method_inputs`).
+ordinary expert named ``teacher`` instead (see :func:`medmix.plan.method_inputs`).
 
 Protocols (missing-modality masks) act on a loaded :class:`FusionData` through
 :func:`apply_protocol`. :func:`load_fusion_data_cached` keeps loaded data in memory, so

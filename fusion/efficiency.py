@@ -50,13 +50,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medmix.methods import TEACHER_EXPERT
+
 if TYPE_CHECKING:
     from torch import nn
 
 log = logging.getLogger("medmix.fusion.efficiency")
 
 PERF_METRICS = ("auroc", "auprc", "macro_f1", "accuracy")
-TEACHER_EXPERT = "teacher"  # fusion.registry's name of a teacher cache read as an input
 
 
 # -- counting -------------------------------------------------------------------------------

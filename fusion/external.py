@@ -48,58 +48,10 @@ from typing import Any
 import numpy as np
 
 from medmix.io import fresh_tmp_dir, replace_dir
+from medmix.methods import TEACHER_EXPERT
+from medmix.plan import external_protocol
 
 log = logging.getLogger("medmix.fusion.external")
-
-EXTERNAL_PREFIX = "external-"
-TEACHER_EXPERT = "teacher"  # fusion.registry's name of a teacher cache used as an input
-
-
-def external_protocol(target: str) -> str:
-    """The run-folder name of an external evaluation on ``target``."""
-    return f"{EXTERNAL_PREFIX}{target}"
-
-
-def external_pairs(cfg: dict[str, Any]) -> list[tuple[str, str]]:
-    """The configured (source, target) pairs, checked for compatible modalities.
-
-    The target's modalities must be a subset of the source's (MIMIC-III has no chest X-rays
-    for the MIMIC-IV-MM models): a modality the target lacks is evaluated as missing for every
-    sample, which is what the models are built for. Shared modalities need the same experts
-    and teachers.
-    """
-    pairs = []
-    for entry in cfg.get("external") or []:
-        src, tgt = entry["source"], entry["target"]
-        for ds in (src, tgt):
-            if ds not in cfg["datasets"]:
-                raise ValueError(f"external: dataset {ds!r} is not configured")
-        sm, tm = cfg["datasets"][src]["modalities"], cfg["datasets"][tgt]["modalities"]
-        extra = [m for m in tm if m not in sm]
-        if extra or not tm:
-            raise ValueError(
-                f"external {src} -> {tgt}: the target's modalities must be a non-empty subset of "
-                f"the source's ({list(tm)} vs {list(sm)}; not in the source: {extra})"
-            )
-        for m in tm:
-            if set(sm[m]) != set(tm[m]):
-                raise ValueError(
-                    f"external {src} -> {tgt}: experts of {m!r} differ ({sm[m]} vs {tm[m]})"
-                )
-        st = cfg["datasets"][src].get("teachers") or {}
-        tt = cfg["datasets"][tgt].get("teachers") or {}
-        if {m: st.get(m) for m in tm} != {m: tt.get(m) for m in tm}:
-            raise ValueError(
-                f"external {src} -> {tgt}: teachers differ ({st} vs {tt}); methods that read "
-                f"the large branch at inference (AdaCoMed, <modality>-large) need the target's "
-                f"teacher caches: give datasets.{tgt}.teachers the source's"
-            )
-        pairs.append((src, tgt))
-    return pairs
-
-
-def external_targets(cfg: dict[str, Any]) -> set[str]:
-    return {t for _, t in external_pairs(cfg)}
 
 
 def cohort_fitted_experts(cfg: dict[str, Any], experts: list[str]) -> list[str]:
@@ -275,9 +227,10 @@ def evaluate_saved_runs(
 
     from fusion.ablations import register_variants
     from fusion.metrics import evaluate_split
-    from fusion.protocols import apply_protocol, is_test_only, protocol_severity, write_masks
+    from fusion.protocols import apply_protocol, protocol_severity, write_masks
     from fusion.registry import load_model
     from fusion.train import compute_metrics, predictions_frame
+    from medmix.protocol_names import is_test_only
 
     register_variants()
     if threads:
@@ -349,7 +302,7 @@ def evaluate_saved_runs(
                     "dataset": source,
                     "target": target,
                     "method": method,
-                    "protocol": setting if not external else f"{EXTERNAL_PREFIX}{target}",
+                    "protocol": setting if not external else external_protocol(target),
                     "seed": seed,
                     "source_run": str(seed_dir),
                     "unaligned_experts": unaligned,
@@ -365,7 +318,7 @@ def evaluate_saved_runs(
                 "dataset": source,
                 "target": target,
                 "method": method,
-                "protocol": setting if not external else f"{EXTERNAL_PREFIX}{target}",
+                "protocol": setting if not external else external_protocol(target),
                 "split": "external" if external else "test",
                 "seeds": [s for s, _ in seeds],
                 "per_seed": per_seed,

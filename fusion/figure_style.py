@@ -78,11 +78,6 @@ def style():
         yield
 
 
-def is_teacher(method: str) -> bool:
-    """A ``<modality>-large`` teacher reference row (a foundation model alone, not a fusion)."""
-    return method.endswith("-large")
-
-
 def auroc_limits(lows: Sequence[float], highs: Sequence[float]) -> tuple[float, float]:
     """A y range for AUROC that shows the chance line with room below it and tops out at 1."""
     lo = [v for v in lows if v is not None and math.isfinite(v)]

@@ -382,7 +382,7 @@ class FusionModel(nn.Module):
     * ``supports_distillation``: the modality representations ``z`` are distilled from the
       teachers when ``fusion.lambda_kd > 0`` (MedMIX);
     * ``uses_teacher_input`` / ``deploys_teachers``: the teacher cache is an input expert
-      (named :data:`fusion.registry.TEACHER_EXPERT`) at training and inference time;
+      (named :data:`medmix.methods.TEACHER_EXPERT`) at training and inference time;
     * ``uses_reference``: the model keeps reference buffers computed from training samples
       (:meth:`reference_buffers`), refreshed by the trainer before every evaluation.
     """

@@ -64,7 +64,8 @@ import torch
 from torch import nn
 
 from fusion.data import FusionData, Standardization
-from fusion.registry import PROBE, LoadedModel, MethodError, ModelSpec, Predictions
+from fusion.registry import LoadedModel, ModelSpec, Predictions
+from medmix.methods import PROBE, MethodError
 
 log = logging.getLogger("medmix.fusion.probe")
 
@@ -507,7 +508,7 @@ def run_probe(
     from fusion.data import load_fusion_data_cached
     from fusion.metrics import METRICS, seed_mean_std
     from fusion.protocols import apply_protocol, protocol_severity
-    from fusion.registry import method_inputs, resolve_method
+    from fusion.registry import resolve_method
     from fusion.train import (
         HISTORY_COLUMNS,
         FusionHParams,
@@ -518,6 +519,7 @@ def run_probe(
     )
     from medmix.config import dataset_paths
     from medmix.io import fresh_tmp_dir, replace_dir
+    from medmix.plan import method_inputs
 
     t0 = time.perf_counter()
     if threads:

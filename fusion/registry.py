@@ -15,8 +15,8 @@ Method strings used by the workflow are resolved by :func:`resolve_method`:
 * ``linear-probe``: a scikit-learn logistic regression on the concatenated expert embeddings
   (:mod:`fusion.probe`); no torch model class, trained by :func:`fusion.probe.run_probe`.
 
-:func:`method_inputs` says, without importing torch, which caches and teacher caches a method
-reads (the workflow's ``train`` rule uses it for its inputs).
+The grammar of method strings and the catalogue of names, labels and row order are in
+:mod:`medmix.methods` (torch-free); which caches a run reads is :func:`medmix.plan.method_inputs`.
 
 A checkpoint is ``model.safetensors`` (the state dict) plus ``config.json`` (the spec and the
 standardisation statistics); :func:`load_model` rebuilds the model from these two files alone
@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from medmix.methods import LARGE, METHODS, PROBE, MethodError, parse_method
+
 if TYPE_CHECKING:
     import torch
 
@@ -41,25 +43,8 @@ if TYPE_CHECKING:
     from fusion.medmix import FusionModel
 
 CHECKPOINT_FORMAT = "medmix-fusion/2"
-ONLY_SEP = "-only-"
-LARGE_SUFFIX = "-large"
-TEACHER_EXPERT = "teacher"  # the expert name of a teacher cache used as a model input
-ONELLM = "onellm"
-ONELLM_WEIGHTS_ENV = "MEDMIX_ONELLM_WEIGHTS"
-# Bases that read the teacher caches as inputs (train and inference), by name (no torch here).
-TEACHER_INPUT_BASES = ("adacomed",)
-# A method fitted by scikit-learn (fusion.probe), not a registered FusionModel.
-PROBE = "linear-probe"
 
 _METHODS: dict[str, type] = {}
-
-
-class MethodError(ValueError):
-    """An unknown method name or a method that does not fit the dataset."""
-
-
-class MethodUnavailable(MethodError):
-    """A method that cannot run here (e.g. OneLLM without its weights); the run is marked so."""
 
 
 def register_method(name: str):
@@ -70,8 +55,16 @@ def register_method(name: str):
             raise MethodError(
                 f"method {name!r} registered twice ({_METHODS[name].__name__}, {cls.__name__})"
             )
-        if ONLY_SEP in name or name.endswith(LARGE_SUFFIX):
-            raise MethodError(f"method name {name!r} may not contain {ONLY_SEP!r} or end in -large")
+        if name not in METHODS:
+            raise MethodError(
+                f"method {name!r} is not in the catalogue (medmix.methods.CATALOGUE): add its "
+                "name, table label and row group there"
+            )
+        if bool(getattr(cls, "uses_teacher_input", False)) != METHODS[name].teacher_input:
+            raise MethodError(
+                f"method {name!r}: uses_teacher_input of {cls.__name__} differs from its "
+                "catalogue entry (medmix.methods.CATALOGUE)"
+            )
         cls.method_name = name
         _METHODS[name] = cls
         return cls
@@ -89,11 +82,6 @@ def _load_builtin() -> None:
 def list_methods() -> list[str]:
     _load_builtin()
     return sorted([*_METHODS, PROBE])
-
-
-def is_probe(method: str) -> bool:
-    """``linear-probe`` or ``linear-probe-only-<modality>`` (fitted by :mod:`fusion.probe`)."""
-    return _base_of(method)[0] == PROBE
 
 
 def method_class(name: str) -> type[FusionModel]:
@@ -125,22 +113,12 @@ class MethodPlan:
     teacher_input: bool = False  # the teacher caches are input experts (adacomed, *-large)
 
 
-def _base_of(method: str) -> tuple[str, str | None]:
-    """(registered base, single modality or None) of a method string, by name only."""
-    if method.endswith(LARGE_SUFFIX) and ONLY_SEP not in method:
-        return "large", method[: -len(LARGE_SUFFIX)]
-    if ONLY_SEP in method:
-        base, only = method.split(ONLY_SEP, 1)
-        return base, only
-    return method, None
-
-
 def resolve_method(
     method: str, modalities: list[str], teachers: dict[str, Any] | None = None
 ) -> MethodPlan:
     """``medmix`` -> all modalities; ``medmix-only-frontal`` -> MedMIX on ``frontal`` alone;
     ``report-large`` -> a head on the ``report`` teacher cache (``teachers`` must name one)."""
-    base, only = _base_of(method)
+    base, only = parse_method(method)
     cls = None if base == PROBE else method_class(base)
     teacher_input = bool(getattr(cls, "uses_teacher_input", False))
     if only is not None:
@@ -148,7 +126,7 @@ def resolve_method(
             raise MethodError(f"method {method!r}: no modality {only!r} (have {modalities})")
         mods = [only]
     else:
-        if base == "large":
+        if base == LARGE:
             raise MethodError("the teacher reference is '<modality>-large', e.g. 'report-large'")
         mods = list(modalities)
     if teacher_input:
@@ -159,87 +137,6 @@ def resolve_method(
                 f"{mods} (datasets.<dataset>.teachers: {{modality: expert}})"
             )
     return MethodPlan(method, base, mods, teacher_input)
-
-
-@dataclass
-class MethodInputs:
-    """What a (dataset, method) run reads: expert caches, teacher caches (by modality)."""
-
-    modalities: list[str]
-    caches: dict[str, dict[str, Path]]  # modality -> expert -> cache (teacher inputs included)
-    teachers: dict[str, Path]  # modality -> teacher cache read for distillation only
-    unavailable: str | None = None  # why the method cannot run here (then nothing is read)
-    # its short form for a table cell: "weights absent", "no teacher" ("inputs missing" when
-    # the trainer finds nothing more specific)
-    unavailable_kind: str | None = None
-
-
-def onellm_weights(cfg: dict[str, Any]) -> Path | None:
-    """The OneLLM checkpoint folder from ``fusion.onellm_weights`` or $MEDMIX_ONELLM_WEIGHTS."""
-    raw = (cfg.get("fusion") or {}).get("onellm_weights") or os.environ.get(ONELLM_WEIGHTS_ENV)
-    return Path(raw) if raw else None
-
-
-def onellm_unavailable(cfg: dict[str, Any]) -> str | None:
-    """Why OneLLM cannot run with this config (None when its weights and expert are there)."""
-    path = onellm_weights(cfg)
-    hint = (
-        "OneLLM (Han et al., CVPR 2024) needs its 7B+ checkpoint (the OneLLM-7B release: "
-        "LLaMA-2-7B plus the universal encoder and projection experts, about 15 GB), which is "
-        "not downloaded by this pipeline. Put it in a folder and set fusion.onellm_weights "
-        f"(or ${ONELLM_WEIGHTS_ENV}); the OneLLM rows are marked 'weights absent' until then."
-    )
-    if path is None:
-        return "no OneLLM weights configured. " + hint
-    ckpts = [p for p in path.glob("*") if p.suffix in (".pth", ".pt", ".safetensors", ".bin")]
-    if not path.is_dir() or not ckpts:
-        return f"no OneLLM checkpoint found in {path}. " + hint
-    if ONELLM not in (cfg.get("experts") or {}):
-        return (
-            f"OneLLM weights found in {path}, but no expert preset {ONELLM!r} is configured to "
-            "turn them into per-modality embeddings (experts: {onellm: {type: ...}})"
-        )
-    return None
-
-
-def method_inputs(cfg: dict[str, Any], dataset: str, method: str) -> MethodInputs:
-    """The caches and teacher caches a run of ``method`` on ``dataset`` reads (torch-free)."""
-    from medmix.config import cache_paths, dataset_paths
-
-    paths = dataset_paths(cfg, dataset)
-    dcfg = cfg["datasets"][dataset]
-    all_mods = list(dcfg["modalities"])
-    teachers = dict(dcfg.get("teachers") or {})
-    base, only = _base_of(method)
-    mods = [only] if only is not None else all_mods
-    if only is not None and only not in all_mods:
-        raise MethodError(f"method {method!r}: dataset {dataset} has no modality {only!r}")
-    caches = cache_paths(cfg, dataset)
-    if base == ONELLM:
-        why = onellm_unavailable(cfg)
-        if why:
-            return MethodInputs(mods, {}, {}, unavailable=why, unavailable_kind="weights absent")
-        return MethodInputs(mods, {m: {ONELLM: paths.cache(m, ONELLM)} for m in mods}, {})
-    if base == "large":
-        if only not in teachers:
-            raise MethodError(f"method {method!r}: no teacher configured for modality {only!r}")
-        return MethodInputs(mods, {only: {TEACHER_EXPERT: paths.teacher(only)}}, {})
-    selected = {m: dict(caches[m]) for m in mods}
-    if base in TEACHER_INPUT_BASES and not any(m in teachers for m in mods):
-        why = (
-            f"{method} reads the large (teacher) branch, and dataset {dataset} has no teacher "
-            f"for {mods} (datasets.{dataset}.teachers: {{modality: expert}})"
-        )
-        return MethodInputs(mods, {}, {}, unavailable=why, unavailable_kind="no teacher")
-    if base in TEACHER_INPUT_BASES:
-        for m in mods:
-            if m in teachers:
-                selected[m][TEACHER_EXPERT] = paths.teacher(m)
-        return MethodInputs(mods, selected, {})
-    kd = float((cfg.get("fusion") or {}).get("lambda_kd") or 0.0)
-    distill = base.startswith("medmix") and kd > 0
-    kd_teachers = {m: paths.teacher(m) for m in mods if m in teachers} if distill else {}
-    return MethodInputs(mods, selected, kd_teachers)
 
 
 @dataclass

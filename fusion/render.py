@@ -62,34 +62,21 @@ import numpy as np
 import pandas as pd
 
 from fusion import figure_style
-from fusion.figure_style import is_teacher
-from fusion.protocols import modality_label
 from medmix.io import write_text_atomic
+from medmix.methods import is_teacher, medmix_first, method_label, method_order, table1_order
+from medmix.plan import (
+    external_methods,
+    paper_outputs,
+    protocol_methods,
+    run_header,
+    training_datasets,
+)
+from medmix.protocol_names import modality_label
 from medmix.table_html import Block, Cell, render_html_table
 
 log = logging.getLogger("medmix.fusion.render")
 
 METRIC_COLUMNS = {"auroc": "AUROC", "auprc": "AUPRC", "macro_f1": "mF1", "accuracy": "Acc"}
-METHOD_LABELS = {
-    "medmix": "MedMIX",
-    "meanavg": "MeanAvg",
-    "concat": "Concat",
-    "max": "Max",
-    "attention": "Attention",
-    "m3care": "M3Care",
-    "adacomed": "AdaCoMed",
-    "onellm": "OneLLM",
-    "linear-probe": "Linear probe (LR)",
-    "medmix-uniform": "MedMIX (uniform mean)",
-    "medmix-sum": "MedMIX-Σ (ours)",
-}
-# The paper's row order (Table 1): references, simple fusion, missing-modality methods, MedMIX.
-# The linear probe (logistic regression on the same features) leads the baselines.
-METHOD_ORDER = (
-    "linear-probe", "meanavg", "concat", "max", "attention", "m3care", "adacomed", "onellm",
-)  # fmt: skip
-# Our variants beyond the paper: listed right after MedMIX, which they modify.
-BEYOND_PAPER = ("medmix-sum",)
 FAMILY_TITLES = {
     "train_drop_one": "Table E2 — single-modality drop at training time",
     "test_drop_one": "Table E3 — single-modality drop at test time",
@@ -121,43 +108,7 @@ def method_markers(methods: Sequence[str]) -> dict[str, str]:
     return out | {"medmix": "*"}
 
 
-def method_label(method: str) -> str:
-    if method.startswith("medmix-only-"):
-        return f"MedMIX ({modality_label(method.removeprefix('medmix-only-'))} only)"
-    if method.endswith("-large"):
-        return f"{modality_label(method.removesuffix('-large'))}-Large"
-    return METHOD_LABELS.get(method, method)
-
-
-def method_order(methods: Sequence[str]) -> list[str]:
-    """Single-modality references first, then baselines in the paper's order, MedMIX last."""
-
-    def key(m: str) -> tuple[int, int, str]:
-        if m.startswith("medmix-only-") or m.endswith("-large"):
-            return (0, 0, m)
-        if m == "medmix":
-            return (2, 0, m)
-        if m in BEYOND_PAPER:
-            return (2, 1 + BEYOND_PAPER.index(m), m)
-        return (1, METHOD_ORDER.index(m) if m in METHOD_ORDER else len(METHOD_ORDER), m)
-
-    return sorted(set(methods), key=key)
-
-
-def table1_order(methods: Sequence[str]) -> list[str]:
-    """Table 1's rows: the compared methods in :func:`method_order`, then the ``*-Large``
-    teacher references (a foundation model alone: shown apart, never ranked)."""
-    ordered = method_order(methods)
-    return [m for m in ordered if not is_teacher(m)] + [m for m in ordered if is_teacher(m)]
-
-
 TEACHER_BLOCK = "Teacher references (not ranked)"
-
-
-def medmix_first(methods: Sequence[str]) -> list[str]:
-    """MedMIX first, then the others in the paper's order (Tables E2–E5)."""
-    rest = [m for m in method_order(methods) if m != "medmix"]
-    return (["medmix"] if "medmix" in methods else []) + rest
 
 
 # -- the main table (Table 1) -----------------------------------------------------------
@@ -780,108 +731,6 @@ def metric_columns() -> list[ValueColumn]:
 # -- what the config asks for ------------------------------------------------------------
 
 
-def training_datasets(cfg: dict[str, Any]) -> list[str]:
-    """Configured datasets minus the ones used only as external-validation targets."""
-    targets = {e["target"] for e in cfg.get("external") or []}
-    sources = {e["source"] for e in cfg.get("external") or []}
-    return [d for d in cfg["datasets"] if d not in targets or d in sources]
-
-
-def protocol_methods(cfg: dict[str, Any]) -> list[str]:
-    section = cfg.get("protocols") or {}
-    return list(section.get("methods") or ["medmix"])
-
-
-def protocol_grid(cfg: dict[str, Any], dataset: str) -> list[str]:
-    from fusion.protocols import expand_settings
-
-    return expand_settings(cfg.get("protocols"), list(cfg["datasets"][dataset]["modalities"]))
-
-
-def efficiency_methods(cfg: dict[str, Any]) -> list[str]:
-    section = cfg.get("efficiency") or {}
-    return list(section.get("methods") or external_methods(cfg))
-
-
-def external_methods(cfg: dict[str, Any]) -> list[str]:
-    """The fusion methods of the main comparison (no single-modality or teacher references)."""
-    methods = list(cfg.get("methods") or ["medmix"])
-    return [m for m in methods if "-only-" not in m and not m.endswith("large")]
-
-
-def paper_outputs(cfg: dict[str, Any]) -> dict[str, list[str]]:
-    """The table and figure stems ``render paper`` writes for this config."""
-    section = cfg.get("protocols") or {}
-    datasets = training_datasets(cfg)
-    tables, figures = ["experts", "per_task"], []
-    for fam in ("train_drop_one", "test_drop_one", "train_random", "test_random"):
-        if section.get(fam):
-            tables.append(fam)
-    if section.get("extra"):
-        tables.append("structured")
-    if section.get("train_drop_one") or section.get("test_drop_one"):
-        figures += [f"drop_one_{d}" for d in datasets]
-    if section.get("train_random") or section.get("test_random"):
-        figures += [f"random_drop_{d}" for d in datasets]
-    if any(section.get(k) for k in ("train_drop_one", "test_drop_one", "train_random",
-                                    "test_random", "extra")):  # fmt: skip
-        figures += [f"weights_{d}" for d in datasets]
-    if (cfg.get("efficiency") or {}).get("enabled"):
-        tables.append("efficiency")
-        figures.append("pareto")
-    if (cfg.get("ablations") or {}).get("enabled"):
-        tables.append("ablation")
-        figures.append("ablation")
-    if cfg.get("external"):
-        tables.append("external")
-    return {"tables": tables, "figures": figures}
-
-
-def run_header(cfg: dict[str, Any], datasets: Sequence[str] | None = None) -> str:
-    """One line saying which data and experts produced a table (demo/offline or real weights)."""
-    parts = []
-    for ds, dcfg in cfg["datasets"].items():
-        if datasets is not None and ds not in datasets:
-            continue
-        if dcfg["adapter"] == "demo":
-            shift = (dcfg.get("demo") or {}).get("shift") or 0
-            kind = "synthetic demo cohort" + (f", shift {shift}" if shift else "")
-        else:
-            kind = f"{dcfg['adapter']} adapter"
-        experts = sorted({e for names in dcfg["modalities"].values() for e in names})
-        parts.append(f"{ds} ({kind}; experts: {', '.join(experts)})")
-    from medmix.config import expert_closure
-
-    used: dict[str, dict[str, Any]] = {}
-    for ds, d in cfg["datasets"].items():
-        if datasets is not None and ds not in datasets:  # only the experts of these data
-            continue
-        for names in d["modalities"].values():
-            for e in names:
-                if e in cfg["experts"]:
-                    used.update(expert_closure(cfg, e))
-    specs = list(used.values())
-    real = [
-        s
-        for s in specs
-        if not s.get("random_init") and any(k in s for k in ("model_id", "local_dir"))
-    ]
-    if real:
-        source = "foundation-model experts"
-    else:
-        kinds = []
-        if any(s.get("type") not in ("minilm", "rag") and not s.get("random_init") for s in specs):
-            kinds.append("established features")
-        if any(s.get("type") == "minilm" for s in specs):
-            kinds.append("packaged MiniLM")
-        if any(s.get("random_init") for s in specs):
-            kinds.append("randomly initialised FM architectures")
-        if any(s.get("type") == "rag" for s in specs):
-            kinds.append("RAG branch")
-        source = f"offline experts ({', '.join(kinds)})" if kinds else "offline experts"
-    return f"Data: {'; '.join(parts)}. Experts: {source}."
-
-
 def _seeds_text(cfg: dict[str, Any]) -> str:
     return f"mean ± std over {len(cfg.get('seeds') or [0])} seeds"
 
@@ -891,7 +740,7 @@ def _seeds_text(cfg: dict[str, Any]) -> str:
 
 def build_experts_table(cfg: dict[str, Any]) -> PaperTable:
     """Table E1: the experts of each dataset and modality, by family, and the teacher."""
-    from fusion.ablations import FAMILY_ORDER, expert_families
+    from medmix.ablation_plan import FAMILY_ORDER, expert_families
 
     rows = []
     for ds, dcfg in cfg["datasets"].items():
@@ -912,14 +761,14 @@ def build_experts_table(cfg: dict[str, Any]) -> PaperTable:
 
 
 def _rate_of(setting: str) -> float:
-    from fusion.protocols import parse_protocol
+    from medmix.protocol_names import parse_protocol
 
     return parse_protocol(setting).rate
 
 
 def build_protocol_table(cfg: dict[str, Any], cells: Cells, family: str) -> PaperTable:
     """Tables E2–E5 in the paper's layout."""
-    from fusion.protocols import format_protocol, format_rate
+    from medmix.protocol_names import format_protocol, format_rate
 
     scope, kind = family.split("_", 1)
     rates = [float(r) for r in (cfg.get("protocols") or {}).get(family) or []]
@@ -987,7 +836,7 @@ def _all_dropped(
 
 def protocol_label(name: str) -> str:
     """A readable description of a setting: ``MNAR (label) p=0.5, test split``."""
-    from fusion.protocols import format_rate, parse_protocol
+    from medmix.protocol_names import format_rate, parse_protocol
 
     spec = parse_protocol(name)
     if spec.kind == "full":
@@ -1005,7 +854,7 @@ def protocol_label(name: str) -> str:
 
 def build_structured_table(cfg: dict[str, Any], cells: Cells) -> PaperTable:
     """Beyond the paper: missing-not-at-random and replayed missingness (with the full row)."""
-    from fusion.protocols import parse_protocol
+    from medmix.protocol_names import parse_protocol
 
     extra = [parse_protocol(str(s)).name for s in (cfg.get("protocols") or {}).get("extra") or []]
     rows = []
@@ -1039,7 +888,7 @@ def _selection_note(results: Path, ds: str) -> str | None:
 
 def build_ablation_table(cfg: dict[str, Any], cells: Cells, results: Path) -> PaperTable:
     """Table E7."""
-    from fusion.ablations import ablation_variants
+    from medmix.ablation_plan import ablation_variants
 
     rows, notes = [], []
     for ds in training_datasets(cfg):
@@ -1143,7 +992,7 @@ def _unavailable_external(
 
 def build_external_table(cfg: dict[str, Any], cells: Cells, results: Path) -> PaperTable:
     """Table 2: train on the source cohort, evaluate on the target (split ``external``)."""
-    from fusion.external import external_protocol
+    from medmix.plan import external_protocol
 
     pairs = [(e["source"], e["target"]) for e in cfg.get("external") or []]
     rows, notes = [], []
@@ -1488,7 +1337,7 @@ def plot_drop_one(cfg: dict[str, Any], cells: Cells, ds: str, out_dir: Path) -> 
     """Figure 2 / F1–F4: metric vs the drop rate of one modality. One panel per dropped
     modality (columns) and per setting × metric (rows: train-time, test-time; AUROC, mF1),
     a series per method."""
-    from fusion.protocols import format_protocol
+    from medmix.protocol_names import format_protocol
 
     section = cfg.get("protocols") or {}
     scopes = [s for s in ("train", "test") if section.get(f"{s}_drop_one")]
@@ -1534,7 +1383,7 @@ def plot_drop_one(cfg: dict[str, Any], cells: Cells, ds: str, out_dir: Path) -> 
 def plot_random_drop(cfg: dict[str, Any], cells: Cells, ds: str, out_dir: Path) -> list[Path]:
     """Figure 3 / F5–F8: metric vs the random drop rate p, train- and test-time (rows),
     AUROC and mF1 (columns), a series per method."""
-    from fusion.protocols import format_protocol
+    from medmix.protocol_names import format_protocol
 
     section = cfg.get("protocols") or {}
     scopes = [s for s in ("train", "test") if section.get(f"{s}_random")]
@@ -1575,7 +1424,7 @@ def plot_ablation(cfg: dict[str, Any], cells: Cells, out_dir: Path) -> list[Path
     per metric (columns), MedMIX's mean as a dashed red line; one block per dataset."""
     from matplotlib.lines import Line2D
 
-    from fusion.ablations import ablation_variants
+    from medmix.ablation_plan import ablation_variants
 
     datasets = training_datasets(cfg)
     metrics = list(METRIC_COLUMNS.items())
@@ -1722,7 +1571,7 @@ def plot_pareto(
 
 def weight_protocols(cfg: dict[str, Any], ds: str) -> list[str]:
     """The settings shown in the α / β figure: full, then each family at its middle rate."""
-    from fusion.protocols import format_protocol, parse_protocol
+    from medmix.protocol_names import format_protocol, parse_protocol
 
     section = cfg.get("protocols") or {}
     mods = list(cfg["datasets"][ds]["modalities"])

@@ -39,16 +39,12 @@ import torch
 import yaml
 
 from fusion.data import FusionData, load_fusion_data_cached
-from fusion.registry import (
-    LARGE_SUFFIX,
-    ONLY_SEP,
-    is_probe,
-    method_inputs,
-    resolve_method,
-)
+from fusion.registry import resolve_method
 from fusion.train import FusionHParams, train_seeds
 from medmix.config import SCHEMA_PATH, dataset_paths
 from medmix.io import write_text_atomic
+from medmix.methods import LARGE, is_probe, parse_method
+from medmix.plan import method_inputs
 
 log = logging.getLogger("medmix.fusion.select")
 
@@ -162,7 +158,7 @@ def selectable(cfg: dict[str, Any], dataset: str, method: str) -> str | None:
     """Why ``method`` cannot be selected on ``dataset`` (None: it can)."""
     if is_probe(method):
         return f"{method} is the linear probe: it chooses its own C and class weight on val"
-    if method.endswith(LARGE_SUFFIX) and ONLY_SEP not in method:
+    if parse_method(method).base == LARGE:
         return f"{method} is a teacher reference row (*-large), not a tuned fusion model"
     inputs = method_inputs(cfg, dataset, method)
     if inputs.unavailable:

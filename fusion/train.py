@@ -65,21 +65,19 @@ from fusion.metrics import (
 from fusion.predict import predict_data
 from fusion.protocols import apply_protocol, protocol_severity
 from fusion.registry import (
-    MethodError,
     MethodPlan,
-    MethodUnavailable,
     ModelSpec,
     Predictions,
     build_model,
-    is_probe,
     method_class,
-    method_inputs,
     resolve_method,
     save_model,
 )
 from fusion.run_status import unavailable_runs  # noqa: F401  (re-exported)
 from medmix.config import dataset_paths
 from medmix.io import atomic_path, fresh_tmp_dir, replace_dir
+from medmix.methods import MethodError, MethodUnavailable, is_probe
+from medmix.plan import method_inputs
 
 log = logging.getLogger("medmix.fusion.train")
 

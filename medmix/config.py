@@ -11,6 +11,16 @@ from typing import Any
 import jsonschema
 import yaml
 
+from medmix.methods import (
+    LARGE,
+    MEDMIX,
+    config_methods,
+    is_neural_method,
+    only_method,
+    parse_method,
+    teacher_method,
+)
+
 SCHEMA_NAME = "config.schema.yaml"
 
 
@@ -42,16 +52,23 @@ def _where(err: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in err.absolute_path) or "<top level>"
 
 
-def validate_config(
-    cfg: dict[str, Any], schema_path: str | os.PathLike = SCHEMA_PATH
-) -> dict[str, Any]:
-    """Validate against the JSON schema (filling defaults) and cross-check names."""
+def load_schema(schema_path: str | os.PathLike = SCHEMA_PATH) -> dict[str, Any]:
+    """The config schema, with the name lists it leaves open filled from their registries."""
     try:
         schema = yaml.safe_load(Path(schema_path).read_text())
     except OSError as exc:
         raise ConfigError(f"config schema {schema_path} cannot be read: {exc}") from exc
     if not isinstance(schema, dict):
         raise ConfigError(f"config schema {schema_path} is not a YAML mapping")
+    _derive_enums(schema)
+    return schema
+
+
+def validate_config(
+    cfg: dict[str, Any], schema_path: str | os.PathLike = SCHEMA_PATH
+) -> dict[str, Any]:
+    """Validate against the JSON schema (filling defaults) and cross-check names."""
+    schema = load_schema(schema_path)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
     if errors:
@@ -80,6 +97,12 @@ def validate_config(
     return cfg
 
 
+def _derive_enums(schema: dict[str, Any]) -> None:
+    """Name lists the schema file leaves open come from their registries: the fusion methods
+    from the method catalogue (so adding a method never touches the schema)."""
+    schema["properties"]["methods"]["items"]["enum"] = config_methods()
+
+
 def _check_select(cfg: dict[str, Any]) -> None:
     """``fusion.select.methods`` names neural fusion methods only."""
     for m in select_section(cfg).get("methods") or []:
@@ -98,12 +121,12 @@ def _check_paper_sections(cfg: dict[str, Any], schema: dict[str, Any]) -> None:
                 raise ConfigError(f"  external[{i}].{key}: dataset {pair[key]!r} is not configured")
         if pair["source"] == pair["target"]:
             raise ConfigError(f"  external[{i}]: source and target are the same dataset")
-    # any fusion method of the schema's `methods` enum, trained for the grid if not in Table 1
-    # (`large` is a family of Table 1 rows, not one method)
-    known = set(schema["properties"]["methods"]["items"]["enum"]) - {"large"}
+    # any catalogued fusion method, trained for the grid if not in Table 1 (`large` is a
+    # family of Table 1 rows, not one method)
+    known = set(config_methods()) - {LARGE}
     for section in ("protocols", "efficiency"):
         for m in (cfg.get(section) or {}).get("methods") or []:
-            if m.split("-only-")[0] not in known:
+            if parse_method(m).base not in known:
                 raise ConfigError(
                     f"  {section}.methods: {m!r} is not one of the fusion methods {sorted(known)}"
                 )
@@ -239,13 +262,6 @@ def with_select(sliced: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
     return {**sliced, "fusion": {**(sliced.get("fusion") or {}), SELECT_KEY: section}}
 
 
-def is_neural_method(method: str) -> bool:
-    """A torch fusion model (not the linear probe, not a ``<modality>-large`` teacher row)."""
-    if method.split("-only-")[0] == "linear-probe":
-        return False
-    return not (method.endswith("-large") and "-only-" not in method)
-
-
 def select_methods(cfg: dict[str, Any], dataset: str) -> list[str]:
     """The methods of ``dataset`` whose hyper-parameters are chosen on val (none when
     ``fusion.select`` is off): ``fusion.select.methods``, else every neural Table 1 row.
@@ -267,9 +283,9 @@ def table1_methods(cfg: dict[str, Any], dataset: str) -> list[str]:
     teachers = dcfg.get("teachers") or {}
     out: list[str] = []
     for m in cfg.get("methods") or ["medmix"]:
-        out += [f"{mod}-large" for mod in teachers] if m == "large" else [m]
+        out += [teacher_method(mod) for mod in teachers] if m == LARGE else [m]
     if cfg.get("single_modality", True):
-        out += [f"medmix-only-{m}" for m in dcfg["modalities"]]
+        out += [only_method(MEDMIX, m) for m in dcfg["modalities"]]
     return out
 
 

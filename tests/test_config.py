@@ -192,12 +192,12 @@ def test_paper_config_asks_for_every_paper_table_and_figure(tmp_path: Path) -> N
     import subprocess
     import sys
 
-    from fusion.protocols import (
+    from medmix.plan import paper_outputs
+    from medmix.protocol_names import (
         PAPER_DROP_ONE_RATES,
         PAPER_TEST_RANDOM_RATES,
         PAPER_TRAIN_RANDOM_RATES,
     )
-    from fusion.render import paper_outputs
 
     cfg = load_config(REPO / "config" / "paper.yaml")
     p = cfg["protocols"]

@@ -441,8 +441,8 @@ def test_doctor_reports_onellm_weights_absent(tmp_path: Path, monkeypatch, capsy
 
 
 def test_paper_row_reads_onellm_caches_once_weights_are_there(tmp_path: Path, monkeypatch) -> None:
-    from fusion.registry import method_inputs
     from medmix.config import load_config
+    from medmix.plan import method_inputs
 
     monkeypatch.delenv("MEDMIX_ONELLM_WEIGHTS", raising=False)
     cfg = load_config(REPO / "config" / "paper.yaml")

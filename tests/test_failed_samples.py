@@ -26,10 +26,11 @@ from extractors.cache import (
     write_cache,
 )
 from extractors.extract import TooManyFailures, extract
-from extractors.status import cache_status, main, reason_key, run_caches, status_table
+from extractors.status import cache_status, main, reason_key, status_table
 from fusion.data import apply_protocol, load_fusion_data
 from fusion.registry import build_model, resolve_method
 from fusion.train import FusionHParams, build_spec
+from medmix.plan import run_caches
 from tests.helpers import CharCountExpert, tiny_text_manifest
 
 DIM = 5

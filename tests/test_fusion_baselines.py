@@ -11,16 +11,11 @@ import pytest
 
 from fusion.__main__ import main as fusion_main
 from fusion.predict import predict
-from fusion.registry import (
-    TEACHER_EXPERT,
-    MethodError,
-    list_methods,
-    load_model,
-    method_inputs,
-    resolve_method,
-)
+from fusion.registry import list_methods, load_model, resolve_method
 from fusion.train import collect_metrics, run_training, unavailable_runs
 from medmix.config import dataset_paths
+from medmix.methods import TEACHER_EXPERT, MethodError
+from medmix.plan import method_inputs
 from tests.test_fusion_train import DATASET, FUSION, make_config, write_synthetic
 
 

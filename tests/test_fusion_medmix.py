@@ -7,8 +7,9 @@ import torch
 
 from fusion.losses import kd_lambda, task_loss, total_loss
 from fusion.medmix import GroupedMLP, MedMIX, masked_softmax, mlp
-from fusion.registry import MethodError, ModelSpec, build_model, list_methods, resolve_method
+from fusion.registry import ModelSpec, build_model, list_methods, resolve_method
 from fusion.train import FusionHParams, make_optimizer
+from medmix.methods import MethodError
 
 MODALITIES = ["frontal", "lateral", "report"]
 EXPERTS = {

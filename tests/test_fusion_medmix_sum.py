@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
-import yaml
 
-from fusion.ablations import UNIFORM_METHOD
 from fusion.medmix import MedMIX
 from fusion.medmix_sum import SUM_METHOD, MedMIXSum
 from fusion.registry import build_model, list_methods
+from medmix.ablation_plan import UNIFORM_METHOD
+from medmix.config import load_schema
 from tests.test_fusion_medmix import make_inputs, make_spec
-
-SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def test_starts_as_the_sum_of_the_modality_heads() -> None:
@@ -63,6 +59,6 @@ def test_medmix_row_is_unchanged_and_sum_is_registered_with_its_own_name() -> No
     torch.manual_seed(0)
     spec = make_spec("medmix", "binary", 2)
     assert type(build_model(spec)) is MedMIX
-    enum = yaml.safe_load(SCHEMA.read_text())["properties"]["methods"]["items"]["enum"]
+    enum = load_schema()["properties"]["methods"]["items"]["enum"]
     table1 = set(list_methods()) - {UNIFORM_METHOD}  # an ablation variant, registered on demand
     assert set(enum) == table1  # the schema's methods are the registry's

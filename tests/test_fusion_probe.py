@@ -15,9 +15,10 @@ from sklearn.linear_model import LogisticRegression
 from fusion.__main__ import main as fusion_main
 from fusion.data import load_fusion_data
 from fusion.probe import GRID, MAX_ITER, TOL, fit_probe, probe_features
-from fusion.registry import MethodError, load_model, method_class, resolve_method
+from fusion.registry import load_model, method_class, resolve_method
 from fusion.train import run_training
 from medmix.config import cache_paths, dataset_paths
+from medmix.methods import MethodError
 from tests.test_fusion_train import DATASET, EXPERTS, make_config, write_synthetic
 
 METHOD = "linear-probe"

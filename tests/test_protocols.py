@@ -12,14 +12,9 @@ import torch
 
 from fusion.data import load_fusion_data
 from fusion.protocols import (
-    ProtocolError,
     apply_masks,
     apply_protocol,
-    expand_settings,
-    format_protocol,
-    is_test_only,
     label_score,
-    parse_protocol,
     protocol_masks,
     read_masks,
     run_test_protocols,
@@ -28,6 +23,13 @@ from fusion.protocols import (
 from fusion.registry import ModelSpec, build_model
 from fusion.train import run_training
 from medmix.config import cache_paths, dataset_paths
+from medmix.protocol_names import (
+    ProtocolError,
+    expand_settings,
+    format_protocol,
+    is_test_only,
+    parse_protocol,
+)
 from tests.paper_helpers import make_config, write_cohort
 
 

@@ -10,7 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fusion.protocols import expand_settings
 from fusion.render import (
     Cells,
     build_ablation_table,
@@ -20,12 +19,13 @@ from fusion.render import (
     build_per_task_table,
     build_protocol_table,
     build_structured_table,
-    paper_outputs,
     render_paper,
     table_csv,
     table_latex,
     table_markdown,
 )
+from medmix.plan import paper_outputs
+from medmix.protocol_names import expand_settings
 
 METRICS = ("auroc", "auprc", "macro_f1", "accuracy")
 TASKS = ("mortality", "long_stay")
@@ -93,8 +93,8 @@ def make_cfg(root: Path) -> dict:
 
 def synthetic_metrics(cfg: dict) -> pd.DataFrame:
     """MedMIX best everywhere except AdaCoMed's Acc; missingness lowers every metric."""
-    from fusion.ablations import ablation_variants
-    from fusion.protocols import parse_protocol
+    from medmix.ablation_plan import ablation_variants
+    from medmix.protocol_names import parse_protocol
 
     rng = np.random.default_rng(0)
     rows = []
@@ -351,7 +351,7 @@ def test_pareto_palette_keeps_medmix_red_unique() -> None:
 
 
 def test_run_header_names_only_the_experts_of_its_datasets(setup) -> None:
-    from fusion.render import run_header
+    from medmix.plan import run_header
 
     cfg, _, _ = setup
     cfg = {**cfg, "datasets": {**cfg["datasets"],

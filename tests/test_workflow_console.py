@@ -121,9 +121,9 @@ def test_commands_read_their_slice_from_a_file(demo_run: dict) -> None:
 def test_argument_files_reach_the_commands(demo_run: dict) -> None:
     """The lists the commands read with `$(cat FILE)` arrive whole: every cache of the sample
     status table, every test-time setting."""
-    from extractors.status import run_caches
-    from fusion.protocols import expand_settings, is_test_only
     from medmix.config import validate_config
+    from medmix.plan import run_caches
+    from medmix.protocol_names import expand_settings, is_test_only
 
     cfg = validate_config(yaml.safe_load(demo_run["config"].read_text()))
     argv = {c["argv"][1]: c["argv"] for c in demo_run["calls"]}

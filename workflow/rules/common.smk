@@ -9,7 +9,6 @@ import tempfile
 
 import yaml
 
-from fusion.registry import method_inputs
 from medmix.config import (
     cache_paths,
     dataset_paths,
@@ -19,6 +18,7 @@ from medmix.config import (
     extract_slice,
     validate_config,
 )
+from medmix.plan import method_inputs
 
 # Cross-checks beyond the JSON schema (every expert named under datasets is defined).
 validate_config(config)

@@ -35,9 +35,9 @@ rule extract:
 
 # Expert and teacher caches -> one table of ok / missing / failed samples per cache, one
 # section per dataset (failures are counted in the run's summary table). The caches
-# are those the configured runs read (extractors.status.run_caches).
+# are those the configured runs read (medmix.plan.run_caches).
 
-from extractors.status import run_caches
+from medmix.plan import run_caches
 
 SAMPLE_STATUS = [
     f"{RESULTS}/tables/sample_status.{ext}" for ext in ("md", "csv", "html")

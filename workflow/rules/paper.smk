@@ -1,19 +1,21 @@
 # Helpers for the paper grid (protocols, ablations, external validation, efficiency): which run
 # folders each dataset's metrics table collects, and which tables / figures `paper_tables`
-# writes. The lists come from the fusion package, so the workflow and the renderer agree.
+# writes. The lists come from the torch-free plan layer (medmix.plan), which the renderer
+# reads too, so the workflow and the renderer agree.
 # Include after common.smk.
 
-from fusion.ablations import ablation_variants
-from fusion.external import external_pairs, external_protocol
-from fusion.protocols import expand_settings, is_test_only
-from fusion.render import (
+from medmix.ablation_plan import ablation_variants
+from medmix.plan import (
     efficiency_methods,
     external_methods,
+    external_pairs,
+    external_protocol,
     paper_outputs,
     protocol_methods,
     training_datasets,
 )
-from fusion.render import run_header as describe_run
+from medmix.plan import run_header as describe_run
+from medmix.protocol_names import expand_settings, is_test_only
 
 TRAIN_DATASETS = training_datasets(config)
 PAPER = paper_outputs(config)
