@@ -28,6 +28,7 @@ validate(config, schema="workflow/schemas/config.schema.yaml")
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/paper.smk"
 include: "workflow/rules/cohorts.smk"
 include: "workflow/rules/extract.smk"
 include: "workflow/rules/rag_common.smk"

@@ -144,12 +144,17 @@ def text_file(text):
 EXPERT_ENVS = {"moirai": "envs/moirai.yaml"}
 
 
-def extract_env(wildcards):
-    """The conda env of one extraction: the expert's own where it needs one, else extract.yaml."""
-    for spec in expert_closure(config, wildcards.expert).values():
+def expert_env(name):
+    """The conda env of an extraction by ``name``: the expert's own where it (or an expert it
+    wraps) needs one, else extract.yaml."""
+    for spec in expert_closure(config, name).values():
         if spec.get("type") in EXPERT_ENVS:
             return os.path.join(workflow.basedir, EXPERT_ENVS[spec["type"]])
     return os.path.join(workflow.basedir, "envs/extract.yaml")
+
+
+def extract_env(wildcards):
+    return expert_env(wildcards.expert)
 
 
 def expert_needs_gpu(expert):
@@ -224,12 +229,7 @@ def teacher_slice(dataset, modality):
 
 
 def teacher_env(wildcards):
-    """The teacher expert's own conda env where it needs one (EXPERT_ENVS), else extract.yaml."""
-    name = teacher_expert(wildcards.dataset, wildcards.modality)
-    for spec in expert_closure(config, name).values():
-        if spec.get("type") in EXPERT_ENVS:
-            return os.path.join(workflow.basedir, EXPERT_ENVS[spec["type"]])
-    return os.path.join(workflow.basedir, "envs/extract.yaml")
+    return expert_env(teacher_expert(wildcards.dataset, wildcards.modality))
 
 
 # -- external validation targets (rule extract) --

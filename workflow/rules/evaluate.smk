@@ -2,9 +2,6 @@
 # protocol settings, the ablations and the external evaluations of the config (paper.smk).
 
 
-include: "paper.smk"  # helpers (a second include of it is ignored)
-
-
 rule evaluate:
     input:
         summaries=lambda wc: all_run_inputs(wc.dataset),

@@ -8,9 +8,6 @@
 # checkpoints under all of them.
 
 
-include: "paper.smk"  # helpers (a second include of it is ignored)
-
-
 # Run folders of these families are this file's outputs, not the generic train rule's.
 ruleorder: ablation > train
 ruleorder: external_eval > train

@@ -5,9 +5,6 @@
 # experts) in the sidecar <figure>.txt.
 
 
-include: "paper.smk"  # helpers (a second include of it is ignored)
-
-
 rule tables:
     input:
         metrics=expand(f"{RESULTS}/{{dataset}}/metrics.parquet", dataset=TRAIN_DATASETS),
