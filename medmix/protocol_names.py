@@ -40,6 +40,13 @@ _PATTERNS = {
     "replay": re.compile(rf"^(?:(train|test)_)?replay-({_RATE})$"),
 }
 
+# Every setting string, as one regex without groups: the ``{protocol}`` wildcard of the train
+# rule (so the ablation and external-validation run folders are never taken for a setting).
+SETTING_REGEX = (
+    rf"full|(?:(?:train|test)_)?(?:drop_one-{_MODALITY}-{_RATE}|random-{_RATE}"
+    rf"|mnar-(?:label|severity)-{_RATE}|replay-{_RATE})"
+)
+
 
 # Display names of modalities in tables and figures (the paper's spelling).
 MODALITY_LABELS = {

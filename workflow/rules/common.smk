@@ -19,12 +19,17 @@ from medmix.config import (
     validate_config,
 )
 from medmix.plan import method_inputs
+from medmix.protocol_names import SETTING_REGEX
 
 # Cross-checks beyond the JSON schema (every expert named under datasets is defined).
 validate_config(config)
 
 RESULTS = config["results"]
 DATASETS = list(config["datasets"])
+# Experts the extract rule embeds (a RAG entry is built by the rag rules instead).
+EXTRACTED_EXPERTS = [
+    e for e, spec in config["experts"].items() if spec.get("type", e) != "rag"
+]
 DEMO_DATASETS = [d for d in DATASETS if config["datasets"][d]["adapter"] == "demo"]
 ADAPTER_DATASETS = [d for d in DATASETS if config["datasets"][d]["adapter"] != "demo"]
 

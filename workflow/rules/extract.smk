@@ -12,6 +12,9 @@ rule extract:
         f"{LOGS}/{{dataset}}/extract/{{modality}}/{{expert}}.log",
     benchmark:
         f"{BENCH}/{{dataset}}/extract/{{modality}}/{{expert}}.tsv"
+    wildcard_constraints:
+        # the registry's experts; the RAG branch's caches are the rag rule's (rag.smk)
+        expert=one_of(EXTRACTED_EXPERTS),
     conda:
         extract_env
     threads: 1

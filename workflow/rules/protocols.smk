@@ -8,11 +8,6 @@
 # checkpoints under all of them.
 
 
-# Run folders of these families are this file's outputs, not the generic train rule's.
-ruleorder: ablation > train
-ruleorder: external_eval > train
-
-
 rule test_protocols:
     input:
         full=f"{RESULTS}/{{dataset}}/runs/full/{{method}}/summary.json",

@@ -3,10 +3,6 @@
 # Rerun one: snakemake results/demo-openi/embeddings/report/rag.parquet -f
 
 
-# embeddings/{modality}/rag.parquet is this family's output, not the generic extract rule's.
-ruleorder: rag > extract
-
-
 rule knowledge_index:
     input:
         [RAG["knowledge"]["source"]]

@@ -54,6 +54,9 @@ rule train:
         f"{LOGS}/{{dataset}}/train/{{protocol}}/{{method}}.log",
     benchmark:
         f"{BENCH}/{{dataset}}/train/{{protocol}}/{{method}}.tsv"
+    wildcard_constraints:
+        # a protocol setting only: runs/ablation/ and runs/external-*/ are other rules'
+        protocol=SETTING_REGEX,
     conda:
         "../../envs/fusion.yaml"
     threads: 1
