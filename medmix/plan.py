@@ -26,6 +26,7 @@ from medmix.methods import (
     parse_method,
     reads_teacher_input,
 )
+from medmix.outputs import asked_outputs
 from medmix.protocol_names import expand_settings
 
 ONELLM_WEIGHTS_ENV = "MEDMIX_ONELLM_WEIGHTS"
@@ -214,30 +215,7 @@ def external_methods(cfg: dict[str, Any]) -> list[str]:
 
 def paper_outputs(cfg: dict[str, Any]) -> dict[str, list[str]]:
     """The table and figure stems ``render paper`` writes for this config."""
-    section = cfg.get("protocols") or {}
-    datasets = training_datasets(cfg)
-    tables, figures = ["experts", "per_task"], []
-    for fam in ("train_drop_one", "test_drop_one", "train_random", "test_random"):
-        if section.get(fam):
-            tables.append(fam)
-    if section.get("extra"):
-        tables.append("structured")
-    if section.get("train_drop_one") or section.get("test_drop_one"):
-        figures += [f"drop_one_{d}" for d in datasets]
-    if section.get("train_random") or section.get("test_random"):
-        figures += [f"random_drop_{d}" for d in datasets]
-    if any(section.get(k) for k in ("train_drop_one", "test_drop_one", "train_random",
-                                    "test_random", "extra")):  # fmt: skip
-        figures += [f"weights_{d}" for d in datasets]
-    if (cfg.get("efficiency") or {}).get("enabled"):
-        tables.append("efficiency")
-        figures.append("pareto")
-    if (cfg.get("ablations") or {}).get("enabled"):
-        tables.append("ablation")
-        figures.append("ablation")
-    if cfg.get("external"):
-        tables.append("external")
-    return {"tables": tables, "figures": figures}
+    return asked_outputs(cfg, training_datasets(cfg))
 
 
 def run_header(cfg: dict[str, Any], datasets: Sequence[str] | None = None) -> str:

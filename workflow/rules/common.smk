@@ -18,6 +18,7 @@ from medmix.config import (
     extract_slice,
     validate_config,
 )
+from medmix.outputs import FIGURE_FORMATS, MAIN, TABLE_FORMATS, asked_outputs
 from medmix.plan import method_inputs
 from medmix.protocol_names import SETTING_REGEX
 
@@ -179,13 +180,15 @@ def run_summaries(dataset):
 
 
 def final_outputs():
-    out = [f"{RESULTS}/tables/main.{ext}" for ext in ("md", "csv", "tex", "html")]
-    out += [
-        f"{RESULTS}/figures/main_auroc.{ext}" for ext in ("png", "svg", "pdf", "txt")
+    """Table 1 and its figures (the catalogue's main group), every format."""
+    stems = asked_outputs(config, [], MAIN)
+    out = [
+        f"{RESULTS}/tables/{t}.{ext}" for t in stems["tables"] for ext in TABLE_FORMATS
     ]
     out += [
-        f"{RESULTS}/figures/fusion_weights.{ext}"
-        for ext in ("png", "svg", "pdf", "txt")
+        f"{RESULTS}/figures/{f}.{ext}"
+        for f in stems["figures"]
+        for ext in FIGURE_FORMATS
     ]
     return out
 

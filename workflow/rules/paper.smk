@@ -15,6 +15,14 @@ from medmix.plan import (
     training_datasets,
 )
 from medmix.plan import run_header as describe_run
+from medmix.outputs import (
+    FIGURE,
+    FIGURE_FORMATS,
+    TABLE,
+    TABLE_FORMATS,
+    is_activated,
+    output_entry,
+)
 from medmix.protocol_names import expand_settings, is_test_only
 
 TRAIN_DATASETS = training_datasets(config)
@@ -82,7 +90,7 @@ def protocol_runs(dataset):
 
 
 def ablation_runs(dataset):
-    if not (config.get("ablations") or {}).get("enabled"):
+    if not is_activated(config, "ablations"):
         return []
     return [
         _summary(dataset, v.protocol, v.method)
@@ -139,7 +147,7 @@ def efficiency_device():
 
 
 def efficiency_files():
-    if not (config.get("efficiency") or {}).get("enabled"):
+    if not is_activated(config, "efficiency"):
         return []
     return [f"{RESULTS}/{ds}/efficiency.json" for ds in TRAIN_DATASETS]
 
@@ -155,32 +163,9 @@ def train_medmix_predictions():
     return files
 
 
-PAPER_TABLE_CAPTIONS = {
-    "experts": "experts.rst",
-    "train_drop_one": "train_drop_one.rst",
-    "test_drop_one": "test_drop_one.rst",
-    "train_random": "train_random.rst",
-    "test_random": "test_random.rst",
-    "structured": "structured.rst",
-    "efficiency": "efficiency.rst",
-    "ablation": "ablation_table.rst",
-    "per_task": "per_task.rst",
-    "external": "external.rst",
-}
-
-
-def _figure_caption(stem):
-    for prefix in ("drop_one_", "random_drop_", "weights_"):
-        if stem.startswith(prefix):
-            return prefix.rstrip("_") + ".rst"
-    return {"ablation": "ablation_figure.rst", "pareto": "pareto.rst"}[stem]
-
-
 def paper_table_files():
     return [
-        f"{RESULTS}/tables/{t}.{ext}"
-        for t in PAPER["tables"]
-        for ext in ("md", "csv", "tex", "html")
+        f"{RESULTS}/tables/{t}.{ext}" for t in PAPER["tables"] for ext in TABLE_FORMATS
     ]
 
 
@@ -188,7 +173,7 @@ def paper_figure_files():
     return [
         f"{RESULTS}/figures/{f}.{ext}"
         for f in PAPER["figures"]
-        for ext in ("png", "svg", "pdf", "txt")
+        for ext in FIGURE_FORMATS
     ]
 
 
@@ -197,7 +182,7 @@ def paper_outputs_flagged():
     only be offered as a download) and PNG figures go into the report."""
     out = []
     for t in PAPER["tables"]:
-        cap = f"../report/{PAPER_TABLE_CAPTIONS[t]}"
+        cap = f"../report/{output_entry(t, TABLE).caption}"
         page = report(
             f"{RESULTS}/tables/{t}.html",
             caption=cap,
@@ -205,9 +190,9 @@ def paper_outputs_flagged():
             subcategory="Paper",
         )
         out.append(page)
-        out += [f"{RESULTS}/tables/{t}.{ext}" for ext in ("md", "csv", "tex")]
+        out += [f"{RESULTS}/tables/{t}.{ext}" for ext in TABLE_FORMATS if ext != "html"]
     for f in PAPER["figures"]:
-        cap = f"../report/{_figure_caption(f)}"
+        cap = f"../report/{output_entry(f, FIGURE).caption}"
         png = report(
             f"{RESULTS}/figures/{f}.png",
             caption=cap,
@@ -215,7 +200,9 @@ def paper_outputs_flagged():
             subcategory="Paper",
         )
         out.append(png)
-        out += [f"{RESULTS}/figures/{f}.{ext}" for ext in ("svg", "pdf", "txt")]
+        out += [
+            f"{RESULTS}/figures/{f}.{ext}" for ext in FIGURE_FORMATS if ext != "png"
+        ]
     return out
 
 
