@@ -330,7 +330,8 @@ def rag_reports(cfg: dict[str, Any]) -> list[ExpertReport]:
     article encoders, the LLM of the soft prompt, and each report-generation bridge."""
     from extractors.rag.bridge import GENERATORS
     from extractors.rag.encoders import build_encoder
-    from extractors.rag.expert import PACKAGES, rag_config
+    from extractors.rag.expert import PACKAGES
+    from medmix.rag_settings import rag_config
     from extractors.rag.softprompt import SoftPromptEncoder
 
     try:

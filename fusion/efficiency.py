@@ -314,7 +314,7 @@ def expert_cost(
 def rag_cost(cfg: dict[str, Any], dataset: str, modality: str, device: str = "cpu") -> Cost:
     """The RAG expert's deployed encoders (query encoder + LLM) on one text of ``k`` docs."""
     from extractors.rag.encoders import build_encoder
-    from extractors.rag.expert import rag_config
+    from medmix.rag_settings import rag_config
     from extractors.rag.softprompt import SoftPromptEncoder
 
     rag = rag_config({k: v for k, v in (cfg.get("rag") or {}).items() if k != "device"})

@@ -195,7 +195,8 @@ def _assert_clean_files(folder: Path) -> None:
 @pytest.fixture(scope="module")
 def rag_kb(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Tiny knowledge index + projection (random-init MedCPT / Qwen2 on the demo base)."""
-    from extractors.rag.expert import knowledge_paths, rag_config, run_index, run_projection
+    from extractors.rag.expert import knowledge_paths, run_index, run_projection
+    from medmix.rag_settings import rag_config
     from tests.test_rag_pipeline import rag_cfg
 
     root = tmp_path_factory.mktemp("privacy-kb")

@@ -177,7 +177,8 @@ def rag_cfg(root: Path, k: int = 3) -> dict:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """Index + projection over the demo knowledge base, built once for the module."""
-    from extractors.rag.expert import knowledge_paths, rag_config, run_index, run_projection
+    from extractors.rag.expert import knowledge_paths, run_index, run_projection
+    from medmix.rag_settings import rag_config
 
     root = tmp_path_factory.mktemp("ragkb")
     cfg = rag_cfg(root)
@@ -283,7 +284,7 @@ def test_ehr_fio2_fraction_is_written_in_percent(tmp_path: Path) -> None:
 
 def test_rag_config_defaults_and_bridge_choice() -> None:
     from extractors.rag.bridge import bridge_config
-    from extractors.rag.expert import rag_config
+    from medmix.rag_settings import rag_config
 
     rag = rag_config({"k": 7, "bridges": {"ct": {"type": "merlin"}}, "llm": {"random_init": True}})
     assert rag["k"] == 7 and rag["query_encoder"]["model_id"] == "ncbi/MedCPT-Query-Encoder"

@@ -38,7 +38,7 @@ def _load(arg: str) -> dict[str, Any]:
 
 
 def _setup(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
-    from extractors.rag.expert import rag_config
+    from medmix.rag_settings import rag_config
 
     cfg = _load(args.config)
     rag = rag_config(cfg.get("rag"))

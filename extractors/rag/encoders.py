@@ -30,21 +30,6 @@ from extractors.loading import (
     verify_sentence_transformers_dir,
 )
 
-MEDCPT_QUERY = {
-    "type": "hf-cls",
-    "model_id": "ncbi/MedCPT-Query-Encoder",
-    "revision": "d83a36cc6b8e3a5c5e9d9d6ba156808c1643dcbc",
-    "model_class": "BertModel",
-    "max_length": 64,
-}
-MEDCPT_ARTICLE = {
-    "type": "hf-cls",
-    "model_id": "ncbi/MedCPT-Article-Encoder",
-    "revision": "d05a736da4bb84ee4057b7f7999485be6ed85465",
-    "model_class": "BertModel",
-    "max_length": 512,
-}
-
 
 class HFClsEncoder:
     """A transformers encoder with [CLS] pooling (MedCPT)."""

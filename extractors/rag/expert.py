@@ -14,7 +14,6 @@ Artefacts, all under ``{results}/knowledge/{kb}/`` and shared by every dataset:
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import os
@@ -38,75 +37,17 @@ from extractors.cache import (
     package_versions,
 )
 from extractors.rag.bridge import read_bridge
-from extractors.rag.encoders import MEDCPT_ARTICLE, MEDCPT_QUERY, build_encoder
+from extractors.rag.encoders import build_encoder
 from extractors.rag.index import build_index, load_index, save_index
 from extractors.rag.knowledge import load_knowledge
 from extractors.rag.retrieve import Retriever
-from extractors.rag.softprompt import QWEN2_05B, Projection, SoftPromptEncoder, fit_from_index
+from extractors.rag.softprompt import Projection, SoftPromptEncoder, fit_from_index
 from medmix.io import atomic_path
 
 log = logging.getLogger("medmix.rag")
 
 EXPERT_NAME = "rag"
 PACKAGES = ("torch", "transformers", "sentence-transformers", "faiss-cpu", "numpy", "safetensors")
-
-DEFAULTS: dict[str, Any] = {
-    "knowledge": {
-        "name": "medlineplus-demo",
-        "source": "resources/knowledge/medlineplus-demo/docs.parquet",
-        "max_words": 150,
-        "language": "English",
-    },
-    "index": {"type": "flat"},
-    "k": 5,
-    "query_encoder": {},
-    "article_encoder": {},
-    "llm": {},
-    "projection": {"ridge": 1.0e-3},
-    "bridges": {
-        "text": {"type": "passthrough"},
-        "timeseries": {"type": "ehr-serialize", "aggregation": "last"},
-        "image": {"type": "nearest-report"},
-        "volume": {"type": "nearest-report"},
-        "slide": {"type": "nearest-report"},
-    },
-    "device": "cpu",
-    "batch_size": 16,
-    "shard_size": 256,
-}
-
-
-def rag_config(section: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The ``rag:`` section of a config with defaults filled in (unknown keys are an error)."""
-    user = dict(section or {})
-    unknown = sorted(set(user) - set(DEFAULTS))
-    if unknown:
-        raise ValueError(f"rag: unknown key(s) {unknown}; allowed: {sorted(DEFAULTS)}")
-    out = copy.deepcopy(DEFAULTS)
-    for key, value in user.items():
-        if key == "bridges":
-            out["bridges"] = {**out["bridges"], **{k: dict(v) for k, v in (value or {}).items()}}
-        elif isinstance(out.get(key), dict):
-            out[key] = {**out[key], **dict(value or {})}
-        else:
-            out[key] = value
-    for role, base in (("query_encoder", MEDCPT_QUERY), ("article_encoder", MEDCPT_ARTICLE)):
-        if out[role].get("type", "hf-cls") == "hf-cls":
-            out[role] = {**base, **out[role]}
-    out["llm"] = {**QWEN2_05B, **out["llm"]}
-    out["device"] = resolve_device(str(out.get("device", "cpu")))
-    if int(out["k"]) < 1:
-        raise ValueError(f"rag.k must be >= 1, got {out['k']}")
-    return out
-
-
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; anything else unchanged."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @dataclass(frozen=True)

@@ -38,13 +38,7 @@ import numpy as np
 
 from extractors.loading import ModelSpec, load_model_and_tokenizer
 from medmix.io import atomic_path
-
-QWEN2_05B = {
-    "model_id": "Qwen/Qwen2-0.5B",
-    "revision": "91d2aff3f957f99e4c74c962f2f408dcc88a18d8",
-    "model_class": "Qwen2Model",
-    "max_length": 512,
-}
+from medmix.rag_settings import QWEN2_05B
 
 
 @dataclass

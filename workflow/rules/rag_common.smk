@@ -1,5 +1,5 @@
 # Helpers of the RAG rules (rag.smk): settings slices, bridge inputs, GPU requests.
-from extractors.rag.expert import rag_config
+from medmix.rag_settings import GENERATIVE_BRIDGES, rag_config
 
 RAG = rag_config({k: v for k, v in config.get("rag", {}).items() if k != "device"})
 RAG_DEVICE = str(
@@ -7,7 +7,6 @@ RAG_DEVICE = str(
 )  # "auto" is resolved on the node
 KB = RAG["knowledge"]["name"]
 KB_DIR = f"{RESULTS}/knowledge/{KB}"
-GENERATIVE_BRIDGES = ("maira2", "merlin", "histgen")
 
 
 def rag_slice(*keys, dataset=None):
