@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from medmix.config import RAG_TYPE, is_rag_expert
 from medmix.protocol_names import modality_label
 
 FAMILY_ORDER = ("biomedical", "general", "rag")
@@ -63,8 +64,7 @@ def expert_families(cfg: dict[str, Any], dataset: str) -> dict[str, str]:
             if e in by_name:
                 out[e] = by_name[e]
                 continue
-            typ = cfg.get("experts", {}).get(e, {}).get("type", e)
-            if typ == "rag" or e == "rag":
+            if is_rag_expert(cfg, e) or e == RAG_TYPE:
                 out.setdefault(e, "rag")
                 continue
             fam = FAMILY_ORDER[pos] if pos < 2 else f"other{pos}"

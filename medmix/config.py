@@ -211,6 +211,19 @@ def load_config_arg(arg: str) -> dict[str, Any]:
     return load_config(arg)
 
 
+RAG_TYPE = "rag"  # the retrieval-augmented expert, built by the rag rules from the rag: section
+
+
+def expert_type(cfg: dict[str, Any], name: str) -> str:
+    """The registered type of a configured expert (a preset without ``type`` is its own name)."""
+    return str((cfg.get("experts") or {}).get(name, {}).get("type", name))
+
+
+def is_rag_expert(cfg: dict[str, Any], name: str) -> bool:
+    """The RAG expert: its caches come from the rag rules, and it is fitted per cohort."""
+    return expert_type(cfg, name) == RAG_TYPE
+
+
 def expert_closure(cfg: dict[str, Any], name: str) -> dict[str, dict[str, Any]]:
     """The preset ``name`` plus every preset it references (an inner image/tile expert)."""
     experts = cfg["experts"]

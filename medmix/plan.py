@@ -16,7 +16,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from medmix.config import cache_paths, dataset_paths, expert_closure, load_config, table1_methods
+from medmix.config import (
+    RAG_TYPE,
+    cache_paths,
+    dataset_paths,
+    expert_closure,
+    load_config,
+    table1_methods,
+)
 from medmix.methods import (
     LARGE,
     ONELLM,
@@ -249,13 +256,15 @@ def run_header(cfg: dict[str, Any], datasets: Sequence[str] | None = None) -> st
         source = "foundation-model experts"
     else:
         kinds = []
-        if any(s.get("type") not in ("minilm", "rag") and not s.get("random_init") for s in specs):
+        if any(
+            s.get("type") not in ("minilm", RAG_TYPE) and not s.get("random_init") for s in specs
+        ):
             kinds.append("established features")
         if any(s.get("type") == "minilm" for s in specs):
             kinds.append("packaged MiniLM")
         if any(s.get("random_init") for s in specs):
             kinds.append("randomly initialised FM architectures")
-        if any(s.get("type") == "rag" for s in specs):
+        if any(s.get("type") == RAG_TYPE for s in specs):
             kinds.append("RAG branch")
         source = f"offline experts ({', '.join(kinds)})" if kinds else "offline experts"
     return f"Data: {'; '.join(parts)}. Experts: {source}."

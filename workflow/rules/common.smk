@@ -16,6 +16,7 @@ from medmix.config import (
     table1_methods,
     expert_closure,
     extract_slice,
+    is_rag_expert,
     validate_config,
 )
 from medmix.outputs import FIGURE_FORMATS, MAIN, TABLE_FORMATS, asked_outputs
@@ -28,9 +29,7 @@ validate_config(config)
 RESULTS = config["results"]
 DATASETS = list(config["datasets"])
 # Experts the extract rule embeds (a RAG entry is built by the rag rules instead).
-EXTRACTED_EXPERTS = [
-    e for e, spec in config["experts"].items() if spec.get("type", e) != "rag"
-]
+EXTRACTED_EXPERTS = [e for e in config["experts"] if not is_rag_expert(config, e)]
 DEMO_DATASETS = [d for d in DATASETS if config["datasets"][d]["adapter"] == "demo"]
 ADAPTER_DATASETS = [d for d in DATASETS if config["datasets"][d]["adapter"] != "demo"]
 
