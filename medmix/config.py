@@ -211,12 +211,22 @@ def load_config_arg(arg: str) -> dict[str, Any]:
     return load_config(arg)
 
 
+def section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
+    """A config section as a mapping (absent or null -> empty): the one way to read one."""
+    return dict(cfg.get(name) or {})
+
+
+def is_activated(cfg: dict[str, Any], name: str) -> bool:
+    """A switchable section turned on (``ablations: {enabled: true}``, ``efficiency: …``)."""
+    return bool(section(cfg, name).get("enabled"))
+
+
 RAG_TYPE = "rag"  # the retrieval-augmented expert, built by the rag rules from the rag: section
 
 
 def expert_type(cfg: dict[str, Any], name: str) -> str:
     """The registered type of a configured expert (a preset without ``type`` is its own name)."""
-    return str((cfg.get("experts") or {}).get(name, {}).get("type", name))
+    return str(section(cfg, "experts").get(name, {}).get("type", name))
 
 
 def is_rag_expert(cfg: dict[str, Any], name: str) -> bool:
@@ -264,15 +274,15 @@ SELECT_KEY = "select"  # fusion.select: model selection on val (fusion.select)
 
 def select_section(cfg: dict[str, Any]) -> dict[str, Any]:
     """The config's ``fusion.select`` section ({} when absent)."""
-    return dict((cfg.get("fusion") or {}).get(SELECT_KEY) or {})
+    return dict(section(cfg, "fusion").get(SELECT_KEY) or {})
 
 
 def with_select(sliced: dict[str, Any], cfg: dict[str, Any]) -> dict[str, Any]:
     """A dataset slice with ``fusion.select`` of ``cfg`` put back (the selection job's slice)."""
-    section = (cfg.get("fusion") or {}).get(SELECT_KEY)
-    if section is None:
+    chosen = section(cfg, "fusion").get(SELECT_KEY)
+    if chosen is None:
         return sliced
-    return {**sliced, "fusion": {**(sliced.get("fusion") or {}), SELECT_KEY: section}}
+    return {**sliced, "fusion": {**section(sliced, "fusion"), SELECT_KEY: chosen}}
 
 
 def select_methods(cfg: dict[str, Any], dataset: str) -> list[str]:

@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from medmix.config import is_activated, section
+
 TABLE_FORMATS = ("md", "csv", "tex", "html")  # html: the form the report shows inline
 FIGURE_FORMATS = ("png", "svg", "pdf", "txt")  # txt: the provenance sidecar
 TABLE, FIGURE = "table", "figure"
@@ -19,17 +21,8 @@ MAIN, PAPER = "main", "paper"  # written by `render tables|figures` / by `render
 PROTOCOL_FAMILIES = ("train_drop_one", "test_drop_one", "train_random", "test_random")
 
 
-def _section(cfg: dict[str, Any], name: str) -> dict[str, Any]:
-    return cfg.get(name) or {}
-
-
-def is_activated(cfg: dict[str, Any], name: str) -> bool:
-    """A paper-grid section switched on (``ablations: {enabled: true}``, …)."""
-    return bool(_section(cfg, name).get("enabled"))
-
-
 def _protocols(*keys: str) -> Callable[[dict[str, Any]], bool]:
-    return lambda cfg: any(_section(cfg, "protocols").get(k) for k in keys)
+    return lambda cfg: any(section(cfg, "protocols").get(k) for k in keys)
 
 
 def _always(cfg: dict[str, Any]) -> bool:

@@ -15,14 +15,8 @@ from medmix.plan import (
     training_datasets,
 )
 from medmix.plan import run_header as describe_run
-from medmix.outputs import (
-    FIGURE,
-    FIGURE_FORMATS,
-    TABLE,
-    TABLE_FORMATS,
-    is_activated,
-    output_entry,
-)
+from medmix.config import is_activated, section
+from medmix.outputs import FIGURE, FIGURE_FORMATS, TABLE, TABLE_FORMATS, output_entry
 from medmix.protocol_names import expand_settings, is_test_only
 
 TRAIN_DATASETS = training_datasets(config)
@@ -57,7 +51,7 @@ def table_header():
 def protocol_settings(dataset):
     """Every protocol setting of the config's protocols: section for this dataset."""
     return expand_settings(
-        config.get("protocols"), list(config["datasets"][dataset]["modalities"])
+        section(config, "protocols"), list(config["datasets"][dataset]["modalities"])
     )
 
 
@@ -143,7 +137,7 @@ def efficiency_inputs(wildcards):
 
 
 def efficiency_device():
-    return str((config.get("efficiency") or {}).get("device", "cpu"))
+    return str(section(config, "efficiency").get("device", "cpu"))
 
 
 def efficiency_files():

@@ -1,9 +1,10 @@
 # Helpers of the RAG rules (rag.smk): settings slices, bridge inputs, GPU requests.
+from medmix.config import section
 from medmix.rag_settings import GENERATIVE_BRIDGES, rag_config
 
-RAG = rag_config({k: v for k, v in config.get("rag", {}).items() if k != "device"})
+RAG = rag_config({k: v for k, v in section(config, "rag").items() if k != "device"})
 RAG_DEVICE = str(
-    config.get("rag", {}).get("device", "cpu")
+    section(config, "rag").get("device", "cpu")
 )  # "auto" is resolved on the node
 KB = RAG["knowledge"]["name"]
 KB_DIR = f"{RESULTS}/knowledge/{KB}"
@@ -11,12 +12,12 @@ KB_DIR = f"{RESULTS}/knowledge/{KB}"
 
 def rag_slice(*keys, dataset=None):
     """The rag settings a rule depends on (edits elsewhere do not rerun it)."""
-    rag = config.get("rag", {})
+    rag = section(config, "rag")
     out = {"results": RESULTS, "rag": {k: rag[k] for k in keys if k in rag}}
     if dataset is not None:
         dcfg = config["datasets"][dataset]  # teachers are not the rag branch's business
         out["datasets"] = {dataset: {k: v for k, v in dcfg.items() if k != "teachers"}}
-        out["extraction"] = config.get("extraction", {})
+        out["extraction"] = section(config, "extraction")
     return out
 
 
