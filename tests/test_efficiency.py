@@ -26,7 +26,7 @@ from fusion.efficiency import (
     perf,
 )
 from fusion.registry import ModelSpec, build_model
-from fusion.render import pareto_front
+from fusion.report.figures.pareto import pareto_front
 
 
 def test_flops_of_a_small_mlp_match_a_hand_count() -> None:

@@ -4,6 +4,8 @@ them, so adding an entry in one place and forgetting the other fails here."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from extractors.rag.bridge import AGGREGATIONS, list_bridges
@@ -53,3 +55,22 @@ def test_bridge_lists_match_the_bridge_registry() -> None:
     assert bridges["properties"]["type"]["enum"] == list_bridges()
     assert bridges["properties"]["aggregation"]["enum"] == list(AGGREGATIONS)
     assert set(GENERATIVE_BRIDGES) == set(list_bridges(generative=True))
+
+
+def test_every_catalogued_output_has_its_builder_and_every_builder_its_entry() -> None:
+    """medmix.outputs lists what the workflow declares (with its report caption); the report
+    package registers how each is drawn."""
+    from fusion.report.paper import figure_patterns, table_stems
+    from medmix.outputs import FIGURE, MAIN, OUTPUTS, PAPER, TABLE
+
+    for group in (MAIN, PAPER):
+        catalogue = {
+            kind: sorted(o.stem for o in OUTPUTS if o.group == group and o.kind == kind)
+            for kind in (TABLE, FIGURE)
+        }
+        drawn = sorted(p.replace("{dataset}", "") for p in figure_patterns(group))
+        assert sorted(table_stems(group)) == catalogue[TABLE]
+        assert drawn == catalogue[FIGURE]
+    captions = {o.caption for o in OUTPUTS}
+    report_dir = Path(__file__).resolve().parents[1] / "workflow" / "report"
+    assert sorted(c for c in captions if not (report_dir / c).is_file()) == []

@@ -10,20 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fusion.render import (
-    Cells,
-    build_ablation_table,
-    build_efficiency_table,
-    build_experts_table,
-    build_external_table,
-    build_per_task_table,
-    build_protocol_table,
-    build_structured_table,
-    render_paper,
-    table_csv,
-    table_latex,
-    table_markdown,
-)
+from fusion.report.cells import Cells
+from fusion.report.paper import render_paper
+from fusion.report.table_render import table_csv, table_latex, table_markdown
+from fusion.report.tables.ablation import build_ablation_table
+from fusion.report.tables.efficiency import build_efficiency_table
+from fusion.report.tables.experts import build_experts_table
+from fusion.report.tables.external import build_external_table
+from fusion.report.tables.per_task import build_per_task_table
+from fusion.report.tables.protocols import build_protocol_table, build_structured_table
 from medmix.plan import paper_outputs
 from medmix.protocol_names import expand_settings
 
@@ -338,7 +333,7 @@ def test_external_table_marks_methods_that_could_not_run(setup) -> None:
 
 
 def test_pareto_palette_keeps_medmix_red_unique() -> None:
-    from fusion.render import MEDMIX_RED, method_colors, method_markers
+    from fusion.report.style import MEDMIX_RED, method_colors, method_markers
 
     methods = ["medmix", *[f"m{i}" for i in range(40)]]
     colors, markers = method_colors(methods), method_markers(methods)
@@ -372,7 +367,7 @@ def _md_cells(md: str) -> list[str]:
 
 def test_html_tables_print_the_markdown_numbers(setup) -> None:
     """The HTML page (what the report shows) holds the same cells as the Markdown, bold alike."""
-    from fusion.render import table_html
+    from fusion.report.table_render import table_html
 
     cfg, cells, _ = setup
     for t in (build_protocol_table(cfg, cells, "train_drop_one"), build_ablation_table(
@@ -403,7 +398,7 @@ def test_per_task_teacher_rows_are_references(setup) -> None:
 @pytest.fixture()
 def drawn(monkeypatch: pytest.MonkeyPatch) -> list:
     """Every figure as it is saved: (stem, figure, texts under 8 pt, legend labels)."""
-    from fusion import figure_style
+    from fusion.report import style as figure_style
 
     got = []
     save = figure_style.save_figure
@@ -437,7 +432,7 @@ def test_figures_fit_a_journal_column(setup, drawn, tmp_path: Path) -> None:
 
 
 def test_main_auroc_has_a_chance_line_and_teacher_references(setup, drawn, tmp_path: Path) -> None:
-    from fusion.render import plot_main_auroc
+    from fusion.report.figures.main import plot_main_auroc
 
     _, _, metrics = setup
     full = metrics[metrics["protocol"] == "full"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fusion.render import write_tables
+from fusion.report.tables.main import write_tables
 
 
 def _metrics(dataset: str, values: dict[str, list[float]]) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 """The house style of the paper's figures: sized for a journal column, text never under 8 pt,
-one look for MedMIX, the baselines and the teacher references, a chance line on AUROC axes,
-and every figure written as PNG, SVG and PDF.
+one look for MedMIX, the baselines and the teacher references (MedMIX always red, every other
+method a colour and marker of its own), a chance line on AUROC axes, and every figure written
+as PNG, SVG and PDF.
 
 Figures are drawn at their printed size (:data:`SINGLE_COLUMN` or :data:`DOUBLE_COLUMN`
 wide), so the font sizes set here are the sizes on the page. Provenance (which data and
@@ -14,6 +15,7 @@ import math
 from collections.abc import Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -32,6 +34,32 @@ TEACHER_HATCH = "////"
 TEACHER_LABEL = "teacher reference"
 BASELINE_COLOR = "#1f77b4"
 SINGLE_MODALITY_COLOR = "#2ca02c"
+
+
+MEDMIX_RED = "#c0392b"
+# Every other method's colour: tab10 without its red, then tab20's light shades without its
+# reds, so that MedMIX's red is never reused (and a method is never red-ish next to it).
+OTHER_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+                "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#c5b0d5", "#c49c94",
+                "#dbdb8d", "#9edae5")  # fmt: skip
+OTHER_MARKERS = ("o", "s", "^", "D", "v", "P", "X", "h")
+
+
+def method_colors(methods: Sequence[str]) -> dict[str, str]:
+    """One colour per method: MedMIX red, the others from :data:`OTHER_COLORS` in order."""
+    others = [m for m in dict.fromkeys(methods) if m != "medmix"]
+    out = {m: OTHER_COLORS[k % len(OTHER_COLORS)] for k, m in enumerate(others)}
+    return out | {"medmix": MEDMIX_RED}
+
+
+def method_markers(methods: Sequence[str]) -> dict[str, str]:
+    """One marker per method (MedMIX a star): with the colours, every method's pair is unique
+    even past the palette's length."""
+    others = [m for m in dict.fromkeys(methods) if m != "medmix"]
+    out = {m: OTHER_MARKERS[(k // len(OTHER_COLORS)) % len(OTHER_MARKERS)]
+           for k, m in enumerate(others)}  # fmt: skip
+    return out | {"medmix": "*"}
+
 
 STYLE = {
     "font.size": 8,
@@ -91,6 +119,31 @@ def chance_line(ax, horizontal: bool = True, label: str | None = "chance (AUROC 
     """The AUROC of a random ranking, as a dashed line across the axes."""
     draw = ax.axhline if horizontal else ax.axvline
     draw(CHANCE_AUROC, color=CHANCE_COLOR, ls=(0, (4, 2)), lw=0.9, zorder=1.5, label=label)
+
+
+def empty_panel(ax, text: str = "no runs yet") -> None:
+    """A grey note in the middle of a panel with nothing to draw."""
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="#777777")
+
+
+def panel_grid(n: int, max_cols: int = 3) -> tuple[int, int]:
+    """(rows, columns) of a grid of ``n`` panels, at most ``max_cols`` wide."""
+    cols = max(1, min(n, max_cols))
+    return math.ceil(max(n, 1) / cols), cols
+
+
+def dataset_panels(n: int, panel_height: float, **subplots: Any) -> tuple[Any, list[Any], int]:
+    """A figure of ``n`` panels (one per dataset) in a grid at most three wide, a double
+    column wide when a row holds several: (figure, the ``n`` panels, columns). The grid's
+    spare cells are hidden; with no panel, its one cell stays for a note."""
+    n_rows, n_cols = panel_grid(n)
+    width = DOUBLE_COLUMN if n_cols > 1 else SINGLE_COLUMN
+    fig, axes = plt().subplots(n_rows, n_cols, figsize=(width, panel_height * n_rows),
+                               squeeze=False, **subplots)  # fmt: skip
+    cells = list(axes.flat)
+    for ax in cells[max(n, 1) :]:
+        ax.set_visible(False)
+    return fig, cells[:n], n_cols
 
 
 def dodge(n: int, width: float) -> np.ndarray:
