@@ -20,6 +20,9 @@ import yaml
 
 from cohorts.demo.generate import KINDS
 
+# end-to-end Snakemake runs: the slow tier (`pytest -m "not slow"` leaves them out)
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_KINDS = ("image", "volume", "slide")
 

@@ -16,6 +16,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+# end-to-end Snakemake runs: the slow tier (`pytest -m "not slow"` leaves them out)
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
