@@ -51,7 +51,7 @@ def test_radfm_preprocessing_and_embedding(radfm, realdata: Path) -> None:
 def test_radfm_local_checkpoint_and_export(radfm, realdata: Path, tmp_path: Path) -> None:
     import torch
 
-    from extractors.experts.fm_volume import RADFM_PREFIX, radfm_export
+    from extractors.experts.radfm_vit import RADFM_PREFIX, radfm_export
 
     full = {RADFM_PREFIX + k: v for k, v in radfm.get_model().state_dict().items()}
     full["lang_model.lm_head.weight"] = torch.zeros(4, 4)  # the rest of RadFM is ignored

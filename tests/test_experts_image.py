@@ -12,12 +12,8 @@ from PIL import Image
 from cohorts.manifest import ManifestMeta, write_manifest
 from extractors.base import SampleError
 from extractors.cache import read_cache
-from extractors.experts.image import (
-    Dinov2Expert,
-    RadiomicsExpert,
-    _glcm,
-    radiomics_feature_names,
-)
+from extractors.experts.image import Dinov2Expert
+from extractors.experts.texture import RadiomicsExpert, _glcm, radiomics_feature_names
 from extractors.extract import extract
 from extractors.loading import WeightsNotFound
 from extractors.readers.images import read_image

@@ -147,7 +147,7 @@ def samples(tmp_path_factory) -> Path:
 
 
 def test_module_tree_has_onellms_parameter_names() -> None:
-    from extractors.experts.fm_onellm import build_arch, build_encoder
+    from extractors.experts.onellm_model import build_arch, build_encoder
 
     modals = ("image", "video", "audio", "fmri", "imu")
     arch = build_arch(TINY_ONELLM)
@@ -171,7 +171,7 @@ def test_module_tree_has_onellms_parameter_names() -> None:
 def test_default_architecture_is_onellm_7b(monkeypatch) -> None:
     """OneLLM-7B's sizes: FeedForward(1024, 4*1024, multiple_of=256) -> 2816 hidden units,
     16 heads, a 4096-d projection (LLaMA-2-7B), the IMU table of 391 + 1 positions."""
-    from extractors.experts.fm_onellm import DEFAULT_ARCH, _modules
+    from extractors.experts.onellm_model import DEFAULT_ARCH, _modules
 
     block = _modules().TransformerBlock(1024, 16, 256, 1e-5)
     assert block.feed_forward.w1.weight.shape == (2816, 1024)
@@ -190,7 +190,7 @@ def test_clip_tower_matches_open_clip() -> None:
     open_clip_model = pytest.importorskip("open_clip.model")
     import torch
 
-    from extractors.experts.fm_onellm import build_arch, build_encoder
+    from extractors.experts.onellm_model import build_arch, build_encoder
 
     cfg = open_clip_model.CLIPVisionCfg(
         layers=1, width=32, head_width=16, patch_size=8, image_size=32
@@ -340,7 +340,7 @@ def test_real_slide_tiles_as_image_frames(realdata: Path) -> None:
 
 def test_ehr_to_imu_windows() -> None:
     from extractors.base import SampleError
-    from extractors.experts.fm_onellm import series_to_imu
+    from extractors.experts.onellm_inputs import series_to_imu
 
     t = np.arange(5.0)
     arr = series_to_imu(t, [np.array([0, np.nan, 2, np.nan, 4.0]), None, np.full(5, np.nan)], 9, 2)

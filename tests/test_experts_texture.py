@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from extractors.cache import config_hash
-from extractors.experts.image import TEXTURE_LABEL, RadiomicsExpert, TextureGlcmLbpExpert
+from extractors.experts.texture import TEXTURE_LABEL, RadiomicsExpert, TextureGlcmLbpExpert
 from extractors.registry import create_expert, expert_class, list_experts
 
 REPO = Path(__file__).resolve().parents[1]

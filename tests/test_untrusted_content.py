@@ -83,7 +83,8 @@ def test_pickle_posing_as_safetensors_is_not_unpickled(tmp_path: Path, sentinel:
 
 
 def test_volume_experts_local_checkpoints_refused(tmp_path: Path, sentinel: Path) -> None:
-    from extractors.experts.fm_volume import MERLIN_CHECKPOINT, load_radfm_vision
+    from extractors.experts.fm_volume import MERLIN_CHECKPOINT
+    from extractors.experts.radfm_vit import load_radfm_vision
     from extractors.registry import create_expert
 
     folder = tmp_path / "merlin"
@@ -114,10 +115,11 @@ def test_biomedclip_pickled_bin_refused(tmp_path: Path, sentinel: Path) -> None:
 def test_fusion_model_folder_with_a_pickle_refused(tmp_path: Path, sentinel: Path) -> None:
     """``python -m fusion predict --model DIR`` reads only model.safetensors; a pickle put in
     its place (or beside it as model.pt) is never unpickled."""
+    from fusion.checkpoint import save_model
     from fusion.data import Standardization
     from fusion.predict import predict
     from fusion.registry import ModelSpec as FusionSpec
-    from fusion.registry import build_model, save_model
+    from fusion.registry import build_model
 
     spec = FusionSpec("medmix", ["a"], {"a": ["e"]}, {"a": {"e": 3}}, "binary", ["y"], 1,
                       d=8, adapter_bottleneck=4)  # fmt: skip

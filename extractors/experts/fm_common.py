@@ -1,22 +1,15 @@
 """Shared machinery of the foundation-model (FM) experts.
 
-Every FM expert takes the same source keys, which go straight into
-:class:`extractors.loading.ModelSpec` (the one loading policy):
+Every FM expert takes the same ten source keys (``model_id``, ``revision``, ``local_dir``,
+``random_init``, ``config``, ``trust_remote_code``, ``precision``, ``batch_size``, ``device``,
+``seed``), declared once by :class:`~extractors.experts.fm_source.FMSource`, which hands the
+loading ones to :class:`extractors.loading.ModelSpec` (the one loading policy). Random-init
+models are labelled ``offline:<expert>-random-init(...)`` in every cache. ``num_workers``
+(decoding processes, see :mod:`extractors.batching`; not part of the preprocessing hash) is a
+run setting of every FM expert too.
 
-* ``model_id`` + ``revision``: a Hugging Face repository at a pinned 40-hex commit
-  (``HF_HUB_OFFLINE`` / ``HF_HOME`` / ``HF_HUB_CACHE`` honoured, read at load time);
-* ``local_dir``: a folder with the model files (nothing fetched);
-* ``random_init: true`` + ``config:``: the same architecture class with seeded random weights,
-  for CI and the offline demo (labelled ``offline:<expert>-random-init(...)`` in every cache).
-
-``trust_remote_code`` is refused unless the revision is pinned (``extractors.loading``).
-
-Run-time keys shared by all FM experts: ``device`` (``cpu``, ``cuda``, ``cuda:N`` or ``auto`` =
-CUDA when available), ``precision`` (``auto`` = bf16 autocast on a GPU that supports it, else
-fp16 on older GPUs, fp32 on CPU; or ``fp32`` / ``bf16`` / ``fp16``), ``batch_size`` (samples
-per DataLoader batch and items per forward pass) and ``num_workers`` (decoding processes, see
-:mod:`extractors.batching`; not part of the preprocessing hash).
-
+:class:`FMExpert` is their base class; the helpers here say what to install when an optional
+package is missing (:func:`install_hint`), pick the device and autocast dtype, and
 :func:`weights_status` answers "are the weights here?" without downloading or loading anything
 (for ``python -m extractors doctor``).
 """
@@ -26,17 +19,16 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from extractors import loading
 from extractors.base import Expert
-from extractors.cache import config_hash
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-SOURCE_KEYS = ("model_id", "revision", "local_dir", "random_init", "config", "trust_remote_code")
+from extractors.experts.fm_source import PRECISIONS, SOURCE_KEYS, FMSource
+from medmix.devices import resolve_device  # re-exported: extractors.extract and .batching use it
 
 
 class MissingPackage(ImportError):
@@ -126,18 +118,6 @@ def missing_package(expert: str, module: str, pip_name: str, extra: str = "") ->
     )
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a GPU is visible, else ``cpu``; other values unchanged."""
-    if device != "auto":
-        return device
-    try:
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        return "cpu"
-
-
 def autocast_dtype(device: str, precision: str) -> Any:
     """The torch dtype to autocast to on ``device`` (None = run in fp32)."""
     import torch
@@ -173,8 +153,6 @@ def weights_status(spec: Any, patterns: tuple[str, ...] = ()) -> tuple[str, str]
 
     state: ``ok`` (found), ``random-init`` (CI stand-in), ``missing`` (detail says how to provide
     them), ``refused`` (policy violation, e.g. remote code without a pinned revision)."""
-    from extractors import loading
-
     if spec.random_init:
         return "random-init", f"seeded random weights ({spec.describe()}); for CI/demo only"
     try:
@@ -215,8 +193,6 @@ def weights_status(spec: Any, patterns: tuple[str, ...] = ()) -> tuple[str, str]
 
 
 def _folder_status(folder: Path, spec: Any, patterns: tuple[str, ...]) -> tuple[str, str]:
-    from extractors import loading
-
     if patterns:
         found = [p for pat in patterns for p in folder.glob(pat)]
         if found:
@@ -230,70 +206,73 @@ def _folder_status(folder: Path, spec: Any, patterns: tuple[str, ...]) -> tuple[
 
 
 class FMExpert(Expert):
-    """Base of the FM experts: the loading keys, device/precision and provenance.
+    """Base of the FM experts: the model source (:class:`FMSource`), device/precision and
+    provenance.
 
     Subclasses set ``model_class`` (a transformers class name, or a label for non-transformers
-    models), ``default_model_id``/``default_revision`` and implement ``_load_model`` +
-    ``load``/``embed``. ``dim`` is known without loading the model where the architecture is
-    configured (random init) or fixed (``known_dim``); otherwise the model's config says."""
+    models), ``default_model_id``/``default_revision``/``default_batch_size`` and, when they do
+    not take all ten source keys, ``source_keys``; they implement ``_load_model`` +
+    ``load``/``embed``. A subclass's ``__init__`` takes its own keys plus ``**config`` (the source
+    keys): it calls ``self.check_source_keys(config)`` first, checks its own keys, and passes
+    ``config`` on, from which the source is built once. ``dim`` is known without loading the
+    model where the architecture is configured (random init) or fixed (``known_dim``); otherwise
+    the model's config says."""
 
     model_class: str = "AutoModel"
     default_model_id: str | None = None
     default_revision: str | None = None
+    default_batch_size: int = 16
+    source_keys: tuple[str, ...] = SOURCE_KEYS  # the source keys this expert's config may set
     known_dim: int | None = None
     import_names: tuple[tuple[str, str], ...] = (("torch", "torch"),)  # (module, pip name)
 
     def __init__(
         self,
-        model_id: str | None = None,
-        revision: str | None = None,
-        local_dir: str | None = None,
-        random_init: bool = False,
-        config: Mapping[str, Any] | None = None,
-        trust_remote_code: bool = False,
-        precision: str = "auto",
-        batch_size: int = 16,
-        device: str = "cpu",
-        seed: int = 0,
+        source: FMSource | Mapping[str, Any],
         num_workers: int | None = None,
         **params: Any,
     ) -> None:
+        """``source``: the expert's source, or the source keys of its config (checked by the
+        subclass with :meth:`check_source_keys` before its own keys)."""
         self.num_workers = None if num_workers is None else int(num_workers)  # decoding processes
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-        if model_id is None and not local_dir and not random_init:
-            model_id, revision = self.default_model_id, revision or self.default_revision
+        if not isinstance(source, FMSource):
+            source = self.source_from_config(source)
         super().__init__(
-            batch_size=batch_size,
-            device=device,
-            seed=seed,
-            model_id=model_id,
-            revision=revision,
-            local_dir=str(local_dir) if local_dir else None,
-            random_init=bool(random_init),
-            config=dict(config or {}),
-            trust_remote_code=bool(trust_remote_code),
-            precision=precision,
+            batch_size=source.batch_size,
+            device=source.device,
+            seed=source.seed,
+            **source.params(),
             **params,
         )
         self._model: Any = None
 
-    # -- source ---------------------------------------------------------------------------
-    def model_spec(self) -> Any:
-        from extractors.loading import ModelSpec
+    @classmethod
+    def check_source_keys(cls, config: Mapping[str, Any], also: tuple[str, ...] = ()) -> None:
+        """Refuse a config key that is neither a source key this expert takes (``source_keys``)
+        nor in ``also``, as Python refuses an unexpected keyword argument: an expert's
+        ``__init__`` calls it first, before checking its own keys' values."""
+        FMSource.check_keys(config, (*cls.source_keys, *also), cls.__init__.__qualname__)
 
-        p = self.params
-        return ModelSpec(
-            expert=self.name,
-            model_id=p["model_id"],
-            revision=p["revision"],
-            local_dir=p["local_dir"],
-            random_init=p["random_init"],
-            model_class=self.model_class,
-            config=dict(p["config"]),
-            seed=self.seed,
-            trust_remote_code=p["trust_remote_code"],
-        )
+    @classmethod
+    def source_from_config(cls, config: Mapping[str, Any]) -> FMSource:
+        """The expert's :class:`FMSource` from the source keys of its config, with its default
+        batch size and, when the config names no source, its default hub model."""
+        source = FMSource.from_config(config, {"batch_size": cls.default_batch_size})
+        return cls.default_source(source)
+
+    @classmethod
+    def default_source(cls, source: FMSource) -> FMSource:
+        """The source to use when the config names none: the class's default hub model."""
+        return source.or_default(cls.default_model_id, cls.default_revision)
+
+    # -- source ---------------------------------------------------------------------------
+    @property
+    def source(self) -> FMSource:
+        """The model source as recorded in ``params`` (the record hashed into the caches)."""
+        return FMSource.from_params(self.params, self.batch_size, self.device, self.seed)
+
+    def model_spec(self) -> loading.ModelSpec:
+        return self.source.model_spec(self.name, self.model_class)
 
     @property
     def random_init(self) -> bool:
@@ -301,10 +280,7 @@ class FMExpert(Expert):
 
     @property
     def model_id(self) -> str:
-        p = self.params
-        if self.random_init:
-            return f"offline:{self.registry_name}-random-init({config_hash(p['config'])},seed={self.seed})"
-        return str(p["local_dir"] or p["model_id"])
+        return self.source.label(self.registry_name)
 
     @property
     def revision(self) -> str | None:
@@ -315,6 +291,14 @@ class FMExpert(Expert):
             return str(rev)
         model = self._model
         return getattr(getattr(model, "config", None), "_commit_hash", None) if model else None
+
+    def configured_dim(self, key: str, from_model: Callable[[Any], Any]) -> int:
+        """The embedding dim: ``config[key]`` of a random-init architecture that sets it (known
+        without building the model), else ``from_model(model)`` of the loaded model."""
+        cfg = self.params["config"]
+        if self.random_init and key in cfg:
+            return int(cfg[key])
+        return int(from_model(self.get_model()))
 
     @property
     def run_device(self) -> str:
@@ -331,9 +315,7 @@ class FMExpert(Expert):
 
     # -- model ----------------------------------------------------------------------------
     def _load_model(self) -> Any:
-        from extractors.loading import load_model
-
-        return load_model(self.model_spec(), device=self.run_device)
+        return loading.load_model(self.model_spec(), device=self.run_device)
 
     def get_model(self) -> Any:
         if self._model is None:

@@ -38,8 +38,17 @@ from typing import Any
 import numpy as np
 
 from extractors.base import SampleError
-from extractors.experts.fm_common import FMExpert, forward_chunks, missing_package
+from extractors.experts.fm_common import FMExpert, forward_chunks, missing_package, weights_status
+from extractors.experts.fm_source import SOURCE_KEYS_NO_REMOTE_CODE
 from extractors.experts.image import IMAGENET_MEAN, IMAGENET_STD, ImageExpert
+from extractors.loading import (
+    LoadingError,
+    WeightsNotFound,
+    find_weights,
+    how_to_provide,
+    load_state_dict,
+    resolve_dir,
+)
 from extractors.readers.images import as_unit_array, resize_float, to_rgb
 from extractors.registry import register_expert
 
@@ -56,6 +65,19 @@ def resize_center_crop(rgb: np.ndarray, size: int) -> np.ndarray:
     out = resize_float(rgb, (nh, nw))
     top, left = (nh - size) // 2, (nw - size) // 2
     return out[top : top + size, left : left + size]
+
+
+def normalized_rgb(arr: np.ndarray, size: int, resize: str, mean: Any, std: Any) -> np.ndarray:
+    """(H, W) or (H, W, 3) in [0, 1] -> (3, size, size) float32 normalised by ``mean``/``std``,
+    resized whole (``squash``) or by its shorter side and centre-cropped."""
+    img = as_unit_array(arr)
+    # resize before replicating a grayscale image to RGB: bicubic works per channel, so the
+    # result is identical and a radiograph costs one channel's resize, not three
+    img = resize_float(img, (size, size)) if resize == "squash" else resize_center_crop(img, size)
+    rgb = to_rgb(img)
+    mean = np.asarray(mean, np.float32)[:, None, None]
+    std = np.asarray(std, np.float32)[:, None, None]
+    return ((rgb.transpose(2, 0, 1) - mean) / std).astype(np.float32)
 
 
 class FMImageExpert(FMExpert, ImageExpert):
@@ -76,18 +98,8 @@ class FMImageExpert(FMExpert, ImageExpert):
 
     def prepare_array(self, arr: np.ndarray) -> np.ndarray:
         """(H, W) or (H, W, 3) in [0, 1] -> normalised (3, S, S) float32."""
-        s = self.input_size
-        img = as_unit_array(arr)
-        # resize before replicating a grayscale image to RGB: bicubic works per channel, so the
-        # result is identical and a radiograph costs one channel's resize, not three
-        if self.params["resize"] == "squash":
-            img = resize_float(img, (s, s))
-        else:
-            img = resize_center_crop(img, s)
-        rgb = to_rgb(img)
-        mean = np.asarray(self.params["mean"], np.float32)[:, None, None]
-        std = np.asarray(self.params["std"], np.float32)[:, None, None]
-        return ((rgb.transpose(2, 0, 1) - mean) / std).astype(np.float32)
+        p = self.params
+        return normalized_rgb(arr, self.input_size, p["resize"], p["mean"], p["std"])
 
     def collate(self, items: list[np.ndarray]) -> Any:
         import torch
@@ -122,39 +134,23 @@ class HFVisionExpert(FMImageExpert):
     """A transformers vision backbone (``model_class``) whose ``pooler_output`` is the embedding."""
 
     model_class = "DINOv3ViTModel"
+    default_batch_size = 32
 
     def __init__(
         self,
-        model_id: str | None = None,
-        revision: str | None = None,
-        local_dir: str | None = None,
-        random_init: bool = False,
-        config: dict[str, Any] | None = None,
         model_class: str | None = None,
         image_size: int = 224,
         mean: list[float] | None = None,
         std: list[float] | None = None,
         resize: str | None = None,
         high_bit: str = "range",
-        trust_remote_code: bool = False,
-        precision: str = "auto",
-        batch_size: int = 32,
-        device: str = "cpu",
-        seed: int = 0,
+        **config: Any,
     ) -> None:
+        self.check_source_keys(config)
         if model_class:
             self.model_class = str(model_class)
         super().__init__(
-            model_id=model_id,
-            revision=revision,
-            local_dir=local_dir,
-            random_init=random_init,
-            config=config,
-            trust_remote_code=trust_remote_code,
-            precision=precision,
-            batch_size=batch_size,
-            device=device,
-            seed=seed,
+            config,
             model_class=self.model_class,
             image_size=int(image_size),
             high_bit=high_bit,
@@ -163,10 +159,7 @@ class HFVisionExpert(FMImageExpert):
 
     @property
     def dim(self) -> int:
-        cfg = self.params["config"]
-        if self.random_init and "hidden_size" in cfg:
-            return int(cfg["hidden_size"])
-        return int(self.get_model().config.hidden_size)
+        return self.configured_dim("hidden_size", lambda model: model.config.hidden_size)
 
     @property
     def pooling(self) -> str:
@@ -201,6 +194,8 @@ class BiomedCLIPExpert(FMImageExpert):
         ("timm", "timm"),
         ("torchvision", "torchvision"),
     )
+    default_batch_size = 32
+    source_keys = SOURCE_KEYS_NO_REMOTE_CODE
     CONFIG_FILE = "open_clip_config.json"
     WEIGHT_PATTERNS = (
         "open_clip_config.json",
@@ -212,34 +207,20 @@ class BiomedCLIPExpert(FMImageExpert):
 
     def __init__(
         self,
-        model_id: str | None = None,
-        revision: str | None = None,
-        local_dir: str | None = None,
-        random_init: bool = False,
-        config: dict[str, Any] | None = None,
         image_size: int | None = None,
         mean: list[float] | None = None,
         std: list[float] | None = None,
         resize: str | None = None,
         normalize: bool = False,
         high_bit: str = "range",
-        precision: str = "auto",
-        batch_size: int = 32,
-        device: str = "cpu",
-        seed: int = 0,
+        **config: Any,
     ) -> None:
-        if model_id and str(model_id).startswith("hf-hub:"):
-            model_id = str(model_id)[len("hf-hub:") :]
+        self.check_source_keys(config)
+        model_id = config.get("model_id")
+        if model_id and str(model_id).startswith("hf-hub:"):  # open_clip's spelling of a hub id
+            config = {**config, "model_id": str(model_id)[len("hf-hub:") :]}
         super().__init__(
-            model_id=model_id,
-            revision=revision,
-            local_dir=local_dir,
-            random_init=random_init,
-            config=config,
-            precision=precision,
-            batch_size=batch_size,
-            device=device,
-            seed=seed,
+            config,
             image_size=image_size,
             normalize=bool(normalize),
             high_bit=high_bit,
@@ -262,8 +243,6 @@ class BiomedCLIPExpert(FMImageExpert):
                 folder = self._folder()
                 path = folder / self.CONFIG_FILE
                 if not path.exists():
-                    from extractors.loading import WeightsNotFound, how_to_provide
-
                     raise WeightsNotFound(
                         f"expert {self.name!r}: {self.CONFIG_FILE} not found in {folder} (an open_clip "
                         f"model folder holds it beside the checkpoint). {how_to_provide(self.model_spec())}"
@@ -315,13 +294,9 @@ class BiomedCLIPExpert(FMImageExpert):
 
     # -- model ----------------------------------------------------------------------------
     def _folder(self) -> Path:
-        from extractors.loading import resolve_dir
-
         return resolve_dir(self.model_spec(), allow_patterns=list(self.WEIGHT_PATTERNS))
 
     def weights_status(self) -> tuple[str, str]:
-        from extractors.experts.fm_common import weights_status
-
         state, detail = weights_status(self.model_spec(), patterns=(self.CONFIG_FILE,))
         if state != "ok" or self.random_init:
             return state, detail
@@ -341,8 +316,6 @@ class BiomedCLIPExpert(FMImageExpert):
             torch.manual_seed(self.seed)
             visual = oc_model._build_vision_tower(int(cfg["embed_dim"]), cfg["vision_cfg"])
         if not self.random_init:
-            from extractors.loading import find_weights, load_state_dict
-
             folder = self._folder()
             _, files = find_weights(folder, self.name)
             state = load_state_dict(files[0], expert=self.name)
@@ -351,8 +324,6 @@ class BiomedCLIPExpert(FMImageExpert):
             state = {k.removeprefix("module."): v for k, v in state.items()}
             vis = {k[len("visual.") :]: v for k, v in state.items() if k.startswith("visual.")}
             if not vis:
-                from extractors.loading import LoadingError
-
                 raise LoadingError(f"expert {self.name!r}: no visual.* tensors in {files[0]}")
             visual.load_state_dict(vis, strict=True)
         return visual.eval().to(self.run_device)

@@ -26,15 +26,16 @@ pooled vector (default off: the fusion model standardises its inputs).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from extractors.base import SampleError
-from extractors.experts.fm_common import FMExpert, forward_chunks
+from extractors.experts.fm_common import FMExpert, autocast_dtype, forward_chunks
 from extractors.experts.text import clean_text
+from extractors.loading import ModelSpec, load_model, load_tokenizer
 from extractors.registry import register_expert
 
 POOLINGS = ("cls", "mean", "last")
@@ -93,23 +94,15 @@ class HFTextExpert(FMExpert):
 
     def __init__(
         self,
-        model_id: str | None = None,
-        revision: str | None = None,
-        local_dir: str | None = None,
-        random_init: bool = False,
-        config: dict[str, Any] | None = None,
         model_class: str | None = None,
         tokenizer: str | None = None,
         pooling: str | None = None,
         max_length: int | None = None,
         max_chunks: int | None = None,
         normalize: bool = False,
-        trust_remote_code: bool = False,
-        precision: str = "auto",
-        batch_size: int = 16,
-        device: str = "cpu",
-        seed: int = 0,
+        **config: Any,
     ) -> None:
+        self.check_source_keys(config)
         pooling = pooling or self.default_pooling
         if pooling not in POOLINGS:
             raise ValueError(
@@ -119,16 +112,7 @@ class HFTextExpert(FMExpert):
             self.model_class = str(model_class)
         max_length = int(max_length or self.default_max_length)
         super().__init__(
-            model_id=model_id,
-            revision=revision,
-            local_dir=local_dir,
-            random_init=random_init,
-            config=config,
-            trust_remote_code=trust_remote_code,
-            precision=precision,
-            batch_size=batch_size,
-            device=device,
-            seed=seed,
+            config,
             model_class=self.model_class,
             tokenizer=tokenizer,
             pooling=pooling,
@@ -140,17 +124,12 @@ class HFTextExpert(FMExpert):
         self._template: tuple[list[int], list[int]] | None = None
 
     # -- description ----------------------------------------------------------------------
-    def model_spec(self) -> Any:
-        from dataclasses import replace
-
+    def model_spec(self) -> ModelSpec:
         return replace(super().model_spec(), tokenizer=self.params["tokenizer"])
 
     @property
     def dim(self) -> int:
-        cfg = self.params["config"]
-        if self.random_init and "hidden_size" in cfg:
-            return int(cfg["hidden_size"])
-        return int(self.get_model().config.hidden_size)
+        return self.configured_dim("hidden_size", lambda model: model.config.hidden_size)
 
     @property
     def pooling(self) -> str:
@@ -163,15 +142,10 @@ class HFTextExpert(FMExpert):
     # -- model ----------------------------------------------------------------------------
     def get_tokenizer(self) -> Any:
         if self._tok is None:
-            from extractors.loading import load_tokenizer
-
             self._tok = load_tokenizer(self.model_spec())
         return self._tok
 
     def _load_model(self) -> Any:
-        from extractors.experts.fm_common import autocast_dtype
-        from extractors.loading import load_model
-
         spec = self.model_spec()
         extra: dict[str, Any] = {}
         if spec.random_init:

@@ -41,7 +41,15 @@ from typing import Any
 import numpy as np
 
 from extractors.base import SampleError
-from extractors.experts.fm_common import FMExpert, forward_chunks, missing_package
+from extractors.experts.fm_common import FMExpert, autocast_dtype, forward_chunks, missing_package
+from extractors.experts.fm_source import SOURCE_KEYS_NO_REMOTE_CODE
+from extractors.loading import (
+    LoadingError,
+    find_weights,
+    load_model,
+    resolve_dir,
+    verify_torch_files,
+)
 from extractors.readers import resolve_path
 from extractors.readers.timeseries import Series, read_series
 from extractors.registry import register_expert
@@ -74,6 +82,8 @@ def regrid(s: Series, step: float) -> Series:
 class FMTimeSeriesExpert(FMExpert):
     kind = "timeseries"
     window_default = 512
+    source_keys = SOURCE_KEYS_NO_REMOTE_CODE
+    series_keys = ("variables", "time_column", "step", "min_obs")  # taken by this base class
 
     def __init__(
         self,
@@ -81,16 +91,17 @@ class FMTimeSeriesExpert(FMExpert):
         time_column: str = "hour",
         step: float | None = None,
         min_obs: int = 1,
-        window: int | None = None,
-        **kwargs: Any,
+        **config: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        """The series keys every time-series FM expert takes; ``config``: the source keys."""
+        self.check_source_keys(config)
+        super().__init__(config)
         self.params.update(
             variables=sorted(map(str, variables)) if variables else None,
             time_column=str(time_column),
             step=float(step) if step else None,
             min_obs=max(1, int(min_obs)),
-            window=int(window) if window else None,
+            window=None,  # chronos: the context window (``window``); moirai: none
         )
 
     @property
@@ -181,6 +192,7 @@ class ChronosExpert(FMTimeSeriesExpert):
 
     model_class = "T5ForConditionalGeneration"
     default_model_id = "amazon/chronos-t5-small"
+    default_batch_size = 64
     packages = ("torch", "transformers", "chronos-forecasting", "numpy", "pandas")
     import_names = (
         ("torch", "torch"),
@@ -190,40 +202,16 @@ class ChronosExpert(FMTimeSeriesExpert):
 
     def __init__(
         self,
-        model_id: str | None = None,
-        revision: str | None = None,
-        local_dir: str | None = None,
-        random_init: bool = False,
-        config: dict[str, Any] | None = None,
         chronos_config: dict[str, Any] | None = None,
-        variables: list[str] | None = None,
-        time_column: str = "hour",
-        step: float | None = None,
-        min_obs: int = 1,
         window: int | None = None,
-        precision: str = "auto",
-        batch_size: int = 64,
-        device: str = "cpu",
-        seed: int = 0,
+        **config: Any,
     ) -> None:
-        super().__init__(
-            variables=variables,
-            time_column=time_column,
-            step=step,
-            min_obs=min_obs,
-            window=window,
-            model_id=model_id,
-            revision=revision,
-            local_dir=local_dir,
-            random_init=random_init,
-            config=config,
-            precision=precision,
-            batch_size=batch_size,
-            device=device,
-            seed=seed,
-        )
+        super().__init__(**config)
+        self.params["window"] = int(window) if window else None
         self.params["chronos_config"] = (
-            {**TINY_CHRONOS_CONFIG, **(chronos_config or {})} if random_init else chronos_config
+            {**TINY_CHRONOS_CONFIG, **(chronos_config or {})}
+            if self.random_init
+            else chronos_config
         )
         self._pipeline: Any = None
 
@@ -237,15 +225,9 @@ class ChronosExpert(FMTimeSeriesExpert):
 
     @property
     def dim(self) -> int:
-        cfg = self.params["config"]
-        if self.random_init and "d_model" in cfg:
-            return int(cfg["d_model"])
-        return int(self.get_model().config.d_model)
+        return self.configured_dim("d_model", lambda model: model.config.d_model)
 
     def _load_model(self) -> Any:
-        from extractors.experts.fm_common import autocast_dtype
-        from extractors.loading import LoadingError, load_model
-
         try:
             from chronos import ChronosConfig, ChronosModel, ChronosPipeline
         except ImportError as exc:
@@ -371,41 +353,11 @@ class MoiraiExpert(FMTimeSeriesExpert):
         ("hydra", "hydra-core"),
     )
 
-    def __init__(
-        self,
-        model_id: str | None = None,
-        revision: str | None = None,
-        local_dir: str | None = None,
-        random_init: bool = False,
-        config: dict[str, Any] | None = None,
-        patch_size: int = 32,
-        variables: list[str] | None = None,
-        time_column: str = "hour",
-        step: float | None = None,
-        min_obs: int = 1,
-        max_tokens: int | None = None,
-        precision: str = "auto",
-        batch_size: int = 16,
-        device: str = "cpu",
-        seed: int = 0,
-    ) -> None:
+    def __init__(self, patch_size: int = 32, max_tokens: int | None = None, **config: Any) -> None:
+        self.check_source_keys(config, also=self.series_keys)
         if int(patch_size) not in MOIRAI_PATCH_SIZES:
             raise ValueError(f"moirai: patch_size must be one of {MOIRAI_PATCH_SIZES}")
-        super().__init__(
-            variables=variables,
-            time_column=time_column,
-            step=step,
-            min_obs=min_obs,
-            model_id=model_id,
-            revision=revision,
-            local_dir=local_dir,
-            random_init=random_init,
-            config=config,
-            precision=precision,
-            batch_size=batch_size,
-            device=device,
-            seed=seed,
-        )
+        super().__init__(**config)
         self.params.update(
             patch_size=int(patch_size), max_tokens=int(max_tokens) if max_tokens else None
         )
@@ -420,10 +372,7 @@ class MoiraiExpert(FMTimeSeriesExpert):
 
     @property
     def dim(self) -> int:
-        cfg = self.params["config"]
-        if self.random_init and "d_model" in cfg:
-            return int(cfg["d_model"])
-        return int(self.get_model().d_model)
+        return self.configured_dim("d_model", lambda model: model.d_model)
 
     def load(self, value: str, root: Path) -> TSItem:
         """All variables share the time axis; windows of ``max_tokens // n_vars`` patches."""
@@ -472,8 +421,6 @@ class MoiraiExpert(FMTimeSeriesExpert):
     def _load_model(self) -> Any:
         import torch
 
-        from extractors.loading import find_weights, resolve_dir, verify_torch_files
-
         cls = moirai_module_class(self.name)
         if self.random_init:
             try:  # optional: uni2ts lives in envs/moirai.yaml
@@ -517,8 +464,6 @@ class MoiraiExpert(FMTimeSeriesExpert):
                 verify_torch_files(files, self.name)
             model = cls.from_pretrained(str(folder), local_files_only=True)
         if self.params["patch_size"] not in tuple(model.patch_sizes):
-            from extractors.loading import LoadingError
-
             raise LoadingError(
                 f"expert {self.name!r}: patch_size {self.params['patch_size']} not in {model.patch_sizes}"
             )

@@ -22,8 +22,8 @@ ImageNet weights and the checkpoint, which the policy forbids). Needs ``merlin-v
 
 ``radfm`` — RadFM (Wu et al. 2023) teacher: its 3D ViT vision encoder (``vision_encoder`` of
 the ``embedding_layer``: 32 x 32 x 4 patches, 768-d, 12 layers, 8 heads, learned 3-D position
-embeddings), re-implemented here with the same module names so that the released weights load
-as they are. RadFM's code is not a package and its weights are not on the hub in a loadable
+embeddings), re-implemented in :mod:`extractors.experts.radfm_vit` with the same module names so
+that the released weights load as they are. RadFM's code is not a package and its weights are not on the hub in a loadable
 form, so the expert loads **from a local checkpoint** only:
 
 1. download RadFM's ``pytorch_model.bin`` (the full model, ~28 GB; the RadFM repository's
@@ -50,8 +50,17 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import SampleError
-from extractors.experts.fm_common import FMExpert, missing_package
+from extractors.experts.fm_common import FMExpert, forward_chunks, missing_package, weights_status
+from extractors.experts.fm_source import SOURCE_KEYS_NO_REMOTE_CODE
+from extractors.experts.radfm_vit import (
+    RADFM_PREFIX,
+    RADFM_VIT,
+    build_radfm_vit,
+    load_radfm_vision,
+    radfm_export,
+)
+from extractors.experts.volume import check_volume
+from extractors.loading import LoadingError, load_state_dict, resolve_file
 from extractors.readers import resolve_path
 from extractors.readers.volumes import AXIS_ORDERS, Volume, read_volume
 from extractors.registry import register_expert
@@ -93,24 +102,24 @@ def pad_crop(arr: np.ndarray, shape: tuple[int, int, int], value: float = 0.0) -
     return np.ascontiguousarray(out[tuple(sl)], dtype=np.float32)
 
 
-def check_volume(vol: Volume) -> None:
-    if vol.array.shape[0] < 2:
-        raise SampleError(f"volume has {vol.array.shape[0]} slice(s), expected a 3-D volume")
-    if not np.isfinite(vol.array).all():
-        raise SampleError("NaN voxels")
-
-
 class FMVolumeExpert(FMExpert):
     kind = "volume"
     packages = ("torch", "numpy", "nibabel", "pydicom")
+    source_keys = SOURCE_KEYS_NO_REMOTE_CODE
 
     def read(self, value: str, root: Path) -> Volume:
         path = resolve_path(root, value, allow_dir=True)
         vol = read_volume(
             path, axis_order=self.params["axis_order"], npz_key=self.params["npz_key"]
         )
-        check_volume(vol)
+        check_volume(vol.array)
         return vol
+
+    def prepare_volume(self, vol: Volume) -> VolumeInput:  # the model's preprocessing
+        raise NotImplementedError
+
+    def load(self, value: str, root: Path) -> VolumeInput:
+        return self.prepare_volume(self.read(value, root))
 
     def collate(self, items: list[VolumeInput]) -> Any:
         import torch
@@ -148,15 +157,11 @@ class MerlinExpert(FMVolumeExpert):
     default_model_id = "stanfordmimi/Merlin"
     packages = ("torch", "merlin-vlm", "torchvision", "numpy", "nibabel", "pydicom")
     import_names = (("torch", "torch"), ("merlin", "merlin-vlm"), ("torchvision", "torchvision"))
+    default_batch_size = 2
     OUTPUTS = {"features": 2048, "contrastive": 512}
 
     def __init__(
         self,
-        model_id: str | None = None,
-        revision: str | None = None,
-        local_dir: str | None = None,
-        random_init: bool = False,
-        config: dict[str, Any] | None = None,
         checkpoint_file: str = MERLIN_CHECKPOINT,
         output: str = "features",
         spacing: tuple[float, float, float] | list[float] = (1.5, 1.5, 3.0),
@@ -164,25 +169,15 @@ class MerlinExpert(FMVolumeExpert):
         hu_window: tuple[float, float] | list[float] = (-1000.0, 1000.0),
         axis_order: str = "auto",
         npz_key: str | None = None,
-        precision: str = "auto",
-        batch_size: int = 2,
-        device: str = "cpu",
-        seed: int = 0,
+        **config: Any,
     ) -> None:
+        self.check_source_keys(config)
         if output not in self.OUTPUTS:
             raise ValueError(f"merlin: output must be one of {sorted(self.OUTPUTS)}")
         if axis_order not in AXIS_ORDERS:
             raise ValueError(f"merlin: axis_order must be one of {AXIS_ORDERS}")
         super().__init__(
-            model_id=model_id,
-            revision=revision,
-            local_dir=local_dir,
-            random_init=random_init,
-            config=config,
-            precision=precision,
-            batch_size=batch_size,
-            device=device,
-            seed=seed,
+            config,
             checkpoint_file=checkpoint_file,
             output=output,
             spacing=[float(v) for v in spacing],
@@ -213,12 +208,7 @@ class MerlinExpert(FMVolumeExpert):
         arr = pad_crop(arr, tuple(self.params["target_shape"]))
         return VolumeInput(arr[None], tuple(vol.array.shape), vol.spacing)  # (1, X, Y, Z)
 
-    def load(self, value: str, root: Path) -> VolumeInput:
-        return self.prepare_volume(self.read(value, root))
-
     def weights_status(self) -> tuple[str, str]:
-        from extractors.experts.fm_common import weights_status
-
         return weights_status(
             self.model_spec(), patterns=(self.params["checkpoint_file"], "*.safetensors")
         )
@@ -250,8 +240,6 @@ class MerlinExpert(FMVolumeExpert):
         return model.eval().to(self.run_device)
 
     def _state_dict(self) -> dict[str, Any]:
-        from extractors.loading import LoadingError, load_state_dict, resolve_file
-
         spec = self.model_spec()
         local = Path(spec.local_dir).expanduser() if spec.local_dir else None
         if local is not None and local.is_dir():
@@ -280,8 +268,6 @@ class MerlinExpert(FMVolumeExpert):
         return feats.flatten(2).mean(2)
 
     def forward(self, batch: Any) -> np.ndarray:
-        from extractors.experts.fm_common import forward_chunks
-
         self.get_model()
         outs = []
         with self.inference():
@@ -292,153 +278,6 @@ class MerlinExpert(FMVolumeExpert):
         return np.concatenate(outs)
 
 
-# ---------------------------------------------------------------------------------------------
-# RadFM
-# ---------------------------------------------------------------------------------------------
-
-RADFM_VIT = {
-    "image_size": 512,
-    "frames": 512,
-    "image_patch_size": 32,
-    "frame_patch_size": 4,
-    "dim": 768,
-    "depth": 12,
-    "heads": 8,
-    "dim_head": 64,
-    "mlp_dim": 2048,
-    "channels": 3,
-}
-RADFM_PREFIX = "embedding_layer.vision_encoder."
-
-
-def build_radfm_vit(cfg: dict[str, Any]) -> Any:
-    """RadFM's 3-D ViT (module names as in RadFM's ``vit_3d.py``, so its weights load)."""
-    import torch
-    from torch import nn
-
-    class PositionEmbeddingLearned3d(nn.Module):
-        def __init__(self, num_pos_feats: int, h: int, w: int, d: int) -> None:
-            super().__init__()
-            self.h_patch_num, self.w_patch_num, self.d_patch_num = h, w, d
-            self.row_embed = nn.Embedding(h, num_pos_feats)
-            self.col_embed = nn.Embedding(w, num_pos_feats)
-            self.dep_embed = nn.Embedding(d, num_pos_feats)
-            for e in (self.row_embed, self.col_embed, self.dep_embed):
-                nn.init.uniform_(e.weight)
-
-        def forward(self, b: int, h: int, w: int, d: int, x: Any) -> Any:
-            i = (torch.arange(h, device=x.device) + 1) * (self.h_patch_num // h) - 1
-            j = (torch.arange(w, device=x.device) + 1) * (self.w_patch_num // w) - 1
-            k = (torch.arange(d, device=x.device) + 1) * (self.d_patch_num // d) - 1
-            xe = self.row_embed(i)[:, None, None].expand(h, w, d, -1)
-            ye = self.col_embed(j)[None, :, None].expand(h, w, d, -1)
-            ze = self.dep_embed(k)[None, None, :].expand(h, w, d, -1)
-            pos = torch.cat([xe, ye, ze], dim=-1).reshape(1, h * w * d, -1)
-            return pos.expand(b, -1, -1)
-
-    class PreNorm(nn.Module):
-        def __init__(self, dim: int, fn: nn.Module) -> None:
-            super().__init__()
-            self.norm = nn.LayerNorm(dim)
-            self.fn = fn
-
-        def forward(self, x: Any) -> Any:
-            return self.fn(self.norm(x))
-
-    class FeedForward(nn.Module):
-        def __init__(self, dim: int, hidden: int) -> None:
-            super().__init__()
-            self.net = nn.Sequential(
-                nn.Linear(dim, hidden),
-                nn.GELU(),
-                nn.Dropout(0.0),
-                nn.Linear(hidden, dim),
-                nn.Dropout(0.0),
-            )
-
-        def forward(self, x: Any) -> Any:
-            return self.net(x)
-
-    class Attention(nn.Module):
-        def __init__(self, dim: int, heads: int, dim_head: int) -> None:
-            super().__init__()
-            inner = dim_head * heads
-            self.heads = heads
-            self.to_qkv = nn.Linear(dim, inner * 3, bias=False)
-            self.to_out = nn.Sequential(nn.Linear(inner, dim), nn.Dropout(0.0))
-
-        def forward(self, x: Any) -> Any:
-            b, n, _ = x.shape
-            q, k, v = (
-                t.reshape(b, n, self.heads, -1).transpose(1, 2)
-                for t in self.to_qkv(x).chunk(3, dim=-1)
-            )
-            out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
-            return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
-
-    class Transformer(nn.Module):
-        def __init__(self, dim: int, depth: int, heads: int, dim_head: int, mlp_dim: int) -> None:
-            super().__init__()
-            self.layers = nn.ModuleList(
-                nn.ModuleList(
-                    [
-                        PreNorm(dim, Attention(dim, heads, dim_head)),
-                        PreNorm(dim, FeedForward(dim, mlp_dim)),
-                    ]
-                )
-                for _ in range(depth)
-            )
-
-        def forward(self, x: Any) -> Any:
-            for attn, ff in self.layers:
-                x = attn(x) + x
-                x = ff(x) + x
-            return x
-
-    class Patchify(
-        nn.Module
-    ):  # einops Rearrange('b c (h p1) (w p2) (f pf) -> b (h w f) (p1 p2 pf c)')
-        def __init__(self, p1: int, p2: int, pf: int) -> None:
-            super().__init__()
-            self.p = (p1, p2, pf)
-
-        def forward(self, x: Any) -> Any:
-            b, c, hh, ww, ff = x.shape
-            p1, p2, pf = self.p
-            x = x.reshape(b, c, hh // p1, p1, ww // p2, p2, ff // pf, pf)
-            x = x.permute(0, 2, 4, 6, 3, 5, 7, 1)
-            return x.reshape(b, (hh // p1) * (ww // p2) * (ff // pf), p1 * p2 * pf * c)
-
-    class ViT3D(nn.Module):
-        def __init__(self, c: dict[str, Any]) -> None:
-            super().__init__()
-            p, pf, dim = c["image_patch_size"], c["frame_patch_size"], c["dim"]
-            patch_dim = c["channels"] * p * p * pf
-            self.patch, self.frame_patch = p, pf
-            self.to_patch_embedding = nn.Sequential(
-                Patchify(p, p, pf),
-                nn.LayerNorm(patch_dim),
-                nn.Linear(patch_dim, dim),
-                nn.LayerNorm(dim),
-            )
-            self.pos_embedding = PositionEmbeddingLearned3d(
-                dim // 3, c["image_size"] // p, c["image_size"] // p, c["frames"] // pf
-            )
-            self.transformer = Transformer(dim, c["depth"], c["heads"], c["dim_head"], c["mlp_dim"])
-
-        def forward(self, video: Any) -> Any:
-            b, _, h, w, d = video.shape
-            x = self.to_patch_embedding(video)
-            x = x + self.pos_embedding(
-                b, h // self.patch, w // self.patch, d // self.frame_patch, x
-            )
-            return self.transformer(x)
-
-    if cfg["dim"] % 3:
-        raise ValueError("radfm: dim must be divisible by 3 (three learned position embeddings)")
-    return ViT3D(cfg)
-
-
 @register_expert("radfm")
 class RadFMExpert(FMVolumeExpert):
     """RadFM's 3-D ViT vision encoder from a local checkpoint; mean of the output tokens."""
@@ -446,34 +285,26 @@ class RadFMExpert(FMVolumeExpert):
     model_class = "RadFM.ViT3D"
     needs_gpu = True
     packages = ("torch", "safetensors", "numpy", "nibabel", "pydicom")
+    default_batch_size = 1
+    # RadFM's weights are not on the hub in a loadable form: a local `checkpoint:` is its source
+    source_keys = ("random_init", "config", "precision", "batch_size", "device", "seed")
 
     def __init__(
         self,
         checkpoint: str | None = None,
-        random_init: bool = False,
-        config: dict[str, Any] | None = None,
         state_dict_prefix: str = RADFM_PREFIX,
         hu_window: tuple[float, float] | list[float] = (-1000.0, 1000.0),
         max_depth: int = 64,
         axis_order: str = "auto",
         npz_key: str | None = None,
-        precision: str = "auto",
-        batch_size: int = 1,
-        device: str = "cpu",
-        seed: int = 0,
+        **config: Any,
     ) -> None:
-        cfg = {**RADFM_VIT, **(config or {})}
+        self.check_source_keys(config)
+        cfg = {**RADFM_VIT, **(config.get("config") or {})}
         if int(max_depth) < cfg["frame_patch_size"] or int(max_depth) > cfg["frames"]:
             raise ValueError("radfm: max_depth must lie between frame_patch_size and frames")
         super().__init__(
-            model_id=None,
-            local_dir=checkpoint,
-            random_init=random_init,
-            config=cfg,
-            precision=precision,
-            batch_size=batch_size,
-            device=device,
-            seed=seed,
+            {**config, "local_dir": checkpoint, "config": cfg},
             state_dict_prefix=state_dict_prefix,
             hu_window=[float(v) for v in hu_window],
             max_depth=int(max_depth),
@@ -528,9 +359,6 @@ class RadFMExpert(FMVolumeExpert):
             np.repeat(arr[None], cfg["channels"], axis=0), tuple(vol.array.shape), vol.spacing
         )
 
-    def load(self, value: str, root: Path) -> VolumeInput:
-        return self.prepare_volume(self.read(value, root))
-
     def _load_model(self) -> Any:
         import torch
 
@@ -561,43 +389,6 @@ class RadFMExpert(FMVolumeExpert):
                 tokens = model(x[None].to(self.run_device, non_blocking=True))
                 out[i] = self.to_numpy(tokens.mean(dim=1))[0]
         return out
-
-
-def load_radfm_vision(
-    checkpoint: str | None, expert: str, prefix: str = RADFM_PREFIX
-) -> dict[str, Any]:
-    """The vision-encoder tensors of a RadFM checkpoint (full model or a radfm-export file)."""
-    from extractors.loading import LoadingError, WeightsNotFound, load_state_dict
-
-    if not checkpoint:
-        raise WeightsNotFound(
-            f"expert {expert!r}: RadFM needs `checkpoint:` (a local file); see fm_volume.py"
-        )
-    path = Path(checkpoint).expanduser()
-    if not path.is_file():
-        raise WeightsNotFound(
-            f"expert {expert!r}: RadFM checkpoint {path} not found. Download RadFM's pytorch_model.bin and set "
-            "`checkpoint:` to it (or to the safetensors written by `python -m extractors.experts.fm_volume "
-            "radfm-export`)."
-        )
-    state = load_state_dict(path, expert=expert)
-    out = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    if not out and any(k.startswith("to_patch_embedding.") for k in state):
-        out = dict(state)  # already exported
-    if not out:
-        raise LoadingError(f"expert {expert!r}: no {prefix}* tensors in {path}")
-    return out
-
-
-def radfm_export(src: str, dst: str) -> Path:
-    """Write RadFM's vision-encoder tensors from ``src`` (pytorch_model.bin) to a safetensors file."""
-    from safetensors.torch import save_file
-
-    state = load_radfm_vision(src, "radfm-export")
-    save_file(
-        {k: v.contiguous() for k, v in state.items()}, dst, metadata={"source": Path(src).name}
-    )
-    return Path(dst)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import Expert, SampleError
-from extractors.experts.image import ImageExpert, resolve_inner_expert
+from extractors.base import SampleError
+from extractors.experts.pooled import PooledImageExpert
 from extractors.readers import resolve_path
 from extractors.readers.slides import (
     TISSUE_METHODS,
@@ -47,10 +47,12 @@ class SlideItem:
 
 
 @register_expert("slide-tiles")
-class SlideTilesExpert(Expert):
+class SlideTilesExpert(PooledImageExpert):
     """Tile-and-pool WSI expert over an inner image expert (``tile_expert``: name, preset or dict)."""
 
     kind = "slide"
+    inner_key = "tile_expert"
+    own_packages = ("openslide-python", "openslide-bin", "scipy", "numpy")
 
     def __init__(
         self,
@@ -70,14 +72,11 @@ class SlideTilesExpert(Expert):
             raise ValueError(f"slide-tiles: tissue_method must be one of {TISSUE_METHODS}")
         if float(target_mpp) <= 0 or int(tile_px) < 8:
             raise ValueError("slide-tiles: target_mpp must be > 0 and tile_px >= 8")
-        self.inner: ImageExpert = resolve_inner_expert(
-            tile_expert, device, role="slide-tiles tile_expert"
-        )
         super().__init__(
+            tile_expert,
             batch_size=batch_size,
             device=device,
             seed=seed,
-            tile_expert=tile_expert,
             target_mpp=float(target_mpp),
             tile_px=int(tile_px),
             min_tissue=float(min_tissue),
@@ -87,36 +86,14 @@ class SlideTilesExpert(Expert):
             mask_px_per_tile=int(mask_px_per_tile),
         )
 
-    @property
-    def packages(self) -> tuple[str, ...]:  # type: ignore[override]
-        return tuple(
-            dict.fromkeys(
-                (*self.inner.packages, "openslide-python", "openslide-bin", "scipy", "numpy")
-            )
-        )
-
-    @property
-    def dim(self) -> int:
-        return self.inner.dim
-
-    @property
-    def model_id(self) -> str:
-        return self.inner.model_id
-
-    @property
-    def revision(self) -> str | None:
-        return self.inner.revision
+    def parts(self, item: SlideItem) -> list[Any]:
+        return item.tiles
 
     @property
     def pooling(self) -> str:
         return (
             f"mean over <= {self.params['max_tiles']} tissue tiles ({self.inner.pooling} per tile)"
         )
-
-    def preprocess_config(self) -> dict[str, Any]:
-        cfg = super().preprocess_config()
-        cfg["tile_expert"] = {"name": self.inner.name, **self.inner.preprocess_config()}
-        return cfg
 
     def load(self, value: str, root: Path) -> SlideItem:
         path = resolve_path(root, value)
@@ -154,15 +131,3 @@ class SlideTilesExpert(Expert):
         return SlideItem(
             tiles, grid.coords, size0, grid.tissue, grid.n_candidates, mpp, source, dims, mask
         )  # type: ignore[arg-type]
-
-    def embed(self, batch: list[SlideItem]) -> np.ndarray:
-        if not batch:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        flat = [t for item in batch for t in item.tiles]
-        vecs = np.asarray(self.inner.embed(flat), dtype=np.float64)
-        out, i = [], 0
-        for item in batch:
-            k = len(item.tiles)
-            out.append(vecs[i : i + k].mean(axis=0))
-            i += k
-        return np.stack(out).astype(np.float32)

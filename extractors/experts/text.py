@@ -14,8 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from extractors import loading
 from extractors.base import Expert, SampleError
+from extractors.experts.fm_common import weights_status
 from extractors.registry import register_expert
+from medmix.devices import resolve_device
 
 log = logging.getLogger("medmix.extract")
 
@@ -39,9 +42,7 @@ def _package_version() -> str:
 
 
 def hub_cache_dir(spec: Any) -> Path:
-    from extractors.loading import hub_cache
-
-    return hub_cache() / f"models--{str(spec.model_id).replace('/', '--')}"
+    return loading.hub_cache() / f"models--{str(spec.model_id).replace('/', '--')}"
 
 
 @dataclass
@@ -129,11 +130,9 @@ class MiniLMExpert(Expert):
         self._source: tuple[Path, str, str | None] | None = None  # (folder, source, revision)
 
     # -- source ---------------------------------------------------------------------------
-    def model_spec(self) -> Any:
-        from extractors.loading import ModelSpec
-
+    def model_spec(self) -> loading.ModelSpec:
         p = self.params
-        return ModelSpec(
+        return loading.ModelSpec(
             expert=self.name,
             model_id=p["model_id"],
             revision=p["revision"],
@@ -145,8 +144,6 @@ class MiniLMExpert(Expert):
         """``(folder, source, revision)``; source is ``local_dir``, ``hub`` or ``packaged``."""
         if self._source is not None:
             return self._source
-        from extractors import loading
-
         if self._model_dir:
             path = Path(self._model_dir).expanduser()
             loading.verify_sentence_transformers_dir(path, self.name)
@@ -234,8 +231,6 @@ class MiniLMExpert(Expert):
     def weights_status(self) -> tuple[str, str]:
         """(state, detail) for the doctor, without loading the model: ``ok`` for the pinned
         snapshot in the hub cache or a local folder, ``fallback`` for the packaged copy."""
-        from extractors.experts.fm_common import weights_status
-
         spec = self.model_spec()
         if self._model_dir:
             path = Path(self._model_dir).expanduser()
@@ -274,9 +269,6 @@ class MiniLMExpert(Expert):
         if self._model is None:
             from sentence_transformers import SentenceTransformer
 
-            from extractors.experts.fm_common import resolve_device
-            from extractors.loading import LoadingError
-
             path = self.model_dir  # verified by the loading policy (resolve_source)
             model = SentenceTransformer(
                 str(path), device=resolve_device(str(self.device)), local_files_only=True
@@ -287,7 +279,7 @@ class MiniLMExpert(Expert):
                 or model.get_sentence_embedding_dimension
             )
             if get_dim() != self.dim:
-                raise LoadingError(f"expert {self.name!r}: model in {path} is not 384-d")
+                raise loading.LoadingError(f"expert {self.name!r}: model in {path} is not 384-d")
             self._model = model
         return self._model
 

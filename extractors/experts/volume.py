@@ -1,4 +1,4 @@
-"""Volume expert: the 2.5D CT slicer (docs/design.md §5, paper App. A).
+"""Volume expert: the 2.5D CT slicer (paper App. A).
 
 K axial slice indices are sampled uniformly over the full depth (``np.linspace(0, D-1, K)``
 rounded; a volume with fewer than K slices repeats some), each slice is clipped to the HU
@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import Expert, SampleError
-from extractors.experts.image import ImageExpert, resolve_inner_expert
+from extractors.base import SampleError
+from extractors.experts.pooled import PooledImageExpert
 from extractors.readers import resolve_path
 from extractors.readers.volumes import AXIS_ORDERS, Volume, read_volume
 from extractors.registry import register_expert
@@ -39,11 +39,40 @@ def slice_indices(depth: int, k: int) -> np.ndarray:
     return np.round(np.linspace(0, depth - 1, k)).astype(np.int64)
 
 
+def slicing_window(role: str, hu_window: Any, k_slices: int) -> tuple[float, float]:
+    """The (lo, hi) HU window of a slicer's config, checked with ``k_slices``."""
+    lo, hi = float(hu_window[0]), float(hu_window[1])
+    if not hi > lo:
+        raise ValueError(f"{role}: hu_window {hu_window} must be [lo, hi] with hi > lo")
+    if int(k_slices) < 1:
+        raise ValueError(f"{role}: k_slices must be >= 1")
+    return lo, hi
+
+
+def windowed_slices(
+    arr: np.ndarray, k: int, hu_window: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The indices of K axial slices of a (D, H, W) volume and the slices, HU-windowed to [0, 1]."""
+    idx = slice_indices(arr.shape[0], k)
+    lo, hi = hu_window
+    return idx, (np.clip(arr[idx], lo, hi) - lo) / (hi - lo)
+
+
+def check_volume(arr: np.ndarray) -> None:
+    """A (D, H, W) volume is refused when it has one slice (a 2-D image) or undefined voxels."""
+    if arr.shape[0] < 2:
+        raise SampleError(f"volume has {arr.shape[0]} slice(s), expected a 3-D volume")
+    if not np.isfinite(arr).all():
+        raise SampleError("NaN voxels")
+
+
 @register_expert("ct-slicer")
-class CTSlicerExpert(Expert):
+class CTSlicerExpert(PooledImageExpert):
     """2.5D slicer over an inner image expert (``image_expert``: registered/preset name or dict)."""
 
     kind = "volume"
+    inner_key = "image_expert"
+    own_packages = ("nibabel", "pydicom", "numpy")
 
     def __init__(
         self,
@@ -56,51 +85,26 @@ class CTSlicerExpert(Expert):
         device: str = "cpu",
         seed: int = 0,
     ) -> None:
-        lo, hi = float(hu_window[0]), float(hu_window[1])
-        if not hi > lo:
-            raise ValueError(f"ct-slicer: hu_window {hu_window} must be [lo, hi] with hi > lo")
-        if int(k_slices) < 1:
-            raise ValueError("ct-slicer: k_slices must be >= 1")
+        lo, hi = slicing_window("ct-slicer", hu_window, k_slices)
         if axis_order not in AXIS_ORDERS:
             raise ValueError(f"ct-slicer: axis_order must be one of {AXIS_ORDERS}")
-        self.inner: ImageExpert = resolve_inner_expert(
-            image_expert, device, role="ct-slicer image_expert"
-        )
         super().__init__(
+            image_expert,
             batch_size=batch_size,
             device=device,
             seed=seed,
-            image_expert=image_expert,
             k_slices=int(k_slices),
             hu_window=[lo, hi],
             axis_order=axis_order,
             npz_key=npz_key,
         )
 
-    @property
-    def packages(self) -> tuple[str, ...]:  # type: ignore[override]
-        return tuple(dict.fromkeys((*self.inner.packages, "nibabel", "pydicom", "numpy")))
-
-    @property
-    def dim(self) -> int:
-        return self.inner.dim
-
-    @property
-    def model_id(self) -> str:
-        return self.inner.model_id
-
-    @property
-    def revision(self) -> str | None:
-        return self.inner.revision
+    def parts(self, item: VolumeItem) -> list[Any]:
+        return item.slices
 
     @property
     def pooling(self) -> str:
         return f"mean over {self.params['k_slices']} axial slices ({self.inner.pooling} per slice)"
-
-    def preprocess_config(self) -> dict[str, Any]:
-        cfg = super().preprocess_config()
-        cfg["image_expert"] = {"name": self.inner.name, **self.inner.preprocess_config()}
-        return cfg
 
     def read(self, value: str, root: Path) -> Volume:
         path = resolve_path(root, value, allow_dir=True)
@@ -110,28 +114,10 @@ class CTSlicerExpert(Expert):
 
     def prepare_volume(self, vol: Volume) -> VolumeItem:
         arr = vol.array
-        if arr.shape[0] < 2:
-            raise SampleError(f"volume has {arr.shape[0]} slice(s), expected a 3-D volume")
-        if not np.isfinite(arr).all():
-            raise SampleError("NaN voxels")
-        idx = slice_indices(arr.shape[0], self.params["k_slices"])
-        picked = arr[idx]
-        lo, hi = self.params["hu_window"]
-        unit = (np.clip(picked, lo, hi) - lo) / (hi - lo)
+        check_volume(arr)
+        idx, unit = windowed_slices(arr, self.params["k_slices"], self.params["hu_window"])
         slices = [self.inner.prepare_array(s) for s in unit]
         return VolumeItem(slices, idx, tuple(int(s) for s in arr.shape), vol.spacing)  # type: ignore[arg-type]
 
     def load(self, value: str, root: Path) -> VolumeItem:
         return self.prepare_volume(self.read(value, root))
-
-    def embed(self, batch: list[VolumeItem]) -> np.ndarray:
-        if not batch:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        flat = [s for item in batch for s in item.slices]
-        vecs = np.asarray(self.inner.embed(flat), dtype=np.float64)
-        out, i = [], 0
-        for item in batch:
-            k = len(item.slices)
-            out.append(vecs[i : i + k].mean(axis=0))
-            i += k
-        return np.stack(out).astype(np.float32)
