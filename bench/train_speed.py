@@ -48,7 +48,8 @@ sys.path.insert(0, str(REPO))
 from fusion.data import FusionData, Standardization  # noqa: E402
 from fusion.losses import kd_lambda  # noqa: E402
 from fusion.registry import MethodPlan  # noqa: E402
-from fusion.train import FusionHParams, SeedTrainer  # noqa: E402
+from fusion.trainer import SeedTrainer  # noqa: E402
+from medmix.hparams import FusionHParams  # noqa: E402
 
 MODALITIES = ["frontal", "lateral", "note", "ehr"]
 EXPERTS = ["biomed", "general", "rag"]

@@ -23,6 +23,7 @@ import argparse
 import json
 import logging
 
+from fusion.registry import list_methods
 from medmix.cli import add_output_options, add_version_argument, setup_cli_logging
 from medmix.config import dataset_paths, load_config_arg, select_methods
 
@@ -72,7 +73,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from fusion.train import write_metrics_table
+    from fusion.evaluate import write_metrics_table
 
     cfg = load_config_arg(args.config)
     paths = dataset_paths(cfg, args.dataset)
@@ -101,8 +102,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
-    from fusion.registry import list_methods
-
     for name in list_methods():
         print(name)
     return 0

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+import fusion.train
+from fusion.data import load_fusion_data
 from medmix.ablation_plan import (
     UNIFORM_METHOD,
     Variant,
@@ -47,38 +49,10 @@ from medmix.ablation_plan import (
     expert_families,
     variant_by_name,
 )
+from medmix.config import cache_paths, dataset_paths, load_config_arg
+from medmix.logs import setup_logging
 
 log = logging.getLogger("medmix.fusion.ablations")
-
-
-def register_variants() -> None:
-    """Register the ablation model classes (``medmix-uniform``); idempotent.
-
-    Kept out of module import so that the variant definitions below can be read without
-    torch (the report rules render the ablation table from them).
-    """
-    from fusion.registry import _METHODS
-
-    if UNIFORM_METHOD in _METHODS:
-        return
-    from torch import nn
-
-    from fusion.medmix import MedMIX
-    from fusion.registry import register_method
-
-    class _ZeroScorer(nn.Module):
-        """A router that scores every expert 0: the masked softmax is then uniform."""
-
-        def forward(self, x):
-            return x.new_zeros(*x.shape[:-1], 1)
-
-    @register_method(UNIFORM_METHOD)
-    class MedMIXUniform(MedMIX):
-        """MedMIX with the intra-modality router replaced by the mean of available experts."""
-
-        def __init__(self, spec: Any) -> None:
-            super().__init__(spec)
-            self.routers = _ZeroScorer()
 
 
 # -- best single expert ---------------------------------------------------------------------
@@ -176,14 +150,9 @@ def train_variant(
     device: str = "cpu",
 ) -> Path:
     """Train one ablation variant (all seeds) into ``out``."""
-    from fusion.train import run_training
-
     variant = variant_by_name(cfg, dataset, variant_name)
     selection = None
     if variant.kind == "best_expert":
-        from fusion.data import load_fusion_data
-        from medmix.config import cache_paths, dataset_paths
-
         data = load_fusion_data(dataset_paths(cfg, dataset).manifest, cache_paths(cfg, dataset))
         selection = select_best_experts(data)
         log.info(
@@ -192,9 +161,11 @@ def train_variant(
             {m: v["expert"] for m, v in selection.items()},
         )
     vcfg, method = variant_config(cfg, dataset, variant, selection)
-    register_variants()
-    run_training(vcfg, dataset, method, "full", out, seeds=seeds, threads=threads, device=device)
+    fusion.train.run_training(
+        vcfg, dataset, method, "full", out, seeds=seeds, threads=threads, device=device
+    )
     out = Path(out)
+    # lambda_kd as the variant's config writes it (null where the config leaves it out)
     meta = {"variant": variant.name, "label": variant.label, "method": method,
             "modalities": vcfg["datasets"][dataset]["modalities"],
             "lambda_kd": (vcfg.get("fusion") or {}).get("lambda_kd")}  # fmt: skip
@@ -205,9 +176,6 @@ def train_variant(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medmix.config import load_config_arg
-    from medmix.logs import setup_logging
-
     parser = argparse.ArgumentParser(prog="python -m fusion.ablations", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="cmd", required=True)

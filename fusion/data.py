@@ -18,7 +18,7 @@ A teacher cache used as a model *input* (AdaCoMed, ``<modality>-large``) is load
 ordinary expert named ``teacher`` instead (see :func:`medmix.plan.method_inputs`).
 
 Protocols (missing-modality masks) act on a loaded :class:`FusionData` through
-:func:`apply_protocol`. :func:`load_fusion_data_cached` keeps loaded data in memory, so
+:func:`fusion.protocols.apply_protocol`. :func:`load_fusion_data_cached` keeps loaded data in memory, so
 several methods (or the seeds of one) trained in one process read the caches once.
 """
 
@@ -123,6 +123,8 @@ class FusionData:
     y: torch.Tensor  # (N, C) float32 (NaN = unknown) or (N,) int64 (-1 = unknown)
     standardization: Standardization
     teacher: TeacherData | None = None
+    # the manifest as read (its own columns, e.g. a severity score): read once per run
+    manifest: pd.DataFrame | None = None
 
     @property
     def n(self) -> int:
@@ -365,6 +367,7 @@ def load_fusion_data(
         y=y,
         standardization=Standardization(mean, std),
         teacher=teacher,
+        manifest=df,
     )
 
 
@@ -397,10 +400,3 @@ def load_fusion_data_cached(
             _LOADED.pop(next(iter(_LOADED)))
         _LOADED[key] = load_fusion_data(manifest, caches, teachers=teachers)
     return _LOADED[key]
-
-
-def apply_protocol(data: FusionData, protocol: str, seed: int) -> FusionData:
-    """Apply a protocol's seeded availability mask on top of δ (see :mod:`fusion.protocols`)."""
-    from fusion.protocols import apply_protocol as _apply
-
-    return _apply(data, protocol, seed)

@@ -50,7 +50,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cohorts.manifest import read_manifest
+from medmix.cli import add_output_options, add_version_argument, setup_cli_logging
+from medmix.config import dataset_paths, load_config_arg
+from medmix.io import write_text_atomic
 from medmix.methods import TEACHER_EXPERT
+from medmix.rag_settings import rag_config
 
 if TYPE_CHECKING:
     from torch import nn
@@ -258,9 +263,6 @@ def _first_values(
     cfg: dict[str, Any], dataset: str, modality: str, k: int = 1
 ) -> tuple[list[Any], Path]:
     """Up to ``k`` non-null manifest values of ``modality`` (test split first) and the root."""
-    from cohorts.manifest import read_manifest
-    from medmix.config import dataset_paths
-
     df, meta = read_manifest(dataset_paths(cfg, dataset).manifest)
     df = df[df[modality].notna()]
     order = df["split"].map({"test": 0, "val": 1, "train": 2}).fillna(3)
@@ -314,7 +316,6 @@ def expert_cost(
 def rag_cost(cfg: dict[str, Any], dataset: str, modality: str, device: str = "cpu") -> Cost:
     """The RAG expert's deployed encoders (query encoder + LLM) on one text of ``k`` docs."""
     from extractors.rag.encoders import build_encoder
-    from medmix.rag_settings import rag_config
     from extractors.rag.softprompt import SoftPromptEncoder
 
     rag = rag_config({k: v for k, v in (cfg.get("rag") or {}).items() if k != "device"})
@@ -338,9 +339,6 @@ def rag_cost(cfg: dict[str, Any], dataset: str, modality: str, device: str = "cp
 
 def _sample_text(cfg: dict[str, Any], dataset: str, modality: str) -> str:
     """A text of the dataset (the modality's own, or another text modality's) to time RAG on."""
-    from cohorts.manifest import read_manifest
-    from medmix.config import dataset_paths
-
     df, meta = read_manifest(dataset_paths(cfg, dataset).manifest)
     kinds = meta.modalities
     for m in [modality, *kinds]:
@@ -384,11 +382,8 @@ def dataset_efficiency(
     run only its modality's) and, where it reads a teacher cache as an input (expert
     ``teacher``: AdaCoMed, ``<modality>-large``), that modality's configured teacher model.
     """
-    from fusion.ablations import register_variants
-    from fusion.registry import load_model
-    from medmix.config import dataset_paths
+    from fusion.checkpoint import load_model  # torch: the report imports this module
 
-    register_variants()
     paths = dataset_paths(cfg, dataset)
     root = Path(runs_root) if runs_root else paths.root / "runs"
     teachers = _teachers(cfg, dataset)
@@ -453,7 +448,6 @@ def write_efficiency(
     out: str | os.PathLike,
     device: str = "cpu",
 ) -> Path:
-    from medmix.io import write_text_atomic
 
     result = dataset_efficiency(cfg, dataset, methods, device)
     return write_text_atomic(out, json.dumps(result, indent=1, sort_keys=True))
@@ -522,9 +516,6 @@ def efficiency_rows(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medmix.cli import add_output_options, add_version_argument, setup_cli_logging
-    from medmix.config import load_config_arg
-
     parser = argparse.ArgumentParser(prog="python -m fusion.efficiency", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     add_version_argument(parser)

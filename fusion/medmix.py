@@ -48,12 +48,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from fusion.registry import ModelSpec, register_method
+from medmix.hparams import PROJECTIONS
 
+# Expert encoders (ModelSpec.projection, PROJECTIONS): the paper's adapter + normalised
+# projection, or a plain linear projection (ours: on the demo cohorts it keeps the linear signal
+# a logistic regression finds; docs/fusion.md, "Why the fusion models trailed a linear probe").
 LN_EPS = 1e-5
-# Expert encoders (ModelSpec.projection): the paper's adapter + normalised projection, or a
-# plain linear projection (ours: on the demo cohorts it keeps the linear signal a logistic
-# regression finds; docs/fusion.md, "Why the fusion models trailed a linear probe").
-PROJECTIONS = ("paper", "linear")
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:

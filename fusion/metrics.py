@@ -37,6 +37,7 @@ averaged in as NaN.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,11 +45,18 @@ from fusion.ranking import average_precision as average_precision_score
 from fusion.ranking import precision_recall_curve
 from fusion.ranking import roc_auc as roc_auc_score
 
+if TYPE_CHECKING:
+    from fusion.data import FusionData
+    from fusion.inference import Predictions
+    from fusion.registry import ModelSpec
+
 METRICS = ("auroc", "auprc", "f1", "macro_f1", "accuracy", "brier", "ece")
 LABEL_METRICS = ("auroc", "auprc", "f1", "accuracy", "brier", "ece")
 DEFAULT_THRESHOLD = 0.5
 ECE_BINS = 15
 CI_LEVEL = 0.95
+EVAL_SPLITS = ("val", "test", "external")  # the splits a seed's metrics.json covers
+CI_SPLITS = ("test", "external")  # ... with bootstrap intervals
 
 
 @dataclass
@@ -469,3 +477,47 @@ def seed_mean_std(
     mean = {m: float(np.mean(x)) for m, x in values.items()}
     std = {m: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0 for m, x in values.items()}
     return mean, std
+
+
+# -- one seed's predictions ------------------------------------------------------------------
+
+
+def compute_metrics(
+    data: FusionData, spec: ModelSpec, pred: Predictions, n_boot: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Thresholds chosen on val, metrics of val / test / external (+ bootstrap CIs)."""
+    y = data.y.cpu().numpy()
+    names = spec.output_names
+    no_mod = ~data.modality_mask.any(dim=1).cpu().numpy()
+    thresholds: dict[str, float] = {}
+    if data.task_type != "multiclass":
+        val = data.split == "val"
+        thresholds = (
+            choose_thresholds(y[val], pred.probs[val], names)
+            if val.any()
+            else {n: 0.5 for n in names}
+        )
+    splits = {}
+    for s in EVAL_SPLITS:
+        rows = data.split == s
+        if rows.any():
+            sm = evaluate_split(
+                y[rows],
+                pred.probs[rows],
+                data.task_type,
+                names,
+                thresholds,
+                int(no_mod[rows].sum()),
+            )
+            if s in CI_SPLITS and n_boot > 0:
+                sm.ci = bootstrap_ci(
+                    y[rows], pred.probs[rows], data.task_type, names, thresholds,
+                    n_boot=n_boot, seed=seed, skip=sm.skipped_labels,
+                )  # fmt: skip
+            splits[s] = sm.to_dict()
+    return {
+        "task_type": data.task_type,
+        "labels": names,
+        "thresholds": thresholds,
+        "splits": splits,
+    }

@@ -47,6 +47,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cohorts.manifest import read_manifest
+
 log = logging.getLogger("medmix.fusion.paired")
 
 N_BOOT = 2000
@@ -264,8 +266,6 @@ class SplitLabels:
 
 def load_test_labels(manifest: str | Path) -> SplitLabels:
     """The test split's labels from a dataset manifest (``label_{name}`` columns)."""
-    from cohorts.manifest import read_manifest
-
     df, meta = read_manifest(manifest)
     test = df[df["split"].astype(str) == "test"]
     cols = meta.label_columns()

@@ -1,6 +1,6 @@
 """Inference API: ``fusion.predict(model_dir, inputs)`` — no training code, no teacher cache.
 
-A saved model is ``model.safetensors`` + ``config.json`` (:func:`fusion.registry.save_model`).
+A saved model is ``model.safetensors`` + ``config.json`` (:func:`fusion.checkpoint.save_model`).
 :func:`predict` rebuilds it (the model class, its spec and the standardisation statistics
 fitted on the training split) and scores samples given as embedding caches or as arrays::
 
@@ -32,7 +32,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fusion.registry import LoadedModel, Predictions, load_model
+from extractors.cache import read_cache
+from fusion.checkpoint import load_model
+from fusion.inference import LoadedModel, predict_tensors
 
 Source = str | os.PathLike | np.ndarray | torch.Tensor | tuple
 
@@ -70,50 +72,9 @@ class PredictionResult:
         return pd.DataFrame(cols)
 
 
-@torch.no_grad()
-def predict_tensors(
-    model: torch.nn.Module,
-    xs: list[torch.Tensor],
-    delta: torch.Tensor,
-    task_type: str,
-    batch_size: int = 8192,
-) -> Predictions:
-    """Eval-mode outputs of ``model`` for per-expert inputs ``xs`` and availability ``delta``."""
-    model.eval()
-    device = model.prior.device
-    n = delta.shape[0]
-    logits, alphas, betas = [], [], []
-    for s in range(0, n, batch_size):
-        sl = slice(s, min(s + batch_size, n))
-        dtype = torch.bfloat16 if device.type == "cuda" else None
-        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            out = model([x[sl].to(device) for x in xs], delta[sl].to(device))
-        logits.append(out.logits.float().cpu())
-        if out.alpha is not None:
-            alphas.append(out.alpha.float().cpu())
-        if out.beta is not None:
-            betas.append(out.beta.float().cpu())
-    c = model.spec.n_outputs
-    lg = torch.cat(logits) if logits else torch.zeros(0, c)
-    probs = torch.softmax(lg, dim=-1) if task_type == "multiclass" else torch.sigmoid(lg)
-    return Predictions(
-        probs=probs.numpy(),
-        logits=lg.numpy(),
-        alpha=torch.cat(alphas).numpy() if alphas else None,
-        beta=torch.cat(betas).numpy() if betas else None,
-    )
-
-
-def predict_data(model: torch.nn.Module, data: Any, batch_size: int = 8192) -> Predictions:
-    """Eval-mode outputs for every sample of a :class:`fusion.data.FusionData`."""
-    return predict_tensors(model, data.x, data.delta, data.task_type, batch_size)
-
-
 def _read_source(src: Source) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
     """(sample ids or None, embeddings (N, D), ok mask or None) of one input."""
     if isinstance(src, str | os.PathLike):
-        from extractors.cache import read_cache
-
         cache = read_cache(Path(src))
         return cache.sample_ids.astype(str), cache.embeddings, cache.status == "ok"
     if isinstance(src, tuple):

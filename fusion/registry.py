@@ -1,8 +1,10 @@
-"""Method registry: method names -> fusion model classes, and checkpoints that rebuild them.
+"""Method registry: method names -> fusion model classes.
 
 A fusion method is one :class:`torch.nn.Module` subclass of
 :class:`fusion.medmix.FusionModel`, registered with ``@register_method("name")``; its
-constructor takes a :class:`ModelSpec` (everything that fixes the architecture).
+constructor takes a :class:`ModelSpec` (everything that fixes the architecture). The built-in
+methods (:mod:`fusion.medmix`, :mod:`fusion.medmix_sum`, :mod:`fusion.baselines` and the
+ablation variant :mod:`fusion.medmix_uniform`) are loaded on the first lookup.
 
 Method strings used by the workflow are resolved by :func:`resolve_method`:
 
@@ -17,32 +19,22 @@ Method strings used by the workflow are resolved by :func:`resolve_method`:
 
 The grammar of method strings and the catalogue of names, labels and row order are in
 :mod:`medmix.methods` (torch-free); which caches a run reads is :func:`medmix.plan.method_inputs`.
+Checkpoints (``model.safetensors`` + ``config.json``) are written and rebuilt by
+:mod:`fusion.checkpoint`.
 
-A checkpoint is ``model.safetensors`` (the state dict) plus ``config.json`` (the spec and the
-standardisation statistics); :func:`load_model` rebuilds the model from these two files alone
-(a linear probe's, format ``medmix-linear-probe/1``, through :func:`fusion.probe.load_probe`).
-Distillation heads are training-only: they are never part of a checkpoint.
+Torch-free at import: the model modules are imported on the first lookup.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
-
-import numpy as np
 
 from medmix.methods import LARGE, METHODS, PROBE, MethodError, parse_method
 
 if TYPE_CHECKING:
-    import torch
-
-    from fusion.data import FusionData, Standardization
+    from fusion.data import FusionData
     from fusion.medmix import FusionModel
-
-CHECKPOINT_FORMAT = "medmix-fusion/2"
 
 _METHODS: dict[str, type] = {}
 
@@ -72,16 +64,19 @@ def register_method(name: str):
     return deco
 
 
-def _load_builtin() -> None:
-    # Importing the modules runs their @register_method decorators.
+def load_builtin_methods() -> None:
+    """Register the built-in methods (importing their modules runs ``@register_method``)."""
     import fusion.baselines  # noqa: F401
     import fusion.medmix  # noqa: F401
     import fusion.medmix_sum  # noqa: F401
+    import fusion.medmix_uniform  # noqa: F401
 
 
 def list_methods() -> list[str]:
-    _load_builtin()
-    return sorted([*_METHODS, PROBE])
+    """The methods a config's ``methods:`` may name (registered ablation variants such as
+    ``medmix-uniform`` are left out), and the linear probe."""
+    load_builtin_methods()
+    return sorted([*(m for m in _METHODS if METHODS[m].in_config), PROBE])
 
 
 def method_class(name: str) -> type[FusionModel]:
@@ -90,14 +85,7 @@ def method_class(name: str) -> type[FusionModel]:
             f"{PROBE!r} is a scikit-learn logistic regression, not a torch fusion model "
             "(fusion.probe.run_probe trains it; fusion.probe.load_probe loads it)"
         )
-    _load_builtin()
-    if name not in _METHODS:
-        try:  # ablation variants (e.g. medmix-uniform) register on demand
-            from fusion.ablations import register_variants
-
-            register_variants()
-        except ImportError:
-            pass
+    load_builtin_methods()
     if name not in _METHODS:
         raise MethodError(f"unknown fusion method {name!r}; registered: {sorted(_METHODS)}")
     return _METHODS[name]
@@ -175,6 +163,23 @@ class ModelSpec:
             return [f"{self.label_names[0]}_{c}" for c in (self.class_names or [])]
         return list(self.label_names)
 
+    @classmethod
+    def of_data(cls, data: FusionData, method: str, run_method: str, **arch: Any) -> ModelSpec:
+        """The spec of a ``method`` model on ``data``'s modalities, experts, dims and labels
+        (``arch``: the architecture fields, e.g. ``d``, ``dropout``, ``extra``)."""
+        return cls(
+            method=method,
+            modalities=list(data.modalities),
+            experts={m: list(data.experts[m]) for m in data.modalities},
+            dims={m: dict(data.dims[m]) for m in data.modalities},
+            task_type=data.task_type,
+            label_names=list(data.label_names),
+            n_outputs=data.n_outputs,
+            class_names=data.class_names,
+            run_method=run_method,
+            **arch,
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
@@ -185,78 +190,3 @@ class ModelSpec:
 
 def build_model(spec: ModelSpec) -> FusionModel:
     return method_class(spec.method)(spec)
-
-
-@dataclass
-class Predictions:
-    probs: np.ndarray  # (N, C)
-    logits: np.ndarray  # (N, C)
-    alpha: np.ndarray | None  # (N, M, E_max), 0 where missing
-    beta: np.ndarray | None  # (N, M), 0 where missing
-
-
-@dataclass
-class LoadedModel:
-    """A model rebuilt from a checkpoint, with the statistics its inputs must be scaled by."""
-
-    model: FusionModel
-    spec: ModelSpec
-    standardization: Standardization
-    info: dict[str, Any]
-
-    def predict(self, data: FusionData, batch_size: int = 8192) -> Predictions:
-        """Probabilities (and α/β where the model has them) for every sample of ``data``.
-
-        ``data`` must have been loaded with ``standardization=self.standardization``.
-        """
-        from fusion.predict import predict_data
-
-        return predict_data(self.model, data, batch_size=batch_size)
-
-
-def save_model(
-    directory: str | os.PathLike,
-    model: FusionModel,
-    standardization: Standardization,
-    info: dict[str, Any] | None = None,
-) -> None:
-    """Write ``model.safetensors`` and ``config.json`` into ``directory``."""
-    from safetensors.torch import save_file
-
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"), metadata={"format": CHECKPOINT_FORMAT})
-    cfg = {
-        "format": CHECKPOINT_FORMAT,
-        "spec": model.spec.to_dict(),
-        "standardization": standardization.to_dict(),
-        "info": info or {},
-    }
-    (directory / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True))
-
-
-def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
-    """Rebuild a saved model from ``model.safetensors`` + ``config.json`` (eval mode)."""
-    from safetensors.torch import load_file
-
-    from fusion.data import Standardization
-
-    directory = Path(directory)
-    cfg = json.loads((directory / "config.json").read_text())
-    if str(cfg.get("format", "")).startswith("medmix-linear-probe/"):
-        from fusion.probe import load_probe
-
-        return load_probe(directory, device)
-    if cfg.get("format") != CHECKPOINT_FORMAT:
-        raise MethodError(
-            f"{directory}: checkpoint format {cfg.get('format')!r}, this code reads "
-            f"{CHECKPOINT_FORMAT!r} (retrain the run: the expert encoder's layout changed)"
-        )
-    spec = ModelSpec.from_dict(cfg["spec"])
-    model = build_model(spec)
-    model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(device)))
-    model.to(device).eval()
-    return LoadedModel(
-        model, spec, Standardization.from_dict(cfg["standardization"]), cfg.get("info", {})
-    )

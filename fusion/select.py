@@ -1,7 +1,7 @@
 """Model selection of the fusion hyper-parameters on the validation split (``fusion.select``).
 
 For one (dataset, method) every point of the declared grid (``fusion.select.grid``: lists of
-values of :class:`fusion.train.FusionHParams` numeric fields, crossed) is trained with the code
+values of :class:`medmix.hparams.FusionHParams` numeric fields, crossed) is trained with the code
 of a normal run (:func:`fusion.train.train_seeds`, vectorised over the seeds) on the first
 ``fusion.select.seeds`` seeds of the config's ``seeds``, on the ``full`` protocol data (no
 missingness applied). The point with the best validation metric wins: ``auroc`` (val macro
@@ -40,8 +40,9 @@ import yaml
 
 from fusion.data import FusionData, load_fusion_data_cached
 from fusion.registry import resolve_method
-from fusion.train import FusionHParams, train_seeds
+from fusion.train import train_seeds
 from medmix.config import SCHEMA_PATH, dataset_paths
+from medmix.hparams import FusionHParams
 from medmix.io import write_text_atomic
 from medmix.methods import LARGE, is_probe, parse_method
 from medmix.plan import method_inputs

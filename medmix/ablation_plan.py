@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from medmix.config import RAG_TYPE, is_rag_expert
+from medmix.hparams import FusionHParams
 from medmix.protocol_names import modality_label
 
 FAMILY_ORDER = ("biomedical", "general", "rag")
@@ -80,7 +81,7 @@ def ablation_variants(cfg: dict[str, Any], dataset: str) -> list[Variant]:
     mods = list(cfg["datasets"][dataset]["modalities"])
     out = [Variant("medmix", "MedMIX", "full", "medmix", "reference")]
     if "no_distill" in kinds:
-        if float((cfg.get("fusion") or {}).get("lambda_kd") or 0.0) == 0.0:
+        if float(FusionHParams.of(cfg).lambda_kd) == 0.0:
             # distillation is off: MedMIX itself is the model without it (no second training)
             out.append(Variant("medmix", "w/o distillation", "full", "medmix", "no_distill"))
         else:

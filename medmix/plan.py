@@ -24,6 +24,7 @@ from medmix.config import (
     load_config,
     table1_methods,
 )
+from medmix.hparams import FusionHParams
 from medmix.methods import (
     LARGE,
     ONELLM,
@@ -58,7 +59,7 @@ class MethodInputs:
 
 def onellm_weights(cfg: dict[str, Any]) -> Path | None:
     """The OneLLM checkpoint folder from ``fusion.onellm_weights`` or $MEDMIX_ONELLM_WEIGHTS."""
-    raw = (cfg.get("fusion") or {}).get("onellm_weights") or os.environ.get(ONELLM_WEIGHTS_ENV)
+    raw = FusionHParams.of(cfg).onellm_weights or os.environ.get(ONELLM_WEIGHTS_ENV)
     return Path(raw) if raw else None
 
 
@@ -116,7 +117,7 @@ def method_inputs(cfg: dict[str, Any], dataset: str, method: str) -> MethodInput
             if m in teachers:
                 selected[m][TEACHER_EXPERT] = paths.teacher(m)
         return MethodInputs(mods, selected, {})
-    kd = float((cfg.get("fusion") or {}).get("lambda_kd") or 0.0)
+    kd = float(FusionHParams.of(cfg).lambda_kd)
     distill = base.startswith("medmix") and kd > 0
     kd_teachers = {m: paths.teacher(m) for m in mods if m in teachers} if distill else {}
     return MethodInputs(mods, selected, kd_teachers)

@@ -11,9 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
-from fusion.ablations import register_variants, select_best_experts, train_variant, variant_config
+from fusion.ablations import select_best_experts, train_variant, variant_config
+from fusion.checkpoint import load_model
 from fusion.data import FusionData, Standardization
-from fusion.registry import ModelSpec, build_model, load_model
+from fusion.registry import ModelSpec, build_model
+from fusion.registry import load_builtin_methods as register_variants
 from medmix.ablation_plan import UNIFORM_METHOD, ablation_variants, expert_families, variant_by_name
 from medmix.config import dataset_paths
 from tests.paper_helpers import make_config, write_cohort

@@ -37,7 +37,8 @@ from extractors.__main__ import main as extractors_main
 from extractors.cache import read_cache, read_meta
 from extractors.extract import extract
 from fusion.__main__ import main as fusion_main
-from fusion.train import collect_metrics, unavailable_runs
+from fusion.evaluate import collect_metrics
+from fusion.run_status import unavailable_runs
 from tests.helpers import CharCountExpert, tiny_text_manifest
 from tests.proc_helpers import run_killed, timed_run
 from tests.test_fusion_train import FUSION, make_config, write_synthetic

@@ -186,8 +186,8 @@ def deployed(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_dataset_efficiency_rolls_up_experts_teachers_and_rag(deployed: dict) -> None:
     from extractors.registry import create_expert, register_preset
+    from fusion.checkpoint import load_model
     from fusion.efficiency import dataset_efficiency, expert_cost, rag_cost
-    from fusion.registry import load_model
     from medmix.config import dataset_paths
     from tests.test_fusion_train import DATASET
 

@@ -7,10 +7,12 @@ import json
 import numpy as np
 import pytest
 
+from fusion.checkpoint import load_model
 from fusion.data import load_fusion_data
-from fusion.external import cohort_fitted_experts, run_external
-from fusion.registry import load_model
-from fusion.train import collect_metrics, predict, run_training
+from fusion.evaluate import collect_metrics, run_external
+from fusion.external import cohort_fitted_experts
+from fusion.inference import predict_data as predict
+from fusion.train import run_training
 from medmix.config import cache_paths, dataset_paths
 from medmix.plan import external_pairs, external_protocol
 from tests.paper_helpers import make_config, write_cohort

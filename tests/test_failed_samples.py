@@ -27,9 +27,11 @@ from extractors.cache import (
 )
 from extractors.extract import TooManyFailures, extract
 from extractors.status import cache_status, main, reason_key, status_table
-from fusion.data import apply_protocol, load_fusion_data
+from fusion.data import load_fusion_data
+from fusion.protocols import apply_protocol
 from fusion.registry import build_model, resolve_method
-from fusion.train import FusionHParams, build_spec
+from fusion.trainer import build_spec
+from medmix.hparams import FusionHParams
 from medmix.plan import run_caches
 from tests.helpers import CharCountExpert, tiny_text_manifest
 

@@ -10,9 +10,12 @@ import pandas as pd
 import pytest
 
 from fusion.__main__ import main as fusion_main
+from fusion.checkpoint import load_model
+from fusion.evaluate import collect_metrics
 from fusion.predict import predict
-from fusion.registry import list_methods, load_model, resolve_method
-from fusion.train import collect_metrics, run_training, unavailable_runs
+from fusion.registry import list_methods, resolve_method
+from fusion.run_status import unavailable_runs
+from fusion.train import run_training
 from medmix.config import dataset_paths
 from medmix.methods import TEACHER_EXPERT, MethodError
 from medmix.plan import method_inputs

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 from torch.nn import functional as F
 
+from fusion.checkpoint import load_model
 from fusion.distill import (
     DistillHeads,
     TeacherBatch,
@@ -24,7 +25,7 @@ from fusion.distill import (
 )
 from fusion.losses import kd_lambda
 from fusion.predict import predict
-from fusion.registry import build_model, load_model
+from fusion.registry import build_model
 from fusion.train import run_training
 from medmix.config import dataset_paths
 from tests.test_fusion_train import DATASET, FUSION, make_config, write_synthetic

@@ -7,8 +7,9 @@ import torch
 
 from fusion.losses import kd_lambda, task_loss, total_loss
 from fusion.medmix import GroupedMLP, MedMIX, masked_softmax, mlp
+from fusion.optim import make_optimizer
 from fusion.registry import ModelSpec, build_model, list_methods, resolve_method
-from fusion.train import FusionHParams, make_optimizer
+from medmix.hparams import FusionHParams
 from medmix.methods import MethodError
 
 MODALITIES = ["frontal", "lateral", "report"]
@@ -247,7 +248,7 @@ def test_losses_and_kd_ramp() -> None:
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "per-tensor"])
 def test_adamw_matches_torch(fused: bool) -> None:
-    from fusion.train import AdamW
+    from fusion.optim import AdamW
 
     torch.manual_seed(0)
     ours, ref = mlp(6, 5, 3), mlp(6, 5, 3)
@@ -419,7 +420,7 @@ def test_shared_batch_order_steps_equal_per_seed_steps_on_the_same_rows() -> Non
     """``batch_order: shared`` gathers one minibatch for every seed: on the same rows (no
     dropout) its steps give each seed exactly the losses and parameters of the per-seed path."""
     from fusion.registry import MethodPlan
-    from fusion.train import SeedTrainer
+    from fusion.trainer import SeedTrainer
 
     data = _trainer_data()
     seeds = [0, 1, 2]

@@ -13,8 +13,10 @@ from sklearn.metrics import roc_auc_score
 from fusion.medmix import ExpertGroup
 from fusion.metrics import auroc_defined, macro_auroc
 from fusion.registry import build_model
-from fusion.train import FusionHParams, SeedTrainer, run_training
+from fusion.train import run_training
+from fusion.trainer import SeedTrainer
 from medmix.config import dataset_paths
+from medmix.hparams import FusionHParams
 from tests.test_fusion_medmix import assert_masks_missing_and_prior, make_inputs, make_spec
 from tests.test_fusion_train import DATASET, make_config, write_synthetic
 

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 
 from extractors.cache import read_cache
+from fusion.checkpoint import load_model
 from fusion.data import load_fusion_data
 from fusion.predict import PredictInputError, predict
-from fusion.registry import load_model
 from fusion.train import run_training
 from medmix.config import cache_paths, dataset_paths
 from tests.test_fusion_train import DATASET, FUSION, make_config, write_synthetic

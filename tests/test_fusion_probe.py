@@ -13,9 +13,10 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from fusion.__main__ import main as fusion_main
+from fusion.checkpoint import load_model
 from fusion.data import load_fusion_data
-from fusion.probe import GRID, MAX_ITER, TOL, fit_probe, probe_features
-from fusion.registry import load_model, method_class, resolve_method
+from fusion.probe_fit import GRID, MAX_ITER, TOL, fit_probe, probe_features
+from fusion.registry import method_class, resolve_method
 from fusion.train import run_training
 from medmix.config import cache_paths, dataset_paths
 from medmix.methods import MethodError
@@ -183,7 +184,7 @@ def test_checkpoint_reading_paths_accept_the_probe(synth: dict, tmp_path: Path) 
     """Test-time protocols (and external validation) re-score the saved full run; the
     efficiency table measures its checkpoint like a fusion model's."""
     from fusion.efficiency import fusion_cost
-    from fusion.external import evaluate_saved_runs
+    from fusion.evaluate import evaluate_saved_runs
 
     run = tmp_path / "full" / METHOD
     run_training(synth, DATASET, METHOD, "full", run, seeds=[0])

@@ -13,10 +13,14 @@ import torch
 from cohorts.manifest import ManifestMeta, write_manifest
 from extractors.cache import CacheMeta, CacheRecords, write_cache
 from fusion.__main__ import main as fusion_main
-from fusion.data import apply_protocol, load_fusion_data
-from fusion.registry import load_model
-from fusion.train import FusionHParams, collect_metrics, run_training, split_loss
+from fusion.checkpoint import load_model
+from fusion.data import load_fusion_data
+from fusion.evaluate import collect_metrics
+from fusion.protocols import apply_protocol
+from fusion.train import run_training
+from fusion.trainer import split_loss
 from medmix.config import cache_paths, dataset_paths
+from medmix.hparams import FusionHParams
 
 DATASET = "synth"
 EXPERTS = {"a": {"a1": 12, "a2": 20}, "b": {"b1": 16, "b2": 8}}

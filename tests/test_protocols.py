@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from fusion.data import load_fusion_data
+from fusion.evaluate import run_test_protocols
 from fusion.protocols import (
     apply_masks,
     apply_protocol,
     label_score,
     protocol_masks,
     read_masks,
-    run_test_protocols,
     write_masks,
 )
 from fusion.registry import ModelSpec, build_model

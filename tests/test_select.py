@@ -33,7 +33,7 @@ from fusion.select import (
     select_hparams,
     selectable,
 )
-from fusion.train import FusionHParams, run_training
+from fusion.train import run_training
 from medmix.config import (
     SCHEMA_PATH,
     ConfigError,
@@ -43,6 +43,7 @@ from medmix.config import (
     validate_config,
     with_select,
 )
+from medmix.hparams import FusionHParams
 from tests.test_fusion_train import DATASET, FUSION, make_config, write_synthetic
 
 REPO = Path(__file__).resolve().parents[1]

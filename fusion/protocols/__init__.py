@@ -63,23 +63,24 @@ structured missingness — who tends to miss what — is replayed onto complete 
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import pandas as pd
 
-from medmix.protocol_names import ProtocolError, expand_settings, is_test_only, parse_protocol
+from cohorts.manifest import read_manifest
+from medmix.config import dataset_paths
+from medmix.io import atomic_path
+from medmix.protocol_names import ProtocolError, parse_protocol
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from fusion.data import FusionData
 
 log = logging.getLogger("medmix.fusion.protocols")
@@ -162,29 +163,30 @@ def severity_score(data: FusionData) -> np.ndarray:
 
 
 def manifest_severity(
-    cfg: dict[str, Any], dataset: str, sample_ids: Sequence[str]
+    cfg: dict[str, Any],
+    dataset: str,
+    sample_ids: Sequence[str],
+    manifest: pd.DataFrame | None = None,
 ) -> np.ndarray | None:
     """The manifest column ``datasets.<dataset>.severity_column`` (e.g. an acuity score) as
     floats aligned to ``sample_ids``; None when the dataset names no column.
 
+    ``manifest``: the dataset's manifest when the caller has already read it (a loaded
+    :class:`fusion.data.FusionData` keeps it), else it is read here.
+
     A missing value counts as the least severe (with a warning naming the samples); a column
     that is absent, not numeric, or a sample the manifest lacks is an error.
     """
-    from cohorts.manifest import read_manifest
-    from medmix.config import dataset_paths
-
     column = cfg["datasets"][dataset].get("severity_column")
     if not column:
         return None
     path = dataset_paths(cfg, dataset).manifest
-    df, _ = read_manifest(path)
+    df = manifest if manifest is not None else read_manifest(path)[0]
     if column not in df.columns:
         raise ProtocolError(
             f"{path}: no column {column!r} (datasets.{dataset}.severity_column); "
             f"the manifest has {list(df.columns)}"
         )
-    import pandas as pd
-
     raw = df.set_index(df["sample_id"].astype(str))[column]
     ids = [str(s) for s in sample_ids]
     absent = [s for s in ids if s not in raw.index]
@@ -212,7 +214,7 @@ def protocol_severity(
     spec = parse_protocol(protocol)
     if spec.kind != "mnar" or spec.score != "severity":
         return None
-    return manifest_severity(cfg, dataset, data.sample_ids)
+    return manifest_severity(cfg, dataset, data.sample_ids, manifest=data.manifest)
 
 
 def label_strata(data: FusionData) -> np.ndarray:
@@ -297,8 +299,6 @@ class ProtocolMasks:
         return out
 
     def frame(self) -> pd.DataFrame:
-        import pandas as pd
-
         cols: dict[str, Any] = {
             "sample_id": self.sample_ids.astype(str),
             "split": self.split.astype(str),
@@ -432,8 +432,17 @@ def apply_protocol(
     data: FusionData, protocol: str, seed: int, severity: np.ndarray | None = None
 ) -> FusionData:
     """``data`` under ``protocol`` with ``seed`` (``full``: ``data`` itself)."""
+    return mask_seed(data, protocol, seed, severity)[0]
+
+
+def mask_seed(
+    data: FusionData, protocol: str, seed: int, severity: np.ndarray | None = None
+) -> tuple[FusionData, ProtocolMasks | None]:
+    """``data`` under ``protocol`` with ``seed``, and the masks that did it (``full``: ``data``
+    itself and no masks). The masks are computed once: a run applies them and saves them
+    (:func:`write_masks` with ``masks=``)."""
     if protocol == "full":
-        return data
+        return data, None
     masks = protocol_masks(data, protocol, seed, severity=severity)
     rep = masks.report()
     for s, entry in rep["splits"].items():
@@ -447,7 +456,7 @@ def apply_protocol(
             "%s seed %d, %s (n=%d): dropped %s; %d sample(s) left with no modality (prior)",
             protocol, seed, s, entry["n"], rates, entry["n_all_dropped"],
         )  # fmt: skip
-    return apply_masks(data, masks)
+    return apply_masks(data, masks), masks
 
 
 def write_masks(
@@ -456,16 +465,19 @@ def write_masks(
     seed: int,
     directory: str | os.PathLike,
     severity: np.ndarray | None = None,
+    masks: ProtocolMasks | None = None,
 ) -> Path:
     """Save the masks of (protocol, seed) on ``data`` (the UNMASKED data) as
     ``{directory}/masks.parquet``; the report (achieved rates, all-dropped counts) goes into the
-    Parquet metadata under ``medmix_masks``. Returns the path."""
+    Parquet metadata under ``medmix_masks``. Returns the path.
+
+    ``masks``: those masks when the caller already has them (:func:`mask_seed`), so they are
+    not computed again."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from medmix.io import atomic_path
-
-    masks = protocol_masks(data, protocol, seed, severity=severity)
+    if masks is None:
+        masks = protocol_masks(data, protocol, seed, severity=severity)
     table = pa.Table.from_pandas(masks.frame(), preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta[b"medmix_masks"] = json.dumps(
@@ -494,87 +506,3 @@ def read_masks_report(path: str | os.PathLike) -> dict[str, Any]:
 
     meta = pq.read_schema(path).metadata or {}
     return json.loads(meta.get(b"medmix_masks", b"{}"))
-
-
-# -- test-time protocols on trained models ---------------------------------------------------
-
-
-def run_test_protocols(
-    cfg: dict[str, Any],
-    dataset: str,
-    method: str,
-    settings: Iterable[str],
-    source: str | os.PathLike | None = None,
-    runs_root: str | os.PathLike | None = None,
-    threads: int | None = 1,
-) -> list[Path]:
-    """Evaluate the ``full`` run of (dataset, method) under each test-only setting.
-
-    A test-only setting leaves the training and validation splits untouched, so the model it
-    would train with a seed is the ``full`` model of that seed: each seed's checkpoint is
-    loaded, the test masks applied, and ``runs/{setting}/{method}/`` written in the run layout
-    (``seed{k}/predictions.parquet``, ``metrics.json``, ``masks.parquet``; ``summary.json``).
-    """
-    from fusion.external import evaluate_saved_runs
-    from medmix.config import dataset_paths
-
-    settings = [parse_protocol(s).name for s in settings]
-    bad = [s for s in settings if not is_test_only(s)]
-    if bad:
-        raise ProtocolError(
-            f"{bad} corrupt training data: train them with `python -m fusion train`"
-        )
-    paths = dataset_paths(cfg, dataset)
-    source = Path(source) if source else paths.run_dir("full", method)
-    root = Path(runs_root) if runs_root else paths.root / "runs"
-    return evaluate_saved_runs(
-        cfg,
-        source,
-        target=dataset,
-        outputs={s: root / s / method for s in settings},
-        threads=threads,
-    )
-
-
-def main(argv: list[str] | None = None) -> int:
-    from medmix.config import load_config_arg
-    from medmix.logs import setup_logging
-
-    parser = argparse.ArgumentParser(prog="python -m fusion.protocols", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("list", help="the settings the config's protocols: section expands to")
-    p.add_argument("--config", default="config.yaml")
-    p.add_argument("--dataset", required=True)
-    p = sub.add_parser("test", help="evaluate a full run under test-only settings")
-    p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
-    p.add_argument("--dataset", required=True)
-    p.add_argument("--method", required=True)
-    p.add_argument("--settings", nargs="+", required=True)
-    p.add_argument("--source", help="the full run folder (default runs/full/{method})")
-    p.add_argument("--done", help="write this JSON marker (the settings written) at the end")
-    p.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    setup_logging()
-    cfg = load_config_arg(args.config)
-    if args.cmd == "list":
-        mods = list(cfg["datasets"][args.dataset]["modalities"])
-        for s in expand_settings(cfg.get("protocols"), mods):
-            print(s)
-        return 0
-    written = run_test_protocols(
-        cfg, args.dataset, args.method, args.settings, source=args.source, threads=args.threads
-    )
-    if args.done:
-        from medmix.io import write_text_atomic
-
-        write_text_atomic(
-            args.done,
-            json.dumps({"dataset": args.dataset, "method": args.method,
-                        "settings": args.settings, "runs": [str(p) for p in written]}, indent=1),
-        )  # fmt: skip
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

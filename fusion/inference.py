@@ -1,0 +1,88 @@
+"""A fusion model at inference: its outputs over whole tensors, and a model loaded to predict.
+
+:func:`predict_tensors` runs any fusion model (or a linear probe's :class:`fusion.probe.ProbeModule`)
+in eval mode over per-expert inputs and their availability δ, in batches, and returns
+:class:`Predictions` (probabilities, logits, and α / β where the model has them).
+:class:`LoadedModel` is a model rebuilt from a checkpoint (:func:`fusion.checkpoint.load_model`)
+with the standardisation statistics its inputs must be scaled by.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from fusion.data import FusionData, Standardization
+    from fusion.medmix import FusionModel
+    from fusion.registry import ModelSpec
+
+
+@dataclass
+class Predictions:
+    probs: np.ndarray  # (N, C)
+    logits: np.ndarray  # (N, C)
+    alpha: np.ndarray | None  # (N, M, E_max), 0 where missing
+    beta: np.ndarray | None  # (N, M), 0 where missing
+
+
+@torch.no_grad()
+def predict_tensors(
+    model: torch.nn.Module,
+    xs: list[torch.Tensor],
+    delta: torch.Tensor,
+    task_type: str,
+    batch_size: int = 8192,
+) -> Predictions:
+    """Eval-mode outputs of ``model`` for per-expert inputs ``xs`` and availability ``delta``."""
+    model.eval()
+    device = model.prior.device
+    n = delta.shape[0]
+    logits, alphas, betas = [], [], []
+    for s in range(0, n, batch_size):
+        sl = slice(s, min(s + batch_size, n))
+        dtype = torch.bfloat16 if device.type == "cuda" else None
+        with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+            out = model([x[sl].to(device) for x in xs], delta[sl].to(device))
+        logits.append(out.logits.float().cpu())
+        if out.alpha is not None:
+            alphas.append(out.alpha.float().cpu())
+        if out.beta is not None:
+            betas.append(out.beta.float().cpu())
+    c = model.spec.n_outputs
+    lg = torch.cat(logits) if logits else torch.zeros(0, c)
+    probs = torch.softmax(lg, dim=-1) if task_type == "multiclass" else torch.sigmoid(lg)
+    return Predictions(
+        probs=probs.numpy(),
+        logits=lg.numpy(),
+        alpha=torch.cat(alphas).numpy() if alphas else None,
+        beta=torch.cat(betas).numpy() if betas else None,
+    )
+
+
+def predict_data(model: torch.nn.Module, data: Any, batch_size: int = 8192) -> Predictions:
+    """Eval-mode outputs for every sample of a :class:`fusion.data.FusionData`."""
+    return predict_tensors(model, data.x, data.delta, data.task_type, batch_size)
+
+
+@dataclass
+class LoadedModel:
+    """A model rebuilt from a checkpoint, with the statistics its inputs must be scaled by."""
+
+    model: FusionModel
+    spec: ModelSpec
+    standardization: Standardization
+    info: dict[str, Any]
+
+    def predict(self, data: FusionData, batch_size: int = 8192) -> Predictions:
+        """Probabilities (and α/β where the model has them) for every sample of ``data``.
+
+        ``data`` must have been loaded with ``standardization=self.standardization``.
+        """
+        return predict_data(self.model, data, batch_size=batch_size)
+
+
+__all__ = ["LoadedModel", "Predictions", "predict_data", "predict_tensors"]

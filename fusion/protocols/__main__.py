@@ -1,0 +1,59 @@
+"""Command line: ``python -m fusion.protocols list|test``.
+
+``list`` prints the settings the config's ``protocols:`` section expands to; ``test``
+evaluates a dataset's ``full`` run under test-only settings
+(:func:`fusion.evaluate.run_test_protocols`). ``--help`` shows the protocols' description
+(:mod:`fusion.protocols`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import fusion.protocols
+from fusion.evaluate import run_test_protocols
+from medmix.config import load_config_arg
+from medmix.io import write_text_atomic
+from medmix.logs import setup_logging
+from medmix.protocol_names import expand_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fusion.protocols",
+                                     description=fusion.protocols.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("list", help="the settings the config's protocols: section expands to")
+    p.add_argument("--config", default="config.yaml")
+    p.add_argument("--dataset", required=True)
+    p = sub.add_parser("test", help="evaluate a full run under test-only settings")
+    p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--method", required=True)
+    p.add_argument("--settings", nargs="+", required=True)
+    p.add_argument("--source", help="the full run folder (default runs/full/{method})")
+    p.add_argument("--done", help="write this JSON marker (the settings written) at the end")
+    p.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    setup_logging()
+    cfg = load_config_arg(args.config)
+    if args.cmd == "list":
+        mods = list(cfg["datasets"][args.dataset]["modalities"])
+        for s in expand_settings(cfg.get("protocols"), mods):
+            print(s)
+        return 0
+    written = run_test_protocols(
+        cfg, args.dataset, args.method, args.settings, source=args.source, threads=args.threads
+    )
+    if args.done:
+        write_text_atomic(
+            args.done,
+            json.dumps({"dataset": args.dataset, "method": args.method,
+                        "settings": args.settings, "runs": [str(p) for p in written]}, indent=1),
+        )  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
