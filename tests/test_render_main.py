@@ -165,6 +165,8 @@ def test_main_table_shows_paired_bootstrap_differences(tmp_path: Path) -> None:
     assert "\\begin{tabular}{ll" + "c" * 6 + "}" in tex
     page = (out / "main.html").read_text()
     assert "Δ AUROC vs MedMIX [95 % CI]</th>" in page and "]†</td>" in page
+    # with Δ columns, only teacher references are drawn as reference blocks (none here)
+    assert '<tbody class="reference">' not in page and page.count("<tbody") >= 2
 
 
 def test_main_table_without_a_probe_has_no_probe_column(tmp_path: Path) -> None:

@@ -78,7 +78,6 @@ class Layout:
     bullet_notes: bool = False
     tex_notes: bool = True
     reference_heading: str | None = None  # a labelled row opening each block of references
-    shade_every_block: bool = False  # HTML: every block drawn as a reference block
 
 
 @dataclass(frozen=True)
@@ -160,7 +159,7 @@ class Table:
         prev_ref = prev_shaded = False
         for i, (r, ids) in enumerate(zip(self.rows, self.display_ids(), strict=True)):
             ref = bool(r.get("_reference"))
-            shaded = ref or self.layout.shade_every_block
+            shaded = ref
             new_group = i == 0 or bool(ids and ids[0])
             opens = heading is not None and ref and (new_group or not prev_ref)
             if new_group or opens or shaded != prev_shaded:

@@ -213,10 +213,7 @@ def main_table(
             row |= _delta_extras(v, m, ref)
         out.append(row)
     layout = Layout(title_in_text=False, bullet_notes=True, tex_notes=False,
-                    reference_heading=TEACHER_BLOCK,
-                    # as Table 1's HTML has always been drawn: with Δ columns, every block
-                    # shaded as a reference block (kept so that the page stays the same)
-                    shade_every_block=bool(refs))  # fmt: skip
+                    reference_heading=TEACHER_BLOCK)  # fmt: skip
     return Table(
         "main", header, [("dataset", "Dataset"), ("method", "Method")],
         [*metric_columns(), *(delta_column(r) for r in refs)], out, ["dataset"],
