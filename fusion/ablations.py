@@ -1,18 +1,7 @@
 """Structural ablations of MedMIX (paper §4.4, Table E7, Figure 4).
 
-Variants (run folders under ``results/{dataset}/runs/``)::
-
-    full/medmix                   MedMIX (the reference row)
-    ablation/no_distill           w/o distillation: MedMIX with λ_KD = 0 (when the config's
-                                  λ_KD is already 0, this row IS full/medmix: not retrained)
-    ablation/best_expert          w/o intra-modality fusion: each modality keeps its best
-                                  single expert, picked on the VALIDATION split (below)
-    ablation/uniform_mean         w/o intra-modality fusion (uniform mean): α uniform over the
-                                  available experts (method ``medmix-uniform``)
-    ablation/no_{family}          w/o one expert family (biomedical, general, RAG) in every
-                                  modality; a modality left without experts is dropped
-    full/medmix-only-{modality}   w/o inter-modality fusion (keep one modality) — the
-                                  single-modality runs of the main grid, reused
+The variants and their run folders are listed in :mod:`medmix.ablation_plan` (the
+torch-free plan layer); this module trains them.
 
 The best single expert of a modality is the one whose linear probe (L2 logistic regression
 on the standardised embedding, fitted on the training split's available rows) has the

@@ -10,6 +10,7 @@ from fusion.report.cells import Cells, metric_columns, seeds_text
 from fusion.report.registry import register_table
 from fusion.report.table_model import Table
 from medmix.ablation_plan import ablation_variants
+from medmix.hparams import FusionHParams
 from medmix.plan import run_header, training_datasets
 from medmix.protocol_names import modality_label
 
@@ -36,7 +37,7 @@ def build_ablation_table(cfg: dict[str, Any], cells: Cells, results: Path) -> Ta
         note = _selection_note(results, ds)
         if note:
             notes.append(note)
-    lam = float((cfg.get("fusion") or {}).get("lambda_kd") or 0.0)
+    lam = FusionHParams.of(cfg).lambda_kd
     if lam == 0.0:
         notes.append("Distillation is off in this config (fusion.lambda_kd = 0): "
                      "'w/o distillation' trains the same model as MedMIX.")  # fmt: skip
