@@ -21,6 +21,9 @@ from pathlib import Path
 from medmix.cli import (
     add_output_options,
     add_version_argument,
+    non_negative_int,
+    positive_int,
+    run_cli,
     setup_cli_logging,
     show_progress,
 )
@@ -68,9 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--kind", required=True, choices=sorted(KINDS), help="which benchmark to imitate"
     )
     demo.add_argument("--dataset", required=True, help="dataset name written into the manifest")
-    demo.add_argument("--n-patients", type=int, required=True, help="number of patients")
+    demo.add_argument("--n-patients", type=positive_int, required=True, help="number of patients")
     demo.add_argument(
-        "--seed", type=int, required=True, help="generator seed (output is deterministic)"
+        "--seed",
+        type=non_negative_int,
+        required=True,
+        help="generator seed (output is deterministic)",
     )
     demo.add_argument(
         "--shift", type=float, default=0.0, help="cohort shift for external validation (0 = none)"
@@ -100,4 +106,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -17,6 +17,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from medmix.errors import UserError
 from medmix.io import atomic_path
 
 TASK_TYPES = ("multilabel", "binary", "multiclass")
@@ -26,7 +27,7 @@ PATH_KINDS = ("image", "volume", "slide", "timeseries")
 META_KEY = b"medmix.manifest"
 
 
-class ManifestError(ValueError):
+class ManifestError(UserError, ValueError):
     """A fatal manifest problem; the message names the file, the column and offending ids."""
 
 
@@ -69,6 +70,25 @@ def read_manifest(path: str | os.PathLike) -> tuple[pd.DataFrame, ManifestMeta]:
     return table.to_pandas(), meta
 
 
+def clean_id(value: object) -> str | None:
+    """A sample or patient id as the manifest stores it: text without surrounding whitespace;
+    ``None`` for a null or blank cell. Every adapter reads ids through it, so ``P003`` and
+    ``"P003 "`` are one id."""
+    if value is None or (isinstance(value, float) and value != value) or value is pd.NA:
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # a numeric id column read as float: 17.0 -> "17"
+    text = str(value).strip()
+    return text or None
+
+
+def id_key(value: object) -> str:
+    """The key two ids that may name the same patient share: stripped and case-folded
+    (``P003``, ``p003`` and ``" P003"``). The splits group patients by it and the validator
+    refuses two ids with one key in different splits."""
+    return str(value).strip().casefold()
+
+
 def _first_ids(df: pd.DataFrame, mask: pd.Series, n: int = 5) -> str:
     ids = df.loc[mask, "sample_id"].astype(str).head(n).tolist() if "sample_id" in df else []
     more = int(mask.sum()) - len(ids)
@@ -84,9 +104,11 @@ def validate_manifest(
 ) -> None:
     """Raise ManifestError on the first fatal problem.
 
-    Checks: required and declared columns present; unique non-null sample ids; split values;
-    no patient in two splits; label values in range; modality paths relative and inside the
-    dataset root (and existing, when ``check_files``).
+    Checks: required and declared columns present; unique non-null sample ids; ids without
+    surrounding whitespace; split values; no patient in two splits, also under ids that differ
+    only in case or whitespace (:func:`id_key`); label values in range; modality paths
+    relative and inside the dataset root (and existing, when ``check_files``). A path that
+    cannot be resolved (a symlink loop) is left to the extraction, which fails that sample.
     """
     where = str(path)
     if meta.task_type not in TASK_TYPES:
@@ -115,6 +137,18 @@ def validate_manifest(
         raise ManifestError(
             f"{where}: column 'patient_id' is null for ids {_first_ids(df, df['patient_id'].isna())}"
         )
+    for col in ("sample_id", "patient_id"):
+        text = df[col].astype(str)
+        unclean = text != text.str.strip()
+        if unclean.any():
+            raise ManifestError(
+                f"{where}: column {col!r} has ids with surrounding whitespace "
+                f"{sorted(set(text[unclean]))[:5]!r}; strip them (cohorts.manifest.clean_id)"
+            )
+        if (text == "").any():
+            raise ManifestError(
+                f"{where}: column {col!r} has empty ids for ids {_first_ids(df, text == '')}"
+            )
 
     bad_split = ~df["split"].isin(SPLITS)
     if bad_split.any():
@@ -129,6 +163,8 @@ def validate_manifest(
             f"{where}: {len(leaking)} patient(s) appear in more than one split "
             f"(first: {list(map(str, leaking[:5]))}); ids {_first_ids(df, mask)}"
         )
+
+    _check_near_duplicate_patients(df, where)
 
     for col in meta.label_columns():
         values = pd.to_numeric(df[col], errors="coerce")
@@ -153,14 +189,14 @@ def validate_manifest(
                     f"{where}: column {col!r} has class ids outside [0, {ncls}) for ids {_first_ids(df, bad)}"
                 )
 
-    base = Path(root if root is not None else meta.root).resolve()
+    base = Path(os.path.realpath(root if root is not None else meta.root))
     for mod, kind in meta.modalities.items():
         if kind not in PATH_KINDS:
             continue
         present = df[mod].notna()
         paths = df.loc[present, mod].astype(str)
         absolute = paths.map(lambda p: os.path.isabs(p)).astype(bool)
-        escaping = paths.map(lambda p: not _inside(base, p)).astype(bool)
+        escaping = paths.map(lambda p: not inside_root(base, p)).astype(bool)
         bad = absolute | escaping
         if bad.any():
             mask = present.copy()
@@ -169,7 +205,7 @@ def validate_manifest(
                 f"{where}: column {mod!r} has paths outside the dataset root {base} for ids {_first_ids(df, mask)}"
             )
         if check_files:
-            exists = paths.map(lambda p: (base / p).exists())
+            exists = paths.map(lambda p: os.path.exists(base / p))  # False on any OSError
             if not exists.all():
                 mask = present.copy()
                 mask.loc[present] = (~exists).values
@@ -178,8 +214,35 @@ def validate_manifest(
                 )
 
 
-def _inside(base: Path, rel: str) -> bool:
+def _check_near_duplicate_patients(df: pd.DataFrame, where: str) -> None:
+    """Patient ids that differ only in case or surrounding whitespace, in different splits:
+    most likely one patient typed two ways, so a leak between the splits."""
+    pid = df["patient_id"].astype(str)
+    keys = pid.map(id_key)
+    per_key = pd.DataFrame({"key": keys, "pid": pid, "split": df["split"].astype(str)})
+    spread = per_key.groupby("key")["split"].nunique()
+    leaking = spread[spread > 1].index
+    if not len(leaking):
+        return
+    examples = []
+    for key in leaking[:3]:
+        rows = per_key[per_key["key"] == key].drop_duplicates(["pid", "split"])
+        examples.append(
+            " / ".join(f"{p!r} ({s})" for p, s in zip(rows["pid"], rows["split"], strict=True))
+        )
+    more = f" (+{len(leaking) - 3} more)" if len(leaking) > 3 else ""
+    raise ManifestError(
+        f"{where}: {len(leaking)} patient(s) appear in more than one split under ids that "
+        f"differ only in case or surrounding whitespace: {'; '.join(examples)}{more}; use one "
+        "spelling per patient"
+    )
+
+
+def inside_root(base: Path, rel: str) -> bool:
+    """Whether the relative path ``rel`` stays inside ``base`` (``base`` resolved). Symlinks
+    are followed as far as they resolve; a loop or an unreadable link is not an error here (the
+    sample fails when it is read)."""
     if os.path.isabs(rel):
         return False
-    target = (base / rel).resolve()
+    target = Path(os.path.realpath(base / rel))
     return target == base or base in target.parents

@@ -1,7 +1,9 @@
 """Seeded patient-level splits, shared by the demo generator and the real-cohort adapters.
 
 Every sample of a patient lands in the same split (no patient in two splits, which the
-manifest validator checks).
+manifest validator checks). Ids that differ only in case or surrounding whitespace
+(``P003``, ``p003``, ``"P003 "``) are taken as one patient (:func:`cohorts.manifest.id_key`),
+so a table that spells a patient two ways never splits it.
 Patients are ordered by id before shuffling, so the assignment depends only on the set of
 patient ids, the fractions and the seed, never on the row order of the input.
 """
@@ -12,6 +14,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+
+from cohorts.manifest import id_key
 
 DEFAULT_NAMES = ("train", "val", "test")
 
@@ -54,9 +58,10 @@ def patient_split(
         if len(fracs) != len(DEFAULT_NAMES):
             raise ValueError("a fraction sequence must have three entries (train, val, test)")
         names = list(DEFAULT_NAMES)
-    pids = pd.Series(np.asarray(patient_ids, dtype=object)).astype(str)
-    if pids.isna().any():
+    raw = pd.Series(np.asarray(patient_ids, dtype=object))
+    if raw.isna().any():
         raise ValueError("patient ids must not be null")
+    pids = raw.astype(str).map(id_key)  # one patient however its id is cased or padded
     if stratify is None:
         strata = pd.Series(0, index=pids.index)
     else:

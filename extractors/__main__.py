@@ -1,5 +1,9 @@
 """Command line: ``python -m extractors extract|list|doctor``.
 
+``extract`` checks the expert's preset (and the presets it references) against the expert
+class before any work (:mod:`extractors.presets`): an unknown parameter or an impossible value
+is a one-line error, exit code 2.
+
 ``extract --no-progress`` hides the progress bar; ``--quiet`` also lowers logging to
 warnings. Bars are drawn only when stderr is a terminal (never into a Snakemake job's log).
 """
@@ -13,10 +17,11 @@ import sys
 from medmix.cli import (
     add_output_options,
     add_version_argument,
+    run_cli,
     setup_cli_logging,
     show_progress,
 )
-from medmix.config import dataset_paths, load_config_arg
+from medmix.config import ConfigError, dataset_paths, load_config_arg
 
 
 def _register_presets(cfg: dict) -> None:
@@ -28,11 +33,22 @@ def _register_presets(cfg: dict) -> None:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     from extractors.extract import TooManyFailures, extract
-    from extractors.registry import create_expert
+    from extractors.presets import check_presets
+    from extractors.registry import create_expert, list_experts
 
     cfg = load_config_arg(args.config)
-    _register_presets(cfg)
     paths = dataset_paths(cfg, args.dataset)
+    if args.expert not in cfg["experts"] and args.expert not in list_experts():
+        raise ConfigError(
+            f"--expert {args.expert}: not a preset of the config's experts: section "
+            f"({', '.join(cfg['experts'])}) nor a registered expert"
+        )
+    try:  # before any work: a parameter the expert cannot take is a config error
+        check_presets(cfg, [args.expert])
+    except ConfigError as exc:
+        inline = args.config.strip().startswith("{")
+        raise ConfigError(f"{'--config (inline JSON)' if inline else args.config}: {exc}") from exc
+    _register_presets(cfg)
     overrides = {"device": args.device} if args.device else {}
     expert = create_expert(args.expert, **overrides)
     ext = cfg["extraction"]
@@ -47,6 +63,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
             dtype=ext["dtype"],
             progress=show_progress(args),
             fit_manifest=args.fit_manifest,
+            force=args.force,
         )
     except TooManyFailures as exc:
         logging.getLogger("medmix.extract").error("%s", exc)
@@ -91,6 +108,12 @@ def main(argv: list[str] | None = None) -> int:
         help="cache path (default: results/{dataset}/embeddings/{modality}/{expert}.parquet)",
     )
     p.add_argument("--device", help="override the expert's device (cpu, cuda, cuda:1)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="discard the shards an interrupted earlier run left and extract every sample again "
+        "(without it, finished shards that still match this run are reused)",
+    )
     add_output_options(p)
     p.add_argument(
         "--fit-manifest",
@@ -118,5 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     return args.func(args)
 
 
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Beyond :class:`~medmix.errors.UserError`: weights missing or refused by the loading
+    policy (the message says how to provide them)."""
+    from extractors.loading import LoadingError
+
+    return (LoadingError,)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, user_errors=user_errors()))

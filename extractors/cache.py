@@ -18,6 +18,16 @@ Extraction writes shards into a hidden folder beside the target (``.{name}.shard
 shard atomically. A crashed run resumes from the finished shards; the final file is assembled
 from the shards in manifest order and renamed into place, so the result is identical whether
 or not the run was interrupted.
+
+The contract is enforced on both sides (:mod:`extractors.cache_checks`): the sharded writer
+turns an all-zero, constant or non-finite (as stored) ``ok`` embedding into a ``failed``
+sample; :func:`read_cache` refuses a file that is not Parquet, lacks a column, uses another
+status vocabulary, has ``ok`` rows without a finite embedding (or other rows with one), or
+whose metadata contradicts what the caller expects (dataset, modality, expert, dim).
+Resuming is safe against leftovers of any earlier run: one writer at a time
+(:mod:`extractors.cache_lock`), a plan fingerprint of everything that shapes a shard's content
+or schema (dtype included), and every reused shard re-validated (readable, expected schema and
+ids) or else discarded with a warning and extracted again.
 """
 
 from __future__ import annotations
@@ -25,6 +35,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import logging
 import os
 import shutil
 import time
@@ -37,15 +48,24 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from extractors.cache_checks import (
+    STATUSES,
+    CacheError,
+    first_line,
+    meta_problem,
+    refused_ok_rows,
+    table_problem,
+)
+from extractors.cache_lock import CacheLock
 from medmix.io import atomic_path, write_text_atomic
 
+log = logging.getLogger("medmix.extract")
+
 META_KEY = b"medmix.cache"
-STATUSES = ("ok", "missing", "failed")
 _DTYPES = {"float32": (pa.float32(), np.float32), "float16": (pa.float16(), np.float16)}
-
-
-class CacheError(ValueError):
-    """A cache file that does not follow the contract."""
+# Bumped when what a shard holds changes (v2: ok rows screened by cache_checks), so shards
+# of older code are never resumed.
+SHARD_FORMAT = 2
 
 
 def config_hash(cfg: dict) -> str:
@@ -170,11 +190,16 @@ def _table(records: CacheRecords, meta: CacheMeta) -> pa.Table:
             f"expert {meta.expert}: embeddings have shape {emb.shape}, expected (N, {meta.dim})"
         )
     ok = np.array([s == "ok" for s in records.status], dtype=bool)
-    if ok.any() and not np.isfinite(emb[ok]).all():
-        rows = np.where(ok & ~np.isfinite(emb).all(axis=1))[0][:5]
+    with np.errstate(over="ignore", invalid="ignore"):
+        stored = emb.astype(np_type)  # finiteness is judged on what is stored (float16: 2e5 -> inf)
+    finite = np.isfinite(stored).all(axis=1)
+    if (ok & ~finite).any():
+        rows = np.flatnonzero(ok & ~finite)[:5]
         ids = [records.sample_ids[i] for i in rows]
-        raise CacheError(f"expert {meta.expert}: non-finite embedding for sample(s) {ids}")
-    flat = pa.array(emb.astype(np_type).reshape(-1), type=pa_type)
+        raise CacheError(
+            f"expert {meta.expert}: non-finite embedding (as {meta.dtype}) for sample(s) {ids}"
+        )
+    flat = pa.array(stored.reshape(-1), type=pa_type)
     values = pa.FixedSizeListArray.from_arrays(flat, meta.dim)
     if not ok.all():
         values = pa.FixedSizeListArray.from_arrays(flat, meta.dim, mask=pa.array(~ok))
@@ -202,19 +227,47 @@ def write_cache(
 
 
 def read_meta(path: str | os.PathLike) -> CacheMeta:
-    schema = pq.read_schema(path)
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise CacheError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
     raw = (schema.metadata or {}).get(META_KEY)
     if raw is None:
         raise CacheError(f"{path}: not a MedMIX cache (no {META_KEY.decode()!r} metadata)")
-    return CacheMeta(**json.loads(raw))
+    try:
+        return CacheMeta(**json.loads(raw))
+    except (ValueError, TypeError) as exc:
+        raise CacheError(
+            f"{path}: unreadable {META_KEY.decode()!r} metadata ({first_line(exc)})"
+        ) from None
 
 
-def read_cache(path: str | os.PathLike) -> CacheData:
+def read_cache(
+    path: str | os.PathLike,
+    *,
+    dataset: str | None = None,
+    modality: str | None = None,
+    expert: str | None = None,
+    dim: int | None = None,
+) -> CacheData:
+    """Read a cache, checked against the contract (docs/design.md §3.2).
+
+    ``dataset`` / ``modality`` / ``expert`` / ``dim``: what the caller expects the cache to
+    be; a cache whose metadata says otherwise is refused (a field the cache leaves empty is
+    not). Any breach of the contract is a :class:`CacheError` naming the file."""
     path = Path(path)
     if not path.exists():
         raise CacheError(f"{path}: cache not found")
     meta = read_meta(path)
-    table = pq.read_table(path)
+    problem = meta_problem(meta, dataset=dataset, modality=modality, expert=expert, dim=dim)
+    if problem is None:
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise CacheError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
+        problem = table_problem(table, meta.dim, meta.dtype)
+    if problem is not None:
+        raise CacheError(f"{path}: {problem}")
     n = table.num_rows
     col = table.column("embedding").combine_chunks()
     status = np.asarray(table.column("status").to_pylist(), dtype=object)
@@ -222,8 +275,13 @@ def read_cache(path: str | os.PathLike) -> CacheData:
     if n:
         flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
         valid = ~np.asarray(col.is_null().to_pylist(), dtype=bool)
-        # flatten() drops the values of null slots, so fill valid rows in order.
-        emb[valid] = flat.reshape(-1, meta.dim)
+        # flatten() drops the values of null slots, so fill valid rows in order; a vector in a
+        # row that is not ok is no data (status decides) and stays a zero row.
+        ok = status == "ok"
+        emb[valid & ok] = flat.reshape(-1, meta.dim)[ok[valid]]
+        stray = int((valid & ~ok).sum())
+        if stray:
+            log.warning("%s: %d row(s) not 'ok' carry an embedding; ignored", path, stray)
     return CacheData(
         sample_ids=np.asarray(table.column("sample_id").to_pylist(), dtype=object),
         embeddings=emb,
@@ -239,71 +297,196 @@ def read_cache(path: str | os.PathLike) -> CacheData:
 
 
 class ShardedCacheWriter:
-    """Shard-by-shard writer with resume.
+    """Shard-by-shard writer with resume, one writer at a time.
 
-    ``plan`` is a fingerprint of the work (expert config hash + sample ids); shards written
-    under another plan are discarded. The plan also pins ``created_at`` so that a resumed run
-    produces the same metadata as the run it continues.
+    ``plan`` fingerprints the work (the sample ids and values, shard size, ...); the writer adds
+    everything of ``meta`` that shapes a shard's content or schema (expert, model id and
+    revision, preprocessing hash, dim, dtype, pooling) and :data:`SHARD_FORMAT`. Shards written
+    under another plan are discarded; a shard that is reused is first validated
+    (:meth:`done`). The plan also pins ``created_at`` so that a resumed run produces the same
+    metadata as the run it continues. ``plan["extra_column"]`` says whether shards carry the
+    ``extra`` column.
+
+    The writer holds the cache's :class:`~extractors.cache_lock.CacheLock` from construction
+    (or uses ``lock``, already held by the caller) until :meth:`finalize` or :meth:`close`; a
+    second writer fails at once with ``CacheLockedError``. ``fresh=True`` (``--force``)
+    discards every shard of earlier runs.
     """
 
-    def __init__(self, path: str | os.PathLike, meta: CacheMeta, plan: dict) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        meta: CacheMeta,
+        plan: dict,
+        lock: CacheLock | None = None,
+        fresh: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.meta = meta
         self.shard_dir = self.path.parent / f".{self.path.name}.shards"
-        self.plan = {"preprocess_hash": meta.preprocess_hash, "expert": meta.expert, **plan}
-        self._open()
+        self.plan = {
+            "format": SHARD_FORMAT,
+            "expert": meta.expert,
+            "model_id": meta.model_id,
+            "revision": meta.revision,
+            "preprocess_hash": meta.preprocess_hash,
+            "dim": meta.dim,
+            "dtype": meta.dtype,
+            "pooling": meta.pooling,
+            **plan,
+        }
+        self._own_lock = lock is None
+        self.lock = (lock or CacheLock(self.path)).acquire()
+        self._valid: set[int] = set()
+        try:
+            self._open(fresh)
+        except BaseException:
+            self.close()
+            raise
 
-    def _open(self) -> None:
+    def _open(self, fresh: bool) -> None:
         # Temp files of a writer killed while writing the final file (``atomic_path`` cannot
         # remove them after SIGKILL); only this cache's own ``.{name}.*.tmp`` are touched.
         for stale in self.path.parent.glob(f".{glob.escape(self.path.name)}.*.tmp"):
             stale.unlink(missing_ok=True)
         plan_file = self.shard_dir / "plan.json"
-        if self.shard_dir.exists() and not plan_file.exists():
+        if self.shard_dir.exists() and (fresh or not plan_file.exists()):
             # Shards without their plan (a run killed while removing the folder) cannot be
-            # trusted to belong to this work: start over.
-            shutil.rmtree(self.shard_dir)
+            # trusted to belong to this work; ``fresh`` asks to start over anyway.
+            self._discard_all("a fresh start was asked for" if fresh else "no plan.json")
         if plan_file.exists():
             try:
                 stored = json.loads(plan_file.read_text())
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, UnicodeDecodeError, OSError):
                 stored = {}
-            if {k: stored.get(k) for k in self.plan} == self.plan:
+            if isinstance(stored, dict) and {k: stored.get(k) for k in self.plan} == self.plan:
                 self.meta.created_at = stored.get("created_at", self.meta.created_at)
                 return
-            shutil.rmtree(self.shard_dir)
+            changed = sorted(
+                k
+                for k in self.plan
+                if not isinstance(stored, dict) or stored.get(k) != self.plan[k]
+            )
+            self._discard_all(f"written under another plan: {', '.join(changed)} differ")
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         self.meta.created_at = self.meta.created_at or created_at_now()
         write_text_atomic(
             plan_file, json.dumps({**self.plan, "created_at": self.meta.created_at}, sort_keys=True)
         )
 
+    def _discard_all(self, why: str) -> None:
+        n = len(list(self.shard_dir.glob("shard-*.parquet")))
+        if n:
+            log.warning("%s: discarding %d shard(s) of an earlier run (%s)", self.path, n, why)
+        shutil.rmtree(self.shard_dir)
+
     def shard_path(self, index: int) -> Path:
         return self.shard_dir / f"shard-{index:06d}.parquet"
 
-    def done(self, index: int) -> bool:
-        return self.shard_path(index).exists()
+    def _expected_schema(self) -> pa.Schema:
+        empty = CacheRecords([], np.zeros((0, self.meta.dim), np.float32), [], [])
+        if self.plan.get("extra_column"):
+            empty.extra = []
+        return _table(empty, self.meta).schema.remove_metadata()
+
+    def _shard_problem(self, index: int, ids: Sequence[str] | None) -> str | None:
+        try:
+            table = pq.read_table(self.shard_path(index))
+        except (pa.ArrowException, OSError) as exc:
+            return f"not a readable Parquet file: {first_line(exc, 120)}"
+        schema = table.schema.remove_metadata()
+        want = self._expected_schema()
+        if not schema.equals(want):
+            return f"schema {schema.types} differs from the expected {want.types}"
+        if ids is not None and table.column("sample_id").to_pylist() != list(ids):
+            return "its sample ids are not this shard's"
+        return table_problem(table, self.meta.dim, self.meta.dtype)
+
+    def done(self, index: int, ids: Sequence[str] | None = None) -> bool:
+        """Whether shard ``index`` is on disk and valid (readable Parquet, the expected schema,
+        the contract, and, when given, exactly the sample ``ids``). A shard that is not is
+        removed with a warning, so it is extracted again."""
+        if index in self._valid:
+            return True
+        path = self.shard_path(index)
+        if not path.exists():
+            return False
+        problem = self._shard_problem(index, ids)
+        if problem is not None:
+            log.warning(
+                "%s: discarding shard %d of an earlier run (%s); it is extracted again",
+                self.path,
+                index,
+                problem,
+            )
+            path.unlink(missing_ok=True)
+            return False
+        self._valid.add(index)
+        return True
 
     def write_shard(self, index: int, records: CacheRecords) -> None:
-        table = _table(records, self.meta)
+        """Write one shard atomically; ``ok`` rows the contract refuses (all-zero, constant,
+        non-finite as stored) become ``failed`` with the reason."""
+        table = _table(self._screen(index, records), self.meta)
         with atomic_path(self.shard_path(index)) as tmp:
             pq.write_table(table, tmp)
+        self._valid.add(index)
+
+    def _screen(self, index: int, records: CacheRecords) -> CacheRecords:
+        ok = np.array([s == "ok" for s in records.status], dtype=bool)
+        emb = np.asarray(records.embeddings, dtype=np.float32)
+        if emb.ndim != 2 or emb.shape[1] != self.meta.dim:
+            return records  # _table names the wrong shape
+        refused = refused_ok_rows(emb, ok, self.meta.dtype)
+        rows = [i for i, r in enumerate(refused) if r is not None]
+        if not rows:
+            return records
+        emb = emb.copy()
+        status, reason = list(records.status), list(records.reason)
+        extra = list(records.extra) if records.extra is not None else None
+        for i in rows:
+            emb[i] = 0.0
+            status[i], reason[i] = "failed", refused[i]
+            if extra is not None:
+                extra[i] = None
+        log.warning(
+            "%s: shard %d: %d embedding(s) refused as ok (%s)",
+            self.path,
+            index,
+            len(rows),
+            "; ".join(sorted({str(refused[i]) for i in rows})),
+        )
+        return CacheRecords(list(records.sample_ids), emb, status, reason, extra)
 
     def finalize(self, n_shards: int, row_group_size: int = 4096) -> Path:
-        """Assemble shards 0..n-1 into the final file (atomically) and remove the shard folder."""
-        missing = [i for i in range(n_shards) if not self.done(i)]
-        if missing:
-            raise CacheError(f"{self.path}: cannot finalize, shards {missing[:5]} not written")
-        stamp_version(self.meta)
-        tables = [pq.read_table(self.shard_path(i)) for i in range(n_shards)]
-        if tables:
-            table = pa.concat_tables(tables)
-        else:
-            table = _table(CacheRecords.concat([], self.meta.dim), self.meta)
-        table = table.replace_schema_metadata(
-            {META_KEY: json.dumps(asdict(self.meta), sort_keys=True).encode()}
-        )
-        with atomic_path(self.path) as tmp:
-            pq.write_table(table, tmp, row_group_size=row_group_size)
-        shutil.rmtree(self.shard_dir, ignore_errors=True)
+        """Assemble shards 0..n-1 into the final file (atomically), remove the shard folder and
+        release the lock."""
+        try:
+            missing = [i for i in range(n_shards) if not self.done(i)]
+            if missing:
+                raise CacheError(f"{self.path}: cannot finalize, shards {missing[:5]} not written")
+            stamp_version(self.meta)
+            tables = [pq.read_table(self.shard_path(i)) for i in range(n_shards)]
+            if tables:
+                try:
+                    table = pa.concat_tables(tables)
+                except pa.ArrowInvalid as exc:  # pragma: no cover - done() checked each schema
+                    raise CacheError(
+                        f"{self.shard_dir}: shards do not fit together ({first_line(exc)})"
+                    ) from None
+            else:
+                table = _table(CacheRecords.concat([], self.meta.dim), self.meta)
+            table = table.replace_schema_metadata(
+                {META_KEY: json.dumps(asdict(self.meta), sort_keys=True).encode()}
+            )
+            with atomic_path(self.path) as tmp:
+                pq.write_table(table, tmp, row_group_size=row_group_size)
+            shutil.rmtree(self.shard_dir, ignore_errors=True)
+        finally:
+            self.close()
         return self.path
+
+    def close(self) -> None:
+        """Release the lock (when this writer took it); shards stay for a later resume."""
+        if self._own_lock:
+            self.lock.release()

@@ -237,6 +237,18 @@ def format_report(report: DoctorReport) -> str:
 
 
 def main(config: str, as_json: bool = False, only: list[str] | None = None) -> int:
+    from extractors.presets import check_preset
+    from medmix.config import ConfigError
+
     report = run_doctor(config, only)
+    experts = dict((yaml.safe_load(Path(config).read_text()) or {}).get("experts") or {})
+    for rep in report.experts:  # each preset against its class: unknown keys, bad values
+        if rep.name not in experts:
+            continue
+        try:
+            check_preset(rep.name, experts[rep.name], experts)
+        except ConfigError as exc:
+            others = {k: c for k, c in rep.checks.items() if k != "config"}
+            rep.checks = {"config": Check(FAIL, str(exc)[:400]), **others}
     print(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
     return 0 if report.ready else 1

@@ -10,12 +10,20 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cohorts.manifest import PATH_KINDS, ManifestError, read_manifest, validate_manifest
+from cohorts.manifest import (
+    PATH_KINDS,
+    ManifestError,
+    ManifestMeta,
+    read_manifest,
+    validate_manifest,
+)
 from extractors.base import Expert, SampleError
 from extractors.batching import (
     embed_safe,
     expert_device,
+    has_info,
     is_missing,
     load_one,
     precision_of,
@@ -24,8 +32,13 @@ from extractors.batching import (
     summarise_info,
 )
 from extractors.cache import CacheMeta, ShardedCacheWriter
+from extractors.cache_lock import CacheLock
 from extractors.status import count_reasons
+from medmix.config import ConfigError
 from medmix.progress import progress as progress_bar
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("medmix.extract")
 
@@ -81,6 +94,7 @@ def extract(
     progress: bool = True,
     validate: bool = True,
     fit_manifest: str | Path | None = None,
+    force: bool = False,
 ) -> ExtractSummary:
     """Extract ``expert`` over ``modality`` of the manifest into ``out_path``.
 
@@ -94,8 +108,15 @@ def extract(
     variable list) fit on THAT manifest's training split instead of this one's — an external
     validation cohort is embedded in its source cohort's space (the cache's metadata records
     ``fit_source``).
+
+    One extraction at a time per cache: a second one into the same ``out_path`` stops at once
+    with ``CacheLockedError`` (:mod:`extractors.cache_lock`). Shards of an earlier run are
+    resumed only under the same plan and after validation; ``force=True`` discards them all
+    and starts clean.
     """
     df, mmeta = read_manifest(manifest_path)
+    if len(df) == 0:
+        raise ManifestError(f"{manifest_path}: no samples to extract (the manifest has no rows)")
     if validate:  # fatal manifest problems stop the job before any model is loaded
         validate_manifest(df, mmeta, path=manifest_path, root=root)
     if modality not in mmeta.modalities:
@@ -104,18 +125,47 @@ def extract(
         )
     kind = mmeta.modalities[modality]
     if expert.kind != kind:
-        raise ValueError(
+        raise ConfigError(
             f"expert {expert.name!r} reads {expert.kind!r} inputs but modality {modality!r} is {kind!r}"
         )
     data_root = Path(root if root is not None else mmeta.root)
     if kind in PATH_KINDS and not data_root.exists():
         raise ManifestError(f"{manifest_path}: dataset root {data_root} does not exist")
 
+    lock = CacheLock(out_path).acquire()  # before fitting or loading a model: fail fast
+    try:
+        return _extract_locked(
+            manifest_path, df, mmeta, modality, expert, out_path, lock,
+            shard_size=shard_size, max_failed_fraction=max_failed_fraction, dtype=dtype,
+            data_root=data_root, progress=progress, fit_manifest=fit_manifest, force=force,
+        )  # fmt: skip
+    finally:
+        lock.release()
+
+
+def _extract_locked(
+    manifest_path: str | Path,
+    df: pd.DataFrame,
+    mmeta: ManifestMeta,
+    modality: str,
+    expert: Expert,
+    out_path: str | Path,
+    lock: CacheLock,
+    *,
+    shard_size: int,
+    max_failed_fraction: float,
+    dtype: str,
+    data_root: Path,
+    progress: bool,
+    fit_manifest: str | Path | None,
+    force: bool,
+) -> ExtractSummary:
+    kind = mmeta.modalities[modality]
     ids = df["sample_id"].astype(str).tolist()
     values = df[modality].tolist()
     splits = df["split"].astype(str).tolist()
 
-    fit_source = None
+    fit_source, fit_hash = None, None
     if expert.requires_fit:
         fit_values, fit_splits, fit_root = values, splits, data_root
         if fit_manifest is not None:
@@ -140,18 +190,26 @@ def extract(
                 + (f" (fit manifest {fit_manifest})" if fit_manifest is not None else "")
             )
         expert.fit(loaded)
+        # what the expert learnt from shapes every shard: part of the resume fingerprint
+        fit_hash = samples_hash([str(i) for i in range(len(train_vals))], train_vals, fit_root)
 
     meta = expert.cache_meta(dataset=mmeta.dataset, modality=modality, dtype=dtype)
     if fit_source is not None:
         meta.extra["fit_source"] = fit_source
-    plan = {"samples": samples_hash(ids, values, data_root), "shard_size": shard_size}
-    writer = ShardedCacheWriter(out_path, meta, plan)
+    plan = {
+        "samples": samples_hash(ids, values, data_root),
+        "shard_size": shard_size,
+        "extra_column": has_info(expert),
+        "fit": fit_hash,
+        "fit_source": fit_source,
+    }
+    writer = ShardedCacheWriter(out_path, meta, plan, lock=lock, fresh=force)
     n_shards = max(1, (len(ids) + shard_size - 1) // shard_size)
-    resumed = sum(writer.done(i) for i in range(n_shards))
-
     bounds = [(i, i * shard_size, min(len(ids), (i + 1) * shard_size)) for i in range(n_shards)]
-    pending = [b for b in bounds if not writer.done(b[0])]
-    done_samples = sum(hi - lo for i, lo, hi in bounds if writer.done(i))
+    reused = {i for i, lo, hi in bounds if writer.done(i, ids[lo:hi])}
+    resumed = len(reused)
+    pending = [b for b in bounds if b[0] not in reused]
+    done_samples = sum(hi - lo for i, lo, hi in bounds if i in reused)
     device_requested = str(getattr(expert, "device", "cpu"))
     _resolve_auto_device(expert)
     bar = progress_bar(

@@ -27,6 +27,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from extractors.cache import STATUSES, CacheError, read_meta
+from medmix.cli import run_cli
 from medmix.io import write_text_atomic
 from medmix.table_html import Block, Cell, render_html_table
 
@@ -203,4 +204,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

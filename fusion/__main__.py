@@ -24,7 +24,14 @@ import json
 import logging
 
 from fusion.registry import list_methods
-from medmix.cli import add_output_options, add_version_argument, setup_cli_logging
+from medmix.cli import (
+    add_output_options,
+    add_version_argument,
+    non_negative_int,
+    positive_int,
+    run_cli,
+    setup_cli_logging,
+)
 from medmix.config import dataset_paths, load_config_arg, select_methods
 
 log = logging.getLogger("medmix.fusion")
@@ -85,14 +92,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from fusion.predict import predict
+    from fusion.predict import PredictInputError, predict
 
     inputs: dict[str, dict[str, str]] = {}
     for item in args.input:
         key, sep, path = item.partition("=")
         modality, slash, expert = key.partition("/")
-        if not sep or not slash:
-            raise SystemExit(f"--input {item!r}: expected MODALITY/EXPERT=CACHE.parquet")
+        if not sep or not slash or not modality or not expert or not path:
+            raise PredictInputError(f"--input {item!r}: expected MODALITY/EXPERT=CACHE.parquet")
         inputs.setdefault(modality, {})[expert] = path
     res = predict(args.model, inputs, device=args.device)
     frame = res.to_frame()
@@ -131,8 +138,8 @@ def main(argv: list[str] | None = None) -> int:
         "test_random-{p}, mnar-label-{p}, replay-{p}, ... (default: full)",
     )
     p.add_argument("--out", help="run folder (default: results/{dataset}/runs/{protocol}/{method})")
-    p.add_argument("--seeds", type=int, nargs="+", help="default: the config's seeds")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", help="default: the config's seeds")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (bf16 autocast on cuda)")
     p.add_argument(
         "--selection",
@@ -149,10 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--method", required=True, help="a neural fusion method (see train)")
     p.add_argument("--out", help="default: results/{dataset}/selection/{method}.json")
     p.add_argument(
-        "--seeds", type=int, nargs="+", help="the run's seeds (default: the config's); the "
-        "first fusion.select.seeds of them are trained",
+        "--seeds", type=non_negative_int, nargs="+", help="the run's seeds (default: the "
+        "config's); the first fusion.select.seeds of them are trained",
     )  # fmt: skip
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (bf16 autocast on cuda)")
     add_output_options(p, progress=False)
     p.set_defaults(func=cmd_select)
@@ -177,4 +184,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -165,6 +165,8 @@ def train_variant(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from medmix.cli import non_negative_int, positive_int
+
     parser = argparse.ArgumentParser(prog="python -m fusion.ablations", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -176,12 +178,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dataset", required=True)
     p.add_argument("--variant", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--seeds", type=int, nargs="+")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seeds", type=non_negative_int, nargs="+")
+    p.add_argument("--threads", type=positive_int, default=1)
     p.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     setup_logging()
     cfg = load_config_arg(args.config)
+    dataset_paths(cfg, args.dataset)  # an unknown --dataset: one line naming it
     if args.cmd == "list":
         for v in ablation_variants(cfg, args.dataset):
             print(f"{v.protocol}/{v.method}\t{v.label}")
@@ -191,4 +194,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from medmix.cli import run_cli
+
+    raise SystemExit(run_cli(main))

@@ -334,7 +334,9 @@ class AdaCoMed(FusionModel):
         w = both.to(logits.dtype)
         row = -F.log_softmax(logits.masked_fill(~cols, lo), dim=1).diagonal()
         col = -F.log_softmax(logits.t().masked_fill(~cols, lo), dim=1).diagonal()
-        return ((row + col) * w).sum() / (2 * w.sum().clamp_min(1.0))
+        # where, not a product with w: a sample without both branches has an infinite row
+        # (its own column is masked), and 0 * inf would make the reported loss NaN
+        return torch.where(both, row + col, 0.0).sum() / (2 * w.sum().clamp_min(1.0))
 
     def fuse(self, u: torch.Tensor, delta: torch.Tensor) -> FusionOutput:
         avail = delta > 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -36,13 +37,14 @@ import torch
 
 from cohorts.manifest import read_manifest
 from extractors.cache import read_cache
+from medmix.errors import UserError
 
 log = logging.getLogger("medmix.fusion.data")
 
 STD_FLOOR = 1e-6
 
 
-class FusionDataError(ValueError):
+class FusionDataError(UserError, ValueError):
     """Caches that do not fit the manifest (unknown ids, wrong dims, duplicates)."""
 
 
@@ -220,10 +222,27 @@ def _fit_stats(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]
 
 
 def _read_aligned(
-    path: Path, id_index: pd.Index, ids: np.ndarray
+    path: Path,
+    id_index: pd.Index,
+    ids: np.ndarray,
+    dataset: str,
+    modality: str,
+    expert: str | None = None,
+    others: Sequence[str] = (),
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """A cache aligned to the manifest order: (embeddings (N, D), ok (N,), dim)."""
-    cache = read_cache(path)
+    """A cache aligned to the manifest order: (embeddings (N, D), ok (N,), dim).
+
+    The cache must be the one the run expects: its metadata's dataset and modality must be
+    the manifest's and ``modality``, and its rows follow the contract
+    (:func:`extractors.cache.read_cache`: a one-line ``CacheError`` naming the file). The
+    expert key is the caller's label (a cache written by an unnamed expert may sit under any
+    key), but a cache that names *another* expert of this modality (``others``) is a mix-up."""
+    cache = read_cache(path, dataset=dataset or None, modality=modality)
+    if expert is not None and cache.meta.expert != expert and cache.meta.expert in others:
+        raise FusionDataError(
+            f"{path}: cache of expert {cache.meta.expert!r} given as expert {expert!r} of "
+            f"{modality!r} (two experts' caches mixed up?)"
+        )
     cids = pd.Index(cache.sample_ids.astype(str))
     if not cids.is_unique:
         raise FusionDataError(f"{path}: duplicate sample ids in cache")
@@ -247,11 +266,7 @@ def _read_aligned(
     ok = np.zeros(n, dtype=bool)
     ok[found] = cache.status[pos[found]] == "ok"
     x = np.zeros((n, cache.meta.dim), dtype=np.float32)
-    x[found] = cache.embeddings[pos[found]]
-    bad = ok & ~np.isfinite(x).all(axis=1)
-    if bad.any():
-        log.warning("%s: %d non-finite embedding(s) treated as missing", path, int(bad.sum()))
-        ok &= ~bad
+    x[found] = cache.embeddings[pos[found]]  # read_cache refused non-finite ok rows
     return x, ok, int(cache.meta.dim)
 
 
@@ -319,7 +334,9 @@ def load_fusion_data(
                 x, ok, dim, path = _absent(m, e, n, standardization)
             else:
                 path = Path(caches[m][e])
-                x, ok, dim = _read_aligned(path, id_index, ids)
+                x, ok, dim = _read_aligned(
+                    path, id_index, ids, meta.dataset, m, e, [o for o in experts[m] if o != e]
+                )
             if standardization is None:
                 mu, sd = _fit_stats(x, ok & train_rows)
             else:
@@ -344,7 +361,7 @@ def load_fusion_data(
         t_mods = [m for m in modalities if m in teachers]
         t_x, t_ok, t_dims = [], [], {}
         for m in t_mods:
-            x, ok, dim = _read_aligned(Path(teachers[m]), id_index, ids)
+            x, ok, dim = _read_aligned(Path(teachers[m]), id_index, ids, meta.dataset, m, None)
             mu, sd = _fit_stats(x, ok & train_rows)
             t_x.append(_standardise(x, ok, mu, sd))
             t_ok.append(ok)

@@ -516,6 +516,8 @@ def efficiency_rows(
 
 
 def main(argv: list[str] | None = None) -> int:
+    from medmix.cli import positive_int
+
     parser = argparse.ArgumentParser(prog="python -m fusion.efficiency", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     add_version_argument(parser)
@@ -527,7 +529,9 @@ def main(argv: list[str] | None = None) -> int:
         "--out", required=True, help="output JSON, e.g. results/{dataset}/efficiency.json"
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (default: cpu)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    parser.add_argument(
+        "--threads", type=positive_int, default=1, help="torch CPU threads (default 1)"
+    )
     add_output_options(parser, progress=False)
     args = parser.parse_args(argv)
     setup_cli_logging(args)
@@ -535,9 +539,12 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     cfg = load_config_arg(args.config)
+    dataset_paths(cfg, args.dataset)  # an unknown --dataset: one line naming it
     write_efficiency(cfg, args.dataset, args.methods, args.out, args.device)
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from medmix.cli import run_cli
+
+    raise SystemExit(run_cli(main))

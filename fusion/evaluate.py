@@ -38,6 +38,7 @@ from fusion.protocols import mask_seed, protocol_severity, write_masks
 from fusion.registry import ModelSpec
 from fusion.run_writer import building_run, predictions_frame
 from medmix.config import dataset_paths
+from medmix.errors import InputError
 from medmix.io import atomic_path
 from medmix.plan import external_protocol
 from medmix.protocol_names import ProtocolError, is_test_only, parse_protocol
@@ -56,9 +57,15 @@ def collect_metrics(runs_root: str | os.PathLike, dataset: str) -> pd.DataFrame:
 
     Besides the metrics, bootstrap intervals appear as ``{metric}_ci_low`` / ``_ci_high``
     rows (test / external splits). Runs marked unavailable have no seed folders: no rows.
+
+    Nothing is dropped silently: an undefined value (JSON null) is a NaN row, a label skipped
+    in a split (one class only, :mod:`fusion.metrics`) has a NaN ``auroc`` row, and a run
+    whose ``summary.json`` lists seeds without a ``metrics.json`` is named in a warning (the
+    tables mark its rows as over fewer seeds than configured).
     """
     rows = []
     runs_root = Path(runs_root)
+    found: dict[Path, set[int]] = {}
     for path in sorted(runs_root.glob("*/*/seed*/metrics.json")):
         seed_dir, method_dir = path.parent, path.parent.parent
         protocol_dir = method_dir.parent
@@ -67,18 +74,26 @@ def collect_metrics(runs_root: str | os.PathLike, dataset: str) -> pd.DataFrame:
         if not (method_dir / "summary.json").exists():
             log.warning("%s: run without summary.json skipped", method_dir)
             continue
-        m = json.loads(path.read_text())
+        try:
+            m = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: not valid JSON ({exc})") from None
         seed = int(m.get("seed", seed_dir.name.removeprefix("seed")))
+        found.setdefault(method_dir, set()).add(seed)
         for split, sm in m.get("splits", {}).items():
             key = (dataset, protocol_dir.name, method_dir.name, seed, split)
             for metric, value in sm.get("macro", {}).items():
-                rows.append((*key, "macro", metric, float(value)))
-            for task, vals in sm.get("per_label", {}).items():
+                rows.append((*key, "macro", metric, _value(value)))
+            per_label = sm.get("per_label", {})
+            for task, vals in per_label.items():
                 rows.extend(
-                    (*key, task, metric, float(vals[metric]))
+                    (*key, task, metric, _value(vals[metric]))
                     for metric in LABEL_METRICS
                     if metric in vals
                 )
+            for task in sm.get("skipped_labels") or []:  # undefined there: NaN, not absent
+                if "auroc" not in per_label.get(task, {}):
+                    rows.append((*key, task, "auroc", math.nan))
             ci = sm.get("ci") or {}
             for task, entry in [("macro", ci.get("macro", {}))] + list(
                 (ci.get("per_label") or {}).items()
@@ -86,8 +101,36 @@ def collect_metrics(runs_root: str | os.PathLike, dataset: str) -> pd.DataFrame:
                 for metric, (lo, hi) in entry.items():
                     rows.append((*key, task, f"{metric}_ci_low", float(lo)))
                     rows.append((*key, task, f"{metric}_ci_high", float(hi)))
+    _warn_missing_seeds(runs_root, found)
     df = pd.DataFrame(rows, columns=METRIC_COLUMNS)
     return df.astype({"seed": "int64", "value": "float64"})
+
+
+def _value(v: Any) -> float:
+    """A metrics.json number; null (an undefined metric) is NaN."""
+    return math.nan if v is None else float(v)
+
+
+def _warn_missing_seeds(runs_root: Path, found: dict[Path, set[int]]) -> None:
+    """Name every finished run whose ``summary.json`` lists seeds without a ``metrics.json``."""
+    for path in sorted(runs_root.glob("*/*/summary.json")):
+        run = path.parent
+        if any(p.name.startswith(".") for p in (run, run.parent)):
+            continue
+        try:
+            summary = json.loads(path.read_text())
+            listed = (
+                [int(s) for s in summary["seeds"]] if summary.get("status", "ok") == "ok" else []
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        missing = [s for s in listed if s not in found.get(run, set())]
+        if missing:
+            log.warning(
+                "%s: seed(s) %s of summary.json have no seed*/metrics.json: the run's rows "
+                "cover %d of %d seeds",
+                run.relative_to(runs_root), missing, len(listed) - len(missing), len(listed),
+            )  # fmt: skip
 
 
 def write_metrics_table(

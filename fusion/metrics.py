@@ -31,7 +31,10 @@ that has no positive or no negative in a replicate is left out of that replicate
 
 A label (or class) with no positive or no negative among the known labels of a split is
 skipped in that split — named in ``skipped_labels``, left out of the macro average, never
-averaged in as NaN.
+averaged in as NaN, and never scored as a number (no AUROC of 0.5): ``notes`` says why per
+label (``metrics.json``: ``splits.{split}.notes``), the metrics table
+(:func:`fusion.evaluate.collect_metrics`) holds its AUROC as NaN, and when every label of a
+split is skipped the macro AUROC is NaN (JSON: null).
 """
 
 from __future__ import annotations
@@ -67,12 +70,37 @@ class SplitMetrics:
     per_label: dict[str, dict[str, float]]
     skipped_labels: list[str] = field(default_factory=list)
     ci: dict | None = None  # bootstrap confidence intervals (see bootstrap_ci)
+    notes: dict[str, str] = field(default_factory=dict)  # skipped label -> why undefined
 
     def to_dict(self) -> dict:
         d = asdict(self)
         if d["ci"] is None:
             d.pop("ci")
+        if not d["notes"]:  # written only where a label is undefined
+            d.pop("notes")
         return d
+
+
+def undefined_note(n: int, n_pos: int, multiclass: bool = False) -> str:
+    """Why a label's (class's) AUROC is undefined on a split of ``n`` known labels."""
+    if n == 0:
+        what = "no known label"
+    elif multiclass:
+        what = f"{'no' if n_pos == 0 else 'every'} sample of this class among {n} known labels"
+    else:
+        what = f"only {'negatives' if n_pos == 0 else 'positives'} among {n} known labels"
+    return f"{what}: AUROC undefined (NaN), left out of the macro average"
+
+
+def undefined_notes(metrics: dict[str, Any], who: str) -> list[str]:
+    """One line per label whose AUROC is undefined in a reported split (test, external) of a
+    seed's ``metrics`` (the val split's are :mod:`fusion.train_checks`' findings)."""
+    return [
+        f"{who}: {split} split: label {name}: {note}"
+        for split, sm in metrics.get("splits", {}).items()
+        if split in CI_SPLITS
+        for name, note in (sm.get("notes") or {}).items()
+    ]
 
 
 def _f1(y: np.ndarray, pred: np.ndarray) -> float:
@@ -177,6 +205,7 @@ def evaluate_split(
     probs = np.asarray(probs, dtype=np.float64)
     per_label: dict[str, dict[str, float]] = {}
     skipped: list[str] = []
+    notes: dict[str, str] = {}
     if task_type == "multiclass":
         y = np.asarray(y).astype(np.int64)
         known = y >= 0
@@ -187,6 +216,7 @@ def evaluate_split(
             entry: dict[str, float] = {"n": int(len(yc)), "n_pos": int(yc.sum())}
             if yc.all() or not yc.any():
                 skipped.append(name)
+                notes[name] = undefined_note(len(yc), int(yc.sum()), multiclass=True)
             else:
                 entry.update(
                     auroc=float(roc_auc_score(yc, pk[:, c])),
@@ -212,6 +242,7 @@ def evaluate_split(
             entry = {"n": int(k.sum()), "n_pos": int((yj == 1).sum())}
             if len(yj) == 0 or yj.all() or not yj.any():
                 skipped.append(name)
+                notes[name] = undefined_note(len(yj), int((yj == 1).sum()))
             else:
                 entry.update(binary_label_metrics(yj, pj, thresholds.get(name, DEFAULT_THRESHOLD)))
             per_label[name] = entry
@@ -226,12 +257,15 @@ def evaluate_split(
                 macro["macro_f1"] = (_f1(yb, pred) + _f1(~yb, ~pred)) / 2
         elif "f1" in macro:
             macro["macro_f1"] = macro["f1"]
+    if names and len(skipped) == len(names):  # no label defined: the macro AUROC is NaN
+        macro["auroc"] = float("nan")
     return SplitMetrics(
         n=int(len(probs)),
         n_no_modality=int(n_no_modality),
         macro=macro,
         per_label=per_label,
         skipped_labels=skipped,
+        notes=notes,
     )
 
 
@@ -471,11 +505,15 @@ def seed_mean_std(
     per_seed: dict[int, dict[str, float]],
 ) -> tuple[dict[str, float], dict[str, float]]:
     """Mean and sample std (ddof 1; 0 for one seed) over seeds of every metric in
-    :data:`METRICS` that each seed has."""
+    :data:`METRICS` that each seed has. A seed whose value is NaN (undefined) makes the mean
+    and std NaN: it is never dropped to leave a smaller spread over the others."""
     keys = [m for m in METRICS if all(m in v for v in per_seed.values())]
     values = {m: [v[m] for v in per_seed.values()] for m in keys}
     mean = {m: float(np.mean(x)) for m, x in values.items()}
-    std = {m: float(np.std(x, ddof=1)) if len(x) > 1 else 0.0 for m, x in values.items()}
+    std = {
+        m: float(np.std(x, ddof=1)) if len(x) > 1 else (0.0 if np.isfinite(x[0]) else np.nan)
+        for m, x in values.items()
+    }
     return mean, std
 
 

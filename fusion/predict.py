@@ -32,14 +32,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from extractors.cache import read_cache
+from extractors.cache import CacheError, read_cache
 from fusion.checkpoint import load_model
 from fusion.inference import LoadedModel, predict_tensors
+from medmix.errors import UserError
 
 Source = str | os.PathLike | np.ndarray | torch.Tensor | tuple
 
 
-class PredictInputError(ValueError):
+class PredictInputError(UserError, ValueError):
     """Inputs that do not fit the model (unknown modality / expert, wrong dim, no ids)."""
 
 
@@ -72,10 +73,32 @@ class PredictionResult:
         return pd.DataFrame(cols)
 
 
-def _read_source(src: Source) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
-    """(sample ids or None, embeddings (N, D), ok mask or None) of one input."""
+def _read_source(
+    src: Source, modality: str, expert: str, others: list[str], datasets: dict[str, Path]
+) -> tuple[np.ndarray | None, np.ndarray, np.ndarray | None]:
+    """(sample ids or None, embeddings (N, D), ok mask or None) of one input.
+
+    A cache must follow the cache contract, be of ``modality``, not name another of the
+    model's experts of it (``others``), and come from the same dataset as every other cache
+    given (``datasets``: dataset -> the first cache seen of it): caches of two cohorts would
+    otherwise be joined by ``sample_id``."""
     if isinstance(src, str | os.PathLike):
-        cache = read_cache(Path(src))
+        path = Path(src)
+        cache = read_cache(path, modality=modality)
+        if cache.meta.expert != expert and cache.meta.expert in others:
+            raise CacheError(
+                f"{path}: cache of expert {cache.meta.expert!r} given as expert {expert!r} "
+                f"of {modality!r} (two experts' caches mixed up?)"
+            )
+        dataset = cache.meta.dataset
+        if dataset:
+            datasets.setdefault(dataset, path)
+            if len(datasets) > 1:
+                (d0, p0), (d1, p1) = list(datasets.items())[:2]
+                raise CacheError(
+                    f"{p1}: cache of dataset {d1!r}, but {p0} is of dataset {d0!r}; "
+                    "predict scores one cohort at a time (caches are joined by sample_id)"
+                )
         return cache.sample_ids.astype(str), cache.embeddings, cache.status == "ok"
     if isinstance(src, tuple):
         if len(src) == 2:
@@ -106,13 +129,15 @@ def build_inputs(
     if unknown:
         raise PredictInputError(f"the model has no modality {unknown} (has {spec.modalities})")
     read: dict[tuple[str, str], tuple] = {}
+    datasets: dict[str, Path] = {}
     for m, ev in inputs.items():
         for e, src in ev.items():
             if e not in spec.experts[m]:
                 raise PredictInputError(
                     f"modality {m!r} of the model has no expert {e!r} (has {spec.experts[m]})"
                 )
-            read[(m, e)] = _read_source(src)
+            others = [o for o in spec.experts[m] if o != e]
+            read[(m, e)] = _read_source(src, m, e, others, datasets)
     if not read:
         raise PredictInputError("no inputs given")
     if sample_ids is not None:

@@ -70,6 +70,7 @@ from fusion.run_writer import (
     predictions_frame,
     run_json,
 )
+from fusion.train_checks import check_labels
 from medmix.config import dataset_paths
 from medmix.hparams import FusionHParams
 from medmix.methods import PROBE, MethodError
@@ -247,6 +248,9 @@ def run_probe(
     resolve_method(method, list(dcfg["modalities"]), dcfg.get("teachers") or {})
     paths = dataset_paths(cfg, dataset)
     data = load_fusion_data_cached(paths.manifest, inputs.caches)
+    label_warnings = check_labels(data, method).warnings  # as the neural rows get them
+    for line in label_warnings:
+        log.warning("%s", line)
     spec = probe_spec(data, method)
     layout = feature_layout(data)
     log.info(
@@ -310,7 +314,7 @@ def run_probe(
         mean, std = seed_mean_std(per_seed)
         seconds = time.perf_counter() - t0
         summary = {
-            **finished_summary(short, seeds, per_seed, mean, std, seconds),
+            **finished_summary(short, seeds, per_seed, mean, std, seconds, label_warnings),
             "deterministic": True,
             "seed_note": (
                 "the probe has no randomness: seeds change only a protocol's masks (and the "

@@ -4,8 +4,9 @@
 import sys
 
 from fusion.report.cli import main
+from medmix.cli import run_cli
 
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,7 @@ class SeedResult:
     best_epoch: int
     best_val_loss: float
     seconds: float
+    warnings: list[str] = field(default_factory=list)  # fusion.train_checks' findings
 
 
 @dataclass
@@ -83,7 +85,24 @@ def predictions_frame(data: FusionData, spec: ModelSpec, pred: Predictions) -> p
 
 
 def run_json(obj: Any) -> str:
-    return json.dumps(obj, indent=1, sort_keys=True, allow_nan=False)
+    """A run file's JSON; a non-finite number (an undefined metric, e.g. the AUROC of a label
+    with one class in the split) is written as null, never as a bare NaN."""
+    return json.dumps(_finite_or_null(obj), indent=1, sort_keys=True, allow_nan=False)
+
+
+def _finite_or_null(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _finite_or_null(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_finite_or_null(x) for x in v]
+    return v
+
+
+def run_warnings(*groups: list[str]) -> list[str]:
+    """The findings of every seed and split, each once, in order of appearance."""
+    return list(dict.fromkeys(w for g in groups for w in g))
 
 
 @contextmanager
@@ -106,10 +125,13 @@ def finished_summary(
     mean: dict[str, float],
     std: dict[str, float],
     seconds: float,
+    warnings: list[str] | None = None,
 ) -> dict[str, Any]:
     """``summary.json`` of a run whose seeds all finished (``per_seed``: each seed's test-split
-    macro metrics and notes; ``mean`` / ``std`` over the seeds, ddof 1)."""
-    return {
+    macro metrics and notes; ``mean`` / ``std`` over the seeds, ddof 1). ``warnings``: what
+    the run could not do as configured (:mod:`fusion.train_checks`, labels undefined in the
+    test split), recorded only when there is something to say."""
+    summary = {
         **info,
         "status": "ok",
         "split": "test",
@@ -120,6 +142,9 @@ def finished_summary(
         "std_ddof": 1,
         "seconds": round(seconds, 3),
     }
+    if warnings:
+        summary["warnings"] = list(warnings)
+    return summary
 
 
 def write_unavailable(
@@ -154,5 +179,6 @@ __all__ = [
     "finished_summary",
     "predictions_frame",
     "run_json",
+    "run_warnings",
     "write_unavailable",
 ]

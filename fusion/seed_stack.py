@@ -92,6 +92,15 @@ class SeedStack:
         return norm
 
     @torch.no_grad()
+    def finite_seeds(self) -> list[bool]:
+        """Per seed: whether every one of its parameters is finite (one sync for all)."""
+        ok = None
+        for p in self.params.values():
+            seed_ok = torch.isfinite(p).reshape(p.shape[0], -1).all(dim=1)
+            ok = seed_ok if ok is None else ok & seed_ok
+        return [] if ok is None else ok.tolist()
+
+    @torch.no_grad()
     def save_best(self, s: int) -> None:
         for n, p in self.params.items():
             self.best[n][s].copy_(p[s])

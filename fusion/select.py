@@ -41,7 +41,9 @@ import yaml
 from fusion.data import FusionData, load_fusion_data_cached
 from fusion.registry import resolve_method
 from fusion.train import train_seeds
+from fusion.train_checks import TrainingError
 from medmix.config import SCHEMA_PATH, dataset_paths
+from medmix.errors import UserError
 from medmix.hparams import FusionHParams
 from medmix.io import write_text_atomic
 from medmix.methods import LARGE, is_probe, parse_method
@@ -56,16 +58,20 @@ SELECT_KEYS = ("enabled", "grid", "seeds", "metric", "methods")
 # sets the number of test-set CI replicates, which selection never computes)
 # ... and the model choices with a fixed set of values (the schema's enum)
 CHOICE_FIELDS = ("projection", "early_stopping")
+# ... and the BCE positive weight: off (null), ``auto`` (train n_neg / n_pos per output, what
+# the probe's ``class_weight: balanced`` is) or one number
+WEIGHT_FIELDS = ("pos_weight",)
 GRID_FIELDS: tuple[str, ...] = tuple(
     f.name
     for f in fields(FusionHParams)
-    if (f.type in ("int", "float") and f.name != "bootstrap") or f.name in CHOICE_FIELDS
+    if (f.type in ("int", "float") and f.name != "bootstrap")
+    or f.name in CHOICE_FIELDS + WEIGHT_FIELDS
 )
 _INT_FIELDS = frozenset(f.name for f in fields(FusionHParams) if f.type == "int")
 SELECT_SPLITS = ("train", "val")
 
 
-class SelectionError(ValueError):
+class SelectionError(UserError, ValueError):
     """A bad ``fusion.select`` section, or a method that cannot be selected."""
 
 
@@ -74,7 +80,7 @@ class SelectSpec:
     """The ``fusion.select`` section, validated."""
 
     enabled: bool = False
-    grid: dict[str, list[float | int | str]] | None = None
+    grid: dict[str, list[float | int | str | None]] | None = None
     seeds: int = 1
     metric: str = "auroc"
     methods: list[str] | None = None
@@ -102,7 +108,7 @@ class SelectSpec:
             None if methods is None else [str(m) for m in methods],
         )
 
-    def points(self) -> list[dict[str, float | int | str]]:
+    def points(self) -> list[dict[str, float | int | str | None]]:
         """Every grid point (the crossed lists, first key varying slowest)."""
         grid = self.grid or {}
         keys = list(grid)
@@ -115,9 +121,9 @@ def _fusion_field_schemas() -> dict[str, Any]:
     return schema["properties"]["fusion"]["properties"]
 
 
-def parse_grid(grid: dict[str, Any] | None) -> dict[str, list[float | int | str]]:
-    """``fusion.select.grid`` checked: known numeric or choice fields, non-empty lists, values
-    in range (numbers) or in the schema's enum (choices)."""
+def parse_grid(grid: dict[str, Any] | None) -> dict[str, list[float | int | str | None]]:
+    """``fusion.select.grid`` checked: known numeric, choice or weight fields, non-empty lists,
+    values in range (numbers), in the schema's enum (choices), null / auto / > 0 (weights)."""
     grid = dict(grid or {})
     for key in grid:
         if key not in GRID_FIELDS:
@@ -125,11 +131,26 @@ def parse_grid(grid: dict[str, Any] | None) -> dict[str, list[float | int | str]
                 f"fusion.select.grid: unknown key {key!r} (fusion fields a grid may vary: "
                 f"{', '.join(GRID_FIELDS)})"
             )
-    out: dict[str, list[float | int | str]] = {}
+    out: dict[str, list[float | int | str | None]] = {}
     props = _fusion_field_schemas()
     for key, values in grid.items():
         if not isinstance(values, list | tuple) or not values:
             raise SelectionError(f"fusion.select.grid.{key}: a non-empty list, got {values!r}")
+        if key in WEIGHT_FIELDS:
+            for v in values:
+                ok = (
+                    v is None
+                    or v == "auto"
+                    or (not isinstance(v, bool) and isinstance(v, int | float) and v > 0)
+                )
+                if not ok:
+                    raise SelectionError(
+                        f"fusion.select.grid.{key}: {v!r} is not null, auto or a positive number"
+                    )
+            if len({json.dumps(v) for v in values}) != len(values):
+                raise SelectionError(f"fusion.select.grid.{key}: repeated values {values}")
+            out[key] = [v if v is None or v == "auto" else float(v) for v in values]
+            continue
         if key in CHOICE_FIELDS:
             allowed = props[key]["enum"]
             bad = [v for v in values if v not in allowed]
@@ -264,7 +285,20 @@ def select_hparams(
     for k, values in enumerate(spec.points()):
         t1 = time.perf_counter()
         hp = replace(FusionHParams.from_config({**asdict(base), **values}), bootstrap=0)
-        results = train_seeds([view] * len(use), plan, hp, use, device=device)
+        try:
+            results = train_seeds([view] * len(use), plan, hp, use, device=device)
+        except TrainingError as exc:  # e.g. diverged at this point's lr: it cannot be chosen
+            log.warning("point %d/%d %s failed: %s", k + 1, len(spec.points()), values, exc)
+            points.append(
+                {
+                    "values": values,
+                    "val": {m: None for m in SELECT_METRICS},
+                    "per_seed": {},
+                    "failed": str(exc),
+                    "seconds": round(time.perf_counter() - t1, 3),
+                }
+            )
+            continue
         per_seed = {}
         for res in results:
             val = res.metrics["splits"].get("val", {}).get("macro", {})
@@ -288,6 +322,10 @@ def select_hparams(
             k + 1, len(spec.points()), values, _fmt(mean["auroc"]), _fmt(mean["loss"]),
             points[-1]["seconds"],
         )  # fmt: skip
+    if all("failed" in p for p in points):
+        raise SelectionError(
+            f"{dataset} {method}: every grid point failed to train (first: {points[0]['failed']})"
+        )
     best = choose(points, spec.metric)
     chosen = dict(points[best]["values"])
     log.info("%s %s: chose %s (point %d)", dataset, method, chosen, best + 1)

@@ -38,7 +38,7 @@ import torch
 from fusion.checkpoint import save_model
 from fusion.data import FusionData, load_fusion_data_cached
 from fusion.inference import predict_data
-from fusion.metrics import compute_metrics, seed_mean_std
+from fusion.metrics import compute_metrics, seed_mean_std, undefined_notes
 from fusion.probe import run_probe
 from fusion.protocols import mask_seed, protocol_severity, write_masks
 from fusion.registry import MethodPlan, method_class, resolve_method
@@ -50,6 +50,7 @@ from fusion.run_writer import (
     finished_summary,
     predictions_frame,
     run_json,
+    run_warnings,
     write_unavailable,
 )
 from fusion.trainer import SeedTrainer
@@ -106,6 +107,7 @@ def train_seeds(
                 best_epoch=o["best_epoch"],
                 best_val_loss=o["best_val_loss"],
                 seconds=per_seed_seconds + time.perf_counter() - t1,
+                warnings=list(trainer.warnings),
             )
         )
     return results
@@ -139,6 +141,8 @@ def write_seed(result: SeedResult, data: FusionData, directory: Path, info: dict
         "seconds": round(result.seconds, 3),
         "n_params": sum(p.numel() for p in result.model.parameters()),
     }
+    if result.warnings:  # only when the labels did not allow the run as configured
+        meta["warnings"] = result.warnings
     (directory / "metrics.json").write_text(run_json({**meta, **result.metrics}))
     save_model(directory, result.model, data.standardization, info={**info, "seed": result.seed})
 
@@ -197,6 +201,7 @@ def run_training(
     )  # fmt: skip
     per_seed: dict[int, dict[str, float]] = {}
     extra: dict[int, dict[str, Any]] = {}
+    warnings: list[list[str]] = []
     with building_run(out) as tmp:
         severity = protocol_severity(cfg, dataset, data, protocol)  # mnar-severity: a column
         masked = [mask_seed(data, protocol, seed, severity=severity) for seed in seeds]
@@ -208,6 +213,7 @@ def run_training(
             if masks is not None:  # the masks the seed trained under (none for full)
                 write_masks(data, protocol, seed, tmp / f"seed{seed}", severity, masks=masks)
             test = res.metrics["splits"].get("test", {})
+            warnings += [res.warnings, undefined_notes(res.metrics, f"{dataset} {method}")]
             per_seed[seed] = dict(test.get("macro", {}))
             extra[seed] = {
                 "epochs_run": res.epochs_run,
@@ -222,7 +228,9 @@ def run_training(
         mean, std = seed_mean_std(per_seed)
         seconds = time.perf_counter() - t0
         noted = {s: {**per_seed[s], **extra[s]} for s in seeds}
-        summary = finished_summary(short, seeds, noted, mean, std, seconds)
+        summary = finished_summary(
+            short, seeds, noted, mean, std, seconds, warnings=run_warnings(*warnings)
+        )
         (tmp / "summary.json").write_text(run_json(summary))  # last file of the run
     auroc = f"{mean['auroc']:.3f}±{std['auroc']:.3f}" if "auroc" in mean else "n/a"
     log.info(

@@ -38,6 +38,7 @@ from fusion.metrics import auroc_defined, macro_auroc
 from fusion.optim import param_group_names
 from fusion.registry import MethodPlan, ModelSpec, build_model, method_class
 from fusion.seed_stack import SeedInputs, SeedStack, StackAdamW
+from fusion.train_checks import TrainingError, check_labels
 from medmix.hparams import FusionHParams
 
 log = logging.getLogger("medmix.fusion.train")
@@ -228,6 +229,7 @@ class SeedTrainer:
         self.amp = _amp(hp, device)
         self.scale = 2.0**16 if self.amp == torch.float16 else 1.0
         self.good_steps = 0
+        self.warnings: list[str] = []  # the label checks' findings (fusion.train_checks)
 
     # -- functional calls over the seed axis --------------------------------------------------
 
@@ -360,6 +362,37 @@ class SeedTrainer:
         self.opt.step()
         return total.detach(), task.detach(), kd.detach()
 
+    def _check_finite(
+        self, epoch: int, active: list[bool], losses: dict[str, list[float]], total: list[float]
+    ) -> None:
+        """Stop the run when an active seed's task, distillation or validation loss, or its
+        weights, became NaN / inf: the early stopping would otherwise keep an earlier (or the
+        initial) state as "best". A non-finite *total* with all of those finite is the value of
+        an auxiliary term whose gradient is finite (AdaCoMed's alignment with a sample lacking
+        one branch): logged, the run goes on."""
+        finite = self.stack.finite_seeds()
+        checks = [*losses.items(), ("weights", [0.0 if ok else math.nan for ok in finite])]
+        for what, values in checks:
+            bad = [k for k, v in enumerate(values) if active[k] and not math.isfinite(v)]
+            if bad:
+                which = ", ".join(str(self.seeds[k]) for k in bad)
+                which = f"seeds {which}" if len(bad) > 1 else f"seed {which}"
+                became = "became non-finite" if what == "weights" else f"became {values[bad[0]]}"
+                raise TrainingError(
+                    f"{self.datas[0].dataset} {self.plan.name}: the {what} of {which} {became} "
+                    f"at epoch {epoch}: training diverged (look for extreme embedding values, or "
+                    "lower fusion.lr)"
+                )
+        odd = [k for k, v in enumerate(total) if active[k] and not math.isfinite(v)]
+        if odd and not getattr(self, "_odd_total", False):
+            self._odd_total = True
+            log.warning(
+                "%s %s: the total training loss of seed(s) %s is %s from epoch %d (an auxiliary "
+                "term's value; task loss, gradients and weights are finite)",
+                self.datas[0].dataset, self.plan.name, ", ".join(str(self.seeds[k]) for k in odd),
+                total[odd[0]], epoch,
+            )  # fmt: skip
+
     def train(self) -> list[dict[str, Any]]:
         """The training loop; returns per seed: history rows, best epoch and loss, epochs."""
         hp, device, data = self.hp, self.device, self.datas[0]
@@ -368,10 +401,11 @@ class SeedTrainer:
         val_idx = data.split_index("val")
         if len(train_idx) == 0:
             raise ValueError(f"{data.dataset}: no training samples")
-        if len(val_idx) == 0:
-            log.warning(
-                "%s: no validation split; early stopping on the training loss", data.dataset
-            )
+        checks = check_labels(data, self.plan.name)  # refuses a train split without labels
+        self.warnings = checks.warnings
+        for w in checks.warnings:
+            log.warning("%s", w)
+        use_val = checks.val_usable  # else: early stopping on the training loss
         n_train = len(train_idx)
         bs = max(1, min(hp.batch_size, n_train))
         steps_per_epoch = math.ceil(n_train / bs)
@@ -383,10 +417,12 @@ class SeedTrainer:
         history: list[list[dict[str, float]]] = [[] for _ in range(s)]
         best_loss = [math.inf] * s
         best_score = [math.inf] * s
-        by_auroc = hp.early_stopping == "auroc" and auroc_defined(
-            data.y[val_idx].cpu().numpy(), data.task_type
+        by_auroc = (
+            hp.early_stopping == "auroc"
+            and use_val
+            and auroc_defined(data.y[val_idx].cpu().numpy(), data.task_type)
         )
-        if hp.early_stopping == "auroc" and not by_auroc:
+        if hp.early_stopping == "auroc" and use_val and not by_auroc:
             log.warning(
                 "%s: no validation label has both classes; early stopping on the val loss",
                 data.dataset,
@@ -414,9 +450,13 @@ class SeedTrainer:
                 step += 1
             train_loss, task_l, kd_l = (sums / n_train).cpu().tolist()
             self.refresh_reference()
-            val = self.val_losses(val_idx) if len(val_idx) else torch.tensor(train_loss)
+            val = self.val_losses(val_idx) if use_val else torch.tensor(train_loss)
             # the score to minimise: the loss, or minus the val AUROC (the loss without val)
             score = -self.val_auroc(val_idx) if by_auroc else val
+            losses = {"training loss": task_l, "distillation loss": kd_l}
+            if use_val:
+                losses["validation loss"] = val.tolist()
+            self._check_finite(epoch, active, losses, train_loss)
             for k in range(s):
                 if not active[k]:
                     continue
@@ -442,6 +482,13 @@ class SeedTrainer:
                         active[k] = False
             if not any(active):
                 break
+        never = [k for k in range(s) if best_epoch[k] < 0]
+        if never:  # restoring "the best" would hand back the initial weights as trained
+            raise TrainingError(
+                f"{data.dataset} {self.plan.name}: seed {self.seeds[never[0]]} never reached a "
+                f"finite {'validation' if use_val else 'training'} score in "
+                f"{len(history[never[0]])} epoch(s): nothing was trained"
+            )
         self.stack.restore_best()
         for k, model in enumerate(self.models):
             model.load_state_dict(self.stack.state_dict_of(k, "model."))

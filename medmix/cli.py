@@ -1,4 +1,5 @@
-"""Options every MedMIX command line shares: ``--version``, ``--quiet``, ``--no-progress``.
+"""Options every MedMIX command line shares: ``--version``, ``--quiet``, ``--no-progress``;
+how a command line reports errors (:func:`run_cli`); argparse types for counts.
 
 * ``--version`` prints ``medmix <version>`` (and the git commit in a checkout) and exits.
 * ``--no-progress`` hides progress bars only; logging is unchanged.
@@ -11,6 +12,10 @@ Progress bars are shown only on a terminal in any case (:mod:`medmix.progress`).
 from __future__ import annotations
 
 import argparse
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from medmix.logs import setup_logging
@@ -63,3 +68,182 @@ def setup_cli_logging(args: argparse.Namespace) -> None:
 
     setup_logging("WARNING" if getattr(args, "quiet", False) else None)
     quiet_library_bars(show_progress(args))
+
+
+# -- errors: one line for the user's mistakes, a traceback for bugs ---------------------------
+
+EXIT_USER_ERROR = 2  # as argparse exits on bad usage
+EXIT_BUG = 1
+BUG_LINE = (
+    "this is a bug in MedMIX, not a problem with your input: please report it with the "
+    "traceback above and the command line"
+)
+# input a command line reads from a path the user named: missing, a folder, unreadable
+_PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+_MAX_SOURCE_BYTES = 16 << 20
+
+
+def _is_user_error(exc: BaseException, extra: tuple[type[BaseException], ...]) -> bool:
+    import json
+
+    import yaml
+
+    from medmix.errors import UserError
+
+    kinds = (UserError, yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError, *_PATH_ERRORS)
+    return isinstance(exc, (*kinds, *extra)) or _unreadable_parquet(exc)
+
+
+def _unreadable_parquet(exc: BaseException) -> bool:
+    """pyarrow's error for an input that is not a Parquet file (truncated, another format);
+    its message names the file. Matched by module and message: medmix imports no pyarrow."""
+    return type(exc).__module__.startswith("pyarrow") and any(
+        s in str(exc) for s in ("Could not open Parquet input source", "Parquet magic bytes")
+    )
+
+
+_PATH_PROBLEMS = {
+    FileNotFoundError: "not found",
+    IsADirectoryError: "is a folder, not a file",
+    NotADirectoryError: "a part of the path is not a folder",
+    PermissionError: "permission denied",
+}
+
+
+def one_line(message: str) -> str:
+    """A message as one line: its lines joined (``; `` between entries, a space after a
+    ``:`` that introduces them)."""
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    out = lines[0] if lines else ""
+    for line in lines[1:]:
+        out += (" " if out.endswith(":") else "; ") + line
+    return out
+
+
+def _parsed_text(exc: BaseException) -> str | bytes | None:
+    """The text (bytes) a JSON or YAML parser (a decoder) failed on, when the error keeps it."""
+    import json
+
+    import yaml
+
+    if isinstance(exc, json.JSONDecodeError):
+        return exc.doc
+    if isinstance(exc, UnicodeDecodeError):
+        return exc.object if isinstance(exc.object, bytes) else None
+    mark = getattr(exc, "problem_mark", None) if isinstance(exc, yaml.YAMLError) else None
+    buffer = getattr(mark, "buffer", None)
+    return buffer.rstrip("\0") if isinstance(buffer, str) else None
+
+
+def _source_file(exc: BaseException) -> str | None:
+    """The file whose text a parser failed on, for errors raised where the caller parsed a
+    file's text without naming the file (``json.loads(path.read_text())``): the path-like
+    local of a frame on the traceback whose file holds exactly that text."""
+    text = _parsed_text(exc)
+    if not text:
+        return None
+    tb, frames = exc.__traceback__, []
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):  # the innermost frame first
+        for value in list(frame.f_locals.values()):
+            if not isinstance(value, str | Path) or len(str(value)) > 4096:
+                continue
+            try:
+                path = Path(value)
+                if not path.is_file() or path.stat().st_size > _MAX_SOURCE_BYTES:
+                    continue
+                raw = path.read_bytes()
+            except (OSError, ValueError):
+                continue
+            content = raw if isinstance(text, bytes) else raw.decode("utf-8", errors="replace")
+            if content == text:
+                return str(value)
+    return None
+
+
+def user_error_message(exc: BaseException) -> str:
+    """The one-line message of a user error, naming the file where the error knows it."""
+    import json
+
+    import yaml
+
+    if isinstance(exc, _PATH_ERRORS) and (exc.filename is not None or exc.strerror is None):
+        problem = next(v for k, v in _PATH_PROBLEMS.items() if isinstance(exc, k))
+        if exc.filename is not None:  # OSError(errno, strerror, filename)
+            return one_line(f"{exc.filename}: {problem}")
+        if len(exc.args) == 1:  # FileNotFoundError(path) or (message): keep what it says
+            text = str(exc.args[0])
+            return one_line(text if ": " in text else f"{text}: {problem}")
+    if isinstance(exc, json.JSONDecodeError):
+        return one_line(f"{_source_file(exc) or 'input'}: not valid JSON ({exc})")
+    if isinstance(exc, yaml.YAMLError):  # problem and position only: no quoted file content
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        name = str(getattr(mark, "name", "") or "")  # a file object's name; "<…string>" else
+        source = name if name and not name.startswith("<") else _source_file(exc)
+        return one_line(f"{source or 'input'}: not valid YAML ({where}{problem})")
+    if isinstance(exc, UnicodeDecodeError):
+        where = _source_file(exc) or "input"
+        return one_line(f"{where}: not valid {exc.encoding} text (byte {exc.start}: {exc.reason})")
+    return one_line(str(exc)) or type(exc).__name__
+
+
+def run_cli(
+    main: Callable[..., int | None],
+    argv: Sequence[str] | None = None,
+    user_errors: tuple[type[BaseException], ...] = (),
+) -> int:
+    """Run a command line's ``main(argv)`` the house way; returns the exit code.
+
+    A user error (:class:`medmix.errors.UserError`, a YAML or JSON syntax error, a file that
+    does not exist or cannot be read, or one of ``user_errors``) prints one line
+    ``error: <message>`` on stderr and returns 2; anything else is a bug: its traceback and
+    a line saying so, exit code 1. ``SystemExit`` (argparse's usage errors, exit 2) and
+    ``KeyboardInterrupt`` pass through. Use it in every ``__main__``:
+    ``sys.exit(run_cli(main))``; ``main`` itself still raises, for library callers and tests.
+    """
+    try:
+        code = main(None if argv is None else list(argv))
+    except Exception as exc:  # noqa: BLE001 - the one place that sorts errors for the user
+        if _is_user_error(exc, user_errors):
+            print(f"error: {user_error_message(exc)}", file=sys.stderr)
+            return EXIT_USER_ERROR
+        traceback.print_exc()
+        print(BUG_LINE, file=sys.stderr)
+        return EXIT_BUG
+    return int(code or 0)
+
+
+# -- argparse types for numeric options ----------------------------------------------------
+
+
+def _int_at_least(low: int, what: str) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be {what} (>= {low}), got {value}")
+        return value
+
+    parse.__name__ = f"int_at_least_{low}"
+    return parse
+
+
+positive_int = _int_at_least(1, "a positive integer")
+non_negative_int = _int_at_least(0, "a non-negative integer")
+
+
+def non_negative_float(text: str) -> float:
+    """A finite number >= 0 (hours, fractions)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {text}")
+    return value

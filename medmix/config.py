@@ -11,6 +11,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from medmix.errors import UserError
 from medmix.methods import (
     LARGE,
     MEDMIX,
@@ -44,7 +45,7 @@ def find_schema() -> Path:
 SCHEMA_PATH = find_schema()
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config problem; the message names the offending key."""
 
 
@@ -154,11 +155,41 @@ def _fill_defaults(node: Any, schema: dict[str, Any]) -> None:
 
 
 def load_config(path: str | os.PathLike = "config.yaml") -> dict[str, Any]:
+    """Read and validate a config file; every problem is a :class:`ConfigError` naming it."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file {path} not found")
-    cfg = yaml.safe_load(path.read_text()) or {}
-    return validate_config(cfg)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is not a file")
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text ({exc.reason})") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(exc)}") from exc
+    return _validate_named(cfg, f"config file {path}")
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML syntax error in one line: what is wrong and where (line, column)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+    return f"{where}{problem}"
+
+
+def _validate_named(cfg: Any, where: str) -> dict[str, Any]:
+    """:func:`validate_config`, its errors prefixed with where the config came from."""
+    if not isinstance(cfg, dict):
+        raise ConfigError(
+            f"{where}: the config must be a mapping (key: value), got a {type(cfg).__name__}"
+        )
+    try:
+        return validate_config(cfg)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {str(exc).strip()}") from exc
 
 
 @dataclass(frozen=True)
@@ -207,7 +238,13 @@ def load_config_arg(arg: str) -> dict[str, Any]:
     text = arg.strip()
     if text.startswith("{"):
         # json, not yaml: YAML 1.1 reads JSON's 1e-08 (no dot) as a string
-        return validate_config(json.loads(text))
+        try:
+            cfg = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"--config: the inline JSON config is not valid JSON ({exc})"
+            ) from exc
+        return _validate_named(cfg, "--config (inline JSON)")
     return load_config(arg)
 
 

@@ -11,18 +11,47 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it where the system allows (Linux:
+    ``/proc/self/status``); elsewhere set and restored at once."""
+    with (
+        contextlib.suppress(OSError, ValueError),
+        open("/proc/self/status", encoding="ascii") as fh,
+    ):
+        for line in fh:
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def creation_mode(directory: bool = False) -> int:
+    """The mode a plain ``open()`` (or ``mkdir``) gives a new file (folder): 0o666 (0o777) less
+    the umask. ``tempfile.mkstemp`` / ``mkdtemp`` create 0o600 / 0o700 instead, which other
+    users of a shared results folder cannot read; writers that use them chmod to this."""
+    return (0o777 if directory else 0o666) & ~current_umask()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success fsync and rename it onto ``path``.
 
     On any exception the temp file is removed and ``path`` is left untouched, so a reader
     never sees a half-written file and a killed writer leaves no file that looks finished.
+    The file gets the mode a plain ``open()`` would give it (:func:`creation_mode`), not
+    ``mkstemp``'s owner-only 0o600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix or ".tmp")
     os.close(fd)
     tmp_path = Path(tmp)
+    try:
+        os.chmod(tmp_path, creation_mode())
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
     try:
         yield tmp_path
         with open(tmp_path, "rb") as fh:

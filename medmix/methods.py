@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from medmix.errors import UserError
 from medmix.protocol_names import modality_label
 
 ONLY_SEP = "-only-"
@@ -40,7 +41,7 @@ ONELLM = "onellm"
 REFERENCE, BASELINE, OURS = 0, 1, 2
 
 
-class MethodError(ValueError):
+class MethodError(UserError, ValueError):
     """An unknown method name or a method that does not fit the dataset."""
 
 

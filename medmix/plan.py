@@ -304,4 +304,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    from medmix.cli import run_cli
+
+    raise SystemExit(run_cli(main))

@@ -16,6 +16,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from medmix.errors import UserError
+
 PROTOCOLS = ("full", "drop_one", "random", "mnar", "replay")
 KINDS = PROTOCOLS[1:]
 SCOPES = ("train", "test", "all")
@@ -65,7 +67,7 @@ def modality_label(m: str) -> str:
     return MODALITY_LABELS.get(m, m)
 
 
-class ProtocolError(ValueError):
+class ProtocolError(UserError, ValueError):
     """A protocol setting that cannot be parsed, or does not fit the data."""
 
 

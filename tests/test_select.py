@@ -77,7 +77,10 @@ def record(synth: dict) -> dict:
     [
         ({"dropuot": [0.1]}, r"fusion\.select\.grid: unknown key 'dropuot'"),
         ({"betas": [0.9]}, r"unknown key 'betas'"),  # not a number
-        ({"pos_weight": [2.0]}, r"unknown key 'pos_weight'"),
+        ({"pos_weight": ["balanced"]}, r"grid\.pos_weight: 'balanced' is not null, auto or a"),
+        ({"pos_weight": [0.0]}, r"fusion\.select\.grid\.pos_weight: 0\.0 is not null, auto"),
+        ({"pos_weight": [[1.0, 2.0]]}, r"fusion\.select\.grid\.pos_weight: \[1\.0, 2\.0\]"),
+        ({"pos_weight": [None, None]}, r"fusion\.select\.grid\.pos_weight: repeated values"),
         ({"dropout": 0.2}, r"fusion\.select\.grid\.dropout: a non-empty list"),
         ({"dropout": []}, r"fusion\.select\.grid\.dropout: a non-empty list"),
         ({"dropout": [0.2, "x"]}, r"fusion\.select\.grid\.dropout: 'x' is not a number"),
@@ -114,6 +117,27 @@ def test_section_checks_and_points() -> None:
         {"weight_decay": 0.1, "d": 32},
     ]
     assert isinstance(spec.points()[1]["d"], int)
+
+
+def test_pos_weight_grid_points() -> None:
+    spec = SelectSpec.from_config({"grid": {"pos_weight": [None, "auto", 3]}})
+    assert spec.points() == [{"pos_weight": None}, {"pos_weight": "auto"}, {"pos_weight": 3.0}]
+
+
+def test_pos_weight_is_selected_on_train_and_val_only(synth: dict, tmp_path: Path) -> None:
+    """``auto`` is the train split's n_neg / n_pos: scrambling the test labels changes nothing,
+    and the chosen weight reaches the run."""
+    cfg = with_selection(synth, grid={"pos_weight": [None, "auto"]})
+    path = tmp_path / "selection.json"
+    rec = run_selection(cfg, DATASET, "medmix", out=path)
+    losses = [p["val"]["loss"] for p in rec["points"]]
+    assert losses[0] != pytest.approx(losses[1])  # the weight acts on the (val) loss
+    scrambled = _scramble_test_labels(cfg, tmp_path / "results")
+    again = run_selection(scrambled, DATASET, "medmix", out=tmp_path / "again.json")
+    assert _strip_seconds(again) == _strip_seconds(rec)
+    run_training(cfg, DATASET, "medmix", "full", tmp_path / "run", seeds=[0], selection=path)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["hparams"]["pos_weight"] == rec["chosen"]["pos_weight"]
 
 
 def test_schema_grid_keys_match_the_numeric_hparams() -> None:
@@ -270,6 +294,8 @@ def test_train_run_uses_the_chosen_values(synth: dict, record: dict, tmp_path: P
 def _strip_seconds(obj):
     if isinstance(obj, dict):
         return {k: _strip_seconds(v) for k, v in obj.items() if k != "seconds"}
+    if isinstance(obj, list):
+        return [_strip_seconds(v) for v in obj]
     return obj
 
 
@@ -354,3 +380,17 @@ def test_select_job_only_when_enabled(tmp_path: Path) -> None:
     path = tmp_path / "on" / "results" / "demo-mimic" / "selection" / "medmix.json"
     assert f" --selection {path} > " in trains["medmix"], trains["medmix"]
     assert "--selection" not in trains["linear-probe"] + trains["ehr-large"]
+
+
+def test_a_diverging_grid_point_is_recorded_and_never_chosen(synth: dict, tmp_path: Path) -> None:
+    """lr 1e30 diverges (a TrainingError): that point is recorded as failed, the other wins;
+    when every point diverges the selection is a one-line SelectionError."""
+    cfg = with_selection(synth, grid={"lr": [1.0e-3, 1.0e30]})
+    rec = run_selection(cfg, DATASET, "medmix", out=tmp_path / "sel.json")
+    bad = rec["points"][1]
+    assert "diverged" in bad["failed"] and bad["val"] == {"auroc": None, "loss": None}
+    assert rec["chosen"] == {"lr": 1.0e-3} and "failed" not in rec["points"][0]
+    cfg = with_selection(synth, grid={"lr": [1.0e30]})
+    with pytest.raises(SelectionError, match="every grid point failed to train") as err:
+        run_selection(cfg, DATASET, "medmix", out=tmp_path / "none.json")
+    assert "\n" not in str(err.value) and not (tmp_path / "none.json").exists()

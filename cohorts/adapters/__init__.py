@@ -22,8 +22,11 @@ from collections.abc import Callable
 from os import PathLike
 from pathlib import Path
 
+from medmix.cli import non_negative_int
+from medmix.errors import UserError
 
-class AdapterError(ValueError):
+
+class AdapterError(UserError, ValueError):
     """Input that an adapter cannot use; the message names the file and, where it applies, the column."""
 
 
@@ -87,7 +90,9 @@ def add_common_args(p: argparse.ArgumentParser, dataset: str, seed: int = 0) -> 
     p.add_argument(
         "--dataset", default=dataset, help=f"dataset name in the manifest (default {dataset})"
     )
-    p.add_argument("--seed", type=int, default=seed, help=f"split seed (default {seed})")
+    p.add_argument(
+        "--seed", type=non_negative_int, default=seed, help=f"split seed (default {seed})"
+    )
 
 
 def add_split_file_args(p: argparse.ArgumentParser, keyed_by: str) -> None:

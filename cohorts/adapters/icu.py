@@ -44,6 +44,7 @@ from cohorts.adapters.readers import TIMESTAMP, read_header
 from cohorts.adapters.summary import Drops, redecoded_remarks
 from cohorts.manifest import ManifestMeta
 from cohorts.splits import patient_split
+from medmix.cli import non_negative_float, positive_int
 
 log = logging.getLogger("medmix.cohorts.icu")
 
@@ -189,13 +190,13 @@ def add_icu_args(p: argparse.ArgumentParser) -> None:
     exclusion, long-stay basis and a published split file."""
     p.add_argument(
         "--hours",
-        type=int,
+        type=positive_int,
         default=48,
         help="observation window / prediction time after ICU intime (h)",
     )
     p.add_argument(
         "--min-icu-hours",
-        type=float,
+        type=non_negative_float,
         help="drop ICU stays shorter than this many hours (default: --hours, i.e. 48: a stay"
         " must cover the whole observation window; 0 keeps every stay)",
     )

@@ -51,8 +51,17 @@ import yaml
 from cohorts.adapters import AdapterError, cli_errors, require_path
 from cohorts.adapters.readers import read_csv_text
 from cohorts.adapters.summary import Drops, redecoded_remarks, write_cohort
-from cohorts.manifest import MODALITY_KINDS, PATH_KINDS, SPLITS, TASK_TYPES, ManifestMeta
+from cohorts.manifest import (
+    MODALITY_KINDS,
+    PATH_KINDS,
+    SPLITS,
+    TASK_TYPES,
+    ManifestMeta,
+    clean_id,
+    inside_root,
+)
 from cohorts.splits import patient_split
+from medmix.cli import non_negative_int
 
 log = logging.getLogger("medmix.cohorts.table")
 
@@ -106,13 +115,6 @@ def _need(where: str, df: pd.DataFrame, cols: list[str], key: str) -> None:
         raise AdapterError(
             f"{where}: column(s) {missing} (from mapping key {key!r}) not in the table; it has {list(df.columns)}"
         )
-
-
-def _inside(root: Path, rel: str) -> bool:
-    if os.path.isabs(rel):
-        return False
-    target = (root / rel).resolve()
-    return target == root or root in target.parents
 
 
 def _template_columns(template: str) -> list[str]:
@@ -289,14 +291,15 @@ def build(
     drops = Drops()
 
     _need(where, df, [mapping["id"]], "id")
-    ids = df[mapping["id"]].map(_fmt)
-    if df[mapping["id"]].isna().any():
-        raise AdapterError(f"{where}: column {mapping['id']!r} (id) has empty values")
+    # ids without surrounding whitespace ("P003 " is P003): clean_id, as every adapter
+    ids = df[mapping["id"]].map(clean_id)
+    if ids.isna().any():
+        raise AdapterError(
+            f"{where}: column {mapping['id']!r} (id) has empty values on {int(ids.isna().sum())} row(s)"
+        )
     pcol = mapping.get("patient", mapping["id"])
     _need(where, df, [pcol], "patient")
-    out = pd.DataFrame(
-        {"sample_id": ids, "patient_id": df[pcol].map(lambda v: None if pd.isna(v) else _fmt(v))}
-    )
+    out = pd.DataFrame({"sample_id": ids, "patient_id": df[pcol].map(clean_id)})
     policy = mapping.get("duplicate_ids", "error")
     if policy not in ("error", "first"):
         raise AdapterError(f"{where_map}: duplicate_ids {policy!r} must be 'error' or 'first'")
@@ -326,7 +329,7 @@ def build(
         col = _modality(df, name, spec, where)
         if kind in PATH_KINDS:
             present = col.notna()
-            escaping = present & col.map(lambda p: p is not None and not _inside(root, p))
+            escaping = present & col.map(lambda p: p is not None and not inside_root(root, p))
             if escaping.any():
                 raise AdapterError(
                     f"{where}: modality {name!r} has paths outside the dataset root {root}: {col[escaping].head(3).tolist()}"
@@ -430,7 +433,7 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dataset", help="dataset name (overrides the mapping's 'dataset')")
     p.add_argument(
         "--seed",
-        type=int,
+        type=non_negative_int,
         help="split seed when the mapping splits by ratios or carves val (overrides split.seed)",
     )
     p.set_defaults(func=_main)

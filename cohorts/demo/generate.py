@@ -16,6 +16,7 @@ from cohorts.demo.mimic import KIND as MIMIC
 from cohorts.demo.openi import KIND as OPENI
 from cohorts.demo.signal import DEFAULT_EVIDENCE, EVIDENCE, check_evidence
 from cohorts.manifest import ManifestMeta, write_manifest
+from medmix.io import creation_mode
 from medmix.progress import progress as progress_bar
 
 KINDS: dict[str, CohortKind] = {k.name: k for k in (OPENI, MIMIC, CCRCC)}
@@ -56,6 +57,7 @@ def generate_cohort(
     plan = spec.plan(n_patients, seed, shift, evidence)
     df = plan.samples.copy()
     tmp = Path(tempfile.mkdtemp(prefix=".raw.tmp-", dir=out_dir))
+    os.chmod(tmp, creation_mode(directory=True))  # mkdtemp makes it 0700; honour the umask
     try:
         for mod, mkind in spec.modalities.items():
             if mkind != "text":

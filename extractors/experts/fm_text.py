@@ -34,8 +34,8 @@ import numpy as np
 
 from extractors.base import SampleError
 from extractors.experts.fm_common import FMExpert, autocast_dtype, forward_chunks
-from extractors.experts.text import clean_text
 from extractors.loading import ModelSpec, load_model, load_tokenizer
+from extractors.readers.notes import read_note
 from extractors.registry import register_expert
 
 POOLINGS = ("cls", "mean", "last")
@@ -196,7 +196,7 @@ class HFTextExpert(FMExpert):
         return TextItem(chunks, [b - a for a, b in ranges], total)
 
     def load(self, value: str, root: Path) -> TextItem:
-        return self.chunk(clean_text(value))
+        return self.chunk(read_note(value))
 
     def item_info(self, item: TextItem) -> dict[str, Any]:
         return {

@@ -3,7 +3,7 @@
 Both read a file with :func:`extractors.readers.timeseries.read_series` (wide or long CSV /
 Parquet; one row per time stamp, NaN where a variable was not observed), take the configured
 ``variables`` (default: every variable of the file; the embedding dim does not depend on them),
-optionally re-bin the rows onto a regular grid of ``step`` time units (mean per bin; default:
+optionally re-bin the rows onto a regular grid of ``step`` hours (mean per bin; default:
 the file's rows as they are — the cohort adapters write hourly grids), and skip variables
 observed fewer than ``min_obs`` times. A file with no usable variable is a failed sample.
 

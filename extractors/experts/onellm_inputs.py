@@ -26,11 +26,11 @@ from extractors.base import SampleError
 from extractors.experts.fm_common import missing_package
 from extractors.experts.fm_image import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, normalized_rgb
 from extractors.experts.slide import SlideTilesExpert
-from extractors.experts.text import clean_text
 from extractors.experts.volume import windowed_slices
 from extractors.loading import WeightsNotFound, how_to_provide, load_tokenizer
 from extractors.readers import resolve_path
 from extractors.readers.images import read_image
+from extractors.readers.notes import read_note
 from extractors.readers.timeseries import read_series
 from extractors.readers.volumes import read_volume
 
@@ -188,7 +188,7 @@ class OneLLMInputs:
         return int(self.arch["vocab_size"])
 
     def tokenize(self, value: Any) -> np.ndarray:
-        text = clean_text(value)
+        text = read_note(value)
         kind, tok = self.get_tokenizer()
         ids = (
             tok.encode(text) if kind == "spm" else tok(text, add_special_tokens=False)["input_ids"]

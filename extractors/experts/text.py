@@ -1,7 +1,10 @@
 """Text experts: the all-MiniLM-L6-v2 sentence encoder and TF-IDF + truncated SVD.
 
-For text modalities the manifest value is the note itself. A note that is empty or only
-whitespace is a bad sample (``SampleError("empty text")``), not a zero vector.
+For text modalities the manifest value is the note itself, read by
+:func:`extractors.readers.notes.read_note` (the one place every text expert decides what
+is text): a note that shows no visible character (empty, any Unicode whitespace, zero-width
+or other format / control characters only) is a bad sample (``SampleError("empty text")``),
+not a zero vector.
 """
 
 from __future__ import annotations
@@ -17,19 +20,14 @@ import numpy as np
 from extractors import loading
 from extractors.base import Expert, SampleError
 from extractors.experts.fm_common import weights_status
+from extractors.readers.notes import read_note
 from extractors.registry import register_expert
 from medmix.devices import resolve_device
 
 log = logging.getLogger("medmix.extract")
 
 
-def clean_text(value: Any) -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        raise SampleError("empty text")
-    text = str(value).strip()
-    if not text:
-        raise SampleError("empty text")
-    return text
+clean_text = read_note  # the name the text experts used before read_note moved to the readers
 
 
 def _package_version() -> str:
@@ -343,6 +341,9 @@ class MiniLMExpert(Expert):
         return out.astype(np.float32)
 
 
+NO_VOCABULARY = "no word of the note is in the TF-IDF vocabulary (fitted on the training split)"
+
+
 @register_expert("tfidf-svd")
 class TfidfSvdExpert(Expert):
     """TF-IDF (word 1-2-grams, sublinear tf, ``min_df``) + TruncatedSVD (LSA), L2-normalised.
@@ -352,7 +353,8 @@ class TfidfSvdExpert(Expert):
     dimensions (``min(n_docs, n_terms) - 1``) the SVD is fitted with that many components and
     the remaining coordinates are zero. If ``min_df`` prunes every term (a tiny corpus) the
     vectoriser falls back to ``min_df=1`` with a warning. ``preprocess_config`` records a hash
-    of the training texts once fitted.
+    of the training texts once fitted. A note with no word of the fitted vocabulary is a
+    failed sample (:data:`NO_VOCABULARY`), not a zero vector.
     """
 
     kind = "text"
@@ -454,7 +456,10 @@ class TfidfSvdExpert(Expert):
         out = np.zeros((len(batch), self.dim), dtype=np.float64)
         if not batch or self._svd is None:
             return out.astype(np.float32)
-        z = self._svd.transform(self._vec.transform(batch))
+        x = self._vec.transform(batch)
+        if (x.getnnz(axis=1) == 0).any():  # the driver retries one by one: only that note fails
+            raise SampleError(NO_VOCABULARY)
+        z = self._svd.transform(x)
         out[:, : z.shape[1]] = z
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
         return out.astype(np.float32)

@@ -5,7 +5,9 @@ learns it: the driver calls :meth:`fit` on the training files (``requires_fit`` 
 this instance) and the variables are the sorted union of their columns. Without a fit, the
 first file embedded fixes it (sorted columns). A variable absent from a file, or observed fewer
 than ``min_obs`` times, gets zero features and its observed fraction (0 when absent), so a model
-can tell "missing" from "zero". Outputs are always finite.
+can tell "missing" from "zero"; a file where none of the variables is observed is a failed sample
+(its embedding would be all zeros). Outputs are always finite. Time is in hours (the reader
+converts date-time and duration time columns), so ``step`` and the slopes are per hour.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from extractors.base import Expert
+from extractors.base import Expert, SampleError
 from extractors.readers import resolve_path
 from extractors.readers.timeseries import Series, read_series
 from extractors.registry import register_expert
@@ -97,6 +99,12 @@ class TimeSeriesExpert(Expert):
                 self.name,
                 self._variables,
             )
+        names = self.variables
+        for s in batch:  # the driver retries one by one: only that file fails
+            if not any(np.isfinite(s.values[v]).any() for v in names if v in s.values):
+                raise SampleError(
+                    f"none of the expert's {len(names)} variables is observed in the file"
+                )
         out = np.zeros((len(batch), self.dim), dtype=np.float64)
         k = len(self.per_var_names)
         for b, s in enumerate(batch):
@@ -124,7 +132,7 @@ class Catch22Expert(TimeSeriesExpert):
     """catch22 (Lubba et al. 2019, pycatch22) per variable + the observed fraction.
 
     Per variable: the observed values (see the reader's cleaning rules) are linearly
-    interpolated onto a regular grid over that variable's observed span, at ``step`` (default:
+    interpolated onto a regular grid over that variable's observed span, at ``step`` hours (default:
     the file's median time step, i.e. hourly for hourly files; at most ``max_len`` points), and
     the 22 catch22 features computed (``catch24: true`` adds mean and std; catch22 alone is
     scale-free). Fewer than ``min_obs`` (3) observations -> zeros. Non-finite features -> 0.
@@ -196,7 +204,7 @@ class Catch22Expert(TimeSeriesExpert):
 
 @register_expert("ts-stats")
 class TsStatsExpert(TimeSeriesExpert):
-    """Per variable: mean, std, min, max, last, least-squares slope (units per time unit) and the
+    """Per variable: mean, std, min, max, last, least-squares slope (units per hour) and the
     observed fraction, over the observed values (no interpolation). Raw units: standardise
     downstream. A variable with no observation gets zeros and fraction 0."""
 

@@ -22,19 +22,37 @@ from typing import Any
 
 import yaml
 
-from medmix.cli import add_output_options, add_version_argument, setup_cli_logging
+from medmix.cli import (
+    add_output_options,
+    add_version_argument,
+    positive_int,
+    run_cli,
+    setup_cli_logging,
+)
+from medmix.config import ConfigError
+from medmix.errors import InputError
 
 log = logging.getLogger("medmix.rag")
 
 
 def _load(arg: str) -> dict[str, Any]:
+    """``--config``: a file or an inline slice (read, not validated: a slice is partial)."""
     text = arg.strip()
-    if text.startswith("{"):
-        return yaml.safe_load(text)
-    path = Path(arg)
-    if not path.exists():
-        raise SystemExit(f"config file {path} not found")
-    return yaml.safe_load(path.read_text()) or {}
+    where = "--config (inline)" if text.startswith("{") else f"config file {arg}"
+    try:
+        if not text.startswith("{"):
+            path = Path(arg)
+            if not path.is_file():
+                raise ConfigError(f"{where} not found" + (" (a folder)" if path.is_dir() else ""))
+            text = path.read_text(encoding="utf-8")
+        cfg = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{where}: not valid YAML{at} ({getattr(exc, 'problem', exc)})") from exc
+    if not isinstance(cfg, dict):
+        raise ConfigError(f"{where}: the config must be a mapping (key: value)")
+    return cfg
 
 
 def _setup(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -65,7 +83,7 @@ def default_image_expert(cfg: dict[str, Any], dataset: str, modality: str) -> st
     for name in experts:
         if name != "rag":
             return name
-    raise SystemExit(
+    raise ConfigError(
         f"nearest-report bridge for {dataset}/{modality}: set image_expert (no other expert configured)"
     )
 
@@ -116,7 +134,9 @@ def cmd_bridge(args: argparse.Namespace) -> int:
     cfg, rag = _setup(args)
     manifest, mmeta = _manifest_meta(cfg, args.dataset, args.manifest)
     if args.modality not in mmeta.modalities:
-        raise SystemExit(f"{manifest}: no modality {args.modality!r}; has {list(mmeta.modalities)}")
+        raise InputError(
+            f"--modality {args.modality}: {manifest} has no such modality; has {list(mmeta.modalities)}"
+        )
     spec = bridge_config(rag, args.modality, mmeta.modalities[args.modality])
     image_cache = args.image_cache
     if spec["type"] == "nearest-report" and not image_cache:
@@ -125,7 +145,7 @@ def cmd_bridge(args: argparse.Namespace) -> int:
             _results(cfg) / args.dataset / "embeddings" / args.modality / f"{expert}.parquet"
         )
     if spec["type"] == "nearest-report" and not Path(image_cache).exists():
-        raise SystemExit(
+        raise InputError(
             f"nearest-report bridge for {args.dataset}/{args.modality}: image-expert cache {image_cache} not found; "
             f"extract it first (list the expert under datasets.{args.dataset}.modalities.{args.modality}) "
             f"or set rag.bridges.{args.modality}.image_expert"
@@ -181,7 +201,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     prov = read_provenance(args.provenance)
     rows = prov[prov["sample_id"] == args.sample_id]
     if rows.empty:
-        raise SystemExit(f"{args.provenance}: no sample {args.sample_id!r}")
+        raise InputError(f"--sample-id {args.sample_id}: no such sample in {args.provenance}")
     row = rows.iloc[0]
     source = row["bridge_source"] if isinstance(row["bridge_source"], str) else None
     print(json.dumps({"sample_id": row["sample_id"], "bridge_source": source}))
@@ -209,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="the knowledge base to write (docs.parquet)")
     p.add_argument("--topics", help="file with one topic id per line (a subset, in that order)")
     p.add_argument(
-        "--max-words", type=int, default=150, help="words per document chunk (default 150)"
+        "--max-words", type=positive_int, default=150, help="words per document chunk (default 150)"
     )
     add_output_options(p, progress=False)
     p.set_defaults(func=cmd_kb)
@@ -222,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("index", help="build the knowledge index (once, shared by all datasets)")
     common(p)
     p.add_argument("--out-dir", help="default: {results}/knowledge/{kb}")
-    p.add_argument("--threads", type=int, help="CPU threads for encoding and faiss")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for encoding and faiss")
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("project", help="fit the label-free projection on the knowledge base")
@@ -270,17 +290,17 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     setup_cli_logging(args)
-    from extractors.loading import LoadingError
-    from extractors.rag.bridge import BridgeError
-    from extractors.rag.index import IndexError_
-    from extractors.rag.knowledge import KnowledgeError
+    return args.func(args)
 
-    try:
-        return args.func(args)
-    except (LoadingError, BridgeError, IndexError_, KnowledgeError) as exc:
-        log.error("%s", exc)
-        return 2
+
+def user_errors() -> tuple[type[BaseException], ...]:
+    """Errors of the RAG chain that are the user's to fix, beyond :class:`UserError`: missing
+    or refused weights, a knowledge index that does not match."""
+    from extractors.loading import LoadingError
+    from extractors.rag.index import IndexError_
+
+    return (LoadingError, IndexError_)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main, user_errors=user_errors()))

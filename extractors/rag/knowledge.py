@@ -35,6 +35,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from medmix.errors import UserError
 from medmix.io import atomic_path
 
 DOC_COLUMNS = ("doc_id", "topic_id", "title", "synonyms", "url", "text")
@@ -57,7 +58,7 @@ _BLOCK_TAGS = {
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9\"'(])")
 
 
-class KnowledgeError(ValueError):
+class KnowledgeError(UserError, ValueError):
     pass
 
 

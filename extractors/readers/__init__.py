@@ -37,9 +37,10 @@ def resolve_path(root: str | Path, value: str, allow_dir: bool = False) -> Path:
 
 
 def is_inside(root: Path, path: Path) -> bool:
-    """``path`` (symlinks resolved, as far as it exists) is ``root`` or below it."""
-    base = root.resolve()
-    target = path.resolve()
+    """``path`` (symlinks resolved, as far as it exists) is ``root`` or below it. A symlink loop
+    is not an error here (``os.path.realpath`` stops at it); the read fails with its reason."""
+    base = Path(os.path.realpath(root))
+    target = Path(os.path.realpath(path))
     return target == base or base in target.parents
 
 

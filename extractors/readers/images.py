@@ -13,7 +13,26 @@ An RGB file whose three channels are identical (a grayscale X-ray saved as RGB) 
   then min..max to 0..1 (always: after the LUTs there is no fixed full scale), MONOCHROME1
   inverted.
 
-Alpha channels are dropped. EXIF orientation is applied (JPEG from phones and scanners).
+* 16-bit colour (48-bit RGB / 64-bit RGBA): Pillow would keep only the top 8 bits of each
+  channel, so a 16-bit RGB / RGBA TIFF is read with tifffile (all 16 bits, then ``high_bit`` as
+  for 16-bit grayscale); 16-bit colour in any other format (PNG, CMYK TIFF) is a failed sample.
+* Integer pixels outside 0..65535 (32-bit ``I`` images, signed 16-bit) with
+  ``high_bit: "dtype"`` are a failed sample (clipping them would be silent); ``"range"`` reads
+  them.
+
+What the file holds must be one picture, and all of it:
+
+* a multi-frame file (multi-page TIFF, animated GIF / PNG / WebP, multi-frame DICOM) is a failed
+  sample naming the frame count (only the first frame would be read). Reduced-resolution pages
+  of a TIFF (thumbnails, pyramid levels: NewSubfileType bit 0) are not frames;
+* an alpha channel (RGBA, LA, PA, a transparent palette index / grey level / colour as in GIF
+  and PNG ``tRNS``, a 4-channel ``.npy``) is
+  dropped only when it is constant (it holds no information); an image with transparent and
+  opaque pixels is a failed sample ("transparent pixels"), since what lies under a transparent
+  pixel is arbitrary;
+* a complex-valued ``.npy`` is a failed sample (its imaginary part would be dropped).
+
+EXIF orientation is applied (JPEG from phones and scanners).
 """
 
 from __future__ import annotations
@@ -30,6 +49,11 @@ HIGH_BIT_MODES = ("range", "dtype")
 
 
 def _scale_high_bit(arr: np.ndarray, high_bit: str, full_scale: float = 65535.0) -> np.ndarray:
+    if high_bit == "dtype" and arr.size and (arr.min() < 0 or arr.max() > full_scale):
+        raise SampleError(
+            f"pixel values {arr.min()}..{arr.max()} outside 0..{full_scale:.0f} "
+            '(high_bit: "dtype" would clip them; use "range")'
+        )
     arr = arr.astype(np.float32)
     if not np.isfinite(arr).all():
         raise SampleError("non-finite pixel values")
@@ -54,9 +78,23 @@ def _collapse_gray(rgb: np.ndarray) -> np.ndarray:
     return rgb
 
 
+TRANSPARENT = "transparent pixels (the alpha channel varies; flatten the image first)"
+
+
+def check_alpha(alpha: np.ndarray) -> None:
+    """An alpha channel may be dropped only when it is constant (it then holds nothing)."""
+    if alpha.size and alpha.min() != alpha.max():
+        raise SampleError(TRANSPARENT)
+
+
 def pil_to_array(im: Image.Image, high_bit: str = "range") -> np.ndarray:
     """A loaded Pillow image -> float32 [0, 1], (H, W) or (H, W, 3)."""
     mode = im.mode
+    if "A" in im.getbands() or "a" in im.getbands():  # RGBA, LA, PA, RGBa, La
+        check_alpha(np.asarray(im.getchannel(im.getbands()[-1])))
+    elif "transparency" in im.info and mode in ("P", "L", "RGB", "1"):
+        # a transparent palette index / grey level / colour (GIF, PNG tRNS)
+        check_alpha(np.asarray(im.convert("RGBA").getchannel("A")))
     if mode == "1":
         return np.asarray(im, dtype=np.float32)
     if mode == "L":
@@ -75,17 +113,69 @@ def pil_to_array(im: Image.Image, high_bit: str = "range") -> np.ndarray:
         im = im.convert("RGBA")
         mode = "RGBA"
     if mode != "RGB":
-        im = im.convert("RGB")  # RGBA (alpha dropped), CMYK, YCbCr, LAB, HSV, I;16 RGB variants
+        im = im.convert("RGB")  # RGBA (constant alpha dropped), CMYK, YCbCr, LAB, HSV
     rgb = np.asarray(im, dtype=np.uint8)
     return _collapse_gray(rgb).astype(np.float32) / 255.0
+
+
+def full_frames(im: Image.Image) -> int:
+    """Frames of an opened image (pages of a TIFF, frames of a GIF / APNG / WebP), not counting
+    a TIFF's reduced-resolution pages (NewSubfileType bit 0: thumbnails, pyramid levels)."""
+    n = int(getattr(im, "n_frames", 1) or 1)
+    if n <= 1 or im.format != "TIFF":
+        return n
+    full = 0
+    for i in range(n):
+        im.seek(i)
+        full += not int(im.tag_v2.get(254, 0)) & 1
+    im.seek(0)
+    return full
+
+
+def _is_deep_colour(im: Image.Image) -> bool:
+    """A colour image with 16 bits per channel, which Pillow would decode to 8."""
+    return im.mode in ("RGB", "RGBA", "RGBX", "CMYK") and any(
+        ";16" in str(t.args[0] if isinstance(t.args, tuple) else t.args) for t in im.tile or []
+    )
+
+
+def _read_deep_tiff(path: Path, im: Image.Image, high_bit: str) -> np.ndarray:
+    """A 16-bit colour TIFF through tifffile (all 16 bits), scaled like 16-bit grayscale."""
+    import tifffile
+
+    if int(im.getexif().get(0x0112, 1) or 1) != 1:
+        raise SampleError("16-bit colour TIFF with an EXIF orientation is not supported")
+    try:
+        arr = np.asarray(tifffile.imread(path, key=0))
+    except Exception as exc:
+        raise SampleError(f"unreadable 16-bit colour TIFF ({type(exc).__name__})") from exc
+    if arr.ndim != 3 or arr.shape[-1] not in (3, 4):
+        raise SampleError(f"16-bit colour TIFF has shape {arr.shape}, expected (H, W, 3 or 4)")
+    if arr.shape[-1] == 4:
+        check_alpha(arr[..., 3])
+    return _collapse_gray(_scale_high_bit(arr[..., :3], high_bit))
 
 
 def _read_pil(path: Path, high_bit: str) -> np.ndarray:
     try:
         with Image.open(path) as im:
+            frames = full_frames(im)
+            if frames > 1:
+                raise SampleError(
+                    f"multi-frame image ({frames} frames; only one 2-D image is read)"
+                )
+            if _is_deep_colour(im):
+                if im.format != "TIFF" or im.mode not in ("RGB", "RGBA"):
+                    raise SampleError(
+                        f"16-bit {im.mode} {im.format} (Pillow reads only 8 bits per channel; "
+                        "save it as 16-bit grayscale or 16-bit RGB TIFF)"
+                    )
+                return _read_deep_tiff(path, im, high_bit)
             im.load()
             im = ImageOps.exif_transpose(im)
             return pil_to_array(im, high_bit)
+    except SampleError:
+        raise
     except UnidentifiedImageError as exc:
         raise SampleError("not a recognised image format") from exc
     except Image.DecompressionBombError as exc:
@@ -108,7 +198,7 @@ def _read_dicom_image(path: Path, high_bit: str) -> np.ndarray:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if frames > 1:
-        raise SampleError("multi-frame DICOM, not a 2-D image")
+        raise SampleError(f"multi-frame DICOM ({frames} frames), not a 2-D image")
     if photometric in ("RGB", "YBR_FULL", "YBR_FULL_422") or arr.ndim == 3:
         if photometric.startswith("YBR"):
             from pydicom.pixels import convert_color_space
@@ -138,6 +228,14 @@ def read_image(path: str | Path, high_bit: str = "range") -> np.ndarray:
             arr = np.load(path, allow_pickle=False)
         except Exception as exc:
             raise SampleError(f"unreadable .npy ({type(exc).__name__})") from exc
+        if np.iscomplexobj(arr):
+            raise SampleError(
+                f"complex-valued image (dtype {arr.dtype}); its imaginary part would be lost"
+            )
+        if not (np.issubdtype(arr.dtype, np.number) or arr.dtype == np.bool_):
+            raise SampleError(f"non-numeric image dtype {arr.dtype}")
+        if arr.ndim == 3 and arr.shape[-1] == 4:
+            check_alpha(arr[..., 3])
         if arr.ndim == 3 and arr.shape[-1] in (3, 4):
             arr = arr[..., :3]
         elif arr.ndim != 2:
@@ -164,6 +262,7 @@ def as_unit_array(arr: np.ndarray) -> np.ndarray:
     if arr.ndim == 3 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     elif arr.ndim == 3 and arr.shape[-1] == 4:
+        check_alpha(arr[..., 3])
         arr = arr[..., :3]
     if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3):
         raise SampleError(f"expected an (H, W) or (H, W, 3) image, got shape {arr.shape}")

@@ -15,6 +15,9 @@ first** and slices ordered inferior -> superior where the file says where they a
   converted to HU per slice with RescaleSlope / RescaleIntercept. Rows/columns stay as stored.
   A series with a missing slice, uneven (mixed) slice spacing, duplicate slice positions or
   slices of different pixel spacing is a bad sample (``SampleError`` naming which).
+* Voxels must be one real number each: a complex-valued volume (any format: MR raw data,
+  phase images) would lose its imaginary part and is a failed sample, as are RGB / structured
+  NIfTI and colour DICOM (``SamplesPerPixel`` > 1: a colour image is not a CT volume).
 * ``.npy`` / ``.npz``: no orientation is stored. ``axis_order`` says which axis is depth:
   ``"dhw"``, ``"hwd"`` or ``"auto"`` (default): the axis whose size differs when the other two
   are equal (512x512x120 -> last), else the smallest axis if it is last, else the first. Values
@@ -71,12 +74,28 @@ def _check_3d(arr: np.ndarray) -> np.ndarray:
     return arr
 
 
+def check_voxel_dtype(dtype: np.dtype) -> None:
+    """Voxels must be real numbers: a complex volume would lose its imaginary part (MR raw
+    data, phase images), a structured one (RGB NIfTI) has no single intensity."""
+    dtype = np.dtype(dtype)
+    if dtype.kind == "c":
+        raise SampleError(
+            f"complex-valued volume (dtype {dtype}); its imaginary part would be lost "
+            "(save the magnitude or the phase as a real volume)"
+        )
+    if dtype.fields is not None:
+        raise SampleError(
+            f"volume has several values per voxel (dtype {dtype}), expected one intensity"
+        )
+    if not np.issubdtype(dtype, np.number):
+        raise SampleError(f"non-numeric volume dtype {dtype}")
+
+
 def _from_array(
     arr: np.ndarray, axis_order: str, source: str, spacing: np.ndarray | None = None
 ) -> Volume:
     arr = _check_3d(np.asarray(arr))
-    if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-        raise SampleError(f"non-numeric volume dtype {arr.dtype}")
+    check_voxel_dtype(arr.dtype)
     ax = depth_axis(arr.shape, axis_order)
     arr = np.moveaxis(arr, ax, 0).astype(np.float32)
     sp = None
@@ -93,6 +112,7 @@ def read_nifti(path: Path) -> Volume:
 
     try:
         img = nib.load(str(path))
+        check_voxel_dtype(img.get_data_dtype())
         can = nib.as_closest_canonical(img)
         data = can.get_fdata(dtype=np.float32)
     except SampleError:
@@ -136,6 +156,11 @@ def read_dicom(path: Path) -> Volume:
     datasets = _dicom_files(path)
     if not datasets:
         raise SampleError("no readable DICOM image in the series")
+    colour = {int(ds.get("SamplesPerPixel", 1) or 1) for ds in datasets} - {1}
+    if colour:
+        raise SampleError(
+            f"colour DICOM (SamplesPerPixel {max(colour)}), expected a grayscale volume"
+        )
     if len(datasets) == 1:
         ds = datasets[0]
         try:

@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 
 from fusion.evaluate import run_external
+from medmix.cli import positive_int, run_cli
 from medmix.config import load_config_arg
 from medmix.logs import setup_logging
 
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", required=True)
     parser.add_argument("--method", required=True)
     parser.add_argument("--out", help="default results/{source}/runs/external-{target}/{method}")
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=positive_int, default=1)
     args = parser.parse_args(argv)
     setup_logging()
     cfg = load_config_arg(args.config)
@@ -60,4 +61,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -13,7 +13,8 @@ import json
 
 import fusion.protocols
 from fusion.evaluate import run_test_protocols
-from medmix.config import load_config_arg
+from medmix.cli import positive_int, run_cli
+from medmix.config import dataset_paths, load_config_arg
 from medmix.io import write_text_atomic
 from medmix.logs import setup_logging
 from medmix.protocol_names import expand_settings
@@ -34,10 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--settings", nargs="+", required=True)
     p.add_argument("--source", help="the full run folder (default runs/full/{method})")
     p.add_argument("--done", help="write this JSON marker (the settings written) at the end")
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=positive_int, default=1)
     args = parser.parse_args(argv)
     setup_logging()
     cfg = load_config_arg(args.config)
+    dataset_paths(cfg, args.dataset)  # an unknown --dataset: one line naming it
     if args.cmd == "list":
         mods = list(cfg["datasets"][args.dataset]["modalities"])
         for s in expand_settings(cfg.get("protocols"), mods):
@@ -56,4 +58,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -3,5 +3,6 @@
 import sys
 
 from fusion.report.cli import main
+from medmix.cli import run_cli
 
-sys.exit(main())
+sys.exit(run_cli(main))

@@ -60,7 +60,8 @@ def render_paper(
     if metrics is None:
         metrics = paper_metrics(cfg, results)
     plan = paper_outputs(cfg)
-    available = {"cfg": cfg, "cells": Cells(metrics), "results": results,
+    cells = Cells(metrics, seeds=cfg.get("seeds") or [0])  # the seeds every run trains
+    available = {"cfg": cfg, "cells": cells, "results": results,
                  "costs": load_costs(cfg, results)}  # fmt: skip
     return render_tables(plan["tables"], available, Path(tables_dir)) + render_figures(
         plan["figures"], available, Path(figures_dir)

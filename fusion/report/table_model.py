@@ -15,6 +15,12 @@ A row holds, under each id key, its display string; under each value key one cel
 
 Keys starting with ``_`` go to the CSV only (``_protocol`` -> column ``protocol``). A row with
 ``_reference`` true (a teacher reference) is never bold and is drawn in a block of its own.
+
+An *incomplete* cell (:class:`SeedMean` or :class:`FlaggedNumber` with a ``flag``: a mean over
+fewer seeds than the run was configured with, or with a NaN seed value) is printed with
+:data:`INCOMPLETE_MARK` in every format; its row is never bold, a note under the table names
+the row and says why (:meth:`Table.incomplete_notes`), and the CSV gains an ``incomplete``
+column (only then: a table without such a cell is written as before).
 """
 
 from __future__ import annotations
@@ -27,6 +33,36 @@ import numpy as np
 
 DECIMALS = 3  # mean ± std over a handful of seeds: a std of ~0.01 justifies three decimals
 SIGNIFICANT_MARK = "†"  # an interval that excludes 0
+INCOMPLETE_MARK = "‡"  # a mean over fewer seeds than configured, or with a NaN seed value
+
+
+class SeedMean(tuple):
+    """A ``(mean, std)`` cell with ``flag``: why it is not over every configured seed (None:
+    it is). A tuple, so every reader of ``(mean, std)`` cells reads it unchanged."""
+
+    flag: str | None
+
+    def __new__(cls, mean: float, std: float, flag: str | None = None) -> SeedMean:
+        cell = super().__new__(cls, (mean, std))
+        cell.flag = flag
+        return cell
+
+
+class FlaggedNumber(float):
+    """A number cell derived from incomplete cells (e.g. Perf of Table E6), with ``flag``."""
+
+    flag: str | None
+
+    def __new__(cls, value: float, flag: str | None = None) -> FlaggedNumber:
+        cell = super().__new__(cls, value)
+        cell.flag = flag
+        return cell
+
+
+def flag_of(cell: Any) -> str | None:
+    """Why a cell is incomplete, or None."""
+    flag = getattr(cell, "flag", None)
+    return flag if isinstance(flag, str) and flag else None
 
 
 @dataclass
@@ -115,7 +151,7 @@ class Table:
         out: set[tuple[int, str]] = set()
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(self.rows):
-            if r.get("_reference"):
+            if r.get("_reference") or self.row_flags(i):  # incomplete rows are never ranked
                 continue
             groups.setdefault(tuple(r.get(k, "") for k in self.group), []).append(i)
         need = self.bold.min_rows
@@ -133,6 +169,21 @@ class Table:
                 out |= {(i, col.key) for i, v in vals
                         if np.isclose(v, target, rtol=self.bold.rtol, atol=self.bold.atol)}  # fmt: skip
         return out
+
+    def row_flags(self, i: int) -> list[str]:
+        """Why row ``i``'s value cells are incomplete (each reason once), or []."""
+        flags = (flag_of(self.rows[i].get(c.key)) for c in self.value_columns)
+        return list(dict.fromkeys(f for f in flags if f))
+
+    def incomplete_notes(self) -> list[str]:
+        """One note per incomplete row: its ids and why (see the module docstring)."""
+        notes = []
+        for i, r in enumerate(self.rows):
+            flags = self.row_flags(i)
+            if flags:
+                ids = ", ".join(str(r.get(k, "")) for k, _ in self.id_columns if r.get(k, ""))
+                notes.append(f"{INCOMPLETE_MARK} {ids}: {'; '.join(flags)}; never bold.")
+        return notes
 
     def display_ids(self) -> list[list[str]]:
         """Id cells with repeats blanked (a value is shown when it or a column left of it

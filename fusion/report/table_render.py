@@ -10,12 +10,21 @@ from typing import Any
 
 import pandas as pd
 
-from fusion.report.table_model import SIGNIFICANT_MARK, Interval, Table, Text, ValueColumn
+from fusion.report.table_model import (
+    INCOMPLETE_MARK,
+    SIGNIFICANT_MARK,
+    Interval,
+    Table,
+    Text,
+    ValueColumn,
+    flag_of,
+)
 from medmix.io import write_text_atomic
 from medmix.table_html import Block, Cell, render_html_table
 
 FORMATS = ("md", "tex", "csv", "html")
 _TEX_MARK = "$^{\\dagger}$"
+_TEX_INCOMPLETE = "$^{\\ddagger}$"
 
 
 def tex_escape(text: str) -> str:
@@ -26,7 +35,15 @@ def tex_escape(text: str) -> str:
 
 
 def cell_text(cell: Any, col: ValueColumn, bold: bool, style: str) -> str:
-    """A value cell as ``style`` (md | tex | html) prints it; HTML bold is the caller's."""
+    """A value cell as ``style`` (md | tex | html) prints it; HTML bold is the caller's. An
+    incomplete cell (:func:`~fusion.report.table_model.flag_of`) carries the incomplete mark."""
+    text = _plain_text(cell, col, bold, style)
+    if flag_of(cell):
+        text += _TEX_INCOMPLETE if style == "tex" else INCOMPLETE_MARK
+    return text
+
+
+def _plain_text(cell: Any, col: ValueColumn, bold: bool, style: str) -> str:
     if isinstance(cell, Text):
         text = cell.tex if style == "tex" and cell.tex is not None else cell.text
     elif isinstance(cell, Interval):
@@ -89,8 +106,9 @@ def table_markdown(table: Table) -> str:
     if not table.rows:
         lines.append("| " + " | ".join(["—"] * len(labels)) + " |")
     note = (lambda n: f"- {n}") if layout.bullet_notes else (lambda n: f"_{n}_")
-    if table.notes:
-        lines += ["", *(note(n) for n in table.notes)]
+    notes = [*table.notes, *table.incomplete_notes()]
+    if notes:
+        lines += ["", *(note(n) for n in notes)]
     if table.about:
         lines += ["", note(table.about)]
     return "\n".join(lines) + "\n"
@@ -127,6 +145,7 @@ def table_latex(table: Table) -> str:
     out += ["\\bottomrule", "\\end{tabular}"]
     if table.layout.tex_notes:
         out += [f"% {n}" for n in table.notes]
+    out += [f"% {n}" for n in table.incomplete_notes()]  # in every layout
     return "\n".join(out) + "\n"
 
 
@@ -147,8 +166,16 @@ def table_csv(table: Table) -> str:
         for k, v in r.items():
             if k.startswith("_"):
                 rec[k.lstrip("_")] = v
+        flags = table.row_flags(i)
+        if flags:
+            rec["incomplete"] = "; ".join(flags)
         recs.append(rec)
     cols = table.csv_columns
+    if any("incomplete" in rec for rec in recs):  # the column exists only when needed
+        for rec in recs:
+            rec.setdefault("incomplete", "")
+        if cols is not None and "incomplete" not in cols:
+            cols = [*cols, "incomplete"]
     if cols is None and not recs:
         cols = [lab for _, lab in table.id_columns]
         for c in table.value_columns:
@@ -174,7 +201,7 @@ def table_html(table: Table) -> str:
         blocks.append(Block(rows, block.heading, block.shaded))
     if not table.rows:
         blocks.append(Block(rows=[[Cell("—") for _ in labels]]))
-    notes = [*table.notes, *([table.about] if table.about else [])]
+    notes = [*table.notes, *table.incomplete_notes(), *([table.about] if table.about else [])]
     return render_html_table(table.title, table.header, labels, numeric, blocks, notes)
 
 

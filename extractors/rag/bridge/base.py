@@ -13,9 +13,10 @@ import pandas as pd
 
 from cohorts.manifest import ManifestMeta
 from extractors.base import SampleError
+from medmix.errors import UserError
 
 
-class BridgeError(ValueError):
+class BridgeError(UserError, ValueError):
     pass
 
 

@@ -7,15 +7,14 @@ from typing import Any
 from extractors.base import SampleError
 from extractors.rag.bridge.base import Bridge, BridgeInputs, BridgeRows, is_missing
 from extractors.rag.bridge.registry import register_bridge
+from extractors.readers.notes import read_note
 
 
 def passthrough(value: Any) -> str:
+    """The note whitespace-normalised; refused as the text experts refuse it (nothing visible)."""
     if is_missing(value):
         raise SampleError("empty text")
-    text = " ".join(str(value).split())
-    if not text:
-        raise SampleError("empty text")
-    return text
+    return " ".join(read_note(value).split())
 
 
 @register_bridge("passthrough")

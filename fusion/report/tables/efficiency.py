@@ -7,9 +7,9 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from fusion.report.cells import Cells, efficiency_data
+from fusion.report.cells import Cells, efficiency_data, perf_flags
 from fusion.report.registry import register_table
-from fusion.report.table_model import Table, ValueColumn
+from fusion.report.table_model import FlaggedNumber, Table, ValueColumn
 from medmix.methods import method_label, method_order
 from medmix.plan import run_header
 
@@ -46,6 +46,26 @@ def _deployed_text(costs: dict[str, dict[str, Any]]) -> str:
     return text + "; distillation-only teachers and the retrieval index are not counted"
 
 
+def _flag_perf(rows: list[dict[str, Any]], erows: list[Any],
+               flags: dict[tuple[str, str], str]) -> None:  # fmt: skip
+    """Mark Perf and EffScore where Perf is over incomplete cells: the row's own, its
+    dataset's MedMIX (EffScore's reference), any dataset's for an ``Average`` row."""
+    if not flags:
+        return
+    for row, r in zip(rows, erows, strict=True):
+        if r.dataset == "Average":
+            own = [f"{d}: {f}" for (d, m), f in flags.items() if m == r.method]
+            ref = [f"{d}: {f}" for (d, m), f in flags.items() if m == "medmix"]
+        else:
+            own = [flags[(r.dataset, r.method)]] if (r.dataset, r.method) in flags else []
+            ref = [flags[(r.dataset, "medmix")]] if (r.dataset, "medmix") in flags else []
+        if own:
+            row["perf"] = FlaggedNumber(row["perf"], "; ".join(dict.fromkeys(own)))
+        why = list(dict.fromkeys(own + [f"MedMIX {f}" for f in ref if f not in own]))
+        if why and row["eff"] is not None:
+            row["eff"] = FlaggedNumber(row["eff"], "EffScore from " + "; ".join(why))
+
+
 @register_table("efficiency", caption="Table E6 — efficiency", inputs=("cfg", "cells", "costs"))
 def build_efficiency_table(
     cfg: dict[str, Any], cells: Cells, costs: dict[str, dict[str, Any]]
@@ -64,6 +84,7 @@ def build_efficiency_table(
          "eff": r.eff_score}
         for r in erows
     ]  # fmt: skip
+    _flag_perf(rows, erows, perf_flags(cells, costs))
     devices = sorted({str(c.get("device", "cpu")) for c in costs.values()})
     mem_kind = "Peak GPU Mem." if any(d.startswith("cuda") for d in devices) else "Peak Mem."
     cols = [

@@ -13,6 +13,7 @@ interval that excludes 0. The CSV has ``delta_auroc_vs_{medmix,probe}`` with ``_
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -21,13 +22,21 @@ from pathlib import Path
 from typing import Any
 
 from fusion import paired
-from fusion.report.cells import METRIC_COLUMNS, load_metrics, metric_columns, summarise
+from fusion.report.cells import (
+    METRIC_COLUMNS,
+    SeedsOf,
+    load_metrics,
+    metric_columns,
+    seeds_by_dataset,
+    summarise,
+)
 from fusion.report.registry import MAIN, register_table
 from fusion.report.table_model import (
     SIGNIFICANT_MARK,
     BoldRule,
     Interval,
     Layout,
+    SeedMean,
     Table,
     Text,
     ValueColumn,
@@ -58,9 +67,10 @@ def delta_column(ref: str) -> ValueColumn:
                        tex_label=f"$\\Delta$ AUROC vs {tex_escape(name)} [95\\,\\% CI]")  # fmt: skip
 
 
-def summary_rows(metrics: Any) -> list[dict[str, Any]]:
-    """One row per (dataset, method) of the full protocol: mean and std per metric, seeds."""
-    agg = summarise(metrics)
+def summary_rows(metrics: Any, expected: SeedsOf | None = None) -> list[dict[str, Any]]:
+    """One row per (dataset, method) of the full protocol: mean and std per metric, seeds; a
+    cell not over every ``expected`` seed (:func:`run_seeds`) says why (a ``SeedMean``)."""
+    agg = summarise(metrics, expected=expected)
     rows = []
     for ds in agg["dataset"].drop_duplicates():
         dsel = agg[agg["dataset"] == ds]
@@ -71,9 +81,39 @@ def summary_rows(metrics: Any) -> list[dict[str, Any]]:
                 found = len(cell) > 0
                 row[metric] = ((float(cell["mean"].iloc[0]), float(cell["std"].iloc[0]))
                                if found else (NAN, NAN))  # fmt: skip
+                flag = cell["flag"].iloc[0] if found else None
+                if isinstance(flag, str):  # not over every seed of the run: marked, never bold
+                    row[metric] = SeedMean(*row[metric], flag)
                 row["seeds"] = int(cell["count"].iloc[0]) if found else 0  # the last metric's
             rows.append(row)
     return rows
+
+
+def run_seeds(metrics: Any, roots: dict[str, Path]) -> SeedsOf:
+    """The seeds each full-protocol run was trained with: its ``summary.json`` beside the
+    metrics (``roots[dataset]/runs/full/{method}``), else every seed of its dataset."""
+    fallback = seeds_by_dataset(metrics)
+    cache: dict[tuple[str, str], list[int] | None] = {}
+
+    def seeds(ds: str, protocol: str, method: str) -> list[int]:
+        if (ds, method) not in cache:
+            cache[(ds, method)] = _summary_seeds(roots.get(ds), method)
+        own = cache[(ds, method)]
+        return own if own is not None and protocol == "full" else fallback(ds, protocol, method)
+
+    return seeds
+
+
+def _summary_seeds(root: Path | None, method: str) -> list[int] | None:
+    path = None if root is None else root / "runs" / "full" / method / "summary.json"
+    if path is None or not path.is_file():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+        return [int(s) for s in summary["seeds"]] if summary.get("status") == "ok" else None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        log.warning("%s: unreadable (%s): expecting every seed of the dataset", path, e)
+        return None
 
 
 def add_unavailable(
@@ -232,8 +272,9 @@ def build_main_table(
 ) -> Table:
     """Table 1 from ``results/{dataset}/metrics.parquet`` files, with the runs beside them
     (``results/{dataset}/runs``) for the unavailable rows and the paired intervals."""
-    rows = summary_rows(load_metrics(metrics_paths))
+    metrics = load_metrics(metrics_paths)
     roots = {Path(p).parent.name: Path(p).parent for p in metrics_paths}
+    rows = summary_rows(metrics, run_seeds(metrics, roots))
     runs = {name: unavailable_runs(root / "runs") for name, root in roots.items()}
     rows, why, markers = add_unavailable(rows, runs)
     n_boot = paired.N_BOOT if n_boot is None else int(n_boot)
