@@ -38,6 +38,7 @@ import torch
 from cohorts.manifest import read_manifest
 from extractors.cache import read_cache
 from medmix.errors import UserError
+from medmix.methods import TEACHER_EXPERT
 
 log = logging.getLogger("medmix.fusion.data")
 
@@ -334,8 +335,11 @@ def load_fusion_data(
                 x, ok, dim, path = _absent(m, e, n, standardization)
             else:
                 path = Path(caches[m][e])
+                # a teacher cache used as a model input may be any preset, one of the
+                # modality's own experts included: no mix-up check for it
+                label = None if e == TEACHER_EXPERT else e
                 x, ok, dim = _read_aligned(
-                    path, id_index, ids, meta.dataset, m, e, [o for o in experts[m] if o != e]
+                    path, id_index, ids, meta.dataset, m, label, [o for o in experts[m] if o != e]
                 )
             if standardization is None:
                 mu, sd = _fit_stats(x, ok & train_rows)

@@ -38,6 +38,7 @@ from fusion.data import FusionDataError, load_fusion_data
 from fusion.predict import predict
 from fusion.train import run_training
 from medmix.config import cache_paths, dataset_paths
+from medmix.methods import TEACHER_EXPERT
 from tests.helpers import CharCountExpert, tiny_text_manifest
 from tests.proc_helpers import fork_main, timed_run, wait_child
 from tests.test_fusion_train import DATASET, FUSION, make_config, write_synthetic
@@ -197,6 +198,12 @@ def test_cache_of_another_expert_under_this_key_is_refused(synth: dict, tmp_path
     with pytest.raises(FusionDataError) as exc:
         load_fusion_data(synth["manifest"], caches)
     assert "cache of expert 'a2' given as expert 'a1' of 'a'" in _one_line(exc, bad)
+    # a teacher cache used as a model input (AdaCoMed's large branch) may be one of the
+    # modality's own experts: the same file under the teacher key is not a mix-up
+    as_teacher = {m: dict(ev) for m, ev in synth["caches"].items()}
+    as_teacher["a"][TEACHER_EXPERT] = synth["caches"]["a"]["a2"]
+    data = load_fusion_data(synth["manifest"], as_teacher)
+    assert data.experts["a"] == [*synth["caches"]["a"], TEACHER_EXPERT]
 
 
 def _null_id(table: pa.Table) -> pa.Table:
