@@ -54,6 +54,9 @@ ARMS: dict[str, Arm] = {
     "d-16": Arm(
         "medmix", "capacity: width d = 16, bottleneck 8", {"d": 16, "adapter_bottleneck": 8}
     ),  # fmt: skip
+    "d-128": Arm(
+        "medmix", "capacity: width d = 128, bottleneck 64", {"d": 128, "adapter_bottleneck": 64}
+    ),  # fmt: skip
     "lr-3e-4": Arm("medmix", "optimisation: learning rate / 3", {"lr": 3e-4, "router_lr": 1.5e-4}),
     "patience-30": Arm("medmix", "early stopping: patience 30 epochs", {"patience": 30}),
     "stop-auroc": Arm(
@@ -80,6 +83,19 @@ ARMS: dict[str, Arm] = {
         "medmix-sum",
         "additive gates, linear projection, stop on val AUROC",
         {"projection": "linear", "early_stopping": "auroc"},
+    ),  # fmt: skip
+    "pos-auto": Arm(
+        "medmix", "rare labels: BCE pos_weight n_neg/n_pos per label", {"pos_weight": "auto"}
+    ),  # fmt: skip
+    "linear-pos-auto": Arm(
+        "medmix",
+        "linear projection and pos_weight n_neg/n_pos",
+        {"projection": "linear", "pos_weight": "auto"},
+    ),  # fmt: skip
+    "medmix-sum-linear-pos-auto": Arm(
+        "medmix-sum",
+        "additive gates, linear projection, pos_weight n_neg/n_pos",
+        {"projection": "linear", "pos_weight": "auto"},
     ),  # fmt: skip
     "concat": Arm("concat", "Concat baseline (reference)"),
     "concat-linear": Arm("concat", "Concat with the linear projection", {"projection": "linear"}),
