@@ -40,7 +40,7 @@ from cohorts.adapters import AdapterError, add_split_file_args
 from cohorts.adapters.ehr import HourlyAccumulator, write_series
 from cohorts.adapters.ehr_variables import N_HOURS, NAMES
 from cohorts.adapters.published_split import apply_split, read_split_file
-from cohorts.adapters.readers import TIMESTAMP, read_header
+from cohorts.adapters.readers import TIMESTAMP, read_csv, read_header, scan_csv
 from cohorts.adapters.summary import Drops, redecoded_remarks
 from cohorts.manifest import ManifestMeta
 from cohorts.splits import patient_split
@@ -99,6 +99,30 @@ class IcuSources:
         default_factory=list
     )  # absent parts and other remarks, for the summary
     redecoded: dict[str, int] = field(default_factory=dict)  # file -> rows not valid UTF-8
+
+
+# the admissions and ICU-stay columns both MIMIC releases publish (MIMIC-III in upper case on
+# disk, read case-insensitively)
+ADMISSION_COLUMNS: dict[str, pa.DataType] = {
+    "subject_id": pa.int64(),
+    "hadm_id": pa.int64(),
+    "admittime": TIMESTAMP,
+    "dischtime": TIMESTAMP,
+    "deathtime": TIMESTAMP,
+    "edregtime": TIMESTAMP,
+    "hospital_expire_flag": pa.int64(),
+}
+
+
+def stay_columns(stay_id: str) -> dict[str, pa.DataType]:
+    """The ICU-stay table's columns (``stay_id``: ``icustay_id`` in MIMIC-III)."""
+    return {
+        "subject_id": pa.int64(),
+        "hadm_id": pa.int64(),
+        stay_id: pa.int64(),
+        "intime": TIMESTAMP,
+        "outtime": TIMESTAMP,
+    }
 
 
 def event_columns(path: Path, **more: pa.DataType) -> dict[str, pa.DataType]:
@@ -431,6 +455,36 @@ def check_itemids(
             f"{path.name}: {len(absent)} itemid(s) of the EHR table not in this release: {absent[:10]}"
         )
         log.warning("%s", remarks[-1])
+
+
+def add_events(
+    src: IcuSources, name: str, path: Path | None, itemids: dict[int, str], subjects: set[int]
+) -> None:
+    """Queue the event table ``name`` at ``path`` (absent: nothing), read lazily and filtered
+    to our itemids and subjects; ``storetime`` is read when the release publishes it."""
+    if path is None:
+        return
+    cols = event_columns(path)
+    isin = {"itemid": itemids, "subject_id": subjects}
+    src.events.append(
+        (name, lambda: scan_csv(path, cols, isin=isin, redecoded=src.redecoded), itemids)
+    )
+
+
+def check_dictionaries(
+    src: IcuSources,
+    lab_dictionary: Path | None,
+    chart_dictionary: Path | None,
+    lab_ids: Iterable[int],
+    chart_ids: Iterable[int],
+) -> None:
+    """Remark on itemids of ours that the release's lab / chart dictionaries lack."""
+
+    def read_ids(path: Path) -> pd.DataFrame:
+        return read_csv(path, {"itemid": pa.int64()}, redecoded=src.redecoded)
+
+    check_itemids(lab_dictionary, lab_ids, src.remarks, read_ids)
+    check_itemids(chart_dictionary, chart_ids, src.remarks, read_ids)
 
 
 def dataset_root(out: Path, ehr_dir: Path, *more: str | Path | None) -> Path:

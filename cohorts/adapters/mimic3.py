@@ -29,13 +29,16 @@ from cohorts.adapters import (
 )
 from cohorts.adapters.ehr_variables import itemid_map
 from cohorts.adapters.icu import (
+    ADMISSION_COLUMNS,
     IcuSources,
+    add_events,
     add_icu_args,
     build_icu,
-    check_itemids,
+    check_dictionaries,
     check_settings,
     dataset_root,
     event_columns,
+    stay_columns,
 )
 from cohorts.adapters.readers import TIMESTAMP, find_optional, find_table, read_csv, scan_csv
 from cohorts.adapters.summary import Drops, write_cohort
@@ -58,34 +61,14 @@ def age_years(birth: pd.Series, at: pd.Series) -> pd.Series:
 def load_sources(root: str | Path) -> IcuSources:
     root = require_path(root, "--mimic", "folder", DATASET)
     redecoded: dict[str, int] = {}
-    adm = read_csv(
-        find_table(root, "ADMISSIONS", DATASET),
-        {
-            "subject_id": I64,
-            "hadm_id": I64,
-            "admittime": TIMESTAMP,
-            "dischtime": TIMESTAMP,
-            "deathtime": TIMESTAMP,
-            "edregtime": TIMESTAMP,
-            "hospital_expire_flag": I64,
-        },
-        redecoded=redecoded,
-    )
+    adm = read_csv(find_table(root, "ADMISSIONS", DATASET), ADMISSION_COLUMNS, redecoded=redecoded)
     pat = read_csv(
         find_table(root, "PATIENTS", DATASET),
         {"subject_id": I64, "dob": TIMESTAMP},
         redecoded=redecoded,
     )
     stays = read_csv(
-        find_table(root, "ICUSTAYS", DATASET),
-        {
-            "subject_id": I64,
-            "hadm_id": I64,
-            "icustay_id": I64,
-            "intime": TIMESTAMP,
-            "outtime": TIMESTAMP,
-        },
-        redecoded=redecoded,
+        find_table(root, "ICUSTAYS", DATASET), stay_columns("icustay_id"), redecoded=redecoded
     ).rename(columns={"icustay_id": "stay_id"})
     stays = stays.merge(pat.drop_duplicates("subject_id"), on="subject_id", how="left")
     stays["age"] = age_years(stays["dob"], stays["intime"])
@@ -95,21 +78,9 @@ def load_sources(root: str | Path) -> IcuSources:
     src = IcuSources(admissions=adm, stays=stays, remarks=remarks, redecoded=redecoded)
 
     lab_ids, chart_ids = itemid_map("lab"), itemid_map("chart_iii")
+    # v1.4 LABEVENTS has no STORETIME: CHARTTIME alone decides
     labs = find_optional(root, "LABEVENTS", remarks, "laboratory values", DATASET)
-    if labs is not None:
-        cols = event_columns(labs)  # v1.4 LABEVENTS has no STORETIME: CHARTTIME alone decides
-        src.events.append(
-            (
-                "labevents",
-                lambda: scan_csv(
-                    labs,
-                    cols,
-                    isin={"itemid": lab_ids, "subject_id": subjects},
-                    redecoded=redecoded,
-                ),
-                lab_ids,
-            )
-        )
+    add_events(src, "labevents", labs, lab_ids, subjects)
     chart = find_optional(
         root, "CHARTEVENTS", remarks, "chart vitals (the EHR holds labs only)", DATASET
     )
@@ -121,12 +92,12 @@ def load_sources(root: str | Path) -> IcuSources:
                 chart_ids,
             )
         )
-    read_ids = lambda p: read_csv(p, {"itemid": I64}, redecoded=redecoded)  # noqa: E731
-    check_itemids(
-        find_optional(root, "D_LABITEMS", [], "lab dictionary", DATASET), lab_ids, remarks, read_ids
-    )
-    check_itemids(
-        find_optional(root, "D_ITEMS", [], "item dictionary", DATASET), chart_ids, remarks, read_ids
+    check_dictionaries(
+        src,
+        find_optional(root, "D_LABITEMS", [], "lab dictionary", DATASET),
+        find_optional(root, "D_ITEMS", [], "item dictionary", DATASET),
+        lab_ids,
+        chart_ids,
     )
     notes = find_optional(root, "NOTEEVENTS", remarks, "radiology reports", DATASET)
     if notes is not None:

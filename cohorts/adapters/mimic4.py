@@ -39,13 +39,15 @@ from cohorts.adapters import (
 )
 from cohorts.adapters.ehr_variables import itemid_map
 from cohorts.adapters.icu import (
+    ADMISSION_COLUMNS,
     IcuSources,
+    add_events,
     add_icu_args,
     build_icu,
-    check_itemids,
+    check_dictionaries,
     check_settings,
     dataset_root,
-    event_columns,
+    stay_columns,
 )
 from cohorts.adapters.readers import TIMESTAMP, find_optional, find_table, read_csv, scan_csv
 from cohorts.adapters.summary import Drops, write_cohort
@@ -116,17 +118,7 @@ def load_sources(
     mimic = require_path(mimic, "--mimic", "folder", DATASET)
     redecoded: dict[str, int] = {}
     adm = read_csv(
-        find_table(mimic, "hosp/admissions", DATASET),
-        {
-            "subject_id": I64,
-            "hadm_id": I64,
-            "admittime": TIMESTAMP,
-            "dischtime": TIMESTAMP,
-            "deathtime": TIMESTAMP,
-            "edregtime": TIMESTAMP,
-            "hospital_expire_flag": I64,
-        },
-        redecoded=redecoded,
+        find_table(mimic, "hosp/admissions", DATASET), ADMISSION_COLUMNS, redecoded=redecoded
     )
     pat = read_csv(
         find_table(mimic, "hosp/patients", DATASET),
@@ -134,15 +126,7 @@ def load_sources(
         redecoded=redecoded,
     )
     stays = read_csv(
-        find_table(mimic, "icu/icustays", DATASET),
-        {
-            "subject_id": I64,
-            "hadm_id": I64,
-            "stay_id": I64,
-            "intime": TIMESTAMP,
-            "outtime": TIMESTAMP,
-        },
-        redecoded=redecoded,
+        find_table(mimic, "icu/icustays", DATASET), stay_columns("stay_id"), redecoded=redecoded
     )
     stays = stays.merge(pat.drop_duplicates("subject_id"), on="subject_id", how="left")
     stays["age"] = stays["anchor_age"] + (stays["intime"].dt.year - stays["anchor_year"]).astype(
@@ -156,47 +140,15 @@ def load_sources(
     # labevents and chartevents publish storetime: an event also needs storetime < cut-off
     lab_ids, chart_ids = itemid_map("lab"), itemid_map("chart_iv")
     labs = find_optional(mimic, "hosp/labevents", remarks, "laboratory values", DATASET)
-    if labs is not None:
-        lab_cols = event_columns(labs)
-        src.events.append(
-            (
-                "labevents",
-                lambda: scan_csv(
-                    labs,
-                    lab_cols,
-                    isin={"itemid": lab_ids, "subject_id": subjects},
-                    redecoded=redecoded,
-                ),
-                lab_ids,
-            )
-        )
+    add_events(src, "labevents", labs, lab_ids, subjects)
     chart = find_optional(mimic, "icu/chartevents", remarks, "chart vitals", DATASET)
-    if chart is not None:
-        chart_cols = event_columns(chart)
-        src.events.append(
-            (
-                "chartevents",
-                lambda: scan_csv(
-                    chart,
-                    chart_cols,
-                    isin={"itemid": chart_ids, "subject_id": subjects},
-                    redecoded=redecoded,
-                ),
-                chart_ids,
-            )
-        )
-    read_ids = lambda p: read_csv(p, {"itemid": I64}, redecoded=redecoded)  # noqa: E731
-    check_itemids(
+    add_events(src, "chartevents", chart, chart_ids, subjects)
+    check_dictionaries(
+        src,
         find_optional(mimic, "hosp/d_labitems", [], "lab dictionary", DATASET),
-        lab_ids,
-        remarks,
-        read_ids,
-    )
-    check_itemids(
         find_optional(mimic, "icu/d_items", [], "item dictionary", DATASET),
+        lab_ids,
         chart_ids,
-        remarks,
-        read_ids,
     )
 
     if note is None:
