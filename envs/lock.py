@@ -3,7 +3,7 @@
 The README's two commands and .ci/run install with ``pip install -c envs/constraints.txt ...``,
 so what the tests run with is what this file pins, whatever the package index offers on the
 day. The family conda envs (envs/*.yaml, except an expert's isolated env such as moirai.yaml)
-must pin the same versions; tests/test_envs.py checks all three agree.
+must pin the same versions; tests/medmix/test_envs.py checks all three agree.
 
 To move a pin: in a venv made by the README's test command, ``pip install -c
 envs/constraints.txt 'pkg==NEW'`` (edit the file's line for pkg first), run the tests, then
@@ -28,7 +28,7 @@ HEADER = """\
 # Linux x86_64), used as `pip install -c envs/constraints.txt ...` by the README, .ci/run and
 # docs. A constraint only applies when something asks for that package, so the CUDA libraries
 # below are inert where torch comes from another index (CPU wheels, another CUDA).
-# Regenerate with `python envs/lock.py` (see its docstring); tests/test_envs.py checks that
+# Regenerate with `python envs/lock.py` (see its docstring); tests/medmix/test_envs.py checks that
 # the installed environment, this file and envs/*.yaml agree.
 """
 

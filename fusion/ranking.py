@@ -1,7 +1,7 @@
 """Ranking metrics for binary labels in plain numpy: ROC AUC, average precision, PR curve.
 
 The same definitions and numbers as scikit-learn's ``roc_auc_score``,
-``average_precision_score`` and ``precision_recall_curve`` (tests/test_fusion_metrics.py
+``average_precision_score`` and ``precision_recall_curve`` (tests/fusion/test_fusion_metrics.py
 compares them on tied and untied scores). They live here so that a training job, which
 computes them once per seed and bootstrap replicate, does not import scikit-learn: that import
 alone costs ~2 s of every one of the demo's ~150 fusion jobs.

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start a real single-node SLURM on this machine for the cluster test (tests/test_slurm.py).
+# Start a real single-node SLURM on this machine for the cluster test (tests/workflow/test_slurm.py).
 #
 #   bash .ci/slurm/start.sh        # idempotent: a second call finds it running and returns
 #   bash .ci/slurm/stop.sh         # stops only what this script started, by recorded pid

@@ -384,7 +384,7 @@ def protocol_masks(
         u_target = _uniforms(ids, *key, "target")
         u_donor = _uniforms(ids, *key, "donor")
         # Train/val targets draw from train/val donors only: a donor's label stratum must not
-        # carry test labels into training masks (tests/test_leakage.py).
+        # carry test labels into training masks (tests/fusion/test_leakage.py).
         dev_donors = donors[np.isin(split[donors], ("train", "val"))]
         used = 0
         for s in affected:
