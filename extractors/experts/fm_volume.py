@@ -31,7 +31,7 @@ form, so the expert loads **from a local checkpoint** only:
 2. either point ``checkpoint:`` at it (the file is read whole with
    ``torch.load(weights_only=True)``, which needs about 30 GB of RAM; every tensor not under
    ``embedding_layer.vision_encoder.`` is ignored), or, once,
-   ``python -m extractors.experts.fm_volume radfm-export pytorch_model.bin radfm_vit3d.safetensors``
+   ``python -m extractors.radfm_export pytorch_model.bin radfm_vit3d.safetensors``
    and point ``checkpoint:`` at the ~350 MB safetensors file (fast, and nothing pickled).
 
 Preprocessing as RadFM's CT inputs: HU window (``hu_window``, default [-1000, 1000]) -> [0, 1],
@@ -42,8 +42,6 @@ the nearest multiple of 4 between 4 and ``max_depth`` (64) slices. Embedding = m
 
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,7 +55,6 @@ from extractors.experts.radfm_vit import (
     RADFM_VIT,
     build_radfm_vit,
     load_radfm_vision,
-    radfm_export,
 )
 from extractors.experts.volume import check_volume
 from extractors.loading import LoadingError, load_state_dict, resolve_file
@@ -337,7 +334,7 @@ class RadFMExpert(FMVolumeExpert):
         if not ckpt:
             return "missing", (
                 f"expert {self.name!r}: RadFM loads from a local checkpoint only; set `checkpoint:` to RadFM's "
-                "pytorch_model.bin or its radfm-export safetensors (see extractors/experts/fm_volume.py)"
+                "pytorch_model.bin or its safetensors export (see extractors/radfm_export.py)"
             )
         path = Path(ckpt).expanduser()
         return (
@@ -389,20 +386,3 @@ class RadFMExpert(FMVolumeExpert):
                 tokens = model(x[None].to(self.run_device, non_blocking=True))
                 out[i] = self.to_numpy(tokens.mean(dim=1))[0]
         return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m extractors.experts.fm_volume")
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("radfm-export", help="RadFM pytorch_model.bin -> vision-encoder safetensors")
-    p.add_argument("src")
-    p.add_argument("dst")
-    args = parser.parse_args(argv)
-    print(radfm_export(args.src, args.dst))
-    return 0
-
-
-if __name__ == "__main__":
-    from medmix.cli import run_cli
-
-    sys.exit(run_cli(main, user_errors=(LoadingError,)))

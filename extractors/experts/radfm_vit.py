@@ -4,7 +4,7 @@ The modules are re-implemented with the module names of RadFM's ``vit_3d.py`` (`
 of its ``embedding_layer``), so that the released weights load as they are; torch is imported
 when a model is built. :func:`load_radfm_vision` reads the vision-encoder tensors from RadFM's
 full ``pytorch_model.bin`` (under ``torch.load(weights_only=True)``) or from the safetensors file
-that :func:`radfm_export` writes (``python -m extractors.experts.fm_volume radfm-export``). The
+that :func:`radfm_export` writes (``python -m extractors.radfm_export``). The
 expert that uses them, ``radfm``, is in :mod:`extractors.experts.fm_volume`.
 """
 
@@ -161,7 +161,7 @@ def build_radfm_vit(cfg: dict[str, Any]) -> Any:
 def load_radfm_vision(
     checkpoint: str | None, expert: str, prefix: str = RADFM_PREFIX
 ) -> dict[str, Any]:
-    """The vision-encoder tensors of a RadFM checkpoint (full model or a radfm-export file)."""
+    """The vision-encoder tensors of a RadFM checkpoint (full model or a `python -m extractors.radfm_export` file)."""
     if not checkpoint:
         raise WeightsNotFound(
             f"expert {expert!r}: RadFM needs `checkpoint:` (a local file); see fm_volume.py"
@@ -170,8 +170,8 @@ def load_radfm_vision(
     if not path.is_file():
         raise WeightsNotFound(
             f"expert {expert!r}: RadFM checkpoint {path} not found. Download RadFM's pytorch_model.bin and set "
-            "`checkpoint:` to it (or to the safetensors written by `python -m extractors.experts.fm_volume "
-            "radfm-export`)."
+            "`checkpoint:` to it (or to the safetensors written by `python -m extractors.radfm_export "
+            "pytorch_model.bin radfm_vit3d.safetensors`)."
         )
     state = load_state_dict(path, expert=expert)
     out = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}

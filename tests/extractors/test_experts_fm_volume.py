@@ -130,3 +130,21 @@ def test_merlin_tiny_on_the_real_ct(realdata: Path, tmp_path: Path) -> None:
     e2.params["local_dir"] = str(folder)
     e2.get_model().load_state_dict(e2._state_dict())
     np.testing.assert_allclose(e2.embed([item])[0], vec, atol=1e-4)
+
+
+def test_radfm_export_command_line(tmp_path: Path) -> None:
+    """The real command: a missing checkpoint is one `error:` line naming it, exit code 2 (the
+    command lives in a module of its own, so no expert is registered twice)."""
+    import subprocess
+    import sys
+
+    src = tmp_path / "pytorch_model.bin"
+    proc = subprocess.run(
+        [sys.executable, "-m", "extractors.radfm_export", str(src), str(tmp_path / "v.st")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    lines = [x for x in proc.stderr.splitlines() if x.strip()]
+    assert lines[-1].startswith("error: ") and str(src) in lines[-1]
+    assert "Traceback" not in proc.stderr and "registered twice" not in proc.stderr
+    assert not (tmp_path / "v.st").exists()
