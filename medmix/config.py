@@ -68,7 +68,8 @@ def load_schema(schema_path: str | os.PathLike = SCHEMA_PATH) -> dict[str, Any]:
 def validate_config(
     cfg: dict[str, Any], schema_path: str | os.PathLike = SCHEMA_PATH
 ) -> dict[str, Any]:
-    """Validate against the JSON schema (filling defaults) and cross-check names."""
+    """Validate against the JSON schema (filling defaults), cross-check names, and order each
+    dataset's modalities (and teachers) by name."""
     schema = load_schema(schema_path)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))
@@ -95,6 +96,14 @@ def validate_config(
                     )
     _check_paper_sections(cfg, schema)
     _check_select(cfg)
+    for dcfg in cfg["datasets"].values():
+        # one modality order everywhere, by name: it is the model's order (initialisation,
+        # concatenation), and the config slices a workflow job reads are written with sorted
+        # keys, so a run from the config file itself must see the same order to give the same
+        # numbers. The experts keep their listed order (lists are not sorted).
+        dcfg["modalities"] = dict(sorted(dcfg["modalities"].items()))
+        if "teachers" in dcfg:
+            dcfg["teachers"] = dict(sorted(dcfg["teachers"].items()))
     return cfg
 
 

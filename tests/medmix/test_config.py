@@ -230,3 +230,27 @@ def test_paper_config_asks_for_every_paper_table_and_figure(tmp_path: Path) -> N
     missing = {k: v for k, v in PAPER_FILES.items() if v not in targets}
     assert not missing, missing
     assert {v for v in PAPER_FILES.values() if v not in ("tables/main.md",)} <= stems
+
+
+def test_modalities_have_one_order_whatever_the_file_says(cfg: dict) -> None:
+    """The model's modality order is by name, for a run from the config file and for the
+    sorted-key slice a workflow job reads alike (else the same config gives other numbers);
+    each modality's experts keep their listed order."""
+    import json
+
+    from medmix.plan import method_inputs
+
+    declared = list(cfg["datasets"]["demo-mimic"]["modalities"])
+    assert declared != sorted(declared)  # the shipped config lists them unsorted
+    experts = copy.deepcopy(cfg["datasets"]["demo-mimic"]["modalities"])
+    full = validate_config(copy.deepcopy(cfg))
+    mods = full["datasets"]["demo-mimic"]["modalities"]
+    assert list(mods) == sorted(declared) and mods == experts  # same lists, same order inside
+    assert list(full["datasets"]["demo-mimic"]["teachers"]) == sorted(mods)
+    sliced = load_config_arg(json.dumps(dataset_slice(full, "demo-mimic"), sort_keys=True))
+    for method in ("medmix", "concat", "adacomed"):
+        a, b = (
+            method_inputs(full, "demo-mimic", method),
+            method_inputs(sliced, "demo-mimic", method),
+        )
+        assert a == b and list(a.caches) == sorted(declared)
