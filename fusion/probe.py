@@ -248,7 +248,15 @@ def run_probe(
     resolve_method(method, list(dcfg["modalities"]), dcfg.get("teachers") or {})
     paths = dataset_paths(cfg, dataset)
     data = load_fusion_data_cached(paths.manifest, inputs.caches)
-    label_warnings = check_labels(data, method).warnings  # as the neural rows get them
+    checks = check_labels(data, method)  # the label findings the neural rows get
+    label_warnings = list(checks.warnings)
+    if not checks.val_usable:  # the probe has no early stopping: say what it does instead
+        label_warnings = [w for w in label_warnings if "early stopping" not in w]
+        label_warnings.append(
+            f"{dataset} {method}: no known label in the val split, so C and the class weight "
+            "cannot be chosen on val: the first values of the grid are used (see "
+            "probe.selection, criterion 'none')"
+        )
     for line in label_warnings:
         log.warning("%s", line)
     spec = probe_spec(data, method)

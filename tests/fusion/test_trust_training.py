@@ -23,6 +23,7 @@ from cohorts.manifest import ManifestMeta, read_manifest, write_manifest
 from extractors.cache import CacheMeta, CacheRecords, write_cache
 from fusion.__main__ import main as fusion_main
 from fusion.evaluate import collect_metrics
+from fusion.probe import run_probe
 from fusion.train import run_training
 from fusion.train_checks import TrainingError
 from medmix.cli import run_cli
@@ -106,6 +107,26 @@ def test_all_unknown_val_labels_fall_back_to_the_training_loss_with_a_recorded_w
         assert m["thresholds"] == {"y1": 0.5, "y2": 0.5}
         hist = pd.read_csv(out / f"seed{seed}" / "history.csv")
         np.testing.assert_allclose(hist["val_loss"], hist["train_loss"], rtol=1e-6)
+
+
+def test_the_probe_says_it_cannot_choose_c_without_val_labels(tmp_path: Path) -> None:
+    """The linear probe has no early stopping: with every val label unknown its warning says
+    that C and the class weight are the grid's first values, and the run records it."""
+
+    def unknown_val(df: pd.DataFrame) -> None:
+        df.loc[rows(df, "val"), ["label_y1", "label_y2"]] = np.nan
+
+    cfg = cohort(tmp_path, unknown_val)
+    out = dataset_paths(cfg, DATASET).run_dir("full", "linear-probe")
+    run_probe(cfg, DATASET, "linear-probe", "full", out, seeds=[0])
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["warnings"] == [
+        "synth linear-probe: no known label in the val split, so C and the class weight cannot "
+        "be chosen on val: the first values of the grid are used (see probe.selection, "
+        "criterion 'none')"
+    ]
+    chosen = summary["probe"]["selection"]["0"]
+    assert {v["criterion"] for v in chosen.values()} == {"none"}
 
 
 def test_no_val_split_records_its_fallback(tmp_path: Path) -> None:
