@@ -448,3 +448,19 @@ def test_main_auroc_has_a_chance_line_and_teacher_references(setup, drawn, tmp_p
         assert any(len(y) == 2 and np.allclose(y, 0.5) for y in lines)  # the chance line
     assert "Data: header line." in about and not any("header line" in t for t in texts)
     assert "Data: header line." in (tmp_path / "main_auroc.txt").read_text()
+
+
+def test_main_auroc_marks_a_bar_over_fewer_seeds(setup, drawn, tmp_path: Path) -> None:
+    """A run missing a seed (or with a NaN seed) gets ‡ on its bar label and a note in the
+    caption naming why; complete runs are unmarked."""
+    from fusion.report.figures.main import plot_main_auroc
+
+    _, _, metrics = setup
+    full = metrics[metrics["protocol"] == "full"]
+    lost = (full["method"] == "meanavg") & (full["dataset"] == "demo-mimic") & (full["seed"] == 1)
+    plot_main_auroc(full[~lost], tmp_path, "Data: header line.")
+    _, _, _, _, texts, _, about = drawn[-1]
+    assert {t for t in texts if "‡" in t} == {"MeanAvg ‡"}
+    assert "‡ Not over every seed: demo-mimic, MeanAvg:" in about and "seed 1 missing" in about
+    plot_main_auroc(full, tmp_path, "Data: header line.")
+    assert not any("‡" in t for t in drawn[-1][4]) and "‡" not in drawn[-1][6]

@@ -58,8 +58,10 @@ def plot_main_auroc(metrics: pd.DataFrame, out_dir: str | Path, header: str) -> 
             style.chance_line(ax)
             ax.set_xticks(x)
             # MedMIX on one modality: the modality's name (green bars, named in the legend)
-            ax.set_xticklabels([modality_label(m.removeprefix("medmix-only-"))
-                                if m.startswith("medmix-only-") else method_label(m)
+            # a bar over fewer seeds than the others, or with a NaN seed, is marked ‡
+            ax.set_xticklabels([(modality_label(m.removeprefix("medmix-only-"))
+                                 if m.startswith("medmix-only-") else method_label(m))
+                                + (" ‡" if isinstance(dsel.loc[m, "flag"], str) else "")
                                 for m in ms], rotation=50, ha="right", rotation_mode="anchor")  # fmt: skip
             ax.set_xlim(-0.6, (x.max() if len(x) else 0) + 0.6)
             ax.set_ylim(bottom, top)
@@ -85,6 +87,16 @@ def plot_main_auroc(metrics: pd.DataFrame, out_dir: str | Path, header: str) -> 
         "Green bars: MedMIX restricted to the named modality. Hatched grey bars, right of the "
         f"dotted rule, are the *-Large teacher references (not ranked). {header}"
     )
+    flagged = agg[[isinstance(f, str) for f in agg["flag"]]]
+    if len(flagged):
+        about += (
+            " ‡ Not over every seed: "
+            + "; ".join(
+                f"{ds}, {method_label(m)}: {why}"
+                for ds, m, why in flagged[["dataset", "method", "flag"]].itertuples(index=False)
+            )
+            + "."
+        )
     return style.save_figure(fig, Path(out_dir), "main_auroc", about)
 
 
