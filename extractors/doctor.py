@@ -64,6 +64,7 @@ from extractors.doctor_rag import rag_reports
 from extractors.doctor_systems import SystemReport, format_paper_systems, paper_systems
 from extractors.loading import HOW_TO_PREFIX, LOCAL_DIR_OPTION, RANDOM_INIT_OPTION, hub_cache
 from extractors.registry import build_from_spec, config_presets, expert_class
+from medmix.config import RAG_TYPE
 
 # the doctor's API: run_doctor / main, and the report types and checks it is made of
 __all__ = [
@@ -144,7 +145,7 @@ def _doctor_report(
             continue
         spec = dict(spec or {})
         rep = ExpertReport(name=name, type=str(spec.get("type", name)))
-        if rep.type == "rag":  # built by the rag rules from the rag: section, not the registry
+        if rep.type == RAG_TYPE:  # built by the rag rules from the rag: section, not the registry
             reports += rag_reports(cfg)
             continue
         try:

@@ -15,6 +15,7 @@ from typing import Any
 
 from extractors.doctor_checks import FAIL, HOW_TO_REF, UNPINNED, WARN, ExpertReport
 from extractors.registry import list_experts
+from medmix.config import is_rag_expert
 from medmix.plan import onellm_unavailable
 
 READINESS_DOC = "docs/readiness.md"
@@ -106,7 +107,7 @@ def _components(system: PaperSystem, cfg: dict[str, Any]) -> list[str]:
     """The doctor entries (expert names, ``rag/bridge/<key>``) that make up ``system``."""
     experts = {k: v for k, v in (cfg.get("experts") or {}).items() if isinstance(v, dict)}
     if system.source == "bridge":
-        if not any(str(s.get("type")) == "rag" for s in experts.values()):
+        if not any(is_rag_expert(cfg, name) for name in experts):
             return []  # no RAG expert: its bridges never run
         bridges = (cfg.get("rag") or {}).get("bridges") or {}
         return [

@@ -52,7 +52,7 @@ import numpy as np
 
 from cohorts.manifest import read_manifest
 from medmix.cli import add_output_options, add_version_argument, setup_cli_logging
-from medmix.config import dataset_paths, load_config_arg
+from medmix.config import dataset_paths, is_rag_expert, load_config_arg
 from medmix.io import write_text_atomic
 from medmix.methods import TEACHER_EXPERT
 from medmix.rag_settings import rag_config
@@ -279,7 +279,7 @@ def expert_cost(
     """Cost of one configured expert on one sample of the dataset's manifest."""
     from extractors.registry import config_presets, create_expert
 
-    if cfg["experts"][expert].get("type") == "rag":
+    if is_rag_expert(cfg, expert):
         return rag_cost(cfg, dataset, modality, device)
     with config_presets(cfg["experts"]):  # as the extract CLI does: wrapped experts resolve
         ex = create_expert(expert, **({"device": device} if device != "cpu" else {}))
@@ -397,11 +397,11 @@ def dataset_efficiency(
         if name is None or name not in cfg["experts"]:
             log.warning("%s: no expert %r configured for %s; not counted", dataset, name or e, m)
             return None
-        if cfg["experts"][name].get("type") == "rag" and rag_seen:
+        if is_rag_expert(cfg, name) and rag_seen:
             c = Cost(**{**asdict(rag_seen[0]), "name": f"{m}/{name}"})  # same encoders
         else:
             c = expert_cost(cfg, dataset, m, name, device)
-            if cfg["experts"][name].get("type") == "rag":
+            if is_rag_expert(cfg, name):
                 rag_seen.append(c)
         log.info("%s %s: %.3g params, %.3g FLOPs", dataset, c.name, c.params, c.flops)
         measured[(m, e)] = c

@@ -31,7 +31,7 @@ import numpy as np
 from extractors.cache import read_meta
 from extractors.registry import expert_class
 from fusion.data import FusionData, load_fusion_data
-from medmix.config import cache_paths, dataset_paths
+from medmix.config import cache_paths, dataset_paths, expert_type, is_rag_expert
 from medmix.methods import TEACHER_EXPERT
 
 log = logging.getLogger("medmix.fusion.external")
@@ -43,8 +43,8 @@ def cohort_fitted_experts(cfg: dict[str, Any], experts: list[str]) -> list[str]:
     specs = cfg.get("experts", {})
     for name in experts:
         spec = specs.get(name, {})
-        typ = spec.get("type", name)
-        fitted = typ == "rag"
+        typ = expert_type(cfg, name)
+        fitted = is_rag_expert(cfg, name)
         if not fitted:
             try:
                 cls = expert_class(typ)
@@ -106,15 +106,12 @@ def check_alignment(cfg: dict[str, Any], source: str, target: str, spec: Any) ->
         return []
     sc, tc = cache_paths(cfg, source), cache_paths(cfg, target)
     fitted = set(cohort_fitted_experts(cfg, [e for _, e in spec.flat_experts]))
-    specs = cfg.get("experts", {})
     flagged = set()
     have = set(cfg["datasets"][target]["modalities"])
     for m, e in spec.flat_experts:
         if e == TEACHER_EXPERT or m not in have:
             continue
-        if specs.get(e, {}).get("type", e) == "rag" and not _rag_bridges_aligned(
-            cfg, source, target, m
-        ):
+        if is_rag_expert(cfg, e) and not _rag_bridges_aligned(cfg, source, target, m):
             flagged.add(e)
             continue
         try:
