@@ -51,6 +51,7 @@ import pyarrow.parquet as pq
 from extractors.cache_checks import (
     STATUSES,
     CacheError,
+    checked_table,
     first_line,
     meta_problem,
     refused_ok_rows,
@@ -265,25 +266,23 @@ def read_cache(
             table = pq.read_table(path)
         except (pa.ArrowException, OSError) as exc:
             raise CacheError(f"{path}: not a readable Parquet file ({first_line(exc)})") from None
-        problem = table_problem(table, meta.dim, meta.dtype)
+        problem, decoded = checked_table(table, meta.dim, meta.dtype)  # decoded once
     if problem is not None:
         raise CacheError(f"{path}: {problem}")
+    assert decoded is not None  # the schema holds
     n = table.num_rows
-    col = table.column("embedding").combine_chunks()
-    status = np.asarray(table.column("status").to_pylist(), dtype=object)
+    status = np.asarray(decoded.status, dtype=object)
     emb = np.zeros((n, meta.dim), dtype=np.float32)
     if n:
-        flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
-        valid = ~np.asarray(col.is_null().to_pylist(), dtype=bool)
-        # flatten() drops the values of null slots, so fill valid rows in order; a vector in a
-        # row that is not ok is no data (status decides) and stays a zero row.
-        ok = status == "ok"
-        emb[valid & ok] = flat.reshape(-1, meta.dim)[ok[valid]]
+        # the non-null vectors fill their rows in order; a vector in a row that is not ok is
+        # no data (status decides) and stays a zero row
+        valid, ok = decoded.has_emb, status == "ok"
+        emb[valid & ok] = decoded.flat[ok[valid]]
         stray = int((valid & ~ok).sum())
         if stray:
             log.warning("%s: %d row(s) not 'ok' carry an embedding; ignored", path, stray)
     return CacheData(
-        sample_ids=np.asarray(table.column("sample_id").to_pylist(), dtype=object),
+        sample_ids=np.asarray(decoded.ids, dtype=object),
         embeddings=emb,
         status=status,
         reason=np.asarray(table.column("reason").to_pylist(), dtype=object),

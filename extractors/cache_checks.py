@@ -21,6 +21,7 @@ readers all build on it without import cycles.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -114,11 +115,40 @@ def meta_problem(
     return None
 
 
+@dataclass(frozen=True)
+class DecodedTable:
+    """A cache table's columns as arrays, decoded once for the checks and for the reader."""
+
+    ids: list[object]
+    status: list[object]
+    has_emb: np.ndarray  # (N,) bool: the embedding cell is not null
+    flat: np.ndarray  # the non-null embeddings, (n_non_null, dim) float32
+
+    @classmethod
+    def of(cls, table: pa.Table, dim: int) -> DecodedTable:
+        col = table.column("embedding").combine_chunks()
+        n = len(col)
+        has_emb = ~col.is_null().to_numpy(zero_copy_only=False) if n else np.zeros(0, bool)
+        # flatten() drops the values of null slots: rows of ``flat`` follow the non-null cells
+        flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32) if n else None
+        return cls(
+            table.column("sample_id").to_pylist(),
+            table.column("status").to_pylist(),
+            np.asarray(has_emb, dtype=bool),
+            np.zeros((0, dim), np.float32) if flat is None else flat.reshape(-1, dim),
+        )
+
+
 def table_problem(table: pa.Table, dim: int, dtype: str) -> str | None:
     """What in ``table`` breaks the contract for a cache of ``dim`` / ``dtype`` (None: nothing)."""
+    return checked_table(table, dim, dtype)[0]
+
+
+def checked_table(table: pa.Table, dim: int, dtype: str) -> tuple[str | None, DecodedTable | None]:
+    """:func:`table_problem` and, once the schema holds, the table decoded (for the reader)."""
     missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
     if missing:
-        return f"lacks the {missing[0]!r} column (has {table.column_names})"
+        return f"lacks the {missing[0]!r} column (has {table.column_names})", None
     got = table.schema.field("embedding").type
     if not (
         pa.types.is_fixed_size_list(got)
@@ -128,18 +158,23 @@ def table_problem(table: pa.Table, dim: int, dtype: str) -> str | None:
         return (
             f"column 'embedding' is {got}, expected fixed_size_list<{dtype}>[{dim}] "
             "(the metadata's dim and dtype)"
-        )
+        ), None
     for name in ("sample_id", "status", "reason") + (
         ("extra",) if "extra" in table.column_names else ()
     ):
         t = table.schema.field(name).type
         if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_null(t)):
-            return f"column {name!r} is {t}, expected string"
-    ids = table.column("sample_id").to_pylist()
+            return f"column {name!r} is {t}, expected string", None
+    dec = DecodedTable.of(table, dim)
+    return _row_problem(dec), dec
+
+
+def _row_problem(dec: DecodedTable) -> str | None:
+    """Ids, the status vocabulary, and an ``ok`` row's embedding: present and finite."""
+    ids, status, has_emb = dec.ids, dec.status, dec.has_emb
     null_ids = np.array([s is None for s in ids], dtype=bool)
     if null_ids.any():
         return f"null sample_id in row(s) {np.flatnonzero(null_ids)[:3].tolist()}"
-    status = table.column("status").to_pylist()
     unknown = sorted({s for s in status if s not in STATUSES}, key=repr)
     if unknown:
         bad = np.array([s not in STATUSES for s in status], dtype=bool)
@@ -148,15 +183,12 @@ def table_problem(table: pa.Table, dim: int, dtype: str) -> str | None:
             f"{_examples(ids, bad)}); allowed: {', '.join(STATUSES)}"
         )
     ok = np.array([s == "ok" for s in status], dtype=bool)
-    col = table.column("embedding").combine_chunks()
-    has_emb = ~np.asarray(col.is_null().to_pylist(), dtype=bool) if len(col) else ok[:0]
     if (ok & ~has_emb).any():
         k = int((ok & ~has_emb).sum())
         return f"{k} 'ok' row(s) without an embedding (e.g. {_examples(ids, ok & ~has_emb)})"
     if ok.any():
-        flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32)
         finite = np.zeros(len(ids), bool)
-        finite[has_emb] = np.isfinite(flat.reshape(-1, dim)).all(axis=1)
+        finite[has_emb] = np.isfinite(dec.flat).all(axis=1)
         bad = ok & ~finite
         if bad.any():
             return (

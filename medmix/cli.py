@@ -12,12 +12,16 @@ Progress bars are shown only on a terminal in any case (:mod:`medmix.progress`).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from medmix.errors import UserError
 from medmix.logs import setup_logging
 
 VERSION_HELP = "print the MedMIX version (and git commit, in a checkout) and exit"
@@ -84,12 +88,6 @@ _MAX_SOURCE_BYTES = 16 << 20
 
 
 def _is_user_error(exc: BaseException, extra: tuple[type[BaseException], ...]) -> bool:
-    import json
-
-    import yaml
-
-    from medmix.errors import UserError
-
     kinds = (UserError, yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError, *_PATH_ERRORS)
     return isinstance(exc, (*kinds, *extra)) or _unreadable_parquet(exc)
 
@@ -122,10 +120,6 @@ def one_line(message: str) -> str:
 
 def _parsed_text(exc: BaseException) -> str | bytes | None:
     """The text (bytes) a JSON or YAML parser (a decoder) failed on, when the error keeps it."""
-    import json
-
-    import yaml
-
     if isinstance(exc, json.JSONDecodeError):
         return exc.doc
     if isinstance(exc, UnicodeDecodeError):
@@ -165,10 +159,6 @@ def _source_file(exc: BaseException) -> str | None:
 
 def user_error_message(exc: BaseException) -> str:
     """The one-line message of a user error, naming the file where the error knows it."""
-    import json
-
-    import yaml
-
     if isinstance(exc, _PATH_ERRORS) and (exc.filename is not None or exc.strerror is None):
         problem = next(v for k, v in _PATH_PROBLEMS.items() if isinstance(exc, k))
         if exc.filename is not None:  # OSError(errno, strerror, filename)
