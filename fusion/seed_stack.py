@@ -2,7 +2,7 @@
 
 With ``vectorize_seeds`` the seeds are trained *together* (:class:`fusion.trainer.SeedTrainer`):
 their parameters are stacked along a leading seed axis (:class:`SeedStack`) and one step runs
-every seed's own minibatch (:class:`SeedInputs`) through ``torch.func.vmap``. The optimiser
+every seed's own minibatch (:class:`fusion.seed_inputs.SeedInputs`) through ``torch.func.vmap``. The optimiser
 (:class:`StackAdamW`, fused multi-tensor AdamW) and the per-seed gradient clipping work on the
 stacked tensors directly.
 """
@@ -14,11 +14,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
-from fusion.medmix import row_stats
 from fusion.optim import AdamW, dense_view
 
 if TYPE_CHECKING:
-    from fusion.data import FusionData
     from medmix.hparams import FusionHParams
 
 
@@ -141,92 +139,4 @@ class StackAdamW(AdamW):
         super().__init__(groups, betas=hp.betas, eps=hp.eps)
 
 
-class SeedInputs:
-    """Per-step minibatch assembly for every seed: expert groups, δ, labels, teachers."""
-
-    def __init__(self, datas: list[FusionData], members: list[list[int]]) -> None:
-        self.datas = datas
-        self.members = members
-        self.shared = self.same_data(datas)
-        self._bufs: dict[tuple[int, bool], list[torch.Tensor]] = {}
-        self._stats: dict[int, list[torch.Tensor]] = {}
-        for data in datas:  # each row's mean and 1/σ, once per data object (rows are data)
-            if id(data) not in self._stats:
-                self._stats[id(data)] = [
-                    torch.stack([row_stats(data.x[k]) for k in ks]) for ks in members
-                ]  # per group (K_g, N, 2)
-
-    @staticmethod
-    def same_data(datas: list[FusionData]) -> bool:
-        """Every seed reads the same embeddings and availability (no per-seed protocol mask)."""
-        first = datas[0]
-        return all(
-            d.x is first.x or all(a is b for a, b in zip(d.x, first.x, strict=True)) for d in datas
-        ) and all(d.delta is first.delta for d in datas)
-
-    def _buffers(self, b: int, per_seed: bool) -> list[torch.Tensor]:
-        key = (b, per_seed)
-        if key not in self._bufs:
-            first = self.datas[0]
-            s = len(self.datas) if per_seed else 1
-            self._bufs[key] = [
-                torch.empty(s, len(ks), b, first.x[ks[0]].shape[1], device=first.x[ks[0]].device)
-                for ks in self.members
-            ]
-        return self._bufs[key]
-
-    def groups(self, idx: torch.Tensor) -> list[torch.Tensor]:
-        """``idx (S, b)`` -> per group ``(S, K_g, b, D_g)`` (each seed its own rows)."""
-        bufs = self._buffers(idx.shape[1], True)
-        for buf, ks in zip(bufs, self.members, strict=True):
-            for s, data in enumerate(self.datas):
-                for j, k in enumerate(ks):
-                    torch.index_select(data.x[k], 0, idx[s], out=buf[s, j])
-        return bufs
-
-    def stats(self, idx: torch.Tensor) -> list[torch.Tensor]:
-        """Row statistics of the same rows as :meth:`groups`: per group ``(S, K_g, b, 2)``."""
-        return [
-            torch.stack(
-                [
-                    self._stats[id(d)][g].index_select(1, i)
-                    for d, i in zip(self.datas, idx, strict=True)
-                ]
-            )
-            for g in range(len(self.members))
-        ]
-
-    def shared_groups(self, idx: torch.Tensor) -> list[torch.Tensor]:
-        """``idx (b,)`` -> per group ``(K_g, b, D_g)`` from the first seed's data."""
-        bufs = self._buffers(idx.shape[0], False)
-        for buf, ks in zip(bufs, self.members, strict=True):
-            for j, k in enumerate(ks):
-                torch.index_select(self.datas[0].x[k], 0, idx, out=buf[0, j])
-        return [b[0] for b in bufs]
-
-    def shared_stats(self, idx: torch.Tensor) -> list[torch.Tensor]:
-        """Row statistics of :meth:`shared_groups`' rows: per group ``(K_g, b, 2)``."""
-        st = self._stats[id(self.datas[0])]
-        return [st[g].index_select(1, idx) for g in range(len(self.members))]
-
-    def delta(self, idx: torch.Tensor) -> torch.Tensor:
-        return torch.stack(
-            [d.delta.index_select(0, i) for d, i in zip(self.datas, idx, strict=True)]
-        )
-
-    def y(self, idx: torch.Tensor) -> torch.Tensor:
-        return torch.stack([d.y.index_select(0, i) for d, i in zip(self.datas, idx, strict=True)])
-
-    def teacher(self, idx: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor] | None:
-        tds = [d.teacher for d in self.datas]
-        if any(t is None for t in tds):
-            return None
-        t = [
-            torch.stack([td.x[j].index_select(0, i) for td, i in zip(tds, idx, strict=True)])
-            for j in range(len(tds[0].modalities))
-        ]
-        ok = torch.stack([td.ok.index_select(0, i) for td, i in zip(tds, idx, strict=True)])
-        return t, ok
-
-
-__all__ = ["SeedInputs", "SeedStack", "StackAdamW"]
+__all__ = ["SeedStack", "StackAdamW"]

@@ -37,7 +37,8 @@ from fusion.medmix import FusionModel
 from fusion.metrics import auroc_defined, macro_auroc
 from fusion.optim import param_group_names
 from fusion.registry import MethodPlan, ModelSpec, build_model, method_class
-from fusion.seed_stack import SeedInputs, SeedStack, StackAdamW
+from fusion.seed_inputs import SeedInputs
+from fusion.seed_stack import SeedStack, StackAdamW
 from fusion.train_checks import TrainingError, check_labels
 from medmix.hparams import FusionHParams
 
