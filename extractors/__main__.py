@@ -1,4 +1,4 @@
-"""Command line: ``python -m extractors extract|list|doctor``.
+"""Command line: ``python -m extractors extract|gather|list|doctor``.
 
 ``extract`` checks the expert's preset (and the presets it references) against the expert
 class before any work (:mod:`extractors.presets`): an unknown parameter or an impossible value
@@ -6,6 +6,10 @@ is a one-line error, exit code 2.
 
 ``extract --no-progress`` hides the progress bar; ``--quiet`` also lowers logging to
 warnings. Bars are drawn only when stderr is a terminal (never into a Snakemake job's log).
+
+Sharded extraction (``extraction.shards``, docs/cluster.md): ``extract --shard I/N`` embeds
+part I of N of the samples into a part file, and ``gather`` assembles the cache from all N
+parts, identical to an unsharded ``extract``; the gather judges ``max_failed_fraction``.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from medmix.cli import (
     show_progress,
 )
 from medmix.config import ConfigError, dataset_paths, load_config_arg
+from medmix.extract_shards import parse_shard, part_path, part_paths, shard_count
 
 
 def _register_presets(cfg: dict) -> None:
@@ -52,18 +57,22 @@ def cmd_extract(args: argparse.Namespace) -> int:
     overrides = {"device": args.device} if args.device else {}
     expert = create_expert(args.expert, **overrides)
     ext = cfg["extraction"]
+    out = args.out or paths.cache(args.modality, args.expert)
+    if args.shard and not args.out:
+        out = part_path(out, *args.shard)
     try:
         summary = extract(
             paths.manifest,
             args.modality,
             expert,
-            args.out or paths.cache(args.modality, args.expert),
+            out,
             shard_size=ext["shard_size"],
             max_failed_fraction=ext["max_failed_fraction"],
             dtype=ext["dtype"],
             progress=show_progress(args),
             fit_manifest=args.fit_manifest,
             force=args.force,
+            part=args.shard,
         )
     except TooManyFailures as exc:
         logging.getLogger("medmix.extract").error("%s", exc)
@@ -71,6 +80,34 @@ def cmd_extract(args: argparse.Namespace) -> int:
     print(
         f"{summary.path}: {summary.ok} ok, {summary.missing} missing, {summary.failed} failed"
         + (f" ({summary.failure_reasons})" if summary.failed else "")
+    )
+    return 0
+
+
+def cmd_gather(args: argparse.Namespace) -> int:
+    from extractors.extract import TooManyFailures
+    from extractors.shards import gather
+
+    cfg = load_config_arg(args.config)
+    paths = dataset_paths(cfg, args.dataset)
+    out = args.out or paths.cache(args.modality, args.expert)
+    parts = args.parts or part_paths(out, shard_count(cfg, args.expert))
+    try:
+        summary = gather(
+            paths.manifest,
+            parts,
+            out,
+            dataset=args.dataset,
+            modality=args.modality,
+            expert=args.expert,
+            max_failed_fraction=cfg["extraction"]["max_failed_fraction"],
+        )
+    except TooManyFailures as exc:
+        logging.getLogger("medmix.extract").error("%s", exc)
+        return 3
+    print(
+        f"{summary.path}: {summary.ok} ok, {summary.missing} missing, {summary.failed} failed"
+        f" (gathered from {len(parts)} parts)"
     )
     return 0
 
@@ -120,7 +157,33 @@ def main(argv: list[str] | None = None) -> int:
         help="experts that learn from data fit on this manifest's training split (external "
         "validation: the source cohort's), not on the dataset's own",
     )
+    p.add_argument(
+        "--shard",
+        type=parse_shard,
+        metavar="I/N",
+        help="embed only part I of N of the samples (contiguous blocks of resume shards) into a "
+        "part file for `gather` (default --out: .{expert}.part/I-of-N.parquet beside the cache)",
+    )
     p.set_defaults(func=cmd_extract)
+    p = sub.add_parser(
+        "gather", help="assemble a cache from the parts of a sharded extraction (extract --shard)"
+    )
+    p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
+    p.add_argument("--dataset", required=True, help="dataset name from the config's datasets:")
+    p.add_argument("--modality", required=True, help="modality of the dataset's manifest")
+    p.add_argument("--expert", required=True, help="expert name from the config's experts: section")
+    p.add_argument(
+        "--parts",
+        nargs="+",
+        help="the part files, all N of them (default: the config's extraction.shards parts "
+        "beside the cache)",
+    )
+    p.add_argument(
+        "--out",
+        help="cache path (default: results/{dataset}/embeddings/{modality}/{expert}.parquet)",
+    )
+    add_output_options(p, progress=False)
+    p.set_defaults(func=cmd_gather)
     p = sub.add_parser("list", help="list registered experts")
     p.add_argument(
         "--kind",

@@ -295,6 +295,34 @@ def read_cache(
     )
 
 
+def write_assembled(
+    path: Path,
+    tables: Sequence[pa.Table],
+    meta: CacheMeta,
+    row_group_size: int = 4096,
+    where: Path | None = None,
+) -> Path:
+    """Write the cache at ``path`` (atomically) from shard tables in manifest order, with
+    ``meta`` (stamped with the pipeline's version) as its metadata. The same tables, chunked
+    the same way, give the same bytes (:mod:`extractors.shards` relies on it)."""
+    stamp_version(meta)
+    if tables:
+        try:
+            table = pa.concat_tables(tables)
+        except pa.ArrowInvalid as exc:  # pragma: no cover - the callers check each schema
+            raise CacheError(
+                f"{where or path}: shards do not fit together ({first_line(exc)})"
+            ) from None
+    else:
+        table = _table(CacheRecords.concat([], meta.dim), meta)
+    table = table.replace_schema_metadata(
+        {META_KEY: json.dumps(asdict(meta), sort_keys=True).encode()}
+    )
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, row_group_size=row_group_size)
+    return path
+
+
 class ShardedCacheWriter:
     """Shard-by-shard writer with resume, one writer at a time.
 
@@ -464,22 +492,8 @@ class ShardedCacheWriter:
             missing = [i for i in range(n_shards) if not self.done(i)]
             if missing:
                 raise CacheError(f"{self.path}: cannot finalize, shards {missing[:5]} not written")
-            stamp_version(self.meta)
             tables = [pq.read_table(self.shard_path(i)) for i in range(n_shards)]
-            if tables:
-                try:
-                    table = pa.concat_tables(tables)
-                except pa.ArrowInvalid as exc:  # pragma: no cover - done() checked each schema
-                    raise CacheError(
-                        f"{self.shard_dir}: shards do not fit together ({first_line(exc)})"
-                    ) from None
-            else:
-                table = _table(CacheRecords.concat([], self.meta.dim), self.meta)
-            table = table.replace_schema_metadata(
-                {META_KEY: json.dumps(asdict(self.meta), sort_keys=True).encode()}
-            )
-            with atomic_path(self.path) as tmp:
-                pq.write_table(table, tmp, row_group_size=row_group_size)
+            write_assembled(self.path, tables, self.meta, row_group_size, where=self.shard_dir)
             shutil.rmtree(self.shard_dir, ignore_errors=True)
         finally:
             self.close()

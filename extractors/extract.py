@@ -31,10 +31,11 @@ from extractors.batching import (
     run_shards,
     summarise_info,
 )
-from extractors.cache import CacheMeta, ShardedCacheWriter
+from extractors.cache import CacheMeta, ShardedCacheWriter, read_cache
 from extractors.cache_lock import CacheLock
 from extractors.status import count_reasons
 from medmix.config import ConfigError
+from medmix.extract_shards import part_range
 from medmix.progress import progress as progress_bar
 
 if TYPE_CHECKING:
@@ -95,6 +96,7 @@ def extract(
     validate: bool = True,
     fit_manifest: str | Path | None = None,
     force: bool = False,
+    part: tuple[int, int] | None = None,
 ) -> ExtractSummary:
     """Extract ``expert`` over ``modality`` of the manifest into ``out_path``.
 
@@ -113,6 +115,13 @@ def extract(
     with ``CacheLockedError`` (:mod:`extractors.cache_lock`). Shards of an earlier run are
     resumed only under the same plan and after validation; ``force=True`` discards them all
     and starts clean.
+
+    ``part=(i, n)``: only part ``i`` of ``n`` (1-based) of the samples, as one job of a
+    sharded extraction (:mod:`medmix.extract_shards`): ``out_path`` is then a part file for
+    :func:`extractors.shards.gather`, whose metadata says which rows it holds (``extra.part``),
+    and ``max_failed_fraction`` is left to the gather, which judges the whole cache. The fit
+    of a ``requires_fit`` expert is the unsharded one in every part (each part fits on the
+    whole training split), so the parts agree.
     """
     df, mmeta = read_manifest(manifest_path)
     if len(df) == 0:
@@ -138,6 +147,7 @@ def extract(
             manifest_path, df, mmeta, modality, expert, out_path, lock,
             shard_size=shard_size, max_failed_fraction=max_failed_fraction, dtype=dtype,
             data_root=data_root, progress=progress, fit_manifest=fit_manifest, force=force,
+            part=part,
         )  # fmt: skip
     finally:
         lock.release()
@@ -159,6 +169,7 @@ def _extract_locked(
     progress: bool,
     fit_manifest: str | Path | None,
     force: bool,
+    part: tuple[int, int] | None = None,
 ) -> ExtractSummary:
     kind = mmeta.modalities[modality]
     ids = df["sample_id"].astype(str).tolist()
@@ -203,9 +214,17 @@ def _extract_locked(
         "fit": fit_hash,
         "fit_source": fit_source,
     }
+    bounds = shard_bounds(len(ids), shard_size)
+    label = f"{mmeta.dataset}/{modality}/{expert.name}"
+    if part is not None:
+        meta.extra["part"] = part_info(bounds, part, plan, len(ids), shard_size)
+        lo, hi = meta.extra["part"]["rows"]
+        label += f" part {part[0]}/{part[1]} (rows {lo}-{hi})"
+        kept = bounds[slice(*meta.extra["part"]["shards"])]
+        bounds = [(j, lo, hi) for j, (_, lo, hi) in enumerate(kept)]  # local shard indices
+        plan["part"] = list(part)
     writer = ShardedCacheWriter(out_path, meta, plan, lock=lock, fresh=force)
-    n_shards = max(1, (len(ids) + shard_size - 1) // shard_size)
-    bounds = [(i, i * shard_size, min(len(ids), (i + 1) * shard_size)) for i in range(n_shards)]
+    n_shards = len(bounds)
     reused = {i for i, lo, hi in bounds if writer.done(i, ids[lo:hi])}
     resumed = len(reused)
     pending = [b for b in bounds if b[0] not in reused]
@@ -213,9 +232,9 @@ def _extract_locked(
     device_requested = str(getattr(expert, "device", "cpu"))
     _resolve_auto_device(expert)
     bar = progress_bar(
-        total=len(ids),
+        total=sum(hi - lo for _, lo, hi in bounds),
         initial=done_samples,
-        desc=f"{mmeta.dataset}/{modality}/{expert.name}",
+        desc=label,
         unit="sample",
         dynamic_ncols=True,
         enabled=progress,
@@ -227,10 +246,8 @@ def _extract_locked(
     writer.meta.manifest_sha256 = manifest_fingerprint(ids, splits, values)
     _record_run_device(writer.meta, expert, device_requested)
     log.info(
-        "%s/%s/%s: %d samples in %d batches, %d workers; model %.1fs, waiting for data %.1fs, writing %.1fs",
-        mmeta.dataset,
-        modality,
-        expert.name,
+        "%s: %d samples in %d batches, %d workers; model %.1fs, waiting for data %.1fs, writing %.1fs",
+        label,
         stats.samples,
         stats.batches,
         stats.workers,
@@ -239,53 +256,83 @@ def _extract_locked(
         stats.write_s,
     )
     path = writer.finalize(n_shards)
-
-    from extractors.cache import read_cache  # local: only for the summary
-
-    data = read_cache(path)
-    failed_mask = data.status == "failed"
-    reasons = dict(count_reasons(data.reason[failed_mask]).most_common())
-    summary = ExtractSummary(
-        path=path,
-        n=len(ids),
-        ok=int(data.ok.sum()),
-        missing=int((data.status == "missing").sum()),
-        failed=int(failed_mask.sum()),
-        shards_total=n_shards,
-        shards_resumed=resumed,
-        failure_reasons=reasons,
-        timings={
-            "forward_s": stats.forward_s,
-            "wait_s": stats.wait_s,
-            "write_s": stats.write_s,
-            "workers": float(stats.workers),
-        },
-    )
-    present = summary.ok + summary.failed
+    summary = summarise_cache(path, n_shards, resumed)
+    summary.timings = {
+        "forward_s": stats.forward_s,
+        "wait_s": stats.wait_s,
+        "write_s": stats.write_s,
+        "workers": float(stats.workers),
+    }
     log.info(
-        "%s/%s/%s: %d ok, %d missing, %d failed (%d/%d shards resumed)",
-        mmeta.dataset,
-        modality,
-        expert.name,
+        "%s: %d ok, %d missing, %d failed (%d/%d shards resumed)",
+        label,
         summary.ok,
         summary.missing,
         summary.failed,
         resumed,
         n_shards,
     )
+    if part is None:  # a part is judged with the whole cache, by the gather
+        judge_failures(summary, label, max_failed_fraction)
+    return summary
+
+
+def shard_bounds(n: int, shard_size: int) -> list[tuple[int, int, int]]:
+    """(index, lo, hi) of the resume shards of ``n`` manifest rows (at least one shard)."""
+    n_shards = max(1, (n + shard_size - 1) // shard_size)
+    return [(i, i * shard_size, min(n, (i + 1) * shard_size)) for i in range(n_shards)]
+
+
+def part_info(
+    bounds: list[tuple[int, int, int]], part: tuple[int, int], plan: dict, n: int, shard_size: int
+) -> dict:
+    """What a part file records of itself (``extra.part``): which part, its resume shards
+    and rows, and the plan every part of one cache shares (checked by the gather)."""
+    shards = part_range(len(bounds), *part)
+    lo, hi = min(n, shards.start * shard_size), min(n, shards.stop * shard_size)
+    return {
+        "index": part[0],
+        "of": part[1],
+        "shards": [shards.start, shards.stop],
+        "rows": [lo, hi],
+        "plan": dict(plan),
+    }
+
+
+def summarise_cache(path: Path, shards_total: int, shards_resumed: int) -> ExtractSummary:
+    """The counts of a finished cache (or part): ok / missing / failed and failure reasons."""
+    data = read_cache(path)
+    failed_mask = data.status == "failed"
+    return ExtractSummary(
+        path=path,
+        n=len(data.sample_ids),
+        ok=int(data.ok.sum()),
+        missing=int((data.status == "missing").sum()),
+        failed=int(failed_mask.sum()),
+        shards_total=shards_total,
+        shards_resumed=shards_resumed,
+        failure_reasons=dict(count_reasons(data.reason[failed_mask]).most_common()),
+    )
+
+
+def judge_failures(summary: ExtractSummary, label: str, max_failed_fraction: float) -> None:
+    """Raise :class:`TooManyFailures` (the cache moved to :func:`rejected_path`) when more than
+    ``max_failed_fraction`` of the present samples failed; else drop a stale rejected file."""
+    path = summary.path
+    present = summary.ok + summary.failed
     rejected = rejected_path(path)
+    reasons = summary.failure_reasons
     if present and summary.failed / present > max_failed_fraction:
         os.replace(path, rejected)
         summary.path = rejected
         raise TooManyFailures(
-            f"{mmeta.dataset}/{modality}/{expert.name}: {summary.failed} of {present} present samples failed "
+            f"{label}: {summary.failed} of {present} present samples failed "
             f"(> max_failed_fraction={max_failed_fraction}); reasons: {reasons}. No cache was "
             f"written to {path}; the rows with their reasons are in {rejected}",
             summary,
             rejected,
         )
     rejected.unlink(missing_ok=True)  # a rejected attempt's rows are stale now
-    return summary
 
 
 def samples_hash(ids: list[str], values: list, root: Path) -> str:

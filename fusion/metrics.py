@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from fusion.bootstrap_ranks import RankedLabel, boot_auroc, boot_average_precision, draw_counts
 from fusion.ranking import average_precision as average_precision_score
 from fusion.ranking import precision_recall_curve
 from fusion.ranking import roc_auc as roc_auc_score
@@ -294,59 +295,6 @@ def macro_auroc(y: np.ndarray, logits: np.ndarray, task_type: str) -> float:
 # -- bootstrap confidence intervals ---------------------------------------------------------
 
 
-def _average_ranks(values: np.ndarray) -> np.ndarray:
-    """Row-wise ranks (1-based, ties get their average rank) of a 2-D array."""
-    b, n = values.shape
-    order = np.argsort(values, axis=1, kind="stable")
-    v = np.take_along_axis(values, order, axis=1)
-    new = np.ones((b, n), dtype=bool)
-    new[:, 1:] = v[:, 1:] != v[:, :-1]
-    gid = np.cumsum(new, axis=1) - 1 + (np.arange(b) * n)[:, None]
-    pos = np.broadcast_to(np.arange(1, n + 1, dtype=np.float64), (b, n))
-    sums = np.bincount(gid.ravel(), weights=pos.ravel(), minlength=b * n)
-    counts = np.bincount(gid.ravel(), minlength=b * n)
-    avg = (sums / np.maximum(counts, 1))[gid]
-    ranks = np.empty_like(avg)
-    np.put_along_axis(ranks, order, avg, axis=1)
-    return ranks
-
-
-def _boot_auroc(y: np.ndarray, p: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """Per-row AUROC of 0/1 ``y`` vs ``p`` over the ``known`` entries (NaN: one class only)."""
-    pk = np.where(known, p, np.inf)  # unknowns rank last and are never counted
-    ranks = _average_ranks(pk)
-    pos = known & (y == 1)
-    n1 = pos.sum(axis=1).astype(np.float64)
-    n0 = (known & (y == 0)).sum(axis=1).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        auc = ((ranks * pos).sum(axis=1) - n1 * (n1 + 1) / 2) / (n1 * n0)
-    return np.where((n1 > 0) & (n0 > 0), auc, np.nan)
-
-
-def _boot_ap(y: np.ndarray, p: np.ndarray, known: np.ndarray) -> np.ndarray:
-    """Per-row average precision (scikit-learn's definition, ties as one threshold)."""
-    b, n = p.shape
-    pk = np.where(known, p, -np.inf)
-    order = np.argsort(-pk, axis=1, kind="stable")
-    v = np.take_along_axis(pk, order, axis=1)
-    k = np.take_along_axis(known, order, axis=1)
-    pos = np.take_along_axis(known & (y == 1), order, axis=1)
-    tp = np.cumsum(pos, axis=1).astype(np.float64)
-    fp = np.cumsum(k & ~pos, axis=1).astype(np.float64)
-    end = np.ones((b, n), dtype=bool)  # last entry of each tie group among known entries
-    end[:, :-1] = v[:, :-1] != v[:, 1:]
-    end &= k
-    last_end_tp = np.maximum.accumulate(np.where(end, tp, 0.0), axis=1)
-    prev_end_tp = np.zeros_like(tp)
-    prev_end_tp[:, 1:] = last_end_tp[:, :-1]
-    n_pos = tp[:, -1]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        precision = tp / np.maximum(tp + fp, 1.0)
-        ap = (np.where(end, (tp - prev_end_tp) * precision, 0.0)).sum(axis=1) / n_pos
-    n_neg = fp[:, -1]
-    return np.where((n_pos > 0) & (n_neg > 0), ap, np.nan)
-
-
 def _boot_f1(y: np.ndarray, pred: np.ndarray, known: np.ndarray) -> np.ndarray:
     tp = (pred & y & known).sum(axis=1).astype(np.float64)
     fp = (pred & ~y & known).sum(axis=1)
@@ -408,10 +356,18 @@ def bootstrap_ci(
     def add(store: dict[str, list[np.ndarray]], key: str, value: np.ndarray) -> None:
         store.setdefault(key, []).append(value)
 
+    if task_type == "multiclass":
+        y_int = np.asarray(y, dtype=np.int64)
+        ranked = {j: RankedLabel(y_int == j, probs[:, j], y_int >= 0) for j in used}
+    else:
+        y_float = np.asarray(y, dtype=np.float64)
+        ranked = {j: RankedLabel(y_float[:, j], probs[:, j], np.isfinite(y_float[:, j]))
+                  for j in used}  # fmt: skip
     done = 0
     while done < n_boot:
         b = min(chunk, n_boot - done)
         idx = rng.integers(0, n, size=(b, n))
+        counts = draw_counts(idx, n)
         done += b
         label_vals: dict[str, list[np.ndarray]] = {}
         if task_type == "multiclass":
@@ -422,8 +378,8 @@ def bootstrap_ci(
             for j in used:
                 yc = yi == j
                 vals = {
-                    "auroc": _boot_auroc(yc.astype(np.int64), pi[..., j], known),
-                    "auprc": _boot_ap(yc.astype(np.int64), pi[..., j], known),
+                    "auroc": boot_auroc(groups := ranked[j].group_counts(counts)),
+                    "auprc": boot_average_precision(groups),
                     "f1": _boot_f1(yc, pred == j, known),
                 }
                 valid = np.isfinite(vals["auroc"])
@@ -450,8 +406,8 @@ def bootstrap_ci(
                 nk = known.sum(axis=1)
                 with np.errstate(invalid="ignore", divide="ignore"):
                     vals = {
-                        "auroc": _boot_auroc(yb, pj, known),
-                        "auprc": _boot_ap(yb, pj, known),
+                        "auroc": boot_auroc(groups := ranked[j].group_counts(counts)),
+                        "auprc": boot_average_precision(groups),
                         "f1": _boot_f1(ybool, pred, known),
                         "accuracy": ((pred == ybool) & known).sum(axis=1) / nk,
                         "brier": (((pj - yb) ** 2) * known).sum(axis=1) / nk,

@@ -48,6 +48,7 @@ import numpy as np
 import pandas as pd
 
 from cohorts.manifest import read_manifest
+from fusion.bootstrap_ranks import RankedLabel, boot_auroc, draw_counts
 
 log = logging.getLogger("medmix.fusion.paired")
 
@@ -100,10 +101,8 @@ def resample_counts(n: int, n_boot: int, seed: int = SEED, chunk: int | None = N
     while done < n_boot:
         b = min(chunk, n_boot - done)
         idx = rng.integers(0, n, size=(b, n))
-        flat = (idx + (np.arange(b) * n)[:, None]).ravel()
-        counts = np.bincount(flat, minlength=b * n).reshape(b, n).astype(np.float64)
         done += b
-        yield idx, counts
+        yield idx, draw_counts(idx, n).astype(np.float64)
 
 
 PAIR_LIMIT = 4_000_000  # scores × positives × negatives up to which pair matrices are kept
@@ -114,22 +113,13 @@ def weighted_auroc(counts: np.ndarray, y: np.ndarray, p: np.ndarray) -> np.ndarr
     multiplicities ``counts`` (b, n); NaN where a row has no positive or no negative.
 
     Equal to ``roc_auc_score(y[idx], p[idx])`` for the resample ``idx`` the row counts: the
-    samples are sorted by score once, then each resample's negative weight below (and tied
-    with) every score group is a cumulative sum in that order — O(b · n), any n.
+    samples are sorted by score once (:mod:`fusion.bootstrap_ranks`), then each resample's
+    negative weight below (and tied with) every score group is a cumulative sum in that
+    order — O(b · n), any n.
     """
     y = np.asarray(y).astype(bool)
-    p = np.asarray(p, dtype=np.float64)
-    order = np.argsort(p, kind="stable")
-    ps, ys = p[order], y[order]
-    w = np.asarray(counts, dtype=np.float64)[:, order]
-    starts = np.flatnonzero(np.r_[True, ps[1:] != ps[:-1]])  # first sample of each tie group
-    wp = np.add.reduceat(np.where(ys, w, 0.0), starts, axis=1)  # positive weight per group
-    wn = np.add.reduceat(np.where(ys, 0.0, w), starts, axis=1)  # negative weight per group
-    below = np.cumsum(wn, axis=1) - wn  # negative weight strictly below each group
-    num = (wp * (below + 0.5 * wn)).sum(axis=1)
-    n1, n0 = wp.sum(axis=1), wn.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where((n1 > 0) & (n0 > 0), num / (n1 * n0), np.nan)
+    label = RankedLabel(y, np.asarray(p, dtype=np.float64), np.ones(len(y), dtype=bool))
+    return boot_auroc(label.group_counts(np.asarray(counts, dtype=np.float64)))
 
 
 class _LabelAurocs:

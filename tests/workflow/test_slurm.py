@@ -8,7 +8,12 @@ checks that every job went through SLURM (the plugin's per-job logs, plus the jo
 ``scontrol``, ``sacct`` or the test cluster's jobcomp file) and that both runs produced the
 same manifest, cache content and training metrics.
 
-A second cluster test runs a one-rule workflow through the same profile whose job fails on
+A sharded extraction (config/slurm-shards.yaml: the same cohort, report/tfidf-svd with
+``extraction: {shards: 4}``) runs through the same profile: each of the 4 shard jobs and the
+gather is its own SLURM job, and the gathered cache is byte-identical to a local unsharded
+extraction's.
+
+A further cluster test runs a one-rule workflow through the same profile whose job fails on
 attempt 1: Snakemake must resubmit it and SLURM must give attempt 2 the profile's
 ``mem_mb: N * attempt`` (only with ``MEDMIX_SLURM=1``, about 55 s).
 
@@ -38,6 +43,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import yaml
+
+from cohorts.demo import generate_cohort
+from extractors.extract import extract
+from extractors.registry import create_expert, register_preset
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIG = REPO / "config" / "slurm-smoke.yaml"
@@ -102,17 +111,26 @@ def cluster_env() -> dict[str, str]:
 
 
 class Run:
-    """The workflow's slice in ``workdir``, started in the background and hard-bounded by
-    ``timeout -s KILL``; ``finish()`` waits and returns (exit code, output, wall seconds)."""
+    """The workflow's slice in ``workdir`` (``target`` of ``config``), started in the
+    background and hard-bounded by ``timeout -s KILL``; ``finish()`` waits and returns (exit
+    code, output, wall seconds)."""
 
-    def __init__(self, workdir: Path, args: list[str], env: dict[str, str], timeout: int) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        args: list[str],
+        env: dict[str, str],
+        timeout: int,
+        target: str = TARGET,
+        config: Path = CONFIG,
+    ) -> None:
         cmd = [
             "timeout", "-s", "KILL", str(timeout),
-            sys.executable, "-m", "snakemake", TARGET,
+            sys.executable, "-m", "snakemake", target,
             "--snakefile", str(REPO / "Snakefile"),
             "--directory", str(workdir),
             *args,
-            "--configfile", str(CONFIG),
+            "--configfile", str(config),
         ]  # fmt: skip
         self.timeout = timeout
         self.log = workdir / "snakemake.out"
@@ -392,6 +410,61 @@ def test_gpu_profile_reruns_one_extractor_on_a_gpu(runs: dict) -> None:
     test_cache_content_equals_local(runs)
 
 
+SHARDS_CONFIG = REPO / "config" / "slurm-shards.yaml"
+SHARDED_CACHE = (
+    Path("results/slurm-shards") / DATASET / "embeddings" / "report" / "tfidf-svd.parquet"
+)
+SHARDS = 4
+
+
+def test_sharded_extraction_runs_each_shard_as_its_own_slurm_job(
+    cluster_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """config/slurm-shards.yaml through profiles/slurm: 4 shard jobs and the gather, each its
+    own SLURM job (one per part, distinct job ids, all COMPLETED in this working directory);
+    the gathered cache is byte-identical to an unsharded extraction of the same manifest
+    (what rule extract runs, here in-process). The manifest is generated here as rule
+    demo_cohort would (one wave of SLURM polling less)."""
+    cfg = yaml.safe_load(SHARDS_CONFIG.read_text())
+    assert cfg["extraction"]["shards"] == SHARDS
+    demo = cfg["datasets"][DATASET]["demo"]
+    root = tmp_path / SHARDED_CACHE.parents[2]
+    generate_cohort(demo["kind"], root, demo["n_patients"], demo["seed"], DATASET, progress=False)
+    run = Run(tmp_path, ["--workflow-profile", "profiles/slurm"], cluster_env, SLURM_TIMEOUT,
+              target=str(SHARDED_CACHE), config=SHARDS_CONFIG)  # fmt: skip
+    rc, out, _ = run.finish()
+    if rc != 0:
+        cancel_leftovers(tmp_path, cluster_env, config=SHARDS_CONFIG)
+        pytest.fail("sharded SLURM run: " + failure_report(tmp_path, out, rc))
+    logs = slurm_logs(tmp_path)
+    assert {k: len(v) for k, v in logs.items()} == {"extract_shard": SHARDS, "extract_gather": 1}, (
+        logs
+    )
+    parts = sorted(
+        p.parent.name
+        for p in (tmp_path / ".snakemake" / "slurm_logs").glob("rule_extract_shard/*/*.log")
+    )
+    assert len(set(parts)) == SHARDS, f"one SLURM job per part: {parts}"
+    ids = [i for v in logs.values() for i in v]
+    assert len(set(ids)) == len(ids) == SHARDS + 1, ids
+    submitted = re.findall(r"has been submitted with SLURM jobid (\d+)", out)
+    assert sorted(set(submitted)) == sorted(ids), (submitted, ids)
+    for jobid in ids:
+        rec = job_record(jobid, cluster_env)
+        assert rec["state"] == "COMPLETED", f"SLURM job {jobid}: {rec}"
+        if rec["source"] != "not found":
+            assert rec["workdir"] == str(tmp_path), f"SLURM job {jobid} ran elsewhere: {rec}"
+    gathered = tmp_path / SHARDED_CACHE
+    for name, spec in cfg["experts"].items():
+        register_preset(name, spec)
+    plain = tmp_path / "unsharded.parquet"
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", cluster_env["SOURCE_DATE_EPOCH"])  # as the jobs
+    extract(root / "manifest.parquet", "report",
+            create_expert("tfidf-svd"), plain, progress=False,
+            shard_size=cfg["extraction"]["shard_size"])  # fmt: skip
+    assert gathered.read_bytes() == plain.read_bytes(), "gathered cache != unsharded cache"
+
+
 RETRY_RULE = "demo_cohort"  # a rule of the workflow, so the profile's own set-resources apply
 RETRY_TIMEOUT = 150
 # Fails on its first attempt (no marker yet), succeeds on the second; each attempt appends
@@ -521,7 +594,15 @@ def test_gpu_rules_share_one_gpu_setting_in_both_profiles() -> None:
     (+ gpu_model) on all of them; nothing else differs between the two profiles except
     extract's memory and time."""
     rules = gpu_rules()
-    assert {"extract", "extract_teacher", "rag", "bridge", "knowledge_index"} <= rules, rules
+    assert {
+        "extract",
+        "extract_shard",
+        "extract_teacher",
+        "rag",
+        "bridge",
+        "knowledge_index",
+    } <= rules, rules
+    assert "extract_gather" not in rules, rules
     cpu, gpu = load_profile("slurm"), load_profile("slurm-gpu")
     assert {k: v for k, v in gpu.items() if k != "set-resources"} == {
         k: v for k, v in cpu.items() if k != "set-resources"
@@ -548,7 +629,8 @@ def test_gpu_rules_share_one_gpu_setting_in_both_profiles() -> None:
         c, g = cpu["set-resources"][r], gpu["set-resources"][r]
         assert "gpu" not in c and "gpu_model" not in c, f"profiles/slurm forces a GPU on {r}"
         assert g["gpu"] == 1 and "MEDMIX_SLURM_GPU_MODEL" in str(g["gpu_model"]), (r, g)
-        drop = {"gpu", "gpu_model"} | ({"mem_mb", "runtime"} if r == "extract" else set())
+        big = {"extract", "extract_shard"}  # slurm-gpu: 16 GB, 240 min (model on a GPU node)
+        drop = {"gpu", "gpu_model"} | ({"mem_mb", "runtime"} if r in big else set())
         assert {k: v for k, v in g.items() if k not in drop} == {
             k: v for k, v in c.items() if k not in drop
         }, r
@@ -619,6 +701,38 @@ def test_dry_run_gpu_follows_the_expert_device(tmp_path: Path) -> None:
     assert "gpu" not in cohort[0] and "cpus_per_gpu" not in cohort[0], cohort
 
 
+def test_dry_run_shard_jobs_ask_what_extract_asks(tmp_path: Path) -> None:
+    """config/slurm-shards.yaml (4 shards) with a second, `device: cuda` expert, through
+    profiles/slurm: one extract_shard job per part and expert, each asking for a GPU exactly
+    when its expert is on cuda (as rule extract would), with extract's memory and time; one
+    extract_gather per cache, without a GPU, on the CPU partition; no extract job."""
+    cfg = yaml.safe_load(SHARDS_CONFIG.read_text())
+    cfg["results"] = str(tmp_path / "results")
+    cfg["datasets"][DATASET]["modalities"]["report"] = ["tfidf-svd", "minilm-cuda"]
+    cfg["experts"]["minilm-cuda"] = {"type": "minilm", "device": "cuda"}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    emb = tmp_path / "results" / DATASET / "embeddings" / "report"
+    jobs = dry_run_jobs(
+        [
+            str(emb / "tfidf-svd.parquet"), str(emb / "minilm-cuda.parquet"),
+            "--directory", str(tmp_path), "--workflow-profile", str(REPO / "profiles" / "slurm"),
+            "--configfile", str(tmp_path / "config.yaml"),
+        ],
+        PARTITIONS,
+    )  # fmt: skip
+    shards = {(wc["expert"], wc["part"]): res for rule, wc, res in jobs if rule == "extract_shard"}
+    assert set(shards) == {(e, str(i)) for e in ("tfidf-svd", "minilm-cuda") for i in range(1, 5)}
+    for (expert, _), res in shards.items():
+        assert res["gpu"] == ("1" if expert == "minilm-cuda" else "0"), (expert, res)
+        assert res["slurm_partition"] == "gpuq" and res["cpus_per_gpu"] == "4", res
+        assert (res["mem_mb"], res["runtime"]) == ("4000", "120"), res
+    gathers = {wc["expert"]: res for rule, wc, res in jobs if rule == "extract_gather"}
+    assert set(gathers) == {"tfidf-svd", "minilm-cuda"}, jobs
+    for res in gathers.values():
+        assert res.get("gpu", "0") == "0" and res["slurm_partition"] == "cpuq", res
+    assert "extract" not in {rule for rule, _, _ in jobs}, jobs
+
+
 @pytest.mark.parametrize("profile", ["slurm", "slurm-gpu"])
 def test_paper_dry_run_puts_every_gpu_job_on_the_gpu_partition(
     profile: str, tmp_path: Path
@@ -632,7 +746,8 @@ def test_paper_dry_run_puts_every_gpu_job_on_the_gpu_partition(
          "--configfile", str(REPO / "config" / "paper.yaml")],
         {**PARTITIONS, "MEDMIX_SLURM_GPU_MODEL": "a100"},
     )  # fmt: skip
-    rules = gpu_rules()
+    # config/paper.yaml does not shard (test_dry_run_shard_jobs_ask_what_extract_asks does)
+    rules = gpu_rules() - {"extract_shard"}
     asking = {rule for rule, _, res in jobs if res.get("gpu") == "1"}
     assert asking == rules, f"rules with gpu=1 jobs: {sorted(asking)}; GPU-capable: {sorted(rules)}"
     for rule, wc, res in jobs:

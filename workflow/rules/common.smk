@@ -19,6 +19,7 @@ from medmix.config import (
     is_rag_expert,
     validate_config,
 )
+from medmix.extract_shards import without_shard_settings
 from medmix.outputs import FIGURE_FORMATS, MAIN, TABLE_FORMATS, asked_outputs
 from medmix.plan import method_inputs
 from medmix.protocol_names import SETTING_REGEX
@@ -228,11 +229,9 @@ def teacher_slice(dataset, modality):
     dcfg["modalities"] = {modality: [name]}
     dcfg["teachers"] = {modality: name}
     keep = {k: config[k] for k in ("results", "extraction") if k in config}
-    return {
-        **keep,
-        "datasets": {dataset: dcfg},
-        "experts": expert_closure(config, name),
-    }
+    return without_shard_settings(
+        {**keep, "datasets": {dataset: dcfg}, "experts": expert_closure(config, name)}
+    )
 
 
 def teacher_env(wildcards):

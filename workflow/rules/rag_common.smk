@@ -1,5 +1,6 @@
 # Helpers of the RAG rules (rag.smk): settings slices, bridge inputs, GPU requests.
 from medmix.config import section
+from medmix.extract_shards import without_shard_settings
 from medmix.rag_settings import GENERATIVE_BRIDGES, rag_config
 
 RAG = rag_config({k: v for k, v in section(config, "rag").items() if k != "device"})
@@ -18,7 +19,7 @@ def rag_slice(*keys, dataset=None):
         dcfg = config["datasets"][dataset]  # teachers are not the rag branch's business
         out["datasets"] = {dataset: {k: v for k, v in dcfg.items() if k != "teachers"}}
         out["extraction"] = section(config, "extraction")
-    return out
+    return without_shard_settings(out)
 
 
 def rag_embed_slice(dataset):
