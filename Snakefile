@@ -5,6 +5,7 @@ import logging
 
 from snakemake.utils import min_version, validate
 
+from medmix import fork_server
 from medmix.console import install as short_console_lines
 
 min_version("8.20")
@@ -22,6 +23,27 @@ if not workflow.config_settings.configfiles:
 
 
 report: "workflow/report/workflow.rst"
+
+
+# Local runs: one fork server imports torch, pandas and the project once and runs each Python
+# job in a forked child (medmix/fork_server.py; MEDMIX_FORK_SERVER=off switches it off).
+FORK_SERVER = []
+
+
+onstart:
+    FORK_SERVER.append(
+        fork_server.start_for_workflow(
+            workflow.local_exec, f"{LOGS}/fork_server.log"
+        )
+    )
+
+
+onsuccess:
+    fork_server.stop(FORK_SERVER.pop() if FORK_SERVER else None)
+
+
+onerror:
+    fork_server.stop(FORK_SERVER.pop() if FORK_SERVER else None)
 
 
 validate(config, schema="workflow/schemas/config.schema.yaml")

@@ -16,7 +16,7 @@ comparison), and prints:
   backward), times the steps, over the epoch's wall time;
 * the machine's matmul GFLOP/s, measured here with the same thread count (the best of
   several float32 2048² and 4096² products — the physical limit this CPU reaches), and the
-  achieved fraction of it (target: ≥ 30 % at N = 100k) — per wall-clock second and per CPU
+  achieved fraction of it (target: ≥ 50 % at N = 100k) — per wall-clock second and per CPU
   second of the process (``time.process_time``; on a machine shared with other jobs the
   wall-clock figures move with the load, the CPU-time figures much less);
 * peak resident memory of the process.

@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from medmix import fork_server
 from medmix.errors import UserError
 from medmix.logs import setup_logging
 
@@ -194,7 +195,13 @@ def run_cli(
     a line saying so, exit code 1. ``SystemExit`` (argparse's usage errors, exit 2) and
     ``KeyboardInterrupt`` pass through. Use it in every ``__main__``:
     ``sys.exit(run_cli(main))``; ``main`` itself still raises, for library callers and tests.
+
+    A command-line process (``argv`` None) inside a local Snakemake run first offers itself
+    to the run's fork server (:mod:`medmix.fork_server`), which runs the same command in a
+    child that has the heavy imports done; the exit code is the child's.
     """
+    if argv is None and (delegated := fork_server.delegate()) is not None:
+        return delegated
     try:
         code = main(None if argv is None else list(argv))
     except Exception as exc:  # noqa: BLE001 - the one place that sorts errors for the user
