@@ -12,7 +12,6 @@ import argparse
 import json
 
 import fusion.protocols
-from fusion.evaluate import run_test_protocols
 from medmix.cli import positive_int, run_cli
 from medmix.config import dataset_paths, load_config_arg
 from medmix.io import write_text_atomic
@@ -45,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         for s in expand_settings(cfg.get("protocols"), mods):
             print(s)
         return 0
+    # imported here: the command line itself stays torch-free, so that a local workflow's
+    # fork server (medmix.fork_server) can run the job with torch already imported
+    from fusion.evaluate import run_test_protocols
+
     written = run_test_protocols(
         cfg, args.dataset, args.method, args.settings, source=args.source, threads=args.threads
     )
