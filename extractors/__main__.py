@@ -127,6 +127,14 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return doctor_main(args.config, as_json=args.json, only=args.expert or None)
 
 
+def add_cache_arguments(p: argparse.ArgumentParser) -> None:
+    """The options that name one cache: config, dataset, modality, expert."""
+    p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
+    p.add_argument("--dataset", required=True, help="dataset name from the config's datasets:")
+    p.add_argument("--modality", required=True, help="modality of the dataset's manifest")
+    p.add_argument("--expert", required=True, help="expert name from the config's experts: section")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m extractors",
@@ -136,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     add_version_argument(parser)
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("extract", help="run one expert over one modality of a dataset")
-    p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
-    p.add_argument("--dataset", required=True, help="dataset name from the config's datasets:")
-    p.add_argument("--modality", required=True, help="modality of the dataset's manifest")
-    p.add_argument("--expert", required=True, help="expert name from the config's experts: section")
+    add_cache_arguments(p)
     p.add_argument(
         "--out",
         help="cache path (default: results/{dataset}/embeddings/{modality}/{expert}.parquet)",
@@ -168,10 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser(
         "gather", help="assemble a cache from the parts of a sharded extraction (extract --shard)"
     )
-    p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
-    p.add_argument("--dataset", required=True, help="dataset name from the config's datasets:")
-    p.add_argument("--modality", required=True, help="modality of the dataset's manifest")
-    p.add_argument("--expert", required=True, help="expert name from the config's experts: section")
+    add_cache_arguments(p)
     p.add_argument(
         "--parts",
         nargs="+",

@@ -671,17 +671,16 @@ def dry_run_jobs(args: list[str], env_extra: dict[str, str]) -> list[tuple[str, 
 PARTITIONS = {"MEDMIX_SLURM_PARTITION": "cpuq", "MEDMIX_SLURM_GPU_PARTITION": "gpuq"}
 
 
-def test_dry_run_gpu_follows_the_expert_device(tmp_path: Path) -> None:
-    """profiles/slurm with one `device: cuda` expert and one offline expert: only the first
-    extraction asks for a GPU (gpu=1 from the rule); both extractions go to the GPU-capable
-    rules' partition with cpus_per_gpu; the cohort job stays on the CPU partition."""
-    cfg = yaml.safe_load(CONFIG.read_text())
+def two_expert_dry_run(tmp_path: Path, config: Path) -> list:
+    """``config`` with report/tfidf-svd plus a ``device: cuda`` MiniLM, dry-run through
+    profiles/slurm: the jobs' (rule, wildcards, resources)."""
+    cfg = yaml.safe_load(config.read_text())
     cfg["results"] = str(tmp_path / "results")
     cfg["datasets"][DATASET]["modalities"]["report"] = ["tfidf-svd", "minilm-cuda"]
     cfg["experts"]["minilm-cuda"] = {"type": "minilm", "device": "cuda"}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
     emb = tmp_path / "results" / DATASET / "embeddings" / "report"
-    jobs = dry_run_jobs(
+    return dry_run_jobs(
         [
             str(emb / "tfidf-svd.parquet"), str(emb / "minilm-cuda.parquet"),
             "--directory", str(tmp_path), "--workflow-profile", str(REPO / "profiles" / "slurm"),
@@ -689,6 +688,13 @@ def test_dry_run_gpu_follows_the_expert_device(tmp_path: Path) -> None:
         ],
         PARTITIONS,
     )  # fmt: skip
+
+
+def test_dry_run_gpu_follows_the_expert_device(tmp_path: Path) -> None:
+    """profiles/slurm with one `device: cuda` expert and one offline expert: only the first
+    extraction asks for a GPU (gpu=1 from the rule); both extractions go to the GPU-capable
+    rules' partition with cpus_per_gpu; the cohort job stays on the CPU partition."""
+    jobs = two_expert_dry_run(tmp_path, CONFIG)
     extract = {wc["expert"]: res for rule, wc, res in jobs if rule == "extract"}
     assert set(extract) == {"tfidf-svd", "minilm-cuda"}, jobs
     assert extract["minilm-cuda"]["gpu"] == "1", extract["minilm-cuda"]
@@ -706,20 +712,7 @@ def test_dry_run_shard_jobs_ask_what_extract_asks(tmp_path: Path) -> None:
     profiles/slurm: one extract_shard job per part and expert, each asking for a GPU exactly
     when its expert is on cuda (as rule extract would), with extract's memory and time; one
     extract_gather per cache, without a GPU, on the CPU partition; no extract job."""
-    cfg = yaml.safe_load(SHARDS_CONFIG.read_text())
-    cfg["results"] = str(tmp_path / "results")
-    cfg["datasets"][DATASET]["modalities"]["report"] = ["tfidf-svd", "minilm-cuda"]
-    cfg["experts"]["minilm-cuda"] = {"type": "minilm", "device": "cuda"}
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
-    emb = tmp_path / "results" / DATASET / "embeddings" / "report"
-    jobs = dry_run_jobs(
-        [
-            str(emb / "tfidf-svd.parquet"), str(emb / "minilm-cuda.parquet"),
-            "--directory", str(tmp_path), "--workflow-profile", str(REPO / "profiles" / "slurm"),
-            "--configfile", str(tmp_path / "config.yaml"),
-        ],
-        PARTITIONS,
-    )  # fmt: skip
+    jobs = two_expert_dry_run(tmp_path, SHARDS_CONFIG)
     shards = {(wc["expert"], wc["part"]): res for rule, wc, res in jobs if rule == "extract_shard"}
     assert set(shards) == {(e, str(i)) for e in ("tfidf-svd", "minilm-cuda") for i in range(1, 5)}
     for (expert, _), res in shards.items():
