@@ -190,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         t = time.perf_counter()
         data = synthetic_data(n)
         print(f"\nN = {n:,}: data built once in {time.perf_counter() - t:.1f}s "
-              f"({sum(x.numel() for x in data.x) * 4 / 1e9:.2f} GB, shared by all seeds)")  # fmt: skip
+              f"({sum(x.shape[0] * x.shape[1] for x in data.x) * 4 / 1e9:.2f} GB, shared by all seeds)")  # fmt: skip
         modes = [("vectorised", [args.seeds])]
         if args.sequential:
             modes.append(("sequential", [[s] for s in args.seeds]))

@@ -1,4 +1,4 @@
-"""Command line: ``python -m fusion train|select|evaluate|predict|methods``.
+"""Command line: ``python -m fusion train|select|evaluate|predict|ablation|external|methods``.
 
     python -m fusion train --config config.yaml --dataset demo-openi --method medmix \
         --protocol full --out results/demo-openi/runs/full/medmix [--seeds 0 1 2] [--threads 1] \
@@ -10,11 +10,19 @@
     python -m fusion predict --model results/demo-openi/runs/full/medmix/seed0 \
         --input frontal/radiomics=results/demo-openi/embeddings/frontal/radiomics.parquet \
         [--input report/minilm=...] --out predictions.parquet
+    python -m fusion ablation train --config config.yaml --dataset demo-openi --variant no_rag \
+        --out results/demo-openi/runs/ablation/no_rag
+    python -m fusion external --config config.yaml --source demo-mimic \
+        --target demo-mimic-shift --method medmix
 
 ``train`` of a method that cannot run here (OneLLM without its weights) writes a run marked
 ``"status": "unavailable"`` and exits 0, so the workflow goes on and the tables mark the row.
 ``select`` trains the grid of the config's ``fusion.select`` on the train and val rows of the
 full data and writes the values chosen on val; ``train --selection`` uses them.
+``ablation`` (:mod:`fusion.ablations`) and ``external`` (:mod:`fusion.external.cli`) parse
+their own arguments. Each command imports its heavy modules (torch) only when it runs, so the
+command line starts light: a local workflow's fork server (:mod:`medmix.fork_server`) can then
+run it with those imports already done.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 
 from fusion.registry import list_methods
 from medmix.cli import (
@@ -108,6 +117,22 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablation(rest: list[str]) -> int:
+    from fusion.ablations import main as ablation_main
+
+    return ablation_main(rest)
+
+
+def cmd_external(rest: list[str]) -> int:
+    from fusion.external.cli import main as external_main
+
+    return external_main(rest)
+
+
+# Commands that parse their own arguments (`python -m fusion ablation --help`).
+FORWARDED = {"ablation": cmd_ablation, "external": cmd_external}
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     for name in list_methods():
         print(name)
@@ -176,8 +201,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1 (default: cpu)")
     add_output_options(p, progress=False)
     p.set_defaults(func=cmd_predict)
+    # listed for --help; main() hands their arguments to their own parsers (FORWARDED)
+    sub.add_parser("ablation", add_help=False, help="list or train the structural ablations")
+    sub.add_parser("external", add_help=False, help="evaluate saved runs on another cohort")
     p = sub.add_parser("methods", help="list registered fusion methods")
     p.set_defaults(func=cmd_methods)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in FORWARDED:
+        return FORWARDED[argv[0]](argv[1:])
     args = parser.parse_args(argv)
     setup_cli_logging(args)
     return args.func(args)

@@ -13,7 +13,7 @@ without it, an expert of type ``rag`` is the RAG family, and the others are assi
 their position in each modality's list: first = biomedical, second = general (the order of
 the paper's committee, Table E1).
 
-``python -m fusion.ablations train --config … --dataset … --variant no_rag --out …`` trains
+``python -m fusion ablation train --config … --dataset … --variant no_rag --out …`` trains
 one variant (all seeds) through :func:`fusion.train.run_training` with a derived config.
 """
 
@@ -85,7 +85,7 @@ def select_best_experts(data: Any) -> dict[str, dict[str, Any]]:
         for ei, e in enumerate(data.experts[m]):
             ok = data.delta[:, mi, ei].cpu().numpy() > 0
             scores[e] = probe_auroc(
-                data.x[k].cpu().numpy(), y, data.task_type, train & ok, val & ok
+                data.dense(k).cpu().numpy(), y, data.task_type, train & ok, val & ok
             )
             k += 1
         finite = {e: s for e, s in scores.items() if np.isfinite(s)}
@@ -167,7 +167,7 @@ def train_variant(
 def main(argv: list[str] | None = None) -> int:
     from medmix.cli import non_negative_int, positive_int
 
-    parser = argparse.ArgumentParser(prog="python -m fusion.ablations", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m fusion ablation", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("list", help="the ablation rows of a dataset")
@@ -191,9 +191,3 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     train_variant(cfg, args.dataset, args.variant, args.out, args.seeds, args.threads, args.device)
     return 0
-
-
-if __name__ == "__main__":
-    from medmix.cli import run_cli
-
-    raise SystemExit(run_cli(main))

@@ -1,25 +1,28 @@
-"""Fusion inputs: the manifest plus every (modality, expert) cache, loaded once into tensors.
+"""Fusion inputs: the manifest plus every (modality, expert) cache, read out of core.
 
 :func:`load_fusion_data` reads the manifest (labels, splits, ids) and the embedding caches
 (docs/design.md §3.2), aligns every cache to the manifest's sample order by ``sample_id``, and builds
 
-* ``x``: one float32 tensor ``(N, D_e)`` per expert, in flat (modality, expert) order,
-  standardised with statistics fitted on the TRAIN split's available rows only; rows of
-  unavailable experts stay zero;
+* ``x``: one :class:`fusion.feature_store.FeatureRows` per expert, in flat (modality, expert)
+  order: the cache's raw rows, memory-mapped in the cache's dtype (never the whole cohort as
+  float32), with statistics fitted on the TRAIN split's available rows only. Rows are read
+  through :meth:`FusionData.rows` (standardised on the fly, zero where δ = 0) or, for
+  small-data consumers, :meth:`FusionData.dense`;
 * ``delta``: the availability mask δ ``(N, M, E_max)`` (1 iff the expert's cache status is
   ``ok``; padding slots of modalities with fewer experts are 0);
 * ``y``: labels, ``(N, C)`` float32 with NaN for unknown (binary / multilabel), or ``(N,)``
   int64 with -1 for unknown (multiclass);
 * ``teacher`` (optional, distillation only): one teacher embedding ``(N, D_T)`` per modality
   that has a teacher cache (``results/{dataset}/teachers/{modality}.parquet``, the cache
-  format), standardised on the train split like the experts, and its availability.
+  format), read and standardised on the train split like the experts, and its availability.
 
 A teacher cache used as a model *input* (AdaCoMed, ``<modality>-large``) is loaded as an
 ordinary expert named ``teacher`` instead (see :func:`medmix.plan.method_inputs`).
 
 Protocols (missing-modality masks) act on a loaded :class:`FusionData` through
-:func:`fusion.protocols.apply_protocol`. :func:`load_fusion_data_cached` keeps loaded data in memory, so
-several methods (or the seeds of one) trained in one process read the caches once.
+:func:`fusion.protocols.apply_protocol`: they change δ only (the rows are shared).
+:func:`load_fusion_data_cached` keeps loaded data, so several methods (or the seeds of one)
+trained in one process open the caches once.
 """
 
 from __future__ import annotations
@@ -33,16 +36,17 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import torch
 
 from cohorts.manifest import read_manifest
-from extractors.cache import read_cache
+from extractors.cache import CacheError, read_meta
+from extractors.cache_checks import meta_problem
+from fusion.feature_store import FeatureRows, cache_rows, fit_stats, open_rows
 from medmix.errors import UserError
 from medmix.methods import TEACHER_EXPERT
 
 log = logging.getLogger("medmix.fusion.data")
-
-STD_FLOOR = 1e-6
 
 
 class FusionDataError(UserError, ValueError):
@@ -86,12 +90,27 @@ class Standardization:
 
 @dataclass
 class TeacherData:
-    """Teacher embeddings for distillation: one ``(N, D_T)`` tensor per teacher modality."""
+    """Teacher embeddings for distillation: ``(N, D_T)`` rows per teacher modality."""
 
     modalities: list[str]  # modalities with a teacher, in data.modalities order
-    x: list[torch.Tensor]  # standardised on the train split, zero rows where not ok
+    x: list[FeatureRows]  # standardised on the train split when read
     ok: torch.Tensor  # (N, M_T) bool: the teacher embedding exists
     dims: dict[str, int]
+
+    def __post_init__(self) -> None:
+        self.x = [_as_rows(x) for x in self.x]
+
+    def rows(self, j: int, idx: torch.Tensor) -> torch.Tensor:
+        """``(b, D_T)`` float32: teacher ``j``'s rows ``idx``, standardised, zero where not ok."""
+        return self.x[j].rows(idx, self.ok[:, j].index_select(0, idx))
+
+    def dense(self, j: int) -> torch.Tensor:
+        """Teacher ``j``'s ``(N, D_T)`` rows at once (small data only)."""
+        return self.rows(j, torch.arange(self.ok.shape[0], device=self.ok.device))
+
+    def take(self, idx: torch.Tensor) -> TeacherData:
+        """The rows ``idx`` (views over the same raw rows)."""
+        return replace(self, x=[x.take(idx) for x in self.x], ok=self.ok[idx].clone())
 
     def to(self, device: str | torch.device) -> TeacherData:
         return replace(self, x=[x.to(device) for x in self.x], ok=self.ok.to(device))
@@ -110,7 +129,10 @@ class TeacherData:
 
 @dataclass
 class FusionData:
-    """Everything a fusion model trains and predicts on, as tensors (see module docstring)."""
+    """Everything a fusion model trains and predicts on (see module docstring).
+
+    ``x`` may be given as standardised ``(N, D)`` tensors (hand-made data): they are wrapped
+    as in-memory :class:`FeatureRows`, read back unchanged (zero where δ = 0)."""
 
     dataset: str
     task_type: str
@@ -121,7 +143,7 @@ class FusionData:
     dims: dict[str, dict[str, int]]
     sample_ids: np.ndarray  # (N,) object
     split: np.ndarray  # (N,) object: train / val / test / external
-    x: list[torch.Tensor]  # flat (modality, expert) order, each (N, D_e) float32
+    x: list[FeatureRows]  # flat (modality, expert) order, each N rows of D_e
     delta: torch.Tensor  # (N, M, E_max) float32 in {0, 1}
     y: torch.Tensor  # (N, C) float32 (NaN = unknown) or (N,) int64 (-1 = unknown)
     standardization: Standardization
@@ -129,9 +151,32 @@ class FusionData:
     # the manifest as read (its own columns, e.g. a severity score): read once per run
     manifest: pd.DataFrame | None = None
 
+    def __post_init__(self) -> None:
+        self.x = [_as_rows(x) for x in self.x]
+
     @property
     def n(self) -> int:
         return len(self.sample_ids)
+
+    def slot(self, k: int) -> tuple[int, int]:
+        """(modality index, expert index) of flat expert ``k``: its δ column."""
+        for mi, m in enumerate(self.modalities):
+            if k < len(self.experts[m]):
+                return mi, k
+            k -= len(self.experts[m])
+        raise IndexError("flat expert index out of range")
+
+    def rows(self, k: int, idx: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``(b, D_k)`` float32: expert ``k``'s rows ``idx`` standardised, zero where δ = 0
+        (written into ``out`` when given)."""
+        mi, ei = self.slot(k)
+        mask = self.delta[:, mi, ei].index_select(0, idx.to(self.delta.device)) > 0
+        return self.x[k].rows(idx, mask, out)
+
+    def dense(self, k: int) -> torch.Tensor:
+        """Expert ``k``'s ``(N, D_k)`` float32 standardised rows, all at once: for consumers
+        that need the whole matrix (a scikit-learn probe) on data that fits in memory."""
+        return self.rows(k, torch.arange(self.n, device=self.delta.device))
 
     @property
     def flat_experts(self) -> list[tuple[str, str]]:
@@ -159,8 +204,21 @@ class FusionData:
         return [s for s in order if s in present]
 
     def batch(self, idx: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Inputs of rows ``idx``: (per-expert tensors, δ)."""
-        return [x.index_select(0, idx) for x in self.x], self.delta.index_select(0, idx)
+        """Inputs of rows ``idx``: (per-expert float32 tensors, δ)."""
+        return [self.rows(k, idx) for k in range(len(self.x))], self.delta.index_select(0, idx)
+
+    def take(self, idx: torch.Tensor) -> FusionData:
+        """The samples ``idx`` (in that order): row views, δ / labels / ids cut to them."""
+        keep = idx.cpu().numpy()
+        return replace(
+            self,
+            sample_ids=self.sample_ids[keep].copy(),
+            split=self.split[keep].copy(),
+            x=[x.take(idx) for x in self.x],
+            delta=self.delta.index_select(0, idx),
+            y=self.y.index_select(0, idx),
+            teacher=self.teacher.take(idx) if self.teacher is not None else None,
+        )
 
     def to(self, device: str | torch.device) -> FusionData:
         return replace(
@@ -212,14 +270,8 @@ def _labels(
     return torch.from_numpy(np.array(y, dtype=np.float32, copy=True)), None
 
 
-def _fit_stats(x: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    if not rows.any():
-        return np.zeros(x.shape[1], np.float32), np.ones(x.shape[1], np.float32)
-    sub = x[rows].astype(np.float64)
-    mean = sub.mean(axis=0)
-    std = sub.std(axis=0)
-    std = np.where(std < STD_FLOOR, 1.0, std)
-    return mean.astype(np.float32), std.astype(np.float32)
+def _as_rows(x: FeatureRows | torch.Tensor) -> FeatureRows:
+    return x if isinstance(x, FeatureRows) else FeatureRows.from_dense(x)
 
 
 def _read_aligned(
@@ -230,21 +282,37 @@ def _read_aligned(
     modality: str,
     expert: str | None = None,
     others: Sequence[str] = (),
-) -> tuple[np.ndarray, np.ndarray, int]:
-    """A cache aligned to the manifest order: (embeddings (N, D), ok (N,), dim).
+    standardization: tuple[np.ndarray, np.ndarray] | None = None,
+    train_rows: np.ndarray | None = None,
+) -> tuple[FeatureRows, np.ndarray, int, tuple[np.ndarray, np.ndarray]]:
+    """A cache aligned to the manifest order: (rows, ok (N,), dim, (mean, std)).
 
     The cache must be the one the run expects: its metadata's dataset and modality must be
-    the manifest's and ``modality``, and its rows follow the contract
-    (:func:`extractors.cache.read_cache`: a one-line ``CacheError`` naming the file). The
-    expert key is the caller's label (a cache written by an unnamed expert may sit under any
-    key), but a cache that names *another* expert of this modality (``others``) is a mix-up."""
-    cache = read_cache(path, dataset=dataset or None, modality=modality)
-    if expert is not None and cache.meta.expert != expert and cache.meta.expert in others:
+    the manifest's and ``modality``, and its rows follow the contract (checked by
+    :func:`extractors.cache.read_cache` when its memmap is built: a one-line ``CacheError``
+    naming the file). The expert key is the caller's label (a cache written by an unnamed
+    expert may sit under any key), but a cache that names *another* expert of this modality
+    (``others``) is a mix-up. The statistics are ``standardization`` (mean, std) when given,
+    else fitted on the ``train_rows`` samples that are ok."""
+    if not path.exists():
+        raise CacheError(f"{path}: cache not found")
+    meta = read_meta(path)
+    problem = meta_problem(meta, dataset=dataset or None, modality=modality)
+    if problem is not None:
+        raise CacheError(f"{path}: {problem}")
+    if expert is not None and meta.expert != expert and meta.expert in others:
         raise FusionDataError(
-            f"{path}: cache of expert {cache.meta.expert!r} given as expert {expert!r} of "
+            f"{path}: cache of expert {meta.expert!r} given as expert {expert!r} of "
             f"{modality!r} (two experts' caches mixed up?)"
         )
-    cids = pd.Index(cache.sample_ids.astype(str))
+    if standardization is not None and standardization[0].shape[0] != meta.dim:
+        raise FusionDataError(
+            f"{path}: dim {meta.dim} but statistics have dim {standardization[0].shape[0]}"
+        )
+    source = cache_rows(path, meta.dtype)  # the first read checks the whole contract
+    table = pq.read_table(path, columns=["sample_id", "status"])
+    cids = pd.Index(np.asarray(table.column("sample_id").to_pylist(), dtype=object).astype(str))
+    status = np.asarray(table.column("status").to_pylist(), dtype=object)
     if not cids.is_unique:
         raise FusionDataError(f"{path}: duplicate sample ids in cache")
     extra_ids = cids.difference(id_index)
@@ -265,20 +333,18 @@ def _read_aligned(
             int((~found).sum()),
         )
     ok = np.zeros(n, dtype=bool)
-    ok[found] = cache.status[pos[found]] == "ok"
-    x = np.zeros((n, cache.meta.dim), dtype=np.float32)
-    x[found] = cache.embeddings[pos[found]]  # read_cache refused non-finite ok rows
-    return x, ok, int(cache.meta.dim)
-
-
-def _standardise(x: np.ndarray, ok: np.ndarray, mu: np.ndarray, sd: np.ndarray) -> torch.Tensor:
-    out = np.where(ok[:, None], (x - mu) / sd, 0.0).astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(out))
+    ok[found] = status[pos[found]] == "ok"
+    if standardization is None:
+        fit = ok if train_rows is None else ok & train_rows
+        standardization = fit_stats(source, pos[fit])  # manifest order, as the rows are read
+    identity = len(cids) == n and bool((pos == np.arange(n)).all())
+    rows = open_rows(source, *standardization, None if identity else pos)
+    return rows, ok, int(meta.dim), standardization
 
 
 def _absent(
     modality: str, expert: str, n: int, standardization: Standardization | None
-) -> tuple[np.ndarray, np.ndarray, int, Path]:
+) -> tuple[FeatureRows, np.ndarray, int, tuple[np.ndarray, np.ndarray]]:
     """An expert with no cache in this cohort: every sample missing, dim from the model's
     statistics (only a saved model's data can lack a modality: it fixes the dims)."""
     if standardization is None:
@@ -286,11 +352,13 @@ def _absent(
             f"{modality}/{expert}: no cache; a missing modality needs a saved model's statistics"
         )
     try:
-        dim = int(standardization.mean[modality][expert].shape[0])
+        mu = standardization.mean[modality][expert]
+        sd = standardization.std[modality][expert]
     except KeyError as exc:
         raise FusionDataError(f"no standardisation statistics for {modality}/{expert}") from exc
-    path = Path(f"<{modality}/{expert}: absent in this cohort>")
-    return np.zeros((n, dim), dtype=np.float32), np.zeros(n, dtype=bool), dim, path
+    dim = int(mu.shape[0])
+    rows = open_rows(np.zeros((0, dim), np.float32), mu, sd, np.full(n, -1, np.int64))
+    return rows, np.zeros(n, dtype=bool), dim, (mu, sd)
 
 
 def load_fusion_data(
@@ -324,7 +392,7 @@ def load_fusion_data(
     e_max = max(len(v) for v in experts.values())
     n = len(ids)
     delta = np.zeros((n, len(modalities), e_max), dtype=np.float32)
-    xs: list[torch.Tensor] = []
+    xs: list[FeatureRows] = []
     dims: dict[str, dict[str, int]] = {}
     mean: dict[str, dict[str, np.ndarray]] = {}
     std: dict[str, dict[str, np.ndarray]] = {}
@@ -332,30 +400,26 @@ def load_fusion_data(
         dims[m], mean[m], std[m] = {}, {}, {}
         for ei, e in enumerate(experts[m]):
             if caches[m][e] is None:  # a modality this cohort lacks (external validation)
-                x, ok, dim, path = _absent(m, e, n, standardization)
+                x, ok, dim, stats = _absent(m, e, n, standardization)
             else:
                 path = Path(caches[m][e])
+                given = None
+                if standardization is not None:
+                    try:
+                        given = (standardization.mean[m][e], standardization.std[m][e])
+                    except KeyError as exc:
+                        raise FusionDataError(f"no standardisation statistics for {m}/{e}") from exc
                 # a teacher cache used as a model input may be any preset, one of the
                 # modality's own experts included: no mix-up check for it
                 label = None if e == TEACHER_EXPERT else e
-                x, ok, dim = _read_aligned(
-                    path, id_index, ids, meta.dataset, m, label, [o for o in experts[m] if o != e]
+                others = [o for o in experts[m] if o != e]
+                x, ok, dim, stats = _read_aligned(
+                    path, id_index, ids, meta.dataset, m, label, others, given, train_rows
                 )
-            if standardization is None:
-                mu, sd = _fit_stats(x, ok & train_rows)
-            else:
-                try:
-                    mu, sd = standardization.mean[m][e], standardization.std[m][e]
-                except KeyError as exc:
-                    raise FusionDataError(f"no standardisation statistics for {m}/{e}") from exc
-                if mu.shape[0] != dim:
-                    raise FusionDataError(
-                        f"{path}: dim {dim} but statistics have dim {mu.shape[0]}"
-                    )
-            xs.append(_standardise(x, ok, mu, sd))
+            xs.append(x)
             delta[:, mi, ei] = ok
             dims[m][e] = dim
-            mean[m][e], std[m][e] = mu, sd
+            mean[m][e], std[m][e] = stats
             log.info("%s/%s: dim %d, %d/%d ok", m, e, dim, int(ok.sum()), n)
     teacher = None
     if teachers:
@@ -365,9 +429,11 @@ def load_fusion_data(
         t_mods = [m for m in modalities if m in teachers]
         t_x, t_ok, t_dims = [], [], {}
         for m in t_mods:
-            x, ok, dim = _read_aligned(Path(teachers[m]), id_index, ids, meta.dataset, m, None)
-            mu, sd = _fit_stats(x, ok & train_rows)
-            t_x.append(_standardise(x, ok, mu, sd))
+            path = Path(teachers[m])
+            x, ok, dim, _ = _read_aligned(
+                path, id_index, ids, meta.dataset, m, train_rows=train_rows
+            )
+            t_x.append(x)
             t_ok.append(ok)
             t_dims[m] = dim
             log.info("teacher %s: dim %d, %d/%d ok", m, dim, int(ok.sum()), n)
@@ -408,8 +474,8 @@ def load_fusion_data_cached(
 ) -> FusionData:
     """:func:`load_fusion_data` (train-fitted statistics), memoised on the files' identity.
 
-    Several methods or protocols trained in one process share one copy of the embeddings.
-    Callers must not modify the returned tensors in place (protocols build new tensors).
+    Several methods or protocols trained in one process share one set of mapped rows.
+    Callers must not modify the returned tensors in place (protocols build a new δ).
     """
     key = (
         _file_key(manifest),

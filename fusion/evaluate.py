@@ -11,7 +11,7 @@ external validation.
   retraining (``python -m fusion.protocols test``).
 * :func:`run_external`: external validation, the source's ``full`` run scored on another
   cohort (aligned by :mod:`fusion.external`) with the source's validation thresholds
-  (:func:`external_metrics`; ``python -m fusion.external``).
+  (:func:`external_metrics`; ``python -m fusion external``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """A fusion model at inference: its outputs over whole tensors, and a model loaded to predict.
 
-:func:`predict_tensors` runs any fusion model (or a linear probe's :class:`fusion.probe.ProbeModule`)
-in eval mode over per-expert inputs and their availability δ, in batches, and returns
+:func:`predict_tensors` (whole tensors) and :func:`predict_data` (a :class:`fusion.data.FusionData`,
+its rows read a batch at a time) run any fusion model (or a linear probe's
+:class:`fusion.probe.ProbeModule`) in eval mode over per-expert inputs and their availability
+δ, in batches, and return
 :class:`Predictions` (probabilities, logits, and α / β where the model has them).
 :class:`LoadedModel` is a model rebuilt from a checkpoint (:func:`fusion.checkpoint.load_model`)
 with the standardisation statistics its inputs must be scaled by.
@@ -9,6 +11,7 @@ with the standardisation statistics its inputs must be scaled by.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -30,23 +33,19 @@ class Predictions:
 
 
 @torch.no_grad()
-def predict_tensors(
+def predict_batches(
     model: torch.nn.Module,
-    xs: list[torch.Tensor],
-    delta: torch.Tensor,
+    batches: Iterable[tuple[list[torch.Tensor], torch.Tensor]],
     task_type: str,
-    batch_size: int = 8192,
 ) -> Predictions:
-    """Eval-mode outputs of ``model`` for per-expert inputs ``xs`` and availability ``delta``."""
+    """Eval-mode outputs of ``model`` over ``batches`` of (per-expert inputs, δ), in order."""
     model.eval()
     device = model.prior.device
-    n = delta.shape[0]
     logits, alphas, betas = [], [], []
-    for s in range(0, n, batch_size):
-        sl = slice(s, min(s + batch_size, n))
+    for xs, delta in batches:
         dtype = torch.bfloat16 if device.type == "cuda" else None
         with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-            out = model([x[sl].to(device) for x in xs], delta[sl].to(device))
+            out = model([x.to(device) for x in xs], delta.to(device))
         logits.append(out.logits.float().cpu())
         if out.alpha is not None:
             alphas.append(out.alpha.float().cpu())
@@ -63,9 +62,28 @@ def predict_tensors(
     )
 
 
-def predict_data(model: torch.nn.Module, data: Any, batch_size: int = 8192) -> Predictions:
-    """Eval-mode outputs for every sample of a :class:`fusion.data.FusionData`."""
-    return predict_tensors(model, data.x, data.delta, data.task_type, batch_size)
+def predict_tensors(
+    model: torch.nn.Module,
+    xs: list[torch.Tensor],
+    delta: torch.Tensor,
+    task_type: str,
+    batch_size: int = 8192,
+) -> Predictions:
+    """Eval-mode outputs of ``model`` for per-expert inputs ``xs`` and availability ``delta``."""
+    n = delta.shape[0]
+    batches = (
+        ([x[s : s + batch_size] for x in xs], delta[s : s + batch_size])
+        for s in range(0, n, batch_size)
+    )
+    return predict_batches(model, batches, task_type)
+
+
+def predict_data(model: torch.nn.Module, data: FusionData, batch_size: int = 8192) -> Predictions:
+    """Eval-mode outputs for every sample of a :class:`fusion.data.FusionData`, its rows read
+    ``batch_size`` at a time (:meth:`fusion.data.FusionData.batch`)."""
+    idx = torch.arange(data.n, device=data.delta.device)
+    batches = (data.batch(idx[s : s + batch_size]) for s in range(0, data.n, batch_size))
+    return predict_batches(model, batches, data.task_type)
 
 
 @dataclass
@@ -85,4 +103,4 @@ class LoadedModel:
         return predict_data(self.model, data, batch_size=batch_size)
 
 
-__all__ = ["LoadedModel", "Predictions", "predict_data", "predict_tensors"]
+__all__ = ["LoadedModel", "Predictions", "predict_batches", "predict_data", "predict_tensors"]

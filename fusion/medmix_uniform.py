@@ -3,7 +3,7 @@
 The "w/o intra-modality fusion (uniform mean)" row of the ablation table
 (:mod:`medmix.ablation_plan`): MedMIX whose router scores every expert 0, so the masked
 softmax gives α uniform over the available experts of each modality. Trained by
-``python -m fusion.ablations train --variant uniform_mean``.
+``python -m fusion ablation train --variant uniform_mean``.
 """
 
 from __future__ import annotations

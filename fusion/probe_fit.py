@@ -31,7 +31,6 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from fusion.data import FusionData
 from fusion.inference import Predictions
@@ -62,13 +61,13 @@ def feature_layout(data: FusionData) -> dict[str, Any]:
     }
 
 
-def _features(xs: list[torch.Tensor], delta: torch.Tensor, flat: list[tuple[int, int]]):
-    d = delta.detach().cpu().numpy()
+def _features(data: FusionData) -> np.ndarray:
+    d = data.delta.detach().cpu().numpy()
     blocks, ind = [], []
-    for x, (mi, ei) in zip(xs, flat, strict=True):
+    for k, (mi, ei) in enumerate(flat_index(data.modalities, data.experts)):
         ok = d[:, mi, ei] > 0
-        v = x.detach().cpu().numpy().astype(np.float64)
-        blocks.append(np.where(ok[:, None], v, 0.0))  # missing: the train mean (0)
+        v = data.dense(k).cpu().numpy().astype(np.float64)  # missing: the train mean (0)
+        blocks.append(v)
         ind.append((~ok).astype(np.float64))
     return np.concatenate([*blocks, np.stack(ind, axis=1)], axis=1)
 
@@ -79,7 +78,7 @@ def flat_index(modalities: list[str], experts: dict[str, list[str]]) -> list[tup
 
 def probe_features(data: FusionData) -> np.ndarray:
     """(N, F) float64: standardised embeddings (0 where missing), then 1 per missing expert."""
-    return _features(data.x, data.delta, flat_index(data.modalities, data.experts))
+    return _features(data)
 
 
 # -- fitting and selection on val ------------------------------------------------------------

@@ -1,7 +1,9 @@
 """Per-step minibatch assembly for the seeds of one job (:class:`fusion.trainer.SeedTrainer`).
 
 Each seed reads its own rows (its own minibatch order, or a protocol mask of its own) or, with
-``batch_order: shared``, every seed reads the same rows gathered once.
+``batch_order: shared``, every seed reads the same rows gathered once. Rows are read with
+:meth:`fusion.data.FusionData.rows` (memory-mapped caches, standardised on the fly, zero where
+δ = 0) straight into preallocated float32 step buffers.
 """
 
 from __future__ import annotations
@@ -27,9 +29,23 @@ class SeedInputs:
         self._stats: dict[int, list[torch.Tensor]] = {}
         for data in datas:  # each row's mean and 1/σ, once per data object (rows are data)
             if id(data) not in self._stats:
-                self._stats[id(data)] = [
-                    torch.stack([row_stats(data.x[k]) for k in ks]) for ks in members
-                ]  # per group (K_g, N, 2)
+                self._stats[id(data)] = [self._group_stats(data, ks) for ks in members]
+
+    @staticmethod
+    def _group_stats(data: FusionData, ks: list[int]) -> torch.Tensor:
+        """``(K_g, N, 2)``: :func:`row_stats` of each expert's standardised rows, those of a
+        zero row where δ = 0 (what the gathered, zeroed row gives). The unmasked statistics
+        are computed once per expert's rows and shared by every data object over them."""
+        out = []
+        for k in ks:
+            st = data.x[k].per_row(row_stats)
+            mi, ei = data.slot(k)
+            masked = data.delta[:, mi, ei] <= 0
+            if masked.any():
+                zero = row_stats(torch.zeros(1, data.x[k].shape[1], device=st.device))
+                st = torch.where(masked.to(st.device).unsqueeze(-1), zero, st)
+            out.append(st)
+        return torch.stack(out)
 
     @staticmethod
     def same_data(datas: list[FusionData]) -> bool:
@@ -45,7 +61,7 @@ class SeedInputs:
             first = self.datas[0]
             s = len(self.datas) if per_seed else 1
             self._bufs[key] = [
-                torch.empty(s, len(ks), b, first.x[ks[0]].shape[1], device=first.x[ks[0]].device)
+                torch.empty(s, len(ks), b, first.x[ks[0]].shape[1], device=first.delta.device)
                 for ks in self.members
             ]
         return self._bufs[key]
@@ -56,7 +72,7 @@ class SeedInputs:
         for buf, ks in zip(bufs, self.members, strict=True):
             for s, data in enumerate(self.datas):
                 for j, k in enumerate(ks):
-                    torch.index_select(data.x[k], 0, idx[s], out=buf[s, j])
+                    data.rows(k, idx[s], out=buf[s, j])
         return bufs
 
     def stats(self, idx: torch.Tensor) -> list[torch.Tensor]:
@@ -76,7 +92,7 @@ class SeedInputs:
         bufs = self._buffers(idx.shape[0], False)
         for buf, ks in zip(bufs, self.members, strict=True):
             for j, k in enumerate(ks):
-                torch.index_select(self.datas[0].x[k], 0, idx, out=buf[0, j])
+                self.datas[0].rows(k, idx, out=buf[0, j])
         return [b[0] for b in bufs]
 
     def shared_stats(self, idx: torch.Tensor) -> list[torch.Tensor]:
@@ -97,7 +113,7 @@ class SeedInputs:
         if any(t is None for t in tds):
             return None
         t = [
-            torch.stack([td.x[j].index_select(0, i) for td, i in zip(tds, idx, strict=True)])
+            torch.stack([td.rows(j, i) for td, i in zip(tds, idx, strict=True)])
             for j in range(len(tds[0].modalities))
         ]
         ok = torch.stack([td.ok.index_select(0, i) for td, i in zip(tds, idx, strict=True)])

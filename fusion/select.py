@@ -196,21 +196,7 @@ def train_val_rows(data: FusionData) -> FusionData:
     the whole data.
     """
     keep = np.flatnonzero(np.isin(data.split, SELECT_SPLITS))
-    idx = torch.as_tensor(keep, dtype=torch.long, device=data.delta.device)
-    teacher = data.teacher
-    if teacher is not None:
-        teacher = replace(
-            teacher, x=[x.index_select(0, idx) for x in teacher.x], ok=teacher.ok[idx].clone()
-        )
-    return replace(
-        data,
-        sample_ids=data.sample_ids[keep].copy(),
-        split=data.split[keep].copy(),
-        x=[x.index_select(0, idx) for x in data.x],
-        delta=data.delta.index_select(0, idx),
-        y=data.y.index_select(0, idx),
-        teacher=teacher,
-    )
+    return data.take(torch.as_tensor(keep, dtype=torch.long, device=data.delta.device))
 
 
 def _finite(v: Any) -> float | None:

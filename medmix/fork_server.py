@@ -62,6 +62,8 @@ PRELOAD = (
     "fusion.train",
     "fusion.select",
     "fusion.evaluate",
+    "fusion.ablations",
+    "fusion.external.cli",
     "extractors.extract",
     "sentence_transformers",
 )

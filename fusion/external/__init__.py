@@ -1,7 +1,7 @@
 """External validation (paper §4.5, Table 2): another cohort aligned with a saved model.
 
 Train on one configured dataset, evaluate on another with the same tasks and modalities, or a
-subset of them (``python -m fusion.external``; scored by :func:`fusion.evaluate.run_external`).
+subset of them (``python -m fusion external``; scored by :func:`fusion.evaluate.run_external`).
 This module aligns the target cohort with the source's saved model:
 
 * :func:`load_target`: the target's caches of the model's experts, read with the SOURCE's

@@ -403,7 +403,9 @@ def protocol_masks(
 
 
 def apply_masks(data: FusionData, masks: ProtocolMasks) -> FusionData:
-    """``data`` with the masks' dropped modalities unavailable (δ = 0, features zeroed)."""
+    """``data`` with the masks' dropped modalities unavailable: δ = 0 there. The rows are
+    shared, not copied: every read (:meth:`fusion.data.FusionData.rows`) zeroes a row whose
+    δ is 0, so a dropped modality's features read as zero."""
     import torch
 
     if list(masks.modalities) != list(data.modalities) or len(masks.sample_ids) != data.n:
@@ -412,20 +414,12 @@ def apply_masks(data: FusionData, masks: ProtocolMasks) -> FusionData:
         return data
     keep = torch.from_numpy(~masks.drop).to(device=data.delta.device)
     delta = data.delta * keep.unsqueeze(-1).to(data.delta.dtype)
-    xs, k = [], 0
-    for mi, m in enumerate(data.modalities):
-        for _ in data.experts[m]:
-            x = data.x[k]
-            if masks.drop[:, mi].any():
-                x = x * keep[:, mi].unsqueeze(-1).to(x.dtype)
-            xs.append(x)
-            k += 1
     teacher = getattr(data, "teacher", None)
     if teacher is not None:  # a dropped modality has no teacher embedding either
         cols = [data.modalities.index(m) for m in teacher.modalities]
         ok = teacher.ok & keep[:, cols].to(teacher.ok.device)
-        return replace(data, x=xs, delta=delta, teacher=replace(teacher, ok=ok))
-    return replace(data, x=xs, delta=delta)
+        return replace(data, delta=delta, teacher=replace(teacher, ok=ok))
+    return replace(data, delta=delta)
 
 
 def apply_protocol(

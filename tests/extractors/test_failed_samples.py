@@ -99,8 +99,8 @@ def test_failed_samples_get_delta_zero(cohort: dict) -> None:
         delta = data.delta[:, 0, e].numpy()
         np.testing.assert_array_equal(delta, (cache.status == "ok").astype(np.float32))
         assert (delta[failed] == 0).all()
-        assert (data.x[e][torch.from_numpy(failed)] == 0).all()  # no embedding left behind
-        assert torch.isfinite(data.x[e]).all()
+        assert (data.dense(e)[torch.from_numpy(failed)] == 0).all()  # no embedding left behind
+        assert torch.isfinite(data.dense(e)).all()
     # failed in both experts: the modality is missing for that sample
     both = (cc.status != "ok") & (raw.status != "ok")
     np.testing.assert_array_equal(data.modality_mask[:, 0].numpy(), ~both)
@@ -113,7 +113,7 @@ def test_failed_samples_get_delta_zero(cohort: dict) -> None:
     # teachers: a failed teacher row is unavailable for distillation
     t_status = read_cache(cohort["teacher"]).status
     np.testing.assert_array_equal(data.teacher.ok[:, 0].numpy(), t_status == "ok")
-    assert (data.teacher.x[0][torch.from_numpy(t_status == "failed")] == 0).all()
+    assert (data.teacher.dense(0)[torch.from_numpy(t_status == "failed")] == 0).all()
 
 
 def test_failed_samples_stay_masked_in_protocols_and_the_model(cohort: dict) -> None:
@@ -124,7 +124,7 @@ def test_failed_samples_stay_masked_in_protocols_and_the_model(cohort: dict) -> 
     hp = FusionHParams.from_config({"d": 8, "adapter_bottleneck": 4, "dropout": 0.0})
     model = build_model(build_spec(data, resolve_method("medmix", ["note"]), hp)).eval()
     with torch.no_grad():
-        out = model(data.x, data.delta)
+        out = model(data.batch(torch.arange(data.n))[0], data.delta)
     assert torch.isfinite(out.logits).all()
     failed = torch.from_numpy(read_cache(cohort["cc"]).status == "failed")
     assert (out.alpha[failed, 0, 0] == 0).all()  # the router gives a failed expert no weight

@@ -98,7 +98,10 @@ def test_best_expert_is_picked_on_validation_never_on_test() -> None:
     test = torch.from_numpy(data.split == "test")
     scrambled = replace(
         data,
-        x=[torch.where(test[:, None], torch.randn_like(x) * 9, x) for x in data.x],
+        x=[
+            torch.where(test[:, None], torch.randn_like(x) * 9, x)
+            for x in map(data.dense, range(len(data.x)))
+        ],
         y=torch.where(test[:, None], 1 - data.y, data.y),
     )
     assert select_best_experts(scrambled) == sel

@@ -137,7 +137,7 @@ def test_other_fusion_commands(tmp_path: Path, cfg_dir: Path) -> None:
     cfg = str(cfg_dir / "config.yaml")
     line = user_error(cli("fusion.protocols", "list", "--config", cfg, "--dataset", "ghost"))
     assert line.startswith("error: unknown dataset 'ghost'")
-    line = usage_error(cli("fusion.ablations", "train", "--dataset", "d", "--variant", "v",
+    line = usage_error(cli("fusion", "ablation", "train", "--dataset", "d", "--variant", "v",
                            "--out", str(tmp_path), "--seeds", "1", "-1"))  # fmt: skip
     assert line.endswith("argument --seeds: must be a non-negative integer (>= 0), got -1")
     not_parquet = tmp_path / "metrics.parquet"

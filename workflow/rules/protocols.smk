@@ -60,7 +60,7 @@ rule ablation:
         cfg=lambda wc, output: slice_file(paper_slice(wc.dataset, "ablations")),
         out=lambda wc, output: os.path.dirname(output.summary),
     shell:
-        "python -m fusion.ablations train --config {params.cfg} --dataset {wildcards.dataset}"
+        "python -m fusion ablation train --config {params.cfg} --dataset {wildcards.dataset}"
         " --variant {wildcards.variant} --out {params.out} --threads {threads} > {log} 2>&1"
 
 
@@ -92,7 +92,7 @@ rule external_eval:
         ),
         out=lambda wc, output: os.path.dirname(output.summary),
     shell:
-        "python -m fusion.external --config {params.cfg} --source {wildcards.dataset}"
+        "python -m fusion external --config {params.cfg} --source {wildcards.dataset}"
         " --target {wildcards.target} --method {wildcards.method} --out {params.out}"
         " --threads {threads} > {log} 2>&1"
 

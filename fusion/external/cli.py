@@ -38,13 +38,13 @@ from __future__ import annotations
 import argparse
 
 from fusion.evaluate import run_external
-from medmix.cli import positive_int, run_cli
+from medmix.cli import positive_int
 from medmix.config import load_config_arg
 from medmix.logs import setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fusion.external",
+    parser = argparse.ArgumentParser(prog="python -m fusion external",
                                      description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
@@ -58,7 +58,3 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config_arg(args.config)
     run_external(cfg, args.source, args.target, args.method, args.out, args.threads)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
