@@ -278,9 +278,9 @@ class Server:
         sys.stdout.flush()
         sys.stderr.flush()
         pid = os.fork()
-        if pid == 0:  # the child never returns
-            conn.close()
-            listener.close()
+        if pid == 0:  # the child never returns; it keeps no socket of the server's
+            for sock in (conn, listener, *(c for c, _, _ in self.children.values())):
+                sock.close()
             _run_child(req, fds, self.import_env)
         _close_all(fds)
         self.children[pid] = (conn, time.monotonic(), req)
