@@ -99,11 +99,11 @@ def _stable_env(env: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in env.items() if k not in VOLATILE_ENV}
 
 
-def socket_path(workdir: str | os.PathLike) -> str:
-    """A short per-run socket path (Unix socket paths are limited to ~100 bytes)."""
+def socket_path() -> str:
+    """This run's socket (one Snakemake process, one server): short, as Unix socket paths are
+    limited to ~100 bytes."""
     base = os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()
-    tag = f"{os.getpid()}-{abs(hash(str(Path(workdir).resolve()))) % 10**8}"
-    return os.path.join(base, f"medmix-fs-{tag}.sock")
+    return os.path.join(base, f"medmix-fs-{os.getpid()}.sock")
 
 
 # -- the client side: a job offering its command line ---------------------------------------
@@ -344,7 +344,6 @@ def _run_child(req: Request, fds: list[int], import_env: dict[str, str]) -> None
         logging.getLogger().handlers.clear()
         atexit._clear()
         sys.argv = [req.module, *req.argv]
-        started = time.process_time()
         try:
             runpy.run_module(req.module, run_name="__main__", alter_sys=True)
             code = 0
@@ -355,11 +354,10 @@ def _run_child(req: Request, fds: list[int], import_env: dict[str, str]) -> None
         finally:
             atexit._run_exitfuncs()
             logging.shutdown()
-            usage = os.times()
+            usage = resource.getrusage(resource.RUSAGE_SELF)
             print(
                 f"fork server: ran in a child of the workflow's fork server (cpu "
-                f"{time.process_time() - started:.1f} s, peak RSS "
-                f"{_peak_rss_mb():.0f} MB; user+sys {usage.user + usage.system:.1f} s)",
+                f"{usage.ru_utime + usage.ru_stime:.1f} s, peak RSS {usage.ru_maxrss / 1024:.0f} MB)",
                 file=sys.stderr,
             )
     except BaseException:  # noqa: BLE001 - a child must always exit, never return to the loop
@@ -369,10 +367,6 @@ def _run_child(req: Request, fds: list[int], import_env: dict[str, str]) -> None
             with contextlib.suppress(OSError):
                 stream.flush()
         os._exit(code)
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _close_all(fds: list[int]) -> None:
@@ -418,7 +412,7 @@ def start_for_workflow(local: bool, log_path: str | os.PathLike) -> subprocess.P
     """
     if not local or os.environ.get(ENV_VAR) == OFF:
         return None
-    path = socket_path(os.getcwd())
+    path = socket_path()
     os.environ[ENV_VAR] = path
     env = dict(os.environ)
     env.update({k: "1" for k in THREAD_VARS})
