@@ -19,10 +19,11 @@ import logging
 import sys
 
 from medmix.cli import (
+    add_config_options,
     add_output_options,
-    add_version_argument,
+    command_parser,
     run_cli,
-    setup_cli_logging,
+    run_subcommand,
     show_progress,
 )
 from medmix.config import ConfigError, dataset_paths, load_config_arg
@@ -129,20 +130,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 def add_cache_arguments(p: argparse.ArgumentParser) -> None:
     """The options that name one cache: config, dataset, modality, expert."""
-    p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
-    p.add_argument("--dataset", required=True, help="dataset name from the config's datasets:")
+    add_config_options(p)
     p.add_argument("--modality", required=True, help="modality of the dataset's manifest")
     p.add_argument("--expert", required=True, help="expert name from the config's experts: section")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m extractors",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_version_argument(parser)
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    parser, sub = command_parser("python -m extractors", __doc__)
     p = sub.add_parser("extract", help="run one expert over one modality of a dataset")
     add_cache_arguments(p)
     p.add_argument(
@@ -201,9 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--expert", action="append", help="check only this expert (repeatable)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_doctor)
-    args = parser.parse_args(argv)
-    setup_cli_logging(args)
-    return args.func(args)
+    return run_subcommand(parser, argv)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

@@ -34,12 +34,13 @@ import sys
 
 from fusion.registry import list_methods
 from medmix.cli import (
+    add_config_options,
     add_output_options,
-    add_version_argument,
+    command_parser,
     non_negative_int,
     positive_int,
     run_cli,
-    setup_cli_logging,
+    run_subcommand,
 )
 from medmix.config import dataset_paths, load_config_arg, select_methods
 
@@ -140,16 +141,9 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m fusion",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_version_argument(parser)
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    parser, sub = command_parser("python -m fusion", __doc__)
     p = sub.add_parser("train", help="train all seeds of one (dataset, method, protocol)")
-    p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
-    p.add_argument("--dataset", required=True, help="dataset name from the config's datasets:")
+    add_config_options(p)
     p.add_argument(
         "--method",
         required=True,
@@ -176,8 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser(
         "select", help="choose the fusion.select grid's values on val for one (dataset, method)"
     )
-    p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
-    p.add_argument("--dataset", required=True, help="dataset name from the config's datasets:")
+    add_config_options(p)
     p.add_argument("--method", required=True, help="a neural fusion method (see train)")
     p.add_argument("--out", help="default: results/{dataset}/selection/{method}.json")
     p.add_argument(
@@ -189,8 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     add_output_options(p, progress=False)
     p.set_defaults(func=cmd_select)
     p = sub.add_parser("evaluate", help="collect every run's metrics.json into one long table")
-    p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
-    p.add_argument("--dataset", required=True, help="dataset name from the config's datasets:")
+    add_config_options(p)
     p.add_argument("--out", help="default: results/{dataset}/metrics.parquet")
     add_output_options(p, progress=False)
     p.set_defaults(func=cmd_evaluate)
@@ -209,9 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] in FORWARDED:
         return FORWARDED[argv[0]](argv[1:])
-    args = parser.parse_args(argv)
-    setup_cli_logging(args)
-    return args.func(args)
+    return run_subcommand(parser, argv)
 
 
 if __name__ == "__main__":

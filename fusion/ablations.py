@@ -19,7 +19,6 @@ one variant (all seeds) through :func:`fusion.train.run_training` with a derived
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import logging
@@ -38,6 +37,7 @@ from medmix.ablation_plan import (
     expert_families,
     variant_by_name,
 )
+from medmix.cli import add_config_options, command_parser, non_negative_int, positive_int
 from medmix.config import cache_paths, dataset_paths, load_config_arg
 from medmix.logs import setup_logging
 
@@ -165,17 +165,10 @@ def train_variant(
 
 
 def main(argv: list[str] | None = None) -> int:
-    from medmix.cli import non_negative_int, positive_int
-
-    parser = argparse.ArgumentParser(prog="python -m fusion ablation", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("list", help="the ablation rows of a dataset")
-    p.add_argument("--config", default="config.yaml")
-    p.add_argument("--dataset", required=True)
+    parser, sub = command_parser("python -m fusion ablation", __doc__, version=False)
+    add_config_options(sub.add_parser("list", help="the ablation rows of a dataset"))
     p = sub.add_parser("train", help="train one ablation variant (all seeds)")
-    p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
-    p.add_argument("--dataset", required=True)
+    add_config_options(p)
     p.add_argument("--variant", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--seeds", type=non_negative_int, nargs="+")

@@ -142,7 +142,8 @@ def _predictions(logits: np.ndarray, task_type: str) -> Predictions:
         e = np.exp(z)
         probs = e / e.sum(axis=1, keepdims=True)
     else:
-        probs = 1.0 / (1.0 + np.exp(-logits))
+        with np.errstate(over="ignore"):  # exp(-logit) -> inf for logit < -709: probability 0
+            probs = 1.0 / (1.0 + np.exp(-logits))
     return Predictions(probs=probs, logits=logits, alpha=None, beta=None)
 
 

@@ -27,6 +27,8 @@ class SeedInputs:
         self.shared = self.same_data(datas)
         self._bufs: dict[tuple[int, bool], list[torch.Tensor]] = {}
         self._stats: dict[int, list[torch.Tensor]] = {}
+        # each expert's δ column (modality, expert), looked up once instead of per row read
+        self._slots = {k: datas[0].slot(k) for ks in members for k in ks}
         for data in datas:  # each row's mean and 1/σ, once per data object (rows are data)
             if id(data) not in self._stats:
                 self._stats[id(data)] = [self._group_stats(data, ks) for ks in members]
@@ -69,11 +71,19 @@ class SeedInputs:
     def groups(self, idx: torch.Tensor) -> list[torch.Tensor]:
         """``idx (S, b)`` -> per group ``(S, K_g, b, D_g)`` (each seed its own rows)."""
         bufs = self._buffers(idx.shape[1], True)
-        for buf, ks in zip(bufs, self.members, strict=True):
-            for s, data in enumerate(self.datas):
-                for j, k in enumerate(ks):
-                    data.rows(k, idx[s], out=buf[s, j])
+        for s, data in enumerate(self.datas):
+            self._gather(data, idx[s], [buf[s] for buf in bufs])
         return bufs
+
+    def _gather(self, data: FusionData, idx: torch.Tensor, outs: list[torch.Tensor]) -> None:
+        """Rows ``idx`` of every expert into ``outs`` (per group ``(K_g, b, D_g)``), zero where
+        δ = 0: what :meth:`fusion.data.FusionData.rows` gives, with δ's rows gathered once for
+        all experts (not once per expert) and each expert's δ column looked up once."""
+        avail = data.delta.index_select(0, idx.to(data.delta.device)) > 0  # (b, M, E)
+        for out, ks in zip(outs, self.members, strict=True):
+            for j, k in enumerate(ks):
+                mi, ei = self._slots[k]
+                data.x[k].rows(idx, avail[:, mi, ei], out=out[j])
 
     def stats(self, idx: torch.Tensor) -> list[torch.Tensor]:
         """Row statistics of the same rows as :meth:`groups`: per group ``(S, K_g, b, 2)``."""
@@ -89,11 +99,9 @@ class SeedInputs:
 
     def shared_groups(self, idx: torch.Tensor) -> list[torch.Tensor]:
         """``idx (b,)`` -> per group ``(K_g, b, D_g)`` from the first seed's data."""
-        bufs = self._buffers(idx.shape[0], False)
-        for buf, ks in zip(bufs, self.members, strict=True):
-            for j, k in enumerate(ks):
-                self.datas[0].rows(k, idx, out=buf[0, j])
-        return [b[0] for b in bufs]
+        bufs = [b[0] for b in self._buffers(idx.shape[0], False)]
+        self._gather(self.datas[0], idx, bufs)
+        return bufs
 
     def shared_stats(self, idx: torch.Tensor) -> list[torch.Tensor]:
         """Row statistics of :meth:`shared_groups`' rows: per group ``(K_g, b, 2)``."""

@@ -1,5 +1,7 @@
-"""Options every MedMIX command line shares: ``--version``, ``--quiet``, ``--no-progress``;
-how a command line reports errors (:func:`run_cli`); argparse types for counts.
+"""Options every MedMIX command line shares: ``--version``, ``--quiet``, ``--no-progress``,
+``--config`` / ``--dataset``; a subcommand parser (:func:`command_parser`) and its dispatch
+(:func:`run_subcommand`); how a command line reports errors (:func:`run_cli`); argparse
+types for counts.
 
 * ``--version`` prints ``medmix <version>`` (and the git commit in a checkout) and exits.
 * ``--no-progress`` hides progress bars only; logging is unchanged.
@@ -60,6 +62,39 @@ def add_output_options(parser: argparse.ArgumentParser, progress: bool = True) -
             action="store_true",
             help="hide progress bars (logging unchanged); bars are only ever drawn on a terminal",
         )
+
+
+def command_parser(
+    prog: str, description: str | None, *, version: bool = True
+) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """A ``python -m`` command line with subcommands: the parser (its description, usually the
+    module docstring, shown as written; ``--version`` unless ``version`` is false) and its
+    subparsers, one required (``args.cmd``)."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    if version:
+        add_version_argument(parser)
+    return parser, parser.add_subparsers(dest="cmd", required=True)
+
+
+def add_config_options(parser: argparse.ArgumentParser, dataset: bool = True) -> None:
+    """``--config`` (default ``config.yaml``) and, with ``dataset``, ``--dataset``."""
+    parser.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
+    if dataset:
+        add_dataset_option(parser)
+
+
+def add_dataset_option(parser: argparse.ArgumentParser) -> None:
+    """``--dataset`` (required): one of the config's datasets."""
+    parser.add_argument("--dataset", required=True, help="dataset name from the config's datasets:")
+
+
+def run_subcommand(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse ``argv``, set up logging (:func:`setup_cli_logging`), run the subcommand's ``func``."""
+    args = parser.parse_args(argv)
+    setup_cli_logging(args)
+    return args.func(args)
 
 
 def show_progress(args: argparse.Namespace) -> bool:

@@ -3,10 +3,11 @@
 One module per source: :mod:`.openi` (IU chest X-ray, Kaggle tables or NLM XML),
 :mod:`.mimic4` (MIMIC-IV + MIMIC-CXR-JPG + MIMIC-IV-Note), :mod:`.mimic3` (MIMIC-III v1.4)
 and :mod:`.table` (any CSV/Parquet with a column mapping; MMIST-ccRCC uses it). Shared parts:
-:mod:`.readers` (streaming CSV readers with clear errors), :mod:`.ehr_variables` (the 46
-EHR variables and their itemids), :mod:`.ehr` (hourly 48 h series), :mod:`.summary` (the
-per-adapter summary table), :mod:`.published_split` (a published split file in place of the
-seeded split).
+:mod:`.icu` and :mod:`.icu_tables` (what the two MIMIC adapters share: samples, outcomes,
+settings, the tables both releases publish), :mod:`.readers` (streaming CSV readers with
+clear errors), :mod:`.ehr_variables` (the 46 EHR variables and their itemids), :mod:`.ehr`
+(hourly 48 h series), :mod:`.summary` (the per-adapter summary table), :mod:`.published_split`
+(a published split file in place of the seeded split).
 
 Every path the user names (a command-line option or the matching Python argument) must exist:
 :func:`require_path` raises an :class:`AdapterError` naming the option and the path, and the

@@ -21,6 +21,9 @@ Split: seeded by patient (0.72 / 0.13 / 0.15, stratified by mortality), or exact
 a published ``id,split`` CSV (``split_file``, :mod:`.published_split`): column ``id`` /
 ``stay_id`` / ``icustay_id`` / ``sample_id`` keys ICU stays, ``subject_id`` / ``patient_id``
 keys patients.
+
+The tables both releases publish alike are read by :mod:`.icu_tables`; the settings both
+adapters take are :class:`IcuSettings` (command line: :func:`add_icu_args`).
 """
 
 from __future__ import annotations
@@ -28,19 +31,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
 from cohorts.adapters import AdapterError, add_split_file_args
 from cohorts.adapters.ehr import HourlyAccumulator, write_series
 from cohorts.adapters.ehr_variables import N_HOURS, NAMES
+from cohorts.adapters.icu_tables import IcuSources
 from cohorts.adapters.published_split import apply_split, read_split_file
-from cohorts.adapters.readers import TIMESTAMP, read_csv, read_header, scan_csv
 from cohorts.adapters.summary import Drops, redecoded_remarks
 from cohorts.manifest import ManifestMeta
 from cohorts.splits import patient_split
@@ -72,72 +74,6 @@ def _int_id(value: str) -> str:
     except ValueError:
         return v
     return str(int(f)) if f.is_integer() else v
-
-
-Batches = Callable[[], Iterator[pd.DataFrame]]
-
-
-@dataclass
-class IcuSources:
-    """Normalised inputs (lower-case columns, parsed timestamps) from one MIMIC release.
-
-    ``admissions``: subject_id, hadm_id, admittime, dischtime, deathtime, edregtime,
-    hospital_expire_flag. ``stays``: stay_id, subject_id, hadm_id, intime, outtime, age.
-    Event sources yield ``subject_id, itemid, charttime, valuenum`` (+ ``storetime`` where
-    published); ``notes`` yields
-    ``subject_id, charttime, storetime, text``; ``images``: subject_id, time, view
-    (``frontal``/``lateral``), path (relative to the dataset root).
-    """
-
-    admissions: pd.DataFrame
-    stays: pd.DataFrame
-    events: list[tuple[str, Batches, dict[int, str]]] = field(default_factory=list)
-    notes: Batches | None = None
-    images: pd.DataFrame | None = None
-    image_exists: Callable[[str], bool] | None = None  # path -> on disk? (None: not checked)
-    remarks: list[str] = field(
-        default_factory=list
-    )  # absent parts and other remarks, for the summary
-    redecoded: dict[str, int] = field(default_factory=dict)  # file -> rows not valid UTF-8
-
-
-# the admissions and ICU-stay columns both MIMIC releases publish (MIMIC-III in upper case on
-# disk, read case-insensitively)
-ADMISSION_COLUMNS: dict[str, pa.DataType] = {
-    "subject_id": pa.int64(),
-    "hadm_id": pa.int64(),
-    "admittime": TIMESTAMP,
-    "dischtime": TIMESTAMP,
-    "deathtime": TIMESTAMP,
-    "edregtime": TIMESTAMP,
-    "hospital_expire_flag": pa.int64(),
-}
-
-
-def stay_columns(stay_id: str) -> dict[str, pa.DataType]:
-    """The ICU-stay table's columns (``stay_id``: ``icustay_id`` in MIMIC-III)."""
-    return {
-        "subject_id": pa.int64(),
-        "hadm_id": pa.int64(),
-        stay_id: pa.int64(),
-        "intime": TIMESTAMP,
-        "outtime": TIMESTAMP,
-    }
-
-
-def event_columns(path: Path, **more: pa.DataType) -> dict[str, pa.DataType]:
-    """Columns read from an event table: subject_id, itemid, charttime, valuenum, ``more``,
-    and ``storetime`` when the file has one (the leakage rule then also needs it)."""
-    cols = {
-        "subject_id": pa.int64(),
-        "itemid": pa.int64(),
-        "charttime": TIMESTAMP,
-        "valuenum": pa.float64(),
-        **more,
-    }
-    if "storetime" in read_header(path):
-        cols["storetime"] = TIMESTAMP
-    return cols
 
 
 def outcomes(adm: pd.DataFrame) -> pd.DataFrame:
@@ -210,8 +146,9 @@ def select_stays(
 
 
 def add_icu_args(p: argparse.ArgumentParser) -> None:
-    """The options the ICU adapters (MIMIC-IV, MIMIC-III) share: observation window, short-stay
-    exclusion, long-stay basis and a published split file."""
+    """The options the ICU adapters (MIMIC-IV, MIMIC-III) share: EHR output folder, observation
+    window, short-stay exclusion, long-stay basis and a published split file."""
+    p.add_argument("--ehr-dir", help="where the per-stay EHR Parquet files go (default: {out}/ehr)")
     p.add_argument(
         "--hours",
         type=positive_int,
@@ -237,6 +174,45 @@ def add_icu_args(p: argparse.ArgumentParser) -> None:
         " icustay_id or sample_id (ICU stay ids = the manifest's sample_id) or subject_id /"
         " patient_id (patients)",
     )
+
+
+@dataclass(frozen=True)
+class IcuSettings:
+    """The cohort settings both ICU adapters take, as keywords of their ``build`` and ``run``
+    (command line: :func:`add_icu_args` and ``add_common_args``); fields as :func:`build_icu`."""
+
+    dataset: str
+    seed: int = 0
+    hours: int = N_HOURS
+    min_icu_hours: float | None = None
+    long_stay_basis: str = "icu"
+    split_file: str | Path | None = None
+    split_missing: str = "drop"
+
+    def check(self) -> None:
+        """:func:`check_settings` on these settings."""
+        check_settings(self.hours, self.min_icu_hours, self.long_stay_basis)
+
+    def as_kwargs(self) -> dict[str, object]:
+        """The settings as :func:`build_icu`'s keywords."""
+        return asdict(self)
+
+
+def cli_settings(args: argparse.Namespace) -> dict[str, object]:
+    """The keywords an ICU adapter's ``run`` takes from the shared options: ``ehr_dir`` and
+    the :class:`IcuSettings` fields."""
+    return {
+        "ehr_dir": args.ehr_dir,
+        **IcuSettings(
+            dataset=args.dataset,
+            seed=args.seed,
+            hours=args.hours,
+            min_icu_hours=args.min_icu_hours,
+            long_stay_basis=args.long_stay_basis,
+            split_file=args.split_file,
+            split_missing=args.split_missing,
+        ).as_kwargs(),
+    }
 
 
 def check_settings(hours: int, min_icu_hours: float | None, long_stay_basis: str) -> None:
@@ -437,54 +413,6 @@ def build_icu(
             "missing": split_missing,
         }
     return df, meta, drops
-
-
-def check_itemids(
-    path: Path | None,
-    itemids: Iterable[int],
-    remarks: list[str],
-    read: Callable[[Path], pd.DataFrame],
-) -> None:
-    """Remark (not fail) when the release's dictionary table lacks some of our itemids."""
-    if path is None:
-        return
-    known = set(read(path)["itemid"].dropna().astype(int))
-    absent = sorted(set(itemids) - known)
-    if absent:
-        remarks.append(
-            f"{path.name}: {len(absent)} itemid(s) of the EHR table not in this release: {absent[:10]}"
-        )
-        log.warning("%s", remarks[-1])
-
-
-def add_events(
-    src: IcuSources, name: str, path: Path | None, itemids: dict[int, str], subjects: set[int]
-) -> None:
-    """Queue the event table ``name`` at ``path`` (absent: nothing), read lazily and filtered
-    to our itemids and subjects; ``storetime`` is read when the release publishes it."""
-    if path is None:
-        return
-    cols = event_columns(path)
-    isin = {"itemid": itemids, "subject_id": subjects}
-    src.events.append(
-        (name, lambda: scan_csv(path, cols, isin=isin, redecoded=src.redecoded), itemids)
-    )
-
-
-def check_dictionaries(
-    src: IcuSources,
-    lab_dictionary: Path | None,
-    chart_dictionary: Path | None,
-    lab_ids: Iterable[int],
-    chart_ids: Iterable[int],
-) -> None:
-    """Remark on itemids of ours that the release's lab / chart dictionaries lack."""
-
-    def read_ids(path: Path) -> pd.DataFrame:
-        return read_csv(path, {"itemid": pa.int64()}, redecoded=src.redecoded)
-
-    check_itemids(lab_dictionary, lab_ids, src.remarks, read_ids)
-    check_itemids(chart_dictionary, chart_ids, src.remarks, read_ids)
 
 
 def dataset_root(out: Path, ehr_dir: Path, *more: str | Path | None) -> Path:

@@ -27,28 +27,20 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
-from cohorts.adapters import (
-    AdapterError,
-    add_common_args,
-    cli_errors,
-    require_path,
-)
-from cohorts.adapters.ehr_variables import itemid_map
+from cohorts.adapters import AdapterError, add_common_args, cli_errors, require_path
 from cohorts.adapters.icu import (
-    ADMISSION_COLUMNS,
-    IcuSources,
-    add_events,
+    IcuSettings,
     add_icu_args,
     build_icu,
-    check_dictionaries,
-    check_settings,
+    cli_settings,
     dataset_root,
-    stay_columns,
 )
+from cohorts.adapters.icu_tables import IcuRelease, IcuSources, load_icu
 from cohorts.adapters.readers import TIMESTAMP, find_optional, find_table, read_csv, scan_csv
 from cohorts.adapters.summary import Drops, write_cohort
 from cohorts.manifest import ManifestMeta
@@ -108,6 +100,26 @@ def load_images(
     return out.dropna(subset=["view", "time"]).reset_index(drop=True)
 
 
+# labevents and chartevents publish storetime: an event also needs storetime < cut-off
+RELEASE = IcuRelease(
+    dataset=DATASET,
+    admissions="hosp/admissions",
+    patients="hosp/patients",
+    icustays="icu/icustays",
+    labevents="hosp/labevents",
+    chartevents="icu/chartevents",
+    d_labitems="hosp/d_labitems",
+    d_items="icu/d_items",
+    stay_id="stay_id",
+    patient_columns={"subject_id": I64, "anchor_age": F64, "anchor_year": I64},
+    age=lambda stays: (
+        stays["anchor_age"] + (stays["intime"].dt.year - stays["anchor_year"]).astype("float64")
+    ),
+    chart_items="chart_iv",
+    chart_missing="chart vitals",
+)
+
+
 def load_sources(
     mimic: str | Path,
     root: Path,
@@ -116,41 +128,8 @@ def load_sources(
     check_images: bool = True,
 ) -> IcuSources:
     mimic = require_path(mimic, "--mimic", "folder", DATASET)
-    redecoded: dict[str, int] = {}
-    adm = read_csv(
-        find_table(mimic, "hosp/admissions", DATASET), ADMISSION_COLUMNS, redecoded=redecoded
-    )
-    pat = read_csv(
-        find_table(mimic, "hosp/patients", DATASET),
-        {"subject_id": I64, "anchor_age": F64, "anchor_year": I64},
-        redecoded=redecoded,
-    )
-    stays = read_csv(
-        find_table(mimic, "icu/icustays", DATASET), stay_columns("stay_id"), redecoded=redecoded
-    )
-    stays = stays.merge(pat.drop_duplicates("subject_id"), on="subject_id", how="left")
-    stays["age"] = stays["anchor_age"] + (stays["intime"].dt.year - stays["anchor_year"]).astype(
-        "float64"
-    )
-    stays = stays.drop(columns=["anchor_age", "anchor_year"])
-    subjects = set(stays["subject_id"].dropna().astype(int))
-    remarks: list[str] = []
-    src = IcuSources(admissions=adm, stays=stays, remarks=remarks, redecoded=redecoded)
-
-    # labevents and chartevents publish storetime: an event also needs storetime < cut-off
-    lab_ids, chart_ids = itemid_map("lab"), itemid_map("chart_iv")
-    labs = find_optional(mimic, "hosp/labevents", remarks, "laboratory values", DATASET)
-    add_events(src, "labevents", labs, lab_ids, subjects)
-    chart = find_optional(mimic, "icu/chartevents", remarks, "chart vitals", DATASET)
-    add_events(src, "chartevents", chart, chart_ids, subjects)
-    check_dictionaries(
-        src,
-        find_optional(mimic, "hosp/d_labitems", [], "lab dictionary", DATASET),
-        find_optional(mimic, "icu/d_items", [], "item dictionary", DATASET),
-        lab_ids,
-        chart_ids,
-    )
-
+    src, subjects = load_icu(mimic, RELEASE)
+    remarks, redecoded = src.remarks, src.redecoded
     if note is None:
         remarks.append("no --note folder (MIMIC-IV-Note): radiology reports missing")
     else:
@@ -184,43 +163,33 @@ def build(
     note: str | Path | None = None,
     cxr: str | Path | None = None,
     ehr_dir: str | Path | None = None,
-    seed: int = 0,
-    dataset: str = "mimic4",
-    hours: int = 48,
-    min_icu_hours: float | None = None,
     check_images: bool = True,
-    long_stay_basis: str = "icu",
-    split_file: str | Path | None = None,
-    split_missing: str = "drop",
+    **settings: Any,
 ) -> tuple[pd.DataFrame, ManifestMeta, Drops]:
     """The sources -> (manifest frame, meta, drops); EHR files go to ``ehr_dir`` (default ``{out}/ehr``).
 
-    Every input path given (``mimic``, ``note``, ``cxr``, ``split_file``) must exist: an
+    ``settings``: the fields of :class:`IcuSettings` (``dataset`` default ``mimic4``). Every
+    input path given (``mimic``, ``note``, ``cxr``, ``split_file``) must exist: an
     :class:`AdapterError` names the option and the path.
     """
+    s = IcuSettings(**{"dataset": "mimic4", **settings})
     require_path(mimic, "--mimic", "folder", DATASET)
     require_path(note, "--note", "folder", "MIMIC-IV-Note")
     require_path(cxr, "--cxr", "folder", "MIMIC-CXR-JPG")
-    require_path(split_file, "--split-file", "file", DATASET)
-    check_settings(hours, min_icu_hours, long_stay_basis)
+    require_path(s.split_file, "--split-file", "file", DATASET)
+    s.check()
     out = Path(out)
     ehr_dir = Path(ehr_dir) if ehr_dir else out / "ehr"
     root = dataset_root(out, ehr_dir, cxr)
     src = load_sources(mimic, root, note, cxr, check_images)
     df, meta, drops = build_icu(
         src,
-        dataset=dataset,
         adapter="mimic4",
         adapter_version=ADAPTER_VERSION,
         modalities=MODALITIES,
         root=root,
         ehr_dir=ehr_dir,
-        seed=seed,
-        hours=hours,
-        min_icu_hours=min_icu_hours,
-        long_stay_basis=long_stay_basis,
-        split_file=split_file,
-        split_missing=split_missing,
+        **s.as_kwargs(),
     )
     meta.extra["source"] = {
         "mimic": str(Path(mimic).resolve()),
@@ -232,9 +201,7 @@ def build(
 
 def run(mimic: str | Path, out: str | Path, **kw) -> Path:
     df, meta, drops = build(mimic, out, **kw)
-    path = write_cohort(df, meta, out, drops)
-    log.info("mimic4: %d samples written to %s (%d dropped)", len(df), path, drops.total())
-    return path
+    return write_cohort(df, meta, out, drops, log)
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:
@@ -246,7 +213,6 @@ def add_cli(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--cxr", help="MIMIC-CXR-JPG root (with mimic-cxr-2.0.0-metadata.csv.gz and files/)"
     )
-    p.add_argument("--ehr-dir", help="where the per-stay EHR Parquet files go (default: {out}/ehr)")
     add_icu_args(p)
     p.add_argument(
         "--no-check-images", action="store_true", help="do not check that the JPGs exist"
@@ -262,14 +228,7 @@ def _main(args: argparse.Namespace) -> int:
         args.out,
         note=args.note,
         cxr=args.cxr,
-        ehr_dir=args.ehr_dir,
-        seed=args.seed,
-        dataset=args.dataset,
-        hours=args.hours,
-        min_icu_hours=args.min_icu_hours,
-        long_stay_basis=args.long_stay_basis,
-        split_file=args.split_file,
-        split_missing=args.split_missing,
         check_images=not args.no_check_images,
+        **cli_settings(args),
     )
     return 0

@@ -366,9 +366,7 @@ def run(
         + redecoded_remarks(redecoded)
     )
     meta.extra["redecoded"] = redecoded
-    path = write_cohort(df, meta, out, drops)
-    log.info("openi: %d samples written to %s (%d dropped)", len(df), path, drops.total())
-    return path
+    return write_cohort(df, meta, out, drops, log)
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:

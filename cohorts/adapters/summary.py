@@ -9,6 +9,7 @@ and ``dropped``.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from pathlib import Path
@@ -165,10 +166,18 @@ def write_summary(
 
 
 def write_cohort(
-    df: pd.DataFrame, meta: ManifestMeta, out_dir: str | os.PathLike, drops: Drops | None = None
+    df: pd.DataFrame,
+    meta: ManifestMeta,
+    out_dir: str | os.PathLike,
+    drops: Drops | None = None,
+    log: logging.Logger | None = None,
 ) -> Path:
-    """An adapter's outputs: ``manifest.parquet`` (validated) plus the summary beside it."""
+    """An adapter's outputs: ``manifest.parquet`` (validated) plus the summary beside it;
+    ``log`` (the adapter's logger) says how many samples were written and dropped."""
     out_dir = Path(out_dir)
     path = write_manifest(df, out_dir / "manifest.parquet", meta)
     write_summary(df, meta, out_dir, drops)
+    if log is not None:
+        dropped = drops.total() if drops is not None else 0
+        log.info("%s: %d samples written to %s (%d dropped)", meta.adapter, len(df), path, dropped)
     return path

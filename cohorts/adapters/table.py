@@ -415,9 +415,7 @@ def run(
     if dataset:
         mp = {**mp, "dataset": dataset}
     df, meta, drops = build(mp, root, seed)
-    path = write_cohort(df, meta, out, drops)
-    log.info("table: %d samples written to %s (%d dropped)", len(df), path, drops.total())
-    return path
+    return write_cohort(df, meta, out, drops, log)
 
 
 def add_cli(subparsers: argparse._SubParsersAction) -> None:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
 
-from cohorts.demo.signal import DOMINANT, INFORMATIVE_MISSINGNESS, Signal
+from cohorts.demo.signal import DOMINANT, INFORMATIVE_MISSINGNESS, Signal, sample_rng
+from cohorts.splits import patient_split
 
 # informative-missingness: P(modality dropped) = logistic(MNAR_BASE + MNAR_SLOPE * s), s the
 # standardised adverse-outcome burden of the sample (on top of the kind's own missingness)
@@ -17,6 +19,7 @@ MNAR_BASE = -2.0
 MNAR_SLOPE = 1.5
 
 KIND_CODES = {"openi": 1, "mimic": 2, "ccrcc": 3}
+T = TypeVar("T")
 
 
 @dataclass
@@ -80,6 +83,21 @@ def evidence_missingness(
             present[m] &= rng.random(len(s)) >= logistic(MNAR_BASE + MNAR_SLOPE * s)
 
 
+def settle_missingness(
+    present: dict[str, np.ndarray],
+    sig: Signal,
+    weights: np.ndarray,
+    kind: str,
+    seed: int,
+    rng: np.random.Generator,
+    prefer: str,
+) -> None:
+    """The evidence setting's missingness (its own stream, ``(seed, kind, 2)``), then no sample
+    left with every modality missing (from ``rng``, the kind's plan stream; ``prefer`` mostly)."""
+    evidence_missingness(present, sig, weights, sample_rng(seed, KIND_CODES[kind], 2))
+    ensure_one_present(present, rng, prefer)
+
+
 def ensure_one_present(
     present: dict[str, np.ndarray], rng: np.random.Generator, prefer: str
 ) -> None:
@@ -106,3 +124,39 @@ def sample_ids(patient_index: np.ndarray, prefix: str = "S") -> tuple[list[str],
         pids.append(f"P{p + 1:04d}")
         sids.append(f"P{p + 1:04d}-{prefix}{count[p]}")
     return pids, sids
+
+
+def samples_frame(
+    patient_index: np.ndarray,
+    fractions: dict[str, float],
+    seed: int,
+    stratify: np.ndarray,
+    labels: np.ndarray,
+    label_names: Iterable[str],
+    prefix: str = "S",
+) -> pd.DataFrame:
+    """The plan's samples: ``sample_id``, ``patient_id``, a patient-level ``split`` stratified by
+    ``stratify``, and ``label_{name}`` (int8) from the columns of ``labels``."""
+    pids, sids = sample_ids(patient_index, prefix)
+    df = pd.DataFrame({"sample_id": sids, "patient_id": pids})
+    df["split"] = patient_split(df["patient_id"], fractions, seed, stratify=stratify)
+    for j, name in enumerate(label_names):
+        df[f"label_{name}"] = labels[:, j].astype(np.int8)
+    return df
+
+
+def present_draws(
+    p: Plan, i: int, modalities: Iterable[str]
+) -> Iterator[tuple[str, np.random.Generator, np.ndarray, float]]:
+    """Row ``i``'s present modalities, each with its own random stream
+    ``(seed, kind, 1, i, j)`` (``j`` its place in ``modalities``), its evidence and quality."""
+    for j, mod in enumerate(modalities):
+        if p.present[mod][i]:
+            rng = sample_rng(p.seed, KIND_CODES[p.kind], 1, i, j)
+            yield mod, rng, p.signal.evidence[mod][i], float(p.signal.quality[mod][i])
+
+
+def write_raw(root: Path, rel: str, write: Callable[[Path, T], object], data: T) -> str:
+    """``write(root / rel, data)``; returns ``rel``, the manifest's value for the file."""
+    write(root / rel, data)
+    return rel

@@ -5,27 +5,20 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from cohorts.demo import ct, notes, wsi
 from cohorts.demo.base import (
     KIND_CODES,
     CohortKind,
     Plan,
-    ensure_one_present,
-    evidence_missingness,
     logistic,
     patient_sites,
-    sample_ids,
+    present_draws,
+    samples_frame,
+    settle_missingness,
+    write_raw,
 )
-from cohorts.demo.signal import (
-    DEFAULT_EVIDENCE,
-    Concept,
-    SignalSpec,
-    sample_rng,
-    sample_signal,
-)
-from cohorts.splits import patient_split
+from cohorts.demo.signal import DEFAULT_EVIDENCE, Concept, SignalSpec, sample_rng, sample_signal
 
 NAME = "ccrcc"
 MODALITIES = {"ct": "volume", "wsi": "slide", "note": "text"}
@@ -73,37 +66,24 @@ def plan(n_patients: int, seed: int, shift: float = 0.0, evidence: str = DEFAULT
         "wsi": surgical,
         "note": rng.random(n) > np.where(site == 1, 0.2, 0.05),
     }
-    evidence_missingness(present, sig, SPEC.weights, sample_rng(seed, KIND_CODES[NAME], 2))
-    ensure_one_present(present, rng, "note")
-    pids, sids = sample_ids(pidx)
-    df = pd.DataFrame({"sample_id": sids, "patient_id": pids})
-    df["split"] = patient_split(df["patient_id"], FRACTIONS, seed, stratify=sig.labels[:, 0])
-    df["label_vital_status_12m"] = sig.labels[:, 0].astype(np.int8)
+    settle_missingness(present, sig, SPEC.weights, NAME, seed, rng, "note")
+    df = samples_frame(pidx, FRACTIONS, seed, sig.labels[:, 0], sig.labels, LABELS)
     return Plan(NAME, seed, shift, df, present, sig, {"site": site, "surgical": surgical})
 
 
 def render(p: Plan, i: int, root: Path) -> dict[str, str | None]:
     sid = p.samples["sample_id"].iat[i]
-    out: dict[str, str | None] = {}
-    for j, mod in enumerate(MODALITIES):
-        if not p.present[mod][i]:
-            out[mod] = None
-            continue
-        rng = sample_rng(p.seed, KIND_CODES[NAME], 1, i, j)
-        e = dict(zip(NAMES, map(float, p.signal.evidence[mod][i]), strict=True))
-        q = float(p.signal.quality[mod][i])
+    out: dict[str, str | None] = dict.fromkeys(MODALITIES)
+    for mod, rng, evidence, q in present_draws(p, i, MODALITIES):
+        e = dict(zip(NAMES, map(float, evidence), strict=True))
         if mod == "note":
             out[mod] = notes.oncology_note(e, NOTE_THRESHOLDS, rng, q, p.shift)
         elif mod == "ct":
             vol = ct.render_ct(e["burden"], e["necrosis"], e["metastasis"], rng, q, p.shift)
-            rel = f"ct/{sid}.nii.gz"
-            ct.write_nifti(root / rel, vol)
-            out[mod] = rel
+            out[mod] = write_raw(root, f"ct/{sid}.nii.gz", ct.write_nifti, vol)
         else:
             he = wsi.render_he(e["grade"], e["necrosis"], rng, q, p.shift)
-            rel = f"wsi/{sid}.tiff"
-            wsi.write_pyramidal_tiff(root / rel, wsi.pyramid(he))
-            out[mod] = rel
+            out[mod] = write_raw(root, f"wsi/{sid}.tiff", wsi.write_pyramidal_tiff, wsi.pyramid(he))
     return out
 
 

@@ -5,28 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from cohorts.demo import cxr, ehr, notes
 from cohorts.demo.base import (
     KIND_CODES,
     CohortKind,
     Plan,
-    ensure_one_present,
-    evidence_missingness,
     logistic,
     patient_sites,
-    sample_ids,
+    present_draws,
+    samples_frame,
+    settle_missingness,
     severity,
+    write_raw,
 )
-from cohorts.demo.signal import (
-    DEFAULT_EVIDENCE,
-    Concept,
-    SignalSpec,
-    sample_rng,
-    sample_signal,
-)
-from cohorts.splits import patient_split
+from cohorts.demo.signal import DEFAULT_EVIDENCE, Concept, SignalSpec, sample_rng, sample_signal
 
 NAME = "mimic"
 MODALITIES = {"frontal": "image", "lateral": "image", "note": "text", "ehr": "timeseries"}
@@ -85,13 +78,8 @@ def plan(n_patients: int, seed: int, shift: float = 0.0, evidence: str = DEFAULT
         "note": rng.random(n) > np.where(site == 3, 0.8, 0.04),  # one site's notes not linked
         "ehr": (stay_h >= 12) & (rng.random(n) > 0.03),
     }
-    evidence_missingness(present, sig, SPEC.weights, sample_rng(seed, KIND_CODES[NAME], 2))
-    ensure_one_present(present, rng, "ehr")
-    pids, sids = sample_ids(pidx, "A")
-    df = pd.DataFrame({"sample_id": sids, "patient_id": pids})
-    df["split"] = patient_split(df["patient_id"], FRACTIONS, seed, stratify=sig.labels[:, 0])
-    for j, name in enumerate(LABELS):
-        df[f"label_{name}"] = sig.labels[:, j].astype(np.int8)
+    settle_missingness(present, sig, SPEC.weights, NAME, seed, rng, "ehr")
+    df = samples_frame(pidx, FRACTIONS, seed, sig.labels[:, 0], sig.labels, LABELS, prefix="A")
     return Plan(NAME, seed, shift, df, present, sig, {"stay_hours": stay_h, "site": site})
 
 
@@ -120,27 +108,18 @@ def _cxr_severity(e: dict[str, float], rng: np.random.Generator) -> dict[str, fl
 
 def render(p: Plan, i: int, root: Path) -> dict[str, str | None]:
     sid = p.samples["sample_id"].iat[i]
-    out: dict[str, str | None] = {}
-    for j, mod in enumerate(MODALITIES):
-        if not p.present[mod][i]:
-            out[mod] = None
-            continue
-        rng = sample_rng(p.seed, KIND_CODES[NAME], 1, i, j)
-        e = dict(zip(NAMES, map(float, p.signal.evidence[mod][i]), strict=True))
-        q = float(p.signal.quality[mod][i])
+    out: dict[str, str | None] = dict.fromkeys(MODALITIES)
+    for mod, rng, evidence, q in present_draws(p, i, MODALITIES):
+        e = dict(zip(NAMES, map(float, evidence), strict=True))
         if mod == "note":
             ev = {k: e[k] for k in NOTE_CONCEPTS}
             out[mod] = notes.icu_note(ev, NOTE_THRESHOLDS, rng, q, p.shift)
         elif mod == "ehr":
             df = ehr.simulate_stay(e, int(p.extra["stay_hours"][i]), rng, q, p.shift)
-            rel = f"ehr/{sid}.parquet"
-            ehr.write_parquet(root / rel, df)
-            out[mod] = rel
+            out[mod] = write_raw(root, f"ehr/{sid}.parquet", ehr.write_parquet, df)
         else:
             img = cxr.render_cxr(mod, _cxr_severity(e, rng), rng, q, p.shift)
-            rel = f"{mod}/{sid}.png"
-            cxr.write_png(root / rel, img)
-            out[mod] = rel
+            out[mod] = write_raw(root, f"{mod}/{sid}.png", cxr.write_png, img)
     return out
 
 

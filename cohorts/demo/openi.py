@@ -6,28 +6,21 @@ from pathlib import Path
 from statistics import NormalDist
 
 import numpy as np
-import pandas as pd
 
 from cohorts.demo import cxr, notes
 from cohorts.demo.base import (
     KIND_CODES,
     CohortKind,
     Plan,
-    ensure_one_present,
-    evidence_missingness,
     logistic,
     patient_sites,
-    sample_ids,
+    present_draws,
+    samples_frame,
+    settle_missingness,
     severity,
+    write_raw,
 )
-from cohorts.demo.signal import (
-    DEFAULT_EVIDENCE,
-    Concept,
-    SignalSpec,
-    sample_rng,
-    sample_signal,
-)
-from cohorts.splits import patient_split
+from cohorts.demo.signal import DEFAULT_EVIDENCE, Concept, SignalSpec, sample_rng, sample_signal
 
 NAME = "openi"
 MODALITIES = {"frontal": "image", "lateral": "image", "report": "text"}
@@ -90,13 +83,8 @@ def plan(n_patients: int, seed: int, shift: float = 0.0, evidence: str = DEFAULT
         "lateral": rng.random(n) > logistic(-1.7 + 0.9 * sig.sickness),
         "report": rng.random(n) > np.where(site == 2, 0.55, 0.03),
     }
-    evidence_missingness(present, sig, SPEC.weights, sample_rng(seed, KIND_CODES[NAME], 2))
-    ensure_one_present(present, rng, "frontal")
-    pids, sids = sample_ids(pidx)
-    df = pd.DataFrame({"sample_id": sids, "patient_id": pids})
-    df["split"] = patient_split(df["patient_id"], FRACTIONS, seed, stratify=1 - labels[:, 0])
-    for j, name in enumerate(LABELS):
-        df[f"label_{name}"] = labels[:, j].astype(np.int8)
+    settle_missingness(present, sig, SPEC.weights, NAME, seed, rng, "frontal")
+    df = samples_frame(pidx, FRACTIONS, seed, 1 - labels[:, 0], labels, LABELS)
     return Plan(NAME, seed, shift, df, present, sig, {"site": site})
 
 
@@ -111,21 +99,14 @@ def _image_severity(e: np.ndarray) -> dict[str, float]:
 
 def render(p: Plan, i: int, root: Path) -> dict[str, str | None]:
     sid = p.samples["sample_id"].iat[i]
-    out: dict[str, str | None] = {}
-    for j, mod in enumerate(MODALITIES):
-        if not p.present[mod][i]:
-            out[mod] = None
-            continue
-        rng = sample_rng(p.seed, KIND_CODES[NAME], 1, i, j)
-        e, q = p.signal.evidence[mod][i], float(p.signal.quality[mod][i])
+    out: dict[str, str | None] = dict.fromkeys(MODALITIES)
+    for mod, rng, e, q in present_draws(p, i, MODALITIES):
         if mod == "report":
             ev = {f: float(v) for f, v in zip(FINDINGS, e, strict=True)}
             out[mod] = notes.radiology_report(ev, TEXT_THRESHOLDS, rng, q, p.shift)
         else:
             img = cxr.render_cxr(mod, _image_severity(e), rng, q, p.shift)
-            rel = f"{mod}/{sid}.png"
-            cxr.write_png(root / rel, img)
-            out[mod] = rel
+            out[mod] = write_raw(root, f"{mod}/{sid}.png", cxr.write_png, img)
     return out
 
 

@@ -23,11 +23,13 @@ from typing import Any
 import yaml
 
 from medmix.cli import (
+    add_config_options,
+    add_dataset_option,
     add_output_options,
-    add_version_argument,
+    command_parser,
     positive_int,
     run_cli,
-    setup_cli_logging,
+    run_subcommand,
 )
 from medmix.config import ConfigError
 from medmix.errors import InputError
@@ -214,13 +216,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m extractors.rag",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    add_version_argument(parser)
-    sub = parser.add_subparsers(dest="cmd", required=True)
+    parser, sub = command_parser("python -m extractors.rag", __doc__)
 
     p = sub.add_parser("kb", help="parse MedlinePlus XML into docs.parquet")
     p.add_argument(
@@ -234,10 +230,14 @@ def main(argv: list[str] | None = None) -> int:
     add_output_options(p, progress=False)
     p.set_defaults(func=cmd_kb)
 
-    def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
+    def common(p: argparse.ArgumentParser, modality: str | None = None) -> None:
+        """--config, --device, --quiet; with ``modality`` (its help), --dataset and --modality."""
+        add_config_options(p, dataset=False)
         p.add_argument("--device", help="override rag.device (cpu, cuda, cuda:1)")
         add_output_options(p, progress=False)
+        if modality is not None:
+            add_dataset_option(p)
+            p.add_argument("--modality", required=True, help=modality)
 
     p = sub.add_parser("index", help="build the knowledge index (once, shared by all datasets)")
     common(p)
@@ -254,9 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_project)
 
     p = sub.add_parser("bridge", help="bridge one modality of a dataset to text")
-    common(p)
-    p.add_argument("--dataset", required=True, help="dataset name from the config's datasets:")
-    p.add_argument("--modality", required=True, help="modality of the dataset to bridge")
+    common(p, modality="modality of the dataset to bridge")
     p.add_argument("--manifest", help="default: {results}/{dataset}/manifest.parquet")
     p.add_argument("--image-cache", help="the image expert's cache (nearest-report bridge)")
     p.add_argument("--fit-manifest",
@@ -269,9 +267,7 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_bridge)
 
     p = sub.add_parser("embed", help="retrieve + encode one bridged modality into the rag cache")
-    common(p)
-    p.add_argument("--dataset", required=True, help="dataset name from the config's datasets:")
-    p.add_argument("--modality", required=True, help="the bridged modality to embed")
+    common(p, modality="the bridged modality to embed")
     p.add_argument("--bridge", help="default: {results}/{dataset}/bridge/{modality}.parquet")
     p.add_argument(
         "--index-dir", help="the knowledge index folder (default: {results}/knowledge/{kb})"
@@ -287,10 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--provenance", required=True, help="a rag cache's .provenance.parquet")
     p.add_argument("--sample-id", required=True, help="the sample to show")
     p.set_defaults(func=cmd_show)
-
-    args = parser.parse_args(argv)
-    setup_cli_logging(args)
-    return args.func(args)
+    return run_subcommand(parser, argv)
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

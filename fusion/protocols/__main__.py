@@ -8,11 +8,10 @@ evaluates a dataset's ``full`` run under test-only settings
 
 from __future__ import annotations
 
-import argparse
 import json
 
 import fusion.protocols
-from medmix.cli import positive_int, run_cli
+from medmix.cli import add_config_options, command_parser, positive_int, run_cli
 from medmix.config import dataset_paths, load_config_arg
 from medmix.io import write_text_atomic
 from medmix.logs import setup_logging
@@ -20,16 +19,14 @@ from medmix.protocol_names import expand_settings
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fusion.protocols",
-                                     description=fusion.protocols.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("list", help="the settings the config's protocols: section expands to")
-    p.add_argument("--config", default="config.yaml")
-    p.add_argument("--dataset", required=True)
+    parser, sub = command_parser(
+        "python -m fusion.protocols", fusion.protocols.__doc__, version=False
+    )
+    add_config_options(
+        sub.add_parser("list", help="the settings the config's protocols: section expands to")
+    )
     p = sub.add_parser("test", help="evaluate a full run under test-only settings")
-    p.add_argument("--config", default="config.yaml", help="config file, or inline JSON")
-    p.add_argument("--dataset", required=True)
+    add_config_options(p)
     p.add_argument("--method", required=True)
     p.add_argument("--settings", nargs="+", required=True)
     p.add_argument("--source", help="the full run folder (default runs/full/{method})")
