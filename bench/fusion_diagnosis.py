@@ -31,12 +31,72 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import torch  # noqa: E402
+
+from fusion.medmix import FusionOutput, MedMIX  # noqa: E402
+from fusion.medmix_sum import AVAILABILITY_SCALE, MedMIXSum  # noqa: E402
 from fusion.metrics import seed_mean_std  # noqa: E402
+from fusion.registry import register_method  # noqa: E402
 from fusion.train import run_training  # noqa: E402
 from medmix.config import load_config  # noqa: E402
+from medmix.methods import BASELINE, METHODS, MethodInfo  # noqa: E402
+
+# -- diagnosis-only fusion variants ------------------------------------------------------------
+# Catalogued and registered in this process only (never a Table 1 row; named medmix-* so they
+# distil like MedMIX): each changes one
+# property of the paper's inter-modality step, to tell apart what MedMIX-Σ's two changes buy.
+for _name, _label in (
+    ("medmix-diag-count", "MedMIX x n present (diagnosis)"),
+    ("medmix-diag-avail", "MedMIX + availability (diagnosis)"),
+    ("medmix-diag-sum-noavail", "MedMIX-Σ without availability (diagnosis)"),
+):
+    METHODS[_name] = MethodInfo(_name, _label, BASELINE, in_config=False)
+
+
+@register_method("medmix-diag-count")
+class MedMIXCount(MedMIX):
+    """The paper's convex β-mixture times the number of present modalities (no renormalisation
+    of the evidence's scale; the missingness pattern still never reaches the output)."""
+
+    def fuse(self, u: torch.Tensor, delta: torch.Tensor) -> FusionOutput:
+        out = super().fuse(u, delta)
+        n_present = (delta.amax(dim=-1) > 0).sum(dim=-1, keepdim=True).to(u.dtype)  # (B, 1)
+        return FusionOutput(out.logits * n_present, out.alpha, out.beta, out.z, out.modality_logits)
+
+
+@register_method("medmix-diag-avail")
+class MedMIXAvail(MedMIX):
+    """The paper's convex β-mixture plus an availability term A π + b on the output (the
+    missingness pattern as evidence; the mixture still renormalises over present modalities).
+    π is read at MedMIX-Σ's scale (:data:`fusion.medmix_sum.AVAILABILITY_SCALE`) so that A learns."""
+
+    def __init__(self, spec: Any) -> None:
+        super().__init__(spec)
+        self.availability = torch.nn.Linear(len(spec.modalities), spec.n_outputs)
+        torch.nn.init.zeros_(self.availability.weight)
+        torch.nn.init.zeros_(self.availability.bias)
+
+    def fuse(self, u: torch.Tensor, delta: torch.Tensor) -> FusionOutput:
+        out = super().fuse(u, delta)
+        present = (delta.amax(dim=-1) > 0).to(u.dtype)
+        logits = out.logits + self.availability(present * AVAILABILITY_SCALE)
+        return FusionOutput(logits, out.alpha, out.beta, out.z, out.modality_logits)
+
+
+@register_method("medmix-diag-sum-noavail")
+class MedMIXSumNoAvail(MedMIXSum):
+    """MedMIX-Σ's additive gates without its availability terms (G and A stay zero)."""
+
+    def fuse(self, u: torch.Tensor, delta: torch.Tensor) -> FusionOutput:
+        avail, alpha, z, logits_m = self.route(u, delta)
+        present = avail.any(dim=-1).to(u.dtype)
+        w = 2.0 * torch.sigmoid(self.fusion_scorer(z).squeeze(-1)) * present
+        logits = (w.unsqueeze(-1) * logits_m).sum(dim=1)
+        return FusionOutput(logits=logits, alpha=alpha, beta=w, z=z, modality_logits=logits_m)
 
 
 @dataclass(frozen=True)
@@ -58,6 +118,21 @@ ARMS: dict[str, Arm] = {
         "medmix", "capacity: width d = 128, bottleneck 64", {"d": 128, "adapter_bottleneck": 64}
     ),  # fmt: skip
     "lr-3e-4": Arm("medmix", "optimisation: learning rate / 3", {"lr": 3e-4, "router_lr": 1.5e-4}),
+    "batch-32": Arm(
+        "medmix", "optimisation: 4x the steps per epoch (batch 32)", {"batch_size": 32}
+    ),
+    "lr-3e-3": Arm("medmix", "optimisation: learning rate x 3", {"lr": 3e-3, "router_lr": 1.5e-3}),
+    "linear-batch-32": Arm(
+        "medmix", "linear projection, batch 32", {"projection": "linear", "batch_size": 32}
+    ),  # fmt: skip
+    "medmix-sum-linear-batch-32": Arm(
+        "medmix-sum",
+        "additive gates, linear projection, batch 32",
+        {"projection": "linear", "batch_size": 32},
+    ),  # fmt: skip
+    "concat-linear-batch-32": Arm(
+        "concat", "Concat, linear projection, batch 32", {"projection": "linear", "batch_size": 32}
+    ),  # fmt: skip
     "patience-30": Arm("medmix", "early stopping: patience 30 epochs", {"patience": 30}),
     "stop-auroc": Arm(
         "medmix", "early stopping on val AUROC instead of val loss", {"early_stopping": "auroc"}
@@ -96,6 +171,23 @@ ARMS: dict[str, Arm] = {
         "medmix-sum",
         "additive gates, linear projection, pos_weight n_neg/n_pos",
         {"projection": "linear", "pos_weight": "auto"},
+    ),  # fmt: skip
+    "count": Arm("medmix-diag-count", "renormalisation: paper gates x number present"),
+    "avail": Arm("medmix-diag-avail", "missingness signal: paper mixture + A pi"),
+    "count-linear": Arm(
+        "medmix-diag-count",
+        "renormalisation: paper gates x number present, linear projection",
+        {"projection": "linear"},
+    ),  # fmt: skip
+    "avail-linear": Arm(
+        "medmix-diag-avail",
+        "missingness signal: paper mixture + A pi, linear projection",
+        {"projection": "linear"},
+    ),  # fmt: skip
+    "sum-noavail-linear": Arm(
+        "medmix-diag-sum-noavail",
+        "MedMIX-Sigma gates without availability terms, linear projection",
+        {"projection": "linear"},
     ),  # fmt: skip
     "concat": Arm("concat", "Concat baseline (reference)"),
     "concat-linear": Arm("concat", "Concat with the linear projection", {"projection": "linear"}),
@@ -176,6 +268,17 @@ def markdown(results: list[ArmResult]) -> str:
     return "\n".join(lines)
 
 
+def fusion_overrides(items: list[str]) -> dict[str, Any]:
+    """``["dropout=0", "lr=3e-3"]`` -> ``{"dropout": 0, "lr": 0.003}`` (values read as YAML)."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--set {item!r}: expected KEY=VALUE")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default="config.yaml", help="the pipeline's config file")
@@ -184,8 +287,12 @@ def main(argv: list[str] | None = None) -> int:
                     help="arms to run (default: all)")  # fmt: skip
     ap.add_argument("--seeds", nargs="+", type=int, help="default: the config's seeds")
     ap.add_argument("--out", help="also write the results as JSON here")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                    help="fusion settings applied to the config before every arm "
+                         "(YAML values, e.g. dropout=0 patience=30)")  # fmt: skip
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
+    cfg["fusion"] = {**(cfg.get("fusion") or {}), **fusion_overrides(args.set)}
     seeds = args.seeds or [int(s) for s in cfg.get("seeds", [0])]
     targets = {e["target"] for e in cfg.get("external") or []}  # evaluated, never trained on
     datasets = args.datasets or [d for d in cfg["datasets"] if d not in targets]

@@ -20,7 +20,12 @@ replaces the fusion step::
     ŷ      = Σ_m w_m ℓ_m + A π + b                            A (C × M): availability → logits
 
 q and G start at zero (every w_m = 1: a plain sum of the modality heads, i.e. late fusion),
-A at zero. A missing modality gets ``w_m = 0`` exactly; a sample with nothing available gets
+A at zero. G and A read π scaled by :data:`AVAILABILITY_SCALE` (30): under Adam a weight moves
+about one learning rate per step whatever its gradient's size, so with π in {0, 1} the
+zero-initialised G and A stayed near 0.01-0.03 after a demo cohort's ~40 steps and the
+missingness pattern never reached the output; reading 30 π is Adam's step times 30 for these
+weights alone (measured in docs/fusion.md: the availability terms then learn, and ccRCC's test
+AUROC rises from 0.825 to 0.852 over 5 seeds). A missing modality gets ``w_m = 0`` exactly; a sample with nothing available gets
 the learned prior, as in every fusion model (:class:`fusion.medmix.FusionModel`). Reported
 ``beta`` is ``w`` (non-normalised: it does not sum to 1).
 """
@@ -34,6 +39,10 @@ from fusion.medmix import FusionOutput, MedMIX
 from fusion.registry import ModelSpec, register_method
 
 SUM_METHOD = "medmix-sum"
+
+# π's scale as G and A read it: the learning-rate multiplier of the availability weights under
+# Adam (module docstring); 30 measured on the demo cohorts, 10 learns about half as much
+AVAILABILITY_SCALE = 30.0
 
 
 @register_method(SUM_METHOD)
@@ -53,7 +62,8 @@ class MedMIXSum(MedMIX):
     def fuse(self, u: torch.Tensor, delta: torch.Tensor) -> FusionOutput:
         avail, alpha, z, logits_m = self.route(u, delta)  # MedMIX's intra-modality step
         present = avail.any(dim=-1).to(u.dtype)  # π (B, M)
-        r = self.fusion_scorer(z).squeeze(-1) + self.gate_availability(present)  # (B, M)
+        scaled = present * AVAILABILITY_SCALE
+        r = self.fusion_scorer(z).squeeze(-1) + self.gate_availability(scaled)  # (B, M)
         w = 2.0 * torch.sigmoid(r) * present  # exactly 0 for a missing modality
-        logits = (w.unsqueeze(-1) * logits_m).sum(dim=1) + self.availability(present)
+        logits = (w.unsqueeze(-1) * logits_m).sum(dim=1) + self.availability(scaled)
         return FusionOutput(logits=logits, alpha=alpha, beta=w, z=z, modality_logits=logits_m)
