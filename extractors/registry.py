@@ -13,22 +13,16 @@ from contextlib import contextmanager
 from typing import Any
 
 from extractors.base import Expert
+from medmix.registry import Registry
 
-_EXPERTS: dict[str, type[Expert]] = {}
+_REGISTRY: Registry[type[Expert]] = Registry("expert", "registry_name", sort_listing=True)
+_EXPERTS: dict[str, type[Expert]] = _REGISTRY.classes
 _PRESETS: dict[str, dict[str, Any]] = {}
 
 
 def register_expert(name: str) -> Callable[[type[Expert]], type[Expert]]:
-    def deco(cls: type[Expert]) -> type[Expert]:
-        if name in _EXPERTS and _EXPERTS[name] is not cls:
-            raise ValueError(
-                f"expert {name!r} registered twice ({_EXPERTS[name].__name__}, {cls.__name__})"
-            )
-        cls.registry_name = name
-        _EXPERTS[name] = cls
-        return cls
-
-    return deco
+    """Class decorator: register an expert class under ``name`` (its ``registry_name``)."""
+    return _REGISTRY.register(name)
 
 
 def register_preset(name: str, spec: dict[str, Any]) -> None:
@@ -72,9 +66,7 @@ def list_experts(kind: str | None = None) -> list[str]:
 
 def expert_class(name: str) -> type[Expert]:
     _ensure_loaded()
-    if name not in _EXPERTS:
-        raise KeyError(f"unknown expert {name!r}; registered: {', '.join(sorted(_EXPERTS))}")
-    return _EXPERTS[name]
+    return _REGISTRY.get(name)
 
 
 def create_expert(name: str, **overrides: Any) -> Expert:

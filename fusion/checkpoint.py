@@ -9,7 +9,6 @@ training-only: they are never part of a checkpoint.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from safetensors.torch import load_file, save_file
 
 from fusion.data import Standardization
-from fusion.inference import LoadedModel
+from fusion.inference import LoadedModel, read_model_config, save_model_folder
 from fusion.probe import load_probe
 from fusion.registry import ModelSpec, build_model
 from medmix.methods import MethodError
@@ -37,23 +36,16 @@ def save_model(
     info: dict[str, Any] | None = None,
 ) -> None:
     """Write ``model.safetensors`` and ``config.json`` into ``directory``."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(directory / "model.safetensors"), metadata={"format": CHECKPOINT_FORMAT})
-    cfg = {
-        "format": CHECKPOINT_FORMAT,
-        "spec": model.spec.to_dict(),
-        "standardization": standardization.to_dict(),
-        "info": info or {},
-    }
-    (directory / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True))
+    save_model_folder(
+        directory, CHECKPOINT_FORMAT, save_file, state, model.spec, standardization, info
+    )
 
 
 def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
     """Rebuild a saved model from ``model.safetensors`` + ``config.json`` (eval mode)."""
     directory = Path(directory)
-    cfg = json.loads((directory / "config.json").read_text())
+    cfg = read_model_config(directory)
     if str(cfg.get("format", "")).startswith("medmix-linear-probe/"):
         return load_probe(directory, device)
     if cfg.get("format") != CHECKPOINT_FORMAT:
@@ -65,9 +57,7 @@ def load_model(directory: str | os.PathLike, device: str | torch.device = "cpu")
     model = build_model(spec)
     model.load_state_dict(load_file(str(directory / "model.safetensors"), device=str(device)))
     model.to(device).eval()
-    return LoadedModel(
-        model, spec, Standardization.from_dict(cfg["standardization"]), cfg.get("info", {})
-    )
+    return LoadedModel.from_config(model, spec, cfg)
 
 
 __all__ = ["CHECKPOINT_FORMAT", "load_model", "save_model"]

@@ -6,20 +6,27 @@ its rows read a batch at a time) run any fusion model (or a linear probe's
 δ, in batches, and return
 :class:`Predictions` (probabilities, logits, and α / β where the model has them).
 :class:`LoadedModel` is a model rebuilt from a checkpoint (:func:`fusion.checkpoint.load_model`)
-with the standardisation statistics its inputs must be scaled by.
+with the standardisation statistics its inputs must be scaled by; :func:`save_model_folder` and
+:func:`read_model_config` write and read the folder both checkpoint formats share
+(``model.safetensors`` + ``config.json``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from fusion.data import Standardization
+
 if TYPE_CHECKING:
-    from fusion.data import FusionData, Standardization
+    from fusion.data import FusionData
     from fusion.medmix import FusionModel
     from fusion.registry import ModelSpec
 
@@ -102,5 +109,50 @@ class LoadedModel:
         """
         return predict_data(self.model, data, batch_size=batch_size)
 
+    @classmethod
+    def from_config(cls, model: Any, spec: ModelSpec, cfg: dict[str, Any]) -> LoadedModel:
+        """``model`` with the statistics and info of its folder's ``config.json`` (``cfg``)."""
+        return cls(
+            model, spec, Standardization.from_dict(cfg["standardization"]), cfg.get("info", {})
+        )
 
-__all__ = ["LoadedModel", "Predictions", "predict_batches", "predict_data", "predict_tensors"]
+
+def save_model_folder(
+    directory: str | os.PathLike,
+    fmt: str,
+    save: Callable[..., Any],
+    tensors: dict[str, Any],
+    spec: ModelSpec,
+    standardization: Standardization,
+    info: dict[str, Any] | None = None,
+    **extra: Any,
+) -> None:
+    """``model.safetensors`` (``save(tensors, path, metadata=...)``, a safetensors writer) and
+    ``config.json`` (format ``fmt``, spec, standardisation statistics, info and ``extra``)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    save(tensors, str(directory / "model.safetensors"), metadata={"format": fmt})
+    cfg = {
+        "format": fmt,
+        "spec": spec.to_dict(),
+        "standardization": standardization.to_dict(),
+        **extra,
+        "info": info or {},
+    }
+    (directory / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True))
+
+
+def read_model_config(directory: Path) -> dict[str, Any]:
+    """The ``config.json`` of a saved model folder."""
+    return json.loads((directory / "config.json").read_text())
+
+
+__all__ = [
+    "LoadedModel",
+    "Predictions",
+    "predict_batches",
+    "predict_data",
+    "predict_tensors",
+    "read_model_config",
+    "save_model_folder",
+]

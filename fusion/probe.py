@@ -30,7 +30,6 @@ seed. The chosen ``C`` / ``class_weight`` of every output are in each seed's ``m
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -46,7 +45,7 @@ from safetensors.numpy import load_file, save_file
 from torch import nn
 
 from fusion.data import FusionData, Standardization, load_fusion_data_cached
-from fusion.inference import LoadedModel
+from fusion.inference import LoadedModel, read_model_config, save_model_folder
 from fusion.metrics import METRICS, compute_metrics, seed_mean_std
 from fusion.probe_fit import (
     C_GRID,
@@ -132,28 +131,27 @@ def save_probe(
     info: dict[str, Any] | None = None,
 ) -> None:
     """``model.safetensors`` (weight, bias) and ``config.json`` (spec, statistics, layout)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     tensors = {
         "weight": np.ascontiguousarray(fit.weight, dtype=np.float64),
         "bias": np.ascontiguousarray(fit.bias, dtype=np.float64),
     }
-    save_file(tensors, str(directory / "model.safetensors"), metadata={"format": PROBE_FORMAT})
-    cfg = {
-        "format": PROBE_FORMAT,
-        "spec": spec.to_dict(),
-        "standardization": standardization.to_dict(),
-        "features": layout,
-        "selection": fit.selection(),
-        "info": info or {},
-    }
-    (directory / "config.json").write_text(json.dumps(cfg, indent=1, sort_keys=True))
+    save_model_folder(
+        directory,
+        PROBE_FORMAT,
+        save_file,
+        tensors,
+        spec,
+        standardization,
+        info,
+        features=layout,
+        selection=fit.selection(),
+    )
 
 
 def load_probe(directory: str | os.PathLike, device: str | torch.device = "cpu") -> LoadedModel:
     """A saved probe as a :class:`fusion.inference.LoadedModel` (its model a ProbeModule)."""
     directory = Path(directory)
-    cfg = json.loads((directory / "config.json").read_text())
+    cfg = read_model_config(directory)
     if cfg.get("format") != PROBE_FORMAT:
         raise MethodError(f"{directory}: format {cfg.get('format')!r}, not {PROBE_FORMAT!r}")
     spec = ModelSpec.from_dict(cfg["spec"])
@@ -164,9 +162,7 @@ def load_probe(directory: str | os.PathLike, device: str | torch.device = "cpu")
             f"{directory}: weight {t['weight'].shape}, expected {(spec.n_outputs, n_features)}"
         )
     model = ProbeModule(spec, t["weight"], t["bias"]).to(device).eval()
-    return LoadedModel(
-        model, spec, Standardization.from_dict(cfg["standardization"]), cfg.get("info", {})
-    )
+    return LoadedModel.from_config(model, spec, cfg)
 
 
 # -- the run ---------------------------------------------------------------------------------

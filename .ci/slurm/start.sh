@@ -44,16 +44,9 @@ die() {
     exit 1
 }
 
-# A pid is "ours and alive" when the process exists, is not a zombie, and runs the program
-# we recorded (guards against pid reuse).
-alive() {
-    local pid=$1 name=$2 stat comm
-    [[ -n $pid && -r /proc/$pid/stat ]] || return 1
-    stat=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || return 1
-    [[ $stat != Z && $stat != X ]] || return 1
-    comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
-    [[ $comm == "$name" ]]
-}
+# alive PID NAME: a pid is "ours and alive" (see lib.sh)
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 recorded() { [[ -s $STATE/pids/$1 ]] && cat "$STATE/pids/$1"; }
 
 node_state() {

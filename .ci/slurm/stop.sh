@@ -8,14 +8,9 @@ STATE=${MEDMIX_SLURM_STATE:-/tmp/medmix-slurm}
 CONF=$STATE/slurm.conf
 log() { echo "[slurm/stop] $*" >&2; }
 
-alive() { # pid name: exists, not a zombie, and still the program we recorded
-    local pid=$1 name=$2 stat comm
-    [[ -n $pid && -r /proc/$pid/stat ]] || return 1
-    stat=$(awk '{print $3}' "/proc/$pid/stat" 2>/dev/null) || return 1
-    [[ $stat != Z && $stat != X ]] || return 1
-    comm=$(cat "/proc/$pid/comm" 2>/dev/null) || return 1
-    [[ $comm == "$name" ]]
-}
+# alive PID NAME: exists, not a zombie, and still the program we recorded (see lib.sh)
+# shellcheck source=lib.sh
+source "$(dirname "$0")/lib.sh"
 recorded() { [[ -s $STATE/pids/$1 ]] && tr -dc '0-9' <"$STATE/pids/$1"; }
 
 if [[ ! -d $STATE/pids ]]; then

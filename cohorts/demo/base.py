@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
+from types import ModuleType
 from typing import TypeVar
 
 import numpy as np
@@ -45,6 +47,22 @@ class CohortKind:
     plan: Callable[..., Plan]  # (n_patients, seed, shift, evidence="additive") -> Plan
     render: Callable[[Plan, int, Path], dict[str, str | None]]  # -> modality values for row i
     description: str = ""
+
+    @classmethod
+    def of(cls, module: ModuleType, task_type: str, description: str) -> CohortKind:
+        """The kind a cohort module defines: its ``NAME``, ``MODALITIES``, ``LABELS``,
+        ``FRACTIONS``, ``plan``, and ``draw`` (one modality of a row, :class:`Draw`), which
+        :func:`render_present` runs over each row's present modalities."""
+        return cls(
+            name=module.NAME,
+            task_type=task_type,
+            modalities=module.MODALITIES,
+            labels=module.LABELS,
+            fractions=module.FRACTIONS,
+            plan=module.plan,
+            render=partial(render_present, modalities=module.MODALITIES, draw=module.draw),
+            description=description,
+        )
 
 
 def logistic(x: np.ndarray | float) -> np.ndarray:
@@ -160,3 +178,33 @@ def write_raw(root: Path, rel: str, write: Callable[[Path, T], object], data: T)
     """``write(root / rel, data)``; returns ``rel``, the manifest's value for the file."""
     write(root / rel, data)
     return rel
+
+
+@dataclass(frozen=True)
+class Draw:
+    """One present modality of row ``row`` to render, with what :func:`present_draws` gives it."""
+
+    plan: Plan
+    row: int
+    root: Path
+    modality: str
+    rng: np.random.Generator
+    evidence: np.ndarray
+    quality: float
+
+    def write(self, suffix: str, write: Callable[[Path, T], object], data: T) -> str:
+        """Write ``data`` to ``{modality}/{sample_id}{suffix}`` under the root (:func:`write_raw`)."""
+        sid = self.plan.samples["sample_id"].iat[self.row]
+        return write_raw(self.root, f"{self.modality}/{sid}{suffix}", write, data)
+
+
+def render_present(
+    p: Plan, i: int, root: Path, modalities: Iterable[str], draw: Callable[[Draw], str | None]
+) -> dict[str, str | None]:
+    """Row ``i``'s manifest values: ``draw`` of each present modality (in order, on its own
+    stream), ``None`` for the missing ones."""
+    modalities = list(modalities)
+    out: dict[str, str | None] = dict.fromkeys(modalities)
+    for mod, rng, evidence, quality in present_draws(p, i, modalities):
+        out[mod] = draw(Draw(p, i, root, mod, rng, evidence, quality))
+    return out

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import sys
 
 import numpy as np
 
@@ -10,13 +10,12 @@ from cohorts.demo import ct, notes, wsi
 from cohorts.demo.base import (
     KIND_CODES,
     CohortKind,
+    Draw,
     Plan,
     logistic,
     patient_sites,
-    present_draws,
     samples_frame,
     settle_missingness,
-    write_raw,
 )
 from cohorts.demo.signal import DEFAULT_EVIDENCE, Concept, SignalSpec, sample_rng, sample_signal
 
@@ -71,29 +70,21 @@ def plan(n_patients: int, seed: int, shift: float = 0.0, evidence: str = DEFAULT
     return Plan(NAME, seed, shift, df, present, sig, {"site": site, "surgical": surgical})
 
 
-def render(p: Plan, i: int, root: Path) -> dict[str, str | None]:
-    sid = p.samples["sample_id"].iat[i]
-    out: dict[str, str | None] = dict.fromkeys(MODALITIES)
-    for mod, rng, evidence, q in present_draws(p, i, MODALITIES):
-        e = dict(zip(NAMES, map(float, evidence), strict=True))
-        if mod == "note":
-            out[mod] = notes.oncology_note(e, NOTE_THRESHOLDS, rng, q, p.shift)
-        elif mod == "ct":
-            vol = ct.render_ct(e["burden"], e["necrosis"], e["metastasis"], rng, q, p.shift)
-            out[mod] = write_raw(root, f"ct/{sid}.nii.gz", ct.write_nifti, vol)
-        else:
-            he = wsi.render_he(e["grade"], e["necrosis"], rng, q, p.shift)
-            out[mod] = write_raw(root, f"wsi/{sid}.tiff", wsi.write_pyramidal_tiff, wsi.pyramid(he))
-    return out
+def draw(d: Draw) -> str | None:
+    """Render one present modality of a row; its manifest value."""
+    e = dict(zip(NAMES, map(float, d.evidence), strict=True))
+    rng, q, shift = d.rng, d.quality, d.plan.shift
+    if d.modality == "note":
+        return notes.oncology_note(e, NOTE_THRESHOLDS, rng, q, shift)
+    if d.modality == "ct":
+        vol = ct.render_ct(e["burden"], e["necrosis"], e["metastasis"], rng, q, shift)
+        return d.write(".nii.gz", ct.write_nifti, vol)
+    he = wsi.render_he(e["grade"], e["necrosis"], rng, q, shift)
+    return d.write(".tiff", wsi.write_pyramidal_tiff, wsi.pyramid(he))
 
 
-KIND = CohortKind(
-    name=NAME,
-    task_type="binary",
-    modalities=MODALITIES,
-    labels=LABELS,
-    fractions=FRACTIONS,
-    plan=plan,
-    render=render,
-    description="MMIST-ccRCC-like: CT NIfTI + pyramidal H&E TIFF + oncology note; 12-month vital status",
+KIND = CohortKind.of(
+    sys.modules[__name__],
+    "binary",
+    "MMIST-ccRCC-like: CT NIfTI + pyramidal H&E TIFF + oncology note; 12-month vital status",
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import sys
 
 import numpy as np
 
@@ -10,14 +10,13 @@ from cohorts.demo import cxr, ehr, notes
 from cohorts.demo.base import (
     KIND_CODES,
     CohortKind,
+    Draw,
     Plan,
     logistic,
     patient_sites,
-    present_draws,
     samples_frame,
     settle_missingness,
     severity,
-    write_raw,
 )
 from cohorts.demo.signal import DEFAULT_EVIDENCE, Concept, SignalSpec, sample_rng, sample_signal
 
@@ -106,30 +105,22 @@ def _cxr_severity(e: dict[str, float], rng: np.random.Generator) -> dict[str, fl
     return {k: float(v) for k, v in sev.items()}
 
 
-def render(p: Plan, i: int, root: Path) -> dict[str, str | None]:
-    sid = p.samples["sample_id"].iat[i]
-    out: dict[str, str | None] = dict.fromkeys(MODALITIES)
-    for mod, rng, evidence, q in present_draws(p, i, MODALITIES):
-        e = dict(zip(NAMES, map(float, evidence), strict=True))
-        if mod == "note":
-            ev = {k: e[k] for k in NOTE_CONCEPTS}
-            out[mod] = notes.icu_note(ev, NOTE_THRESHOLDS, rng, q, p.shift)
-        elif mod == "ehr":
-            df = ehr.simulate_stay(e, int(p.extra["stay_hours"][i]), rng, q, p.shift)
-            out[mod] = write_raw(root, f"ehr/{sid}.parquet", ehr.write_parquet, df)
-        else:
-            img = cxr.render_cxr(mod, _cxr_severity(e, rng), rng, q, p.shift)
-            out[mod] = write_raw(root, f"{mod}/{sid}.png", cxr.write_png, img)
-    return out
+def draw(d: Draw) -> str | None:
+    """Render one present modality of a row; its manifest value."""
+    e = dict(zip(NAMES, map(float, d.evidence), strict=True))
+    shift = d.plan.shift
+    if d.modality == "note":
+        ev = {k: e[k] for k in NOTE_CONCEPTS}
+        return notes.icu_note(ev, NOTE_THRESHOLDS, d.rng, d.quality, shift)
+    if d.modality == "ehr":
+        df = ehr.simulate_stay(e, int(d.plan.extra["stay_hours"][d.row]), d.rng, d.quality, shift)
+        return d.write(".parquet", ehr.write_parquet, df)
+    img = cxr.render_cxr(d.modality, _cxr_severity(e, d.rng), d.rng, d.quality, shift)
+    return d.write(".png", cxr.write_png, img)
 
 
-KIND = CohortKind(
-    name=NAME,
-    task_type="binary",
-    modalities=MODALITIES,
-    labels=LABELS,
-    fractions=FRACTIONS,
-    plan=plan,
-    render=render,
-    description="MIMIC-IV-MM-like: CXR PNGs, ICU note, 48 h x 46-variable EHR Parquet; 3 outcomes",
+KIND = CohortKind.of(
+    sys.modules[__name__],
+    "binary",
+    "MIMIC-IV-MM-like: CXR PNGs, ICU note, 48 h x 46-variable EHR Parquet; 3 outcomes",
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import sys
 from statistics import NormalDist
 
 import numpy as np
@@ -11,14 +11,13 @@ from cohorts.demo import cxr, notes
 from cohorts.demo.base import (
     KIND_CODES,
     CohortKind,
+    Draw,
     Plan,
     logistic,
     patient_sites,
-    present_draws,
     samples_frame,
     settle_missingness,
     severity,
-    write_raw,
 )
 from cohorts.demo.signal import DEFAULT_EVIDENCE, Concept, SignalSpec, sample_rng, sample_signal
 
@@ -97,26 +96,18 @@ def _image_severity(e: np.ndarray) -> dict[str, float]:
     return out
 
 
-def render(p: Plan, i: int, root: Path) -> dict[str, str | None]:
-    sid = p.samples["sample_id"].iat[i]
-    out: dict[str, str | None] = dict.fromkeys(MODALITIES)
-    for mod, rng, e, q in present_draws(p, i, MODALITIES):
-        if mod == "report":
-            ev = {f: float(v) for f, v in zip(FINDINGS, e, strict=True)}
-            out[mod] = notes.radiology_report(ev, TEXT_THRESHOLDS, rng, q, p.shift)
-        else:
-            img = cxr.render_cxr(mod, _image_severity(e), rng, q, p.shift)
-            out[mod] = write_raw(root, f"{mod}/{sid}.png", cxr.write_png, img)
-    return out
+def draw(d: Draw) -> str | None:
+    """Render one present modality of a row; its manifest value."""
+    if d.modality == "report":
+        ev = {f: float(v) for f, v in zip(FINDINGS, d.evidence, strict=True)}
+        return notes.radiology_report(ev, TEXT_THRESHOLDS, d.rng, d.quality, d.plan.shift)
+    sev = _image_severity(d.evidence)
+    img = cxr.render_cxr(d.modality, sev, d.rng, d.quality, d.plan.shift)
+    return d.write(".png", cxr.write_png, img)
 
 
-KIND = CohortKind(
-    name=NAME,
-    task_type="multilabel",
-    modalities=MODALITIES,
-    labels=LABELS,
-    fractions=FRACTIONS,
-    plan=plan,
-    render=render,
-    description="OpenI-like: frontal/lateral CXR PNG + radiology report, 15 long-tailed findings",
+KIND = CohortKind.of(
+    sys.modules[__name__],
+    "multilabel",
+    "OpenI-like: frontal/lateral CXR PNG + radiology report, 15 long-tailed findings",
 )

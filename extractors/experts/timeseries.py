@@ -30,19 +30,10 @@ class TimeSeriesExpert(Expert):
     kind = "timeseries"
     per_var_names: tuple[str, ...] = ()
 
-    def __init__(
-        self,
-        variables: list[str] | None = None,
-        time_column: str = "hour",
-        batch_size: int = 64,
-        device: str = "cpu",
-        seed: int = 0,
-        **params: Any,
-    ) -> None:
+    def __init__(self, variables: list[str] | None, time_column: str, **params: Any) -> None:
+        """``params``: the run parameters (``batch_size``, ``device``, ``seed``) and the
+        subclass's own settings; the subclasses' signatures give the defaults."""
         super().__init__(
-            batch_size=batch_size,
-            device=device,
-            seed=seed,
             variables=sorted(map(str, variables)) if variables is not None else None,
             time_column=str(time_column),
             **params,
@@ -90,6 +81,18 @@ class TimeSeriesExpert(Expert):
 
     def _variable_features(self, s: Series, values: np.ndarray | None) -> np.ndarray:
         raise NotImplementedError
+
+    def _observed(
+        self, s: Series, values: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Zero features with the observed fraction last, and the mask of observed values
+        (``None`` when the variable is absent from the file)."""
+        out = np.zeros(len(self.per_var_names), dtype=np.float64)
+        if values is None:
+            return out, None
+        obs = np.isfinite(values)
+        out[-1] = int(obs.sum()) / max(len(s.times), 1)
+        return out, obs
 
     def embed(self, batch: list[Series]) -> np.ndarray:
         if self._variables is None and batch:
@@ -164,8 +167,8 @@ class Catch22Expert(TimeSeriesExpert):
         seed: int = 0,
     ) -> None:
         super().__init__(
-            variables=variables,
-            time_column=time_column,
+            variables,
+            time_column,
             batch_size=batch_size,
             device=device,
             seed=seed,
@@ -180,14 +183,8 @@ class Catch22Expert(TimeSeriesExpert):
     def _variable_features(self, s: Series, values: np.ndarray | None) -> np.ndarray:
         import pycatch22
 
-        k = len(self.per_var_names)
-        out = np.zeros(k, dtype=np.float64)
-        if values is None:
-            return out
-        obs = np.isfinite(values)
-        n_obs = int(obs.sum())
-        out[-1] = n_obs / max(len(s.times), 1)
-        if n_obs < self.params["min_obs"]:
+        out, obs = self._observed(s, values)
+        if obs is None or int(obs.sum()) < self.params["min_obs"]:
             return out
         t_obs, v_obs = s.times[obs], values[obs]
         step = self.params["step"]
@@ -219,23 +216,13 @@ class TsStatsExpert(TimeSeriesExpert):
         device: str = "cpu",
         seed: int = 0,
     ) -> None:
-        super().__init__(
-            variables=variables,
-            time_column=time_column,
-            batch_size=batch_size,
-            device=device,
-            seed=seed,
-        )
+        super().__init__(variables, time_column, batch_size=batch_size, device=device, seed=seed)
 
     def _variable_features(self, s: Series, values: np.ndarray | None) -> np.ndarray:
-        out = np.zeros(len(self.per_var_names), dtype=np.float64)
-        if values is None:
+        out, obs = self._observed(s, values)
+        if obs is None or not obs.any():
             return out
-        obs = np.isfinite(values)
         n_obs = int(obs.sum())
-        out[-1] = n_obs / max(len(s.times), 1)
-        if n_obs == 0:
-            return out
         t, v = s.times[obs], values[obs]
         slope = 0.0
         if n_obs >= 2:

@@ -13,23 +13,17 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from extractors.rag.bridge.base import Bridge
+from medmix.registry import Registry
 
 B = TypeVar("B", bound=type[Bridge])
 
-_BRIDGES: dict[str, type[Bridge]] = {}
+_REGISTRY: Registry[type[Bridge]] = Registry("bridge", "name")
+_BRIDGES: dict[str, type[Bridge]] = _REGISTRY.classes
 
 
 def register_bridge(name: str) -> Callable[[B], B]:
-    def deco(cls: B) -> B:
-        if name in _BRIDGES and _BRIDGES[name] is not cls:
-            raise ValueError(
-                f"bridge {name!r} registered twice ({_BRIDGES[name].__name__}, {cls.__name__})"
-            )
-        cls.name = name
-        _BRIDGES[name] = cls
-        return cls
-
-    return deco
+    """Class decorator: register a bridge class under ``name`` (its ``name``)."""
+    return _REGISTRY.register(name)  # type: ignore[return-value]
 
 
 def list_bridges(generative: bool | None = None) -> list[str]:
@@ -44,9 +38,7 @@ def list_bridges(generative: bool | None = None) -> list[str]:
 
 
 def bridge_class(name: str) -> type[Bridge]:
-    if name not in _BRIDGES:
-        raise KeyError(f"unknown bridge {name!r}; registered: {', '.join(_BRIDGES)}")
-    return _BRIDGES[name]
+    return _REGISTRY.get(name)
 
 
 def create_bridge(name: str, /, device: str = "cpu", **cfg: Any) -> Bridge:
