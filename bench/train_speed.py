@@ -115,12 +115,15 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # KiB on Linux
 
 
-def step_flops(trainer: SeedTrainer, idx: torch.Tensor) -> int:
+def step_flops(trainer: SeedTrainer, idx: torch.Tensor, lam: float) -> int:
+    """The matmul FLOPs of one training step (the timed steps' λ: this step also records the
+    replayed step, :class:`fusion.seed_stack.StepReplay`, a one-time cost left out of the
+    timing like the data and the trainer)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with counter:
-        trainer._step(idx, 0.0)
+        trainer._step(idx, lam)
     return counter.get_total_flops()
 
 
@@ -135,12 +138,12 @@ def run_epoch(data: FusionData, hp: FusionHParams, seeds: list[int], max_steps: 
     gens = [torch.Generator().manual_seed(s) for s in order]
     perms = torch.stack([train_idx[torch.randperm(n_train, generator=g)] for g in gens])
     perms = perms.expand(len(seeds), -1)
-    flops = step_flops(trainer, perms[:, :bs])
+    lam = kd_lambda(1, hp.warmup_epochs, hp.lambda_kd)
+    trainer.skeleton.train()
+    flops = step_flops(trainer, perms[:, :bs], lam)
     steps = (
         math.ceil(n_train / bs) if max_steps is None else min(max_steps, math.ceil(n_train / bs))
     )
-    trainer.skeleton.train()
-    lam = kd_lambda(1, hp.warmup_epochs, hp.lambda_kd)
     t0, c0 = time.perf_counter(), time.process_time()
     samples = 0
     for k in range(steps):

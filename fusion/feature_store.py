@@ -179,6 +179,13 @@ class FeatureRows:
 
         ``out``: a float32 ``(b, D)`` tensor (e.g. a view into a step buffer) to write into.
         """
+        out = self.gather(idx, out)
+        out.masked_fill_(~mask.to(device=out.device, dtype=torch.bool).unsqueeze(-1), 0.0)
+        return out
+
+    def gather(self, idx: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """``(b, D)`` float32: rows ``idx`` standardised, *not* masked (:meth:`rows` without
+        the zeroing; a caller that zeroes the masked rows itself, e.g. only those rows)."""
         idx = idx.to(self.raw.device)
         if out is None:
             out = torch.empty(len(idx), self.raw.shape[1], device=self.raw.device)
@@ -195,7 +202,6 @@ class FeatureRows:
                 a = b
                 if self._read >= every:
                     self.release()
-        out.masked_fill_(~mask.to(device=out.device, dtype=torch.bool).unsqueeze(-1), 0.0)
         return out
 
     def _gather(self, ridx: torch.Tensor, out: torch.Tensor) -> None:

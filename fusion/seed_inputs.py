@@ -27,8 +27,13 @@ class SeedInputs:
         self.shared = self.same_data(datas)
         self._bufs: dict[tuple[int, bool], list[torch.Tensor]] = {}
         self._stats: dict[int, list[torch.Tensor]] = {}
-        # each expert's δ column (modality, expert), looked up once instead of per row read
-        self._slots = {k: datas[0].slot(k) for ks in members for k in ks}
+        # each group's δ columns (modality, expert), looked up once instead of per row read
+        slots = [[datas[0].slot(k) for k in ks] for ks in members]
+        device = datas[0].delta.device
+        self._slots = [
+            tuple(torch.tensor(c, dtype=torch.long, device=device) for c in zip(*sl, strict=True))
+            for sl in slots
+        ]
         for data in datas:  # each row's mean and 1/σ, once per data object (rows are data)
             if id(data) not in self._stats:
                 self._stats[id(data)] = [self._group_stats(data, ks) for ks in members]
@@ -78,12 +83,14 @@ class SeedInputs:
     def _gather(self, data: FusionData, idx: torch.Tensor, outs: list[torch.Tensor]) -> None:
         """Rows ``idx`` of every expert into ``outs`` (per group ``(K_g, b, D_g)``), zero where
         δ = 0: what :meth:`fusion.data.FusionData.rows` gives, with δ's rows gathered once for
-        all experts (not once per expert) and each expert's δ column looked up once."""
+        all experts (not once per expert), and only the rows where δ = 0 written over with
+        zeros, with one call per group (not a masked pass over every row of every expert)."""
         avail = data.delta.index_select(0, idx.to(data.delta.device)) > 0  # (b, M, E)
-        for out, ks in zip(outs, self.members, strict=True):
+        for out, ks, (mi, ei) in zip(outs, self.members, self._slots, strict=True):
             for j, k in enumerate(ks):
-                mi, ei = self._slots[k]
-                data.x[k].rows(idx, avail[:, mi, ei], out=out[j])
+                data.x[k].gather(idx, out=out[j])
+            gone = avail[:, mi, ei].logical_not_().t().reshape(-1)  # (K_g · b,): rows to zero
+            out.view(-1, out.shape[-1]).index_fill_(0, gone.nonzero().squeeze(1), 0.0)
 
     def stats(self, idx: torch.Tensor) -> list[torch.Tensor]:
         """Row statistics of the same rows as :meth:`groups`: per group ``(S, K_g, b, 2)``."""
@@ -117,7 +124,7 @@ class SeedInputs:
         return torch.stack([d.y.index_select(0, i) for d, i in zip(self.datas, idx, strict=True)])
 
     def teacher(self, idx: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor] | None:
-        tds = [d.teacher for d in self.datas]
+        tds = [d.teacher for d in self.datas[: idx.shape[0]]]  # (shared rows: idx (1, b))
         if any(t is None for t in tds):
             return None
         t = [

@@ -13,6 +13,9 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
+from torch.fx.experimental.proxy_tensor import make_fx
+from torch.utils._python_dispatch import _disable_current_modes
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from fusion.optim import AdamW, dense_view
 
@@ -139,4 +142,150 @@ class StackAdamW(AdamW):
         super().__init__(groups, betas=hp.betas, eps=hp.eps)
 
 
-__all__ = ["SeedStack", "StackAdamW"]
+class StepReplay:
+    """A training step's forward and backward (every seed, through ``vmap``) replayed from
+    the recorded list of the ATen operations they run: the same operations with the same
+    arguments in the same order (bit-identical results, the same random draws), without the
+    per-operation cost of ``vmap``, ``functional_call`` and the autograd engine (several
+    hundred small operations a step).
+
+    ``fn(params, buffers, *args) -> (total, task, kd)``. The first call with a new signature
+    (shapes, strides, dtypes of the tensors, the non-tensor arguments) runs ``fn`` and
+    ``torch.autograd.grad(total, params)`` once under ``make_fx``, with the random state put
+    back afterwards (the recording draws nothing), and splits the recorded graph where the
+    backward starts: the forward graph returns the outputs and the tensors the backward reads,
+    the backward graph takes those and the gradient of ``total``. ``fn`` must not branch on
+    tensor values (what ``vmap`` requires anyway): a branch would be recorded as taken.
+    """
+
+    def __init__(self, fn) -> None:
+        self.fn = fn
+        self.graphs: dict = {}
+
+    def __call__(self, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], *args):
+        """``(total, task, kd)``: ``total`` carries the gradient to ``params``."""
+        flat, spec = tree_flatten((params, buffers, args))
+        key = (spec, *(_signature(x) for x in flat))
+        graphs = self.graphs.get(key)
+        if graphs is None:
+            graphs = self.graphs[key] = self._record(flat, spec)
+        box: list[torch.Tensor] = []
+        total = _Replay.apply(graphs, box, *flat)
+        return total, *box
+
+    def _record(self, flat: list, spec) -> _Graphs:
+        where = [i for i, x in enumerate(flat) if isinstance(x, torch.Tensor)]
+        diff = [i for i in where if flat[i].requires_grad]
+
+        def joint(*tensors):
+            *inputs, tangent = tensors
+            values = list(flat)
+            for i, t in zip(where, inputs, strict=True):
+                values[i] = t
+            params, buffers, args = tree_unflatten(values, spec)
+            with torch.enable_grad():
+                total, task, kd = self.fn(params, buffers, *args)
+                grads = torch.autograd.grad(
+                    total, [values[i] for i in diff], tangent, allow_unused=True
+                )
+            return total, task, kd, *grads
+
+        tensors = [flat[i] for i in where]
+        probe = tensors[0]
+        state = torch.get_rng_state()
+        try:
+            seeds = next(iter(tree_unflatten(flat, spec)[0].values())).shape[0]
+            with _disable_current_modes():  # (a FLOP counter counts the replayed operations)
+                gm = make_fx(joint)(*tensors, torch.ones(seeds, device=probe.device))
+        finally:
+            torch.set_rng_state(state)
+        return _Graphs.split(gm, len(tensors), where, diff, len(flat))
+
+
+def _signature(x):
+    if isinstance(x, torch.Tensor):
+        return (tuple(x.shape), x.stride(), x.dtype, x.device, x.requires_grad)
+    return (type(x), x)
+
+
+class _Graphs:
+    """The recorded step split in two: ``forward(*tensors) -> (total, task, kd, *saved)``,
+    ``backward(*saved, grad_total) -> gradients of the differentiable inputs``."""
+
+    def __init__(self, forward, backward, where, diff, n_flat) -> None:
+        # the generated code itself, not Module.__call__ (no module hooks, e.g. a FLOP counter's)
+        self.forward, self.backward = forward.forward, backward.forward
+        self.where, self.diff, self.n_flat = where, diff, n_flat
+
+    @classmethod
+    def split(cls, gm: torch.fx.GraphModule, n_in: int, where, diff, n_flat) -> _Graphs:
+        graph = gm.graph
+        nodes = list(graph.nodes)
+        inputs = [n for n in nodes if n.op == "placeholder"]
+        tangent = inputs[n_in]
+        output = next(n for n in nodes if n.op == "output")
+        outs = list(output.args[0])
+        # the backward starts at the first operation that reads the gradient of ``total``
+        on_tangent = {tangent}
+        start = None
+        for i, n in enumerate(nodes):
+            if n.op != "call_function":
+                continue
+            if any(a in on_tangent for a in n.all_input_nodes):
+                on_tangent.add(n)
+                if start is None:
+                    start = i
+        if start is None:
+            start = nodes.index(output)
+        forward_nodes = [n for n in nodes[:start] if n.op != "placeholder" or n is not tangent]
+        backward_nodes = [n for n in nodes[start:] if n.op not in ("placeholder", "output")]
+        in_forward = set(forward_nodes)
+        saved: list[torch.fx.Node] = []
+        for n in [*backward_nodes, *[o for o in outs[3:] if o is not None]]:
+            for a in [n] if n in in_forward else n.all_input_nodes:
+                if a in in_forward and a not in saved:
+                    saved.append(a)
+        for o in outs[:3]:
+            if o not in in_forward:
+                raise RuntimeError("StepReplay: an output is computed in the backward")
+        fwd = torch.fx.Graph()
+        env: dict = {}
+        for n in forward_nodes:
+            env[n] = fwd.node_copy(n, lambda a: env[a])
+        fwd.output((*[env[o] for o in outs[:3]], *[env[n] for n in saved]))
+        bwd = torch.fx.Graph()
+        env = {}
+        for n in saved:
+            env[n] = bwd.placeholder(n.name)
+        env[tangent] = bwd.placeholder("tangent")
+        for n in backward_nodes:
+            env[n] = bwd.node_copy(n, lambda a: env[a])
+        bwd.output(tuple(None if o is None else env[o] for o in outs[3:]))
+        return cls(
+            torch.fx.GraphModule(gm, fwd), torch.fx.GraphModule(gm, bwd), where, diff, n_flat
+        )
+
+
+class _Replay(torch.autograd.Function):
+    """The recorded forward as one autograd node whose backward is the recorded backward."""
+
+    @staticmethod
+    def forward(ctx, graphs: _Graphs, box: list, *flat):
+        tensors = [flat[i] for i in graphs.where]
+        total, task, kd, *saved = graphs.forward(*tensors)
+        ctx.graphs = graphs
+        ctx.save_for_backward(*saved)
+        box.extend((task.detach(), kd.detach()))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        graphs: _Graphs = ctx.graphs
+        grads = graphs.backward(*ctx.saved_tensors, grad_total)
+        out: list = [None] * graphs.n_flat
+        for i, g in zip(graphs.diff, grads, strict=True):
+            out[i] = g
+        return None, None, *out
+
+
+__all__ = ["SeedStack", "StackAdamW", "StepReplay"]

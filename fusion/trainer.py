@@ -15,7 +15,9 @@ its own initialisation (seeded like a lone run), its own minibatch order, gradie
 early stopping and best checkpoint. Dropout masks come from one random stream for the whole
 stack, so a seed's numbers depend on which seeds were trained with it (the same seed list
 always gives identical results; ``vectorize_seeds: false`` trains seeds one after another,
-each independent of the others).
+each independent of the others). In a long run on the CPU the vectorised step is recorded
+once per batch shape (:class:`fusion.seed_stack.StepReplay`) and replayed: the same
+operations, without the per-operation cost of ``vmap`` and the autograd engine.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from fusion.metrics import auroc_defined, macro_auroc
 from fusion.optim import param_group_names
 from fusion.registry import MethodPlan, ModelSpec, build_model, method_class
 from fusion.seed_inputs import SeedInputs
-from fusion.seed_stack import SeedStack, StackAdamW
+from fusion.seed_stack import SeedStack, StackAdamW, StepReplay
 from fusion.train_checks import TrainingError, check_labels
 from medmix.hparams import FusionHParams
 
@@ -166,6 +168,15 @@ def _autocast(device: torch.device, dtype: torch.dtype | None = torch.bfloat16):
 class SeedTrainer:
     """Trains the seeds of one (data, method) together (or one seed: ``len(seeds) == 1``)."""
 
+    # vectorised training steps on the CPU replayed from their recorded operations
+    # (:class:`fusion.seed_stack.StepReplay`, bit-identical; False: ``vmap`` every step), in
+    # a training run of at least ``replay_min_steps`` planned steps: the first recording
+    # imports ``torch._inductor``'s config (about 1 s CPU) and each (one per batch size and λ)
+    # costs 0.5–1.5 s, what some hundreds of replayed steps save (early stopping ends most runs
+    # well before ``max_epochs``)
+    replay_steps = True
+    replay_min_steps = 5000
+
     def __init__(
         self,
         datas: list[FusionData],
@@ -227,6 +238,13 @@ class SeedTrainer:
         if self.vectorized:  # one dropout stream for the whole stack, from the seed list
             seed_everything(int(np.random.SeedSequence(seeds).generate_state(1)[0]) % 2**31)
         self.inputs = SeedInputs(datas, self.skeleton.model.encoder.group_members)
+        # training steps replayed from their recorded operations (vectorised, CPU, no autocast)
+        self.replay = (
+            StepReplay(self._train_call)
+            if self.replay_steps and self.vectorized and device.type == "cpu"
+            else None
+        )
+        self.replaying = self.replay is not None  # train() decides from its number of steps
         self.amp = _amp(hp, device)
         self.scale = 2.0**16 if self.amp == torch.float16 else 1.0
         self.good_steps = 0
@@ -234,10 +252,24 @@ class SeedTrainer:
 
     # -- functional calls over the seed axis --------------------------------------------------
 
+    def _train_call(self, params, buffers, per_seed_inputs: bool, lam: float, training, *args):
+        """``TrainModule.forward("train", *args)`` of every seed through ``vmap`` (what
+        :meth:`_call` runs; ``training``: the modules' modes, part of the replay's key)."""
+        module = self.skeleton
+
+        def f(p, b, *a):
+            return torch.func.functional_call(module, (p, b), ("train", *a), {"lam": lam})
+
+        dims = (0, 0, *[_dims(a, per_seed_inputs) for a in args])
+        return torch.func.vmap(f, in_dims=dims, randomness="different")(params, buffers, *args)
+
     def _call(self, mode: str, per_seed_inputs: bool, *args, lam: float = 0.0):
         """Run ``TrainModule.forward(mode, *args)`` for every seed (vmap, or the lone seed)."""
         params, buffers = self.stack.params, self.stack.buffers
         module = self.skeleton
+        if mode == "train" and self.replaying and self.amp is None:
+            training = tuple(m.training for m in module.modules())
+            return self.replay(params, buffers, per_seed_inputs, lam, training, *args)
 
         def f(p, b, *a):
             return torch.func.functional_call(module, (p, b), (mode, *a), {"lam": lam})
@@ -411,6 +443,8 @@ class SeedTrainer:
         bs = max(1, min(hp.batch_size, n_train))
         steps_per_epoch = math.ceil(n_train / bs)
         warmup_steps = hp.warmup_epochs * steps_per_epoch
+        planned = steps_per_epoch * hp.max_epochs
+        self.replaying = self.replay is not None and planned >= self.replay_min_steps
         if hp.batch_order == "shared":  # every seed follows the order seed's permutation
             gens = [torch.Generator().manual_seed(self.order_seed)]
         else:
