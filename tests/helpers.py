@@ -1,4 +1,5 @@
-"""Small builders shared by tests (tiny manifests, a deterministic toy expert)."""
+"""Small builders shared by tests (tiny manifests, a deterministic toy expert, hand-made fusion
+data)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
 
 from cohorts.manifest import ManifestMeta, write_manifest
 from extractors.base import Expert, SampleError
+from fusion.data import FusionData, Standardization, TeacherData
 
 
 def tiny_text_manifest(
@@ -73,3 +76,40 @@ class CharCountExpert(Expert):
                 if "a" <= ch <= "z":
                     out[i, ord(ch) - 97] += 1
         return out
+
+
+def tiny_fusion_data(
+    dims: dict[str, dict[str, int]],
+    x: list[torch.Tensor],
+    delta: torch.Tensor,
+    y: torch.Tensor,
+    split: np.ndarray,
+    *,
+    task_type: str = "binary",
+    label_names: list[str] | None = None,
+    class_names: list[str] | None = None,
+    teacher: TeacherData | None = None,
+    dataset: str = "tiny",
+) -> FusionData:
+    """FusionData over hand-made rows ``x`` (one per expert, in ``dims`` order): the
+    standardisation is the identity (mean 0, σ 1), sample ids ``s0``, ``s1``, …"""
+    n = len(split)
+    return FusionData(
+        dataset=dataset,
+        task_type=task_type,
+        label_names=label_names or [f"y{i}" for i in range(y.shape[1] if y.ndim > 1 else 1)],
+        class_names=class_names,
+        modalities=list(dims),
+        experts={m: list(ex) for m, ex in dims.items()},
+        dims=dims,
+        sample_ids=np.array([f"s{i}" for i in range(n)], dtype=object),
+        split=np.asarray(split).astype(object),
+        x=x,
+        delta=delta,
+        y=y,
+        standardization=Standardization(
+            {m: {e: np.zeros(d, np.float32) for e, d in ex.items()} for m, ex in dims.items()},
+            {m: {e: np.ones(d, np.float32) for e, d in ex.items()} for m, ex in dims.items()},
+        ),
+        teacher=teacher,
+    )

@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from torch.func import functional_call, stack_module_state, vmap
+from torch.nn import functional as F
 
 from fusion.losses import kd_lambda, task_loss, total_loss
-from fusion.medmix import GroupedMLP, MedMIX, masked_softmax, mlp
-from fusion.optim import make_optimizer
-from fusion.registry import ModelSpec, build_model, list_methods, resolve_method
+from fusion.medmix import (
+    ExpertGroup,
+    GroupedMLP,
+    MedMIX,
+    _InputProduct,
+    _SharedInputProduct,
+    masked_softmax,
+    mlp,
+)
+from fusion.optim import AdamW, make_optimizer
+from fusion.registry import MethodPlan, ModelSpec, build_model, list_methods, resolve_method
+from fusion.train import train_seeds
+from fusion.trainer import SeedTrainer
 from medmix.hparams import FusionHParams
 from medmix.methods import MethodError
+from tests.helpers import tiny_fusion_data
 
 MODALITIES = ["frontal", "lateral", "report"]
 EXPERTS = {
@@ -248,8 +262,6 @@ def test_losses_and_kd_ramp() -> None:
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "per-tensor"])
 def test_adamw_matches_torch(fused: bool) -> None:
-    from fusion.optim import AdamW
-
     torch.manual_seed(0)
     ours, ref = mlp(6, 5, 3), mlp(6, 5, 3)
     ref.load_state_dict(ours.state_dict())
@@ -276,8 +288,6 @@ def test_adamw_matches_torch(fused: bool) -> None:
 
 def _reference_group(g, h: torch.Tensor) -> torch.Tensor:
     """The adapter + projection written out literally (eval mode, no dropout)."""
-    from torch.nn import functional as F
-
     bn = g.bn
     xhat = F.layer_norm(h, (h.shape[-1],), eps=1e-5)
     a = F.gelu(torch.einsum("kbd,kod->kbo", xhat, g.w_in[:, :bn]) + g.down_bias[:, None])
@@ -287,8 +297,6 @@ def _reference_group(g, h: torch.Tensor) -> torch.Tensor:
 
 
 def test_expert_group_matches_literal_adapter_and_its_gradients() -> None:
-    from fusion.medmix import ExpertGroup
-
     torch.manual_seed(0)
     g = ExpertGroup(3, 40, 8, 6, dropout=0.0).double()
     with torch.no_grad():
@@ -305,8 +313,6 @@ def test_expert_group_matches_literal_adapter_and_its_gradients() -> None:
 
 def test_vmapped_seeds_equal_separate_models() -> None:
     """A stacked (vmapped) forward/backward gives each seed exactly its own model's result."""
-    from torch.func import functional_call, stack_module_state, vmap
-
     spec = make_spec("medmix", "binary", 2)
     models = []
     for s in range(3):
@@ -355,8 +361,6 @@ def test_every_method_masks_missing_inputs_and_falls_back_to_prior(method: str) 
 def test_shared_input_product_equals_per_seed_products_and_gradients() -> None:
     """One input for S stacked weights: the same outputs and weight gradients as S separate
     products, whether the stacked weight is stored seed-outer or seed-inner in memory."""
-    from fusion.medmix import _InputProduct, _SharedInputProduct
-
     torch.manual_seed(0)
     s, k, b, d, bn, o = 3, 4, 6, 10, 2, 5
     h = torch.randn(k, b, d, dtype=torch.float64) + 0.3
@@ -381,9 +385,6 @@ def test_shared_input_product_equals_per_seed_products_and_gradients() -> None:
 
 
 def _trainer_data(n: int = 240, seed: int = 0):
-    import numpy as np
-
-    from fusion.data import FusionData, Standardization
 
     g = torch.Generator().manual_seed(seed)
     dims = {"a": {"a1": 12, "a2": 12}, "b": {"b1": 8}}
@@ -396,32 +397,12 @@ def _trainer_data(n: int = 240, seed: int = 0):
             delta[:, mi, ei] = (torch.rand(n, generator=g) > 0.2).float()
     y = (latent[:, :1] + 0.3 * torch.randn(n, 1, generator=g) > 0).float()
     split = np.array(["train"] * (n // 2) + ["val"] * (n // 4) + ["test"] * (n - n // 2 - n // 4))
-    return FusionData(
-        dataset="tiny",
-        task_type="binary",
-        label_names=["y"],
-        class_names=None,
-        modalities=list(dims),
-        experts={m: list(ex) for m, ex in dims.items()},
-        dims=dims,
-        sample_ids=np.array([f"s{i}" for i in range(n)], dtype=object),
-        split=split.astype(object),
-        x=xs,
-        delta=delta,
-        y=y,
-        standardization=Standardization(
-            {m: {e: np.zeros(d, np.float32) for e, d in ex.items()} for m, ex in dims.items()},
-            {m: {e: np.ones(d, np.float32) for e, d in ex.items()} for m, ex in dims.items()},
-        ),
-    )
+    return tiny_fusion_data(dims, xs, delta, y, split, label_names=["y"])
 
 
 def test_shared_batch_order_steps_equal_per_seed_steps_on_the_same_rows() -> None:
     """``batch_order: shared`` gathers one minibatch for every seed: on the same rows (no
     dropout) its steps give each seed exactly the losses and parameters of the per-seed path."""
-    from fusion.registry import MethodPlan
-    from fusion.trainer import SeedTrainer
-
     data = _trainer_data()
     seeds = [0, 1, 2]
     plan = MethodPlan("medmix", "medmix", data.modalities)
@@ -443,9 +424,6 @@ def test_shared_batch_order_steps_equal_per_seed_steps_on_the_same_rows() -> Non
 
 def test_shared_batch_order_vectorised_equals_sequential_and_differs_from_per_seed() -> None:
     """Every seed follows the first seed's minibatch order, vectorised or one seed at a time."""
-    from fusion.registry import MethodPlan
-    from fusion.train import train_seeds
-
     data = _trainer_data()
     plan = MethodPlan("medmix", "medmix", data.modalities)
     kw = dict(d=8, adapter_bottleneck=4, dropout=0.0, max_epochs=4, batch_size=32, bootstrap=0)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fusion.data import FusionData, Standardization
+from fusion.data import FusionData
 from fusion.seed_inputs import SeedInputs
+from tests.helpers import tiny_fusion_data
 
 MODALITIES = {"a": ["e1", "e2"], "b": ["e1", "e2", "e3"]}
 DIMS = {"e1": 8, "e2": 8, "e3": 5}  # two expert groups: width 8 (four experts) and 5
@@ -16,23 +17,10 @@ def _data(n: int, delta: torch.Tensor, seed: int = 0) -> FusionData:
     """Hand-made data whose rows are non-zero even where δ = 0 (a protocol's mask)."""
     g = torch.Generator().manual_seed(seed)
     flat = [(m, e) for m, es in MODALITIES.items() for e in es]
-    zeros = {m: {e: np.zeros(DIMS[e], np.float32) for e in es} for m, es in MODALITIES.items()}
-    ones = {m: {e: np.ones(DIMS[e], np.float32) for e in es} for m, es in MODALITIES.items()}
-    return FusionData(
-        dataset="tiny",
-        task_type="binary",
-        label_names=["t"],
-        class_names=None,
-        modalities=list(MODALITIES),
-        experts={m: list(es) for m, es in MODALITIES.items()},
-        dims={m: {e: DIMS[e] for e in es} for m, es in MODALITIES.items()},
-        sample_ids=np.array([f"s{i}" for i in range(n)], dtype=object),
-        split=np.array(["train"] * n, dtype=object),
-        x=[torch.randn(n, DIMS[e], generator=g) + 1.0 for _, e in flat],
-        delta=delta,
-        y=torch.randint(0, 2, (n, 1), generator=g).float(),
-        standardization=Standardization(zeros, ones),
-    )
+    dims = {m: {e: DIMS[e] for e in es} for m, es in MODALITIES.items()}
+    x = [torch.randn(n, DIMS[e], generator=g) + 1.0 for _, e in flat]
+    y = torch.randint(0, 2, (n, 1), generator=g).float()
+    return tiny_fusion_data(dims, x, delta, y, np.array(["train"] * n), label_names=["t"])
 
 
 def _delta(n: int, seed: int) -> torch.Tensor:

@@ -7,11 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from fusion.data import FusionData, Standardization, TeacherData
+from fusion.data import FusionData, TeacherData
 from fusion.registry import MethodPlan
 from fusion.seed_stack import StepReplay
 from fusion.trainer import SeedTrainer
 from medmix.hparams import FusionHParams
+from tests.helpers import tiny_fusion_data
 
 # two groups of input widths (12: a1, a2, c1; 8: b1) and modalities with 2, 1 and 1 experts
 DIMS = {"a": {"a1": 12, "a2": 12}, "b": {"b1": 8}, "c": {"c1": 12}}
@@ -31,8 +32,6 @@ def _data(n: int = 200, teacher: bool = False) -> FusionData:
     y = (latent + 0.3 * torch.randn(n, 2, generator=g) > 0).float()
     y[:5, 1] = float("nan")  # unknown labels
     split = np.array(["train"] * (n // 2) + ["val"] * (n // 4) + ["test"] * (n - n // 2 - n // 4))
-    zeros = {m: {e: np.zeros(d, np.float32) for e, d in ex.items()} for m, ex in DIMS.items()}
-    ones = {m: {e: np.ones(d, np.float32) for e, d in ex.items()} for m, ex in DIMS.items()}
     t = None
     if teacher:
         t = TeacherData(
@@ -41,22 +40,7 @@ def _data(n: int = 200, teacher: bool = False) -> FusionData:
             ok=torch.rand(n, 2, generator=g) > 0.1,
             dims={"a": 6, "c": 5},
         )
-    return FusionData(
-        dataset="tiny",
-        task_type="multilabel",
-        label_names=["y0", "y1"],
-        class_names=None,
-        modalities=list(DIMS),
-        experts={m: list(ex) for m, ex in DIMS.items()},
-        dims=DIMS,
-        sample_ids=np.array([f"s{i}" for i in range(n)], dtype=object),
-        split=split.astype(object),
-        x=xs,
-        delta=delta,
-        y=y,
-        standardization=Standardization(zeros, ones),
-        teacher=t,
-    )
+    return tiny_fusion_data(DIMS, xs, delta, y, split, task_type="multilabel", teacher=t)
 
 
 def _train_steps(
